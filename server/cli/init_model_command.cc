@@ -1,0 +1,208 @@
+// `steerd init-model`: writes a random-weight model in Hugging Face layout (config.json,
+// model.safetensors and a tokenizer), for tests and benchmarks of any model shape
+// without downloading a checkpoint.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "server/cli/args.h"
+#include "server/cli/commands.h"
+#include "server/model/config.h"
+#include "server/model/safetensors.h"
+#include "server/model/torch_util.h"
+#include "server/model/weights.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr double kInitStd = 0.02;  // Hugging Face's default initializer_range.
+constexpr char kEndOfText[] = "<|endoftext|>";
+
+absl::StatusOr<std::string> ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::Status WriteFile(const fs::path& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << contents;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
+  return absl::OkStatus();
+}
+
+// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others are
+// shifted to code points from U+0100 so every byte has a visible character.
+std::string ByteLevelChar(int byte) {
+  const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) ||
+                         (byte >= 174 && byte <= 255);
+  int code_point = byte;
+  if (!printable) {
+    int shifted = 0;
+    for (int b = 0; b < byte; ++b) {
+      if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
+        ++shifted;
+      }
+    }
+    code_point = 256 + shifted;
+  }
+  std::string utf8;
+  if (code_point < 0x80) {
+    utf8.push_back(static_cast<char>(code_point));
+  } else {
+    utf8.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
+    utf8.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  }
+  return utf8;
+}
+
+// A byte-level BPE tokenizer with one token per byte and no merges (ids 0-255) plus
+// <|endoftext|> (id 256): every text round-trips, and the model's vocabulary only
+// needs 257 entries.
+absl::Status WriteByteTokenizer(const fs::path& out_dir) {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[ByteLevelChar(b)] = b;
+  nlohmann::json tokenizer = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens",
+       {{{"id", 256}, {"content", kEndOfText}, {"single_word", false}, {"lstrip", false},
+         {"rstrip", false}, {"normalized", false}, {"special", true}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+        {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+        {"use_regex", true}}},
+      {"decoder",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+        {"use_regex", true}}},
+      {"model",
+       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+        {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  nlohmann::json config = {{"eos_token", kEndOfText},
+                           {"bos_token", nullptr},
+                           {"add_bos_token", false},
+                           {"model_max_length", 32768},
+                           {"tokenizer_class", "PreTrainedTokenizerFast"}};
+  RETURN_IF_ERROR(WriteFile(out_dir / "tokenizer.json", tokenizer.dump(2, ' ', false)));
+  return WriteFile(out_dir / "tokenizer_config.json", config.dump(2, ' ', false));
+}
+
+absl::Status InitModel(const std::vector<std::string>& argv) {
+  ASSIGN_OR_RETURN(Args args,
+                   Args::Parse(argv, {"config", "out", "seed", "dtype", "tokenizer"}, {}));
+  ASSIGN_OR_RETURN(std::string config_path, args.Required("config"));
+  ASSIGN_OR_RETURN(std::string out, args.Required("out"));
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  const std::string dtype_name = args.GetString("dtype", "bf16");
+  ASSIGN_OR_RETURN(std::string config_text, ReadFile(config_path));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text, config_path));
+
+  at::ScalarType dtype;
+  if (dtype_name == "bf16" || dtype_name == "bfloat16") {
+    dtype = at::kBFloat16;
+    config.torch_dtype = "bfloat16";
+  } else if (dtype_name == "f32" || dtype_name == "float32") {
+    dtype = at::kFloat;
+    config.torch_dtype = "float32";
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype '", dtype_name, "' is not one of f32, bf16"));
+  }
+  if (!args.Has("tokenizer")) {
+    if (config.vocab_size < 257) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          config_path, ": vocab_size ", config.vocab_size,
+          " is too small for the byte-level tokenizer (257 tokens); pass --tokenizer DIR"));
+    }
+    if (config.eos_token_ids.empty()) config.eos_token_ids = {256};
+  }
+
+  std::error_code error;
+  fs::create_directories(out, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat(out, ": cannot create: ", error.message()));
+  }
+
+  // Tensors are generated in module order from one seeded generator, so a seed names
+  // one model.
+  at::Generator generator = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+  std::vector<at::Tensor> keep_alive;
+  std::vector<TensorToWrite> tensors;
+  ASSIGN_OR_RETURN(DType file_dtype, FromScalarType(dtype));
+  RETURN_IF_ERROR(CatchTorchErrors("initialising weights", [&]() -> absl::Status {
+    for (const auto& [name, shape] : ExpectedWeightShapes(config)) {
+      at::Tensor t;
+      const bool is_norm = name.find("norm") != std::string::npos;
+      const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+      if (is_norm) {
+        t = at::ones(shape, at::kFloat);
+      } else if (is_bias) {
+        t = at::zeros(shape, at::kFloat);
+      } else {
+        t = at::normal(0.0, kInitStd, shape, generator);
+      }
+      t = t.to(dtype).contiguous();
+      tensors.push_back({name, file_dtype, shape, t.data_ptr()});
+      keep_alive.push_back(std::move(t));
+    }
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(
+      WriteSafetensors((fs::path(out) / "model.safetensors").string(), tensors, {{"format", "pt"}}));
+  RETURN_IF_ERROR(WriteFile(fs::path(out) / "config.json", ModelConfigToJson(config)));
+
+  if (args.Has("tokenizer")) {
+    const fs::path from = args.GetString("tokenizer", "");
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+      if (!fs::exists(from / file)) {
+        if (std::string(file) == "tokenizer.json") {
+          return absl::NotFoundError(absl::StrCat(from.string(), ": no tokenizer.json"));
+        }
+        continue;
+      }
+      fs::copy_file(from / file, fs::path(out) / file, fs::copy_options::overwrite_existing,
+                    error);
+      if (error) {
+        return absl::InternalError(absl::StrCat("copying ", file, ": ", error.message()));
+      }
+    }
+  } else {
+    RETURN_IF_ERROR(WriteByteTokenizer(out));
+  }
+  int64_t params = 0;
+  for (const auto& t : keep_alive) params += t.numel();
+  std::printf("wrote %s: %lld parameters (%s)\n", out.c_str(), static_cast<long long>(params),
+              config.torch_dtype.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunInitModelCommand(const std::vector<std::string>& args) {
+  absl::Status status = InitModel(args);
+  if (!status.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace steerd

@@ -1,0 +1,348 @@
+#include "server/model/transformer.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/model/torch_util.h"
+#include "server/model/weights.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+// rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+at::Tensor RopeInverseFrequencies(const ModelConfig& config) {
+  // The same float32 operations, in the same order, as Hugging Face's
+  // _compute_default_rope_parameters / _compute_llama3_parameters, so the result is
+  // bit-identical.
+  const int64_t dim = config.head_dim;
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim;
+  at::Tensor inv_freq = at::pow(config.rope_theta, exponents).reciprocal();
+  const RopeScaling& s = config.rope_scaling;
+  if (s.type == RopeScaling::Type::kLinear) {
+    inv_freq = inv_freq / s.factor;
+  } else if (s.type == RopeScaling::Type::kLlama3) {
+    const double old_context = static_cast<double>(s.original_max_position_embeddings);
+    const double low_freq_wavelen = old_context / s.low_freq_factor;
+    const double high_freq_wavelen = old_context / s.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled =
+        at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+    at::Tensor smooth = (old_context / wavelen - s.low_freq_factor) /
+                        (s.high_freq_factor - s.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    at::Tensor medium = at::logical_not(wavelen < high_freq_wavelen)
+                            .logical_and(at::logical_not(wavelen > low_freq_wavelen));
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  return inv_freq;
+}
+
+std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq,
+                                             const at::Tensor& positions) {
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);                           // [B, T, hd]
+  return {emb.cos(), emb.sin()};
+}
+
+absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Options& options) {
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
+  ASSIGN_OR_RETURN(at::ScalarType dtype,
+                   ParseComputeDType(options.dtype, config.torch_dtype, device));
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError("--threads must be >= 0");
+  }
+  const int threads = options.num_threads > 0
+                          ? options.num_threads
+                          : std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(threads);
+
+  ASSIGN_OR_RETURN(LoadedWeights loaded, LoadWeights(options.model_dir, config, dtype, device));
+  std::unique_ptr<Transformer> model(new Transformer());
+  auto& w = loaded.tensors;
+  auto take = [&w](const std::string& name) -> at::Tensor {
+    auto it = w.find(name);
+    return it == w.end() ? at::Tensor() : it->second;
+  };
+  model->embed_ = take("model.embed_tokens.weight");
+  model->final_norm_ = take("model.norm.weight");
+  model->lm_head_ = config.tie_word_embeddings ? model->embed_ : take("lm_head.weight");
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    Layer layer;
+    layer.input_norm = take(p + "input_layernorm.weight");
+    layer.q_w = take(p + "self_attn.q_proj.weight");
+    layer.k_w = take(p + "self_attn.k_proj.weight");
+    layer.v_w = take(p + "self_attn.v_proj.weight");
+    layer.o_w = take(p + "self_attn.o_proj.weight");
+    layer.q_b = take(p + "self_attn.q_proj.bias");
+    layer.k_b = take(p + "self_attn.k_proj.bias");
+    layer.v_b = take(p + "self_attn.v_proj.bias");
+    layer.o_b = take(p + "self_attn.o_proj.bias");
+    layer.post_norm = take(p + "post_attention_layernorm.weight");
+    layer.gate_w = take(p + "mlp.gate_proj.weight");
+    layer.up_w = take(p + "mlp.up_proj.weight");
+    layer.down_w = take(p + "mlp.down_proj.weight");
+    layer.gate_b = take(p + "mlp.gate_proj.bias");
+    layer.up_b = take(p + "mlp.up_proj.bias");
+    layer.down_b = take(p + "mlp.down_proj.bias");
+    model->layers_.push_back(std::move(layer));
+  }
+  for (const auto& [name, tensor] : w) {
+    model->weight_bytes_ += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  }
+  model->inv_freq_ = RopeInverseFrequencies(config).to(device);
+  model->config_ = std::move(config);
+  model->dtype_ = dtype;
+  model->device_ = device;
+  return model;
+}
+
+KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
+  return KvCache(config_, batch, capacity, dtype_, device_);
+}
+
+absl::StatusOr<at::Tensor> Transformer::MakeSteeringBatch(
+    const std::vector<SteeringRow>& rows) const {
+  const int64_t L = config_.num_layers, d = config_.hidden_size;
+  bool any = false;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const at::Tensor& v = rows[b].vector;
+    if (!v.defined()) continue;
+    any = true;
+    if (v.dim() != 2 || v.size(0) != L || v.size(1) != d) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "steering vector for row ", b, " has shape [", absl::StrJoin(v.sizes(), ", "),
+          "]; the model needs [", L, ", ", d, "] (num_layers, hidden_size)"));
+    }
+    if (!std::isfinite(rows[b].scale)) {
+      return absl::InvalidArgumentError(absl::StrCat("steering scale for row ", b,
+                                                     " is not finite"));
+    }
+  }
+  if (!any) return at::Tensor();
+  return CatchTorchErrors("building steering batch", [&]() -> absl::StatusOr<at::Tensor> {
+    std::vector<at::Tensor> per_row;  // each [L, d]
+    per_row.reserve(rows.size());
+    const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+    for (const SteeringRow& row : rows) {
+      if (!row.vector.defined()) {
+        per_row.push_back(at::zeros({L, d}, options));
+      } else {
+        at::Tensor v = row.vector.to(device_);
+        if (row.scale != 1.0) v = v * row.scale;
+        per_row.push_back(v.to(dtype_));
+      }
+    }
+    return at::stack(per_row, 1).unsqueeze(2);  // [L, B, 1, d]
+  });
+}
+
+absl::Status Transformer::Validate(const ForwardInput& input, const KvCache* cache) const {
+  const at::Tensor& tokens = input.tokens;
+  if (!tokens.defined() || tokens.dim() != 2 || tokens.scalar_type() != at::kLong ||
+      tokens.size(0) == 0 || tokens.size(1) == 0) {
+    return absl::InvalidArgumentError("tokens must be a non-empty [batch, length] int64 tensor");
+  }
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const at::Tensor cpu_tokens = tokens.to(at::kCPU);
+  const int64_t lo = cpu_tokens.min().item<int64_t>(), hi = cpu_tokens.max().item<int64_t>();
+  if (lo < 0 || hi >= config_.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("token id ", lo < 0 ? lo : hi,
+                                                   " is out of range [0, ",
+                                                   config_.vocab_size, ")"));
+  }
+  if (!input.left_pad.empty() && static_cast<int64_t>(input.left_pad.size()) != B) {
+    return absl::InvalidArgumentError(absl::StrCat("left_pad has ", input.left_pad.size(),
+                                                   " entries for a batch of ", B));
+  }
+  if (cache != nullptr && cache->batch_size() != B) {
+    return absl::InvalidArgumentError(absl::StrCat("the cache holds ", cache->batch_size(),
+                                                   " rows but the batch has ", B));
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pad = input.left_pad.empty() ? 0 : input.left_pad[b];
+    const int64_t held = cache == nullptr ? 0 : cache->num_tokens(b);
+    if (pad < 0 || pad >= T) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": left_pad ", pad,
+                                                     " must be in [0, ", T, ")"));
+    }
+    if (pad > 0 && held > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row ", b, ": only a row with an empty cache can be left-padded"));
+    }
+    if (held + T - pad > config_.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "context overflow: row ", b, " would hold ", held + T - pad,
+          " tokens but the model's context is ", config_.max_position_embeddings,
+          " (max_position_embeddings)"));
+    }
+  }
+  if (input.steering.defined()) {
+    const auto& s = input.steering;
+    if (s.dim() != 4 || s.size(0) != config_.num_layers || s.size(1) != B || s.size(2) != 1 ||
+        s.size(3) != config_.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "steering batch has shape [", absl::StrJoin(s.sizes(), ", "), "]; expected [",
+          config_.num_layers, ", ", B, ", 1, ", config_.hidden_size, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCache* cache) const {
+  RETURN_IF_ERROR(Validate(input, cache));
+  const bool needs_grad = input.steering.defined() && input.steering.requires_grad();
+  return CatchTorchErrors("transformer forward", [&]() -> absl::StatusOr<at::Tensor> {
+    if (needs_grad) return ForwardImpl(input, cache);
+    // Inference mode skips autograd bookkeeping on every op of the decode loop.
+    c10::InferenceMode inference;
+    return ForwardImpl(input, cache);
+  });
+}
+
+at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  // Hugging Face: normalise in float32, cast back, then scale in the input dtype.
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
+  at::Tensor normed = x32 * at::rsqrt(variance + config_.rms_norm_eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
+                                  const at::Tensor& sin, const at::Tensor& mask,
+                                  int64_t layer_index, KvCache* cache,
+                                  const std::vector<int64_t>& write_at, int64_t key_len) const {
+  const int64_t B = h.size(0), T = h.size(1);
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
+  const int64_t G = H / KVH;
+  // [B, T, heads, hd] -> [B, heads, T, hd]; biases (Qwen2) come before RoPE.
+  at::Tensor q = Linear(h, layer.q_w, layer.q_b).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = Linear(h, layer.k_w, layer.k_b).view({B, T, KVH, hd}).transpose(1, 2);
+  at::Tensor v = Linear(h, layer.v_w, layer.v_b).view({B, T, KVH, hd}).transpose(1, 2);
+  q = q * cos + RotateHalf(q) * sin;
+  k = k * cos + RotateHalf(k) * sin;
+
+  at::Tensor keys = k, values = v;  // [B, KVH, S, hd]
+  if (cache != nullptr) {
+    at::Tensor& cache_k = cache->keys(layer_index);
+    at::Tensor& cache_v = cache->values(layer_index);
+    const bool aligned = std::all_of(write_at.begin(), write_at.end(),
+                                     [&](int64_t c) { return c == write_at[0]; });
+    if (aligned) {
+      cache_k.narrow(2, write_at[0], T).copy_(k);
+      cache_v.narrow(2, write_at[0], T).copy_(v);
+    } else {
+      // Rows at different lengths (a continuous batch): scatter each row's T columns.
+      at::Tensor cols = at::tensor(write_at, at::TensorOptions().dtype(at::kLong))
+                            .to(h.device())
+                            .view({B, 1, 1, 1}) +
+                        at::arange(T, at::TensorOptions().dtype(at::kLong).device(h.device()))
+                            .view({1, 1, T, 1});
+      at::Tensor index = cols.expand({B, KVH, T, hd});
+      cache_k.scatter_(2, index, k);
+      cache_v.scatter_(2, index, v);
+    }
+    keys = cache_k.narrow(2, 0, key_len);
+    values = cache_v.narrow(2, 0, key_len);
+  }
+  const int64_t S = keys.size(2);
+  // Grouped-query attention without copying K/V: query head h = kv * G + g uses KV
+  // head kv, so the G query heads of a group become extra rows of one matmul.
+  at::Tensor grouped_q = q.reshape({B, KVH, G * T, hd});
+  at::Tensor scores = at::matmul(grouped_q, keys.transpose(2, 3)) /
+                      std::sqrt(static_cast<double>(hd));             // [B, KVH, G*T, S]
+  scores = scores.view({B, KVH, G, T, S}) + mask.view({B, 1, 1, T, S});
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor out = at::matmul(probs.view({B, KVH, G * T, S}), values);  // [B, KVH, G*T, hd]
+  out = out.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+  return Linear(out, layer.o_w, layer.o_b);  // [B, T, d]
+}
+
+at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) const {
+  const at::Tensor tokens = input.tokens.to(device_);  // [B, T]
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+
+  // Per-row bookkeeping: where this chunk is written and where each row's keys start.
+  std::vector<int64_t> write_at(B, 0), start(B, 0), positions_base(B, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pad = input.left_pad.empty() ? 0 : input.left_pad[b];
+    const int64_t length = cache == nullptr ? 0 : cache->length(b);
+    const int64_t row_start = cache == nullptr ? 0 : cache->start(b);
+    write_at[b] = length;
+    // A padded (necessarily empty) row starts after its pads.
+    start[b] = pad > 0 ? length + pad : row_start;
+    positions_base[b] = length - start[b];
+  }
+  if (cache != nullptr) cache->Reserve(T);
+  const int64_t key_len =
+      cache == nullptr ? T : *std::max_element(write_at.begin(), write_at.end()) + T;
+
+  // Positions [B, T]: position of the row's t-th new token; pads clamp to 0.
+  at::Tensor steps = at::arange(T, long_opts);
+  at::Tensor positions =
+      (at::tensor(positions_base, long_opts).view({B, 1}) + steps.view({1, T})).clamp_min(0);
+  // RoPE tables in float32, as Hugging Face computes them, then cast: [B, 1, T, hd].
+  auto [cos, sin] = RopeCosSin(inv_freq_, positions.to(device_));
+  cos = cos.to(dtype_).unsqueeze(1);
+  sin = sin.to(dtype_).unsqueeze(1);
+
+  // Additive mask [B, T, S]: query t of row b sees column j iff start_b <= j <= write_b + t.
+  // The dtype's lowest value rather than -inf, as Hugging Face does, so a fully
+  // masked pad row stays finite.
+  at::Tensor columns = at::arange(key_len, long_opts).view({1, 1, key_len});
+  at::Tensor last_visible =
+      (at::tensor(write_at, long_opts).view({B, 1}) + steps.view({1, T})).unsqueeze(-1);
+  at::Tensor hidden_cols = (columns < at::tensor(start, long_opts).view({B, 1, 1})) |
+                           (columns > last_visible);
+  const double lowest = dtype_ == at::kHalf       ? -65504.0
+                        : dtype_ == at::kBFloat16 ? -3.3895313892515355e38
+                                                  : std::numeric_limits<float>::lowest();
+  at::Tensor mask = at::zeros({B, T, key_len}, at::TensorOptions().dtype(dtype_))
+                        .masked_fill_(hidden_cols, lowest)
+                        .to(device_);
+
+  at::Tensor x = at::embedding(embed_, tokens);  // [B, T, d]
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, write_at,
+                      key_len);
+    at::Tensor h = RmsNorm(x, layer.post_norm);
+    at::Tensor mlp = Linear(at::silu(Linear(h, layer.gate_w, layer.gate_b)) *
+                                Linear(h, layer.up_w, layer.up_b),
+                            layer.down_w, layer.down_b);
+    x = x + mlp;
+    if (input.steering.defined()) x = x + input.steering[l];  // [B, 1, d] broadcast
+  }
+  if (cache != nullptr) {
+    for (int64_t b = 0; b < B; ++b) {
+      cache->mutable_start()[b] = start[b];
+      cache->mutable_length()[b] = write_at[b] + T;
+    }
+  }
+  if (input.logits == ForwardInput::Logits::kLast) x = x.select(1, T - 1);  // [B, d]
+  return Linear(RmsNorm(x, final_norm_), lm_head_, at::Tensor()).to(at::kFloat);
+}
+
+}  // namespace steerd

@@ -1,0 +1,115 @@
+// The decoder-only transformer of the Llama and Qwen2 families, written directly in
+// libtorch so that it computes what Hugging Face transformers computes (RMSNorm in
+// float32, rotate-half RoPE with llama3/linear scaling, grouped-query attention with a
+// causal mask and left padding, SwiGLU MLP, tied or untied LM head) and adds a
+// steering vector to each decoder layer's output, with a different vector (or none)
+// for every row of a batch. Weights are frozen; when the steering tensor requires
+// grad, gradients flow to it through the whole forward pass (the trainer's path).
+// Thread-safety: the model is immutable after Create(); Forward() is const and may be
+// called from several threads with distinct caches, though steerd's engine calls it
+// from one thread.
+#ifndef STEERD_SERVER_MODEL_TRANSFORMER_H_
+#define STEERD_SERVER_MODEL_TRANSFORMER_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/model/config.h"
+#include "server/model/kv_cache.h"
+
+namespace steerd {
+
+// One row's steering: `vector` is [num_layers, hidden_size] (any float dtype, any
+// device) or undefined for none; row l of `scale * vector` is added to layer l's output.
+struct SteeringRow {
+  at::Tensor vector;
+  double scale = 1.0;
+};
+
+struct ForwardInput {
+  at::Tensor tokens;              // [B, T] int64: T new tokens for every row.
+  std::vector<int64_t> left_pad;  // [B] leading pad tokens per row, or empty for none.
+                                  // Only rows whose cache is still empty may be padded.
+  at::Tensor steering;            // [L, B, 1, d] compute dtype (MakeSteeringBatch), or
+                                  // undefined when no row is steered.
+  enum class Logits { kLast, kAll };
+  Logits logits = Logits::kLast;  // kLast: only each row's last position (generation).
+};
+
+class Transformer {
+ public:
+  struct Options {
+    std::string model_dir;         // Hugging Face folder: config.json + safetensors.
+    std::string dtype = "auto";    // auto | f32 | bf16 | f16 (auto: the checkpoint's).
+    std::string device = "auto";   // auto | cpu | cuda
+    int num_threads = 0;           // CPU intra-op threads; 0 = all cores.
+  };
+
+  static absl::StatusOr<std::unique_ptr<Transformer>> Create(const Options& options);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  const at::Device& device() const { return device_; }
+  // Bytes of parameters held (in the compute dtype).
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  // An empty cache sized for `batch` rows of up to `capacity` positions.
+  KvCache NewCache(int64_t batch, int64_t capacity) const;
+
+  // Stacks per-row steering into the [L, B, 1, d] tensor Forward() adds. Returns an
+  // undefined tensor when no row is steered, so unsteered batches pay nothing. Keeps
+  // the autograd graph of vectors that require grad.
+  absl::StatusOr<at::Tensor> MakeSteeringBatch(const std::vector<SteeringRow>& rows) const;
+
+  // Runs the new tokens of every row through the model, appending them to `cache`
+  // (may be null: then each row starts empty and nothing is kept). Returns float32
+  // logits: [B, V] for Logits::kLast, [B, T, V] for kAll.
+  absl::StatusOr<at::Tensor> Forward(const ForwardInput& input, KvCache* cache) const;
+
+ private:
+  struct Layer {
+    at::Tensor input_norm;           // [d]
+    at::Tensor q_w, k_w, v_w, o_w;   // [H*hd, d], [KVH*hd, d], [KVH*hd, d], [d, H*hd]
+    at::Tensor q_b, k_b, v_b, o_b;   // biases or undefined
+    at::Tensor post_norm;            // [d]
+    at::Tensor gate_w, up_w, down_w; // [I, d], [I, d], [d, I]
+    at::Tensor gate_b, up_b, down_b; // biases or undefined
+  };
+
+  Transformer() = default;
+  absl::Status Validate(const ForwardInput& input, const KvCache* cache) const;
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
+                       const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
+                       KvCache* cache, const std::vector<int64_t>& write_at,
+                       int64_t key_len) const;
+  at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
+
+  ModelConfig config_;
+  at::ScalarType dtype_ = at::kFloat;
+  at::Device device_ = at::Device(at::kCPU);
+  int64_t weight_bytes_ = 0;
+  at::Tensor embed_;       // [V, d]
+  at::Tensor final_norm_;  // [d]
+  at::Tensor lm_head_;     // [V, d] (embed_ when tied)
+  at::Tensor inv_freq_;    // [hd / 2] float32, with rope scaling applied
+  std::vector<Layer> layers_;
+};
+
+// Hugging Face's RoPE inverse frequencies for `config` (float32 [head_dim / 2]),
+// including llama3 and linear scaling.
+at::Tensor RopeInverseFrequencies(const ModelConfig& config);
+
+// RoPE cos and sin tables, each [B, T, head_dim] float32, for `positions` [B, T] int64
+// (emb = cat(f, f), f = position * inv_freq in float32). The supported rope types all
+// have an attention scaling of 1.
+std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq,
+                                             const at::Tensor& positions);
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_MODEL_TRANSFORMER_H_
