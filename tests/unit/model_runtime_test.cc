@@ -1,0 +1,421 @@
+// The model runtime beyond single-sequence parity: rows with different steering
+// vectors sharing a batch, continuous-batching cache operations, bf16 compute, steering
+// files, and every kind of bad input ending in a clear status instead of a crash.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "server/model/generator.h"
+#include "server/model/safetensors.h"
+#include "server/model/steering_file.h"
+#include "server/model/transformer.h"
+#include "tests/testing/fixtures.h"
+
+namespace steerd {
+namespace {
+
+namespace fs = std::filesystem;
+using ::steerd::testing::FixturePath;
+using ::steerd::testing::IdsTensor;
+using ::steerd::testing::JsonToFloatTensor;
+using ::steerd::testing::JsonToIds;
+using ::steerd::testing::MaxAbsDiff;
+using ::steerd::testing::ReadFileOrDie;
+using ::steerd::testing::ReadJsonOrDie;
+using ::testing::HasSubstr;
+
+std::unique_ptr<Transformer> LoadOrDie(const std::string& dir, const std::string& dtype = "f32") {
+  Transformer::Options options;
+  options.model_dir = dir;
+  options.dtype = dtype;
+  options.device = "cpu";
+  auto model = Transformer::Create(options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+absl::Status LoadStatus(const std::string& dir) {
+  Transformer::Options options;
+  options.model_dir = dir;
+  options.device = "cpu";
+  return Transformer::Create(options).status();
+}
+
+class ModelRuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = FixturePath("hf-reference/qwen2-tiny");
+    model_ = LoadOrDie(dir_);
+    ASSERT_NE(model_, nullptr);
+    steering_ = JsonToFloatTensor(ReadJsonOrDie(dir_ + "/cases.json")["steering_vector"]["values"]);
+  }
+
+  // Greedy continuation of each request, generated together in one batch.
+  std::vector<std::vector<int32_t>> GenerateBatch(const std::vector<GenerationRequest>& requests) {
+    Generator generator(model_.get(), nullptr);
+    auto results = generator.Generate(requests);
+    EXPECT_TRUE(results.ok()) << results.status();
+    std::vector<std::vector<int32_t>> tokens;
+    if (results.ok()) {
+      for (const auto& r : *results) tokens.push_back(r.tokens);
+    }
+    return tokens;
+  }
+
+  GenerationRequest Request(std::vector<int32_t> prompt, at::Tensor steering, int64_t max_new = 12,
+                            double scale = 1.0) {
+    GenerationRequest r;
+    r.prompt = std::move(prompt);
+    r.steering = std::move(steering);
+    r.steering_scale = scale;
+    r.max_new_tokens = max_new;
+    r.ignore_eos = true;
+    return r;
+  }
+
+  // A scratch copy of the fixture model that a test may corrupt.
+  std::string ScratchModel(const std::string& name) {
+    const fs::path out = fs::path(::testing::TempDir()) / ("steerd_" + name);
+    fs::remove_all(out);
+    fs::create_directories(out);
+    for (const char* file : {"config.json", "model.safetensors"}) {
+      fs::copy_file(fs::path(dir_) / file, out / file);
+    }
+    return out.string();
+  }
+
+  std::string dir_;
+  std::unique_ptr<Transformer> model_;
+  at::Tensor steering_;  // [L, d]
+};
+
+TEST_F(ModelRuntimeTest, RowsWithDifferentVectorsMatchTheirSoloRuns) {
+  const at::Tensor other = steering_.flip(1) * 2.0;
+  const std::vector<GenerationRequest> requests = {
+      Request({5, 17, 33, 2, 9}, steering_),
+      Request({100, 7}, at::Tensor()),
+      Request({44, 45, 46, 47, 48, 49, 50}, other),
+      Request({5, 17, 33, 2, 9}, steering_, 12, /*scale=*/-1.5),
+      Request({3}, at::Tensor(), 5),
+  };
+  const auto together = GenerateBatch(requests);
+  ASSERT_EQ(together.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(together[i], GenerateBatch({requests[i]})[0]) << "request " << i;
+  }
+  // The steering actually changes the output, and the scale matters.
+  EXPECT_NE(together[0], GenerateBatch({Request({5, 17, 33, 2, 9}, at::Tensor())})[0]);
+  EXPECT_NE(together[0], together[3]);
+}
+
+TEST_F(ModelRuntimeTest, UnsteeredRowIsBitIdenticalBesideSteeredRows) {
+  const at::Tensor tokens = at::tensor(std::vector<int64_t>{11, 12, 13, 14, 21, 22, 23, 24},
+                                       at::TensorOptions().dtype(at::kLong))
+                                .view({2, 4});
+  ForwardInput input;
+  input.tokens = tokens;
+  input.logits = ForwardInput::Logits::kAll;
+  auto plain = model_->Forward(input, nullptr);
+  ASSERT_TRUE(plain.ok());
+  auto batch = model_->MakeSteeringBatch({{steering_, 1.0}, {at::Tensor(), 1.0}});
+  ASSERT_TRUE(batch.ok());
+  input.steering = *batch;
+  auto mixed = model_->Forward(input, nullptr);
+  ASSERT_TRUE(mixed.ok());
+  EXPECT_TRUE(at::equal((*plain)[1], (*mixed)[1]));
+  EXPECT_GT(MaxAbsDiff((*plain)[0], (*mixed)[0]), 1e-3);
+  // And the same row alone, without any steering support in play, within float noise.
+  ForwardInput solo;
+  solo.tokens = tokens.narrow(0, 1, 1);
+  solo.logits = ForwardInput::Logits::kAll;
+  auto alone = model_->Forward(solo, nullptr);
+  ASSERT_TRUE(alone.ok());
+  EXPECT_LE(MaxAbsDiff((*alone)[0], (*mixed)[1]), 1e-5);
+}
+
+TEST_F(ModelRuntimeTest, NoSteeringBatchIsUndefined) {
+  auto batch = model_->MakeSteeringBatch({{at::Tensor(), 1.0}, {at::Tensor(), 2.0}});
+  ASSERT_TRUE(batch.ok());
+  EXPECT_FALSE(batch->defined());
+}
+
+// Continuous batching: a sequence prefilled on its own joins a running batch whose rows
+// are at other lengths, another leaves, and every row still decodes as it would alone.
+TEST_F(ModelRuntimeTest, CacheRowsCanJoinAndLeaveBetweenSteps) {
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 33, 2, 9}, {100, 7}, {44, 45, 46}};
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& p : prompts) expected.push_back(GenerateBatch({Request(p, at::Tensor(), 8)})[0]);
+
+  auto step = [&](KvCache& cache, const std::vector<int32_t>& tokens) {
+    ForwardInput input;
+    input.tokens = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()),
+                              at::TensorOptions().dtype(at::kLong))
+                       .view({static_cast<int64_t>(tokens.size()), 1});
+    auto logits = model_->Forward(input, &cache);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    const at::Tensor ids = logits->argmax(-1);
+    std::vector<int32_t> out;
+    for (int64_t b = 0; b < ids.size(0); ++b) out.push_back(ids[b].item<int32_t>());
+    return out;
+  };
+  auto prefill = [&](const std::vector<int32_t>& prompt) {
+    KvCache cache = model_->NewCache(1, 4);
+    ForwardInput input;
+    input.tokens = IdsTensor(prompt);
+    auto logits = model_->Forward(input, &cache);
+    EXPECT_TRUE(logits.ok());
+    return std::make_pair(std::move(cache), logits->argmax(-1)[0].item<int32_t>());
+  };
+
+  std::vector<std::vector<int32_t>> got(prompts.size());
+  auto [batch, first0] = prefill(prompts[0]);
+  got[0].push_back(first0);
+  std::vector<int32_t> next = step(batch, {first0});  // Row 0 is one step ahead.
+  got[0].push_back(next[0]);
+  for (size_t joiner : {size_t{1}, size_t{2}}) {
+    auto [cache, first] = prefill(prompts[joiner]);
+    ASSERT_TRUE(batch.AppendRows(std::move(cache)).ok());
+    got[joiner].push_back(first);
+  }
+  std::vector<size_t> rows = {0, 1, 2};
+  for (int s = 0; s < 6; ++s) {
+    std::vector<int32_t> last;
+    for (size_t r : rows) last.push_back(got[r].back());
+    next = step(batch, last);
+    for (size_t i = 0; i < rows.size(); ++i) got[rows[i]].push_back(next[i]);
+    if (s == 2) {  // Row 1 leaves.
+      ASSERT_TRUE(batch.SelectRows({0, 2}).ok());
+      rows = {0, 2};
+    }
+  }
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    const size_t n = got[r].size();
+    EXPECT_EQ(got[r], std::vector<int32_t>(expected[r].begin(), expected[r].begin() + n))
+        << "row " << r;
+  }
+  EXPECT_FALSE(batch.SelectRows({5}).ok());
+}
+
+TEST_F(ModelRuntimeTest, Bf16ComputeStaysCloseToFloat32) {
+  auto bf16 = LoadOrDie(dir_, "bf16");
+  ASSERT_NE(bf16, nullptr);
+  EXPECT_EQ(bf16->dtype(), at::kBFloat16);
+  ForwardInput input;
+  input.tokens = IdsTensor({5, 17, 33, 2, 9, 100, 7});
+  input.logits = ForwardInput::Logits::kAll;
+  auto a = model_->Forward(input, nullptr);
+  auto b = bf16->Forward(input, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->scalar_type(), at::kFloat);
+  EXPECT_LE(MaxAbsDiff(*a, *b), 0.1);
+}
+
+TEST_F(ModelRuntimeTest, SteeringFileRoundTripsAndChecksTheModel) {
+  const std::string path = ::testing::TempDir() + "/steerd_vector.safetensors";
+  ASSERT_TRUE(SaveSteeringFile(path, steering_, model_->config(), "qwen2-tiny", {}).ok());
+  auto loaded = LoadSteeringFile(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(loaded->vector, steering_));
+  EXPECT_EQ(loaded->metadata.at("format"), kSteeringFormat);
+  EXPECT_EQ(loaded->metadata.at("model_fingerprint"), ModelFingerprint(model_->config()));
+  EXPECT_TRUE(CheckSteeringMatchesModel(*loaded, model_->config()).ok());
+
+  ModelConfig other = model_->config();
+  other.num_layers = 4;
+  EXPECT_EQ(CheckSteeringMatchesModel(*loaded, other).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ModelRuntimeTest, SteeringFileWithoutMetadataIsAccepted) {
+  const at::Tensor data = steering_.contiguous();
+  auto bytes = SerializeSafetensors(
+      {{"steering", DType::kF32, {data.size(0), data.size(1)}, data.data_ptr()}}, {});
+  ASSERT_TRUE(bytes.ok());
+  auto parsed = ParseSteeringFile(*bytes, "upload");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(CheckSteeringMatchesModel(*parsed, model_->config()).ok());
+}
+
+TEST_F(ModelRuntimeTest, BadSteeringFilesAreRejected) {
+  struct Case {
+    std::string name;
+    at::Tensor tensor;
+    std::string tensor_name;
+    std::string expected;
+  };
+  at::Tensor nan = steering_.clone();
+  nan[1][3] = std::numeric_limits<float>::quiet_NaN();
+  at::Tensor inf = steering_.clone();
+  inf[0][0] = std::numeric_limits<float>::infinity();
+  const std::vector<Case> cases = {
+      {"nan", nan, "steering", "NaN or infinite"},
+      {"inf", inf, "steering", "NaN or infinite"},
+      {"1-d", steering_.flatten(), "steering", "[num_layers, hidden_size]"},
+      {"wrong name", steering_, "bias", "no tensor named 'steering'"},
+      {"int dtype", steering_.to(at::kInt), "steering", "must be F32 or BF16"},
+  };
+  for (const Case& c : cases) {
+    const at::Tensor data = c.tensor.contiguous();
+    auto dtype = c.tensor.scalar_type() == at::kInt ? DType::kI32 : DType::kF32;
+    auto bytes = SerializeSafetensors(
+        {{c.tensor_name, dtype, std::vector<int64_t>(data.sizes().begin(), data.sizes().end()),
+          data.data_ptr()}},
+        {});
+    ASSERT_TRUE(bytes.ok());
+    auto parsed = ParseSteeringFile(*bytes, "upload");
+    ASSERT_FALSE(parsed.ok()) << c.name;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(parsed.status().message()), HasSubstr(c.expected)) << c.name;
+  }
+  // A model with other dimensions: FAILED_PRECONDITION at use.
+  GenerationRequest wrong = Request({1, 2}, at::zeros({2, 64}));
+  Generator generator(model_.get(), nullptr);
+  EXPECT_EQ(generator.Generate({wrong}).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ModelRuntimeTest, BadRequestsAreClearErrors) {
+  Generator generator(model_.get(), nullptr);
+  struct Case {
+    std::string name;
+    GenerationRequest request;
+    absl::StatusCode code;
+    std::string expected;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"empty prompt", Request({}, at::Tensor()), absl::StatusCode::kInvalidArgument,
+                   "prompt is empty"});
+  cases.push_back({"id too large", Request({1, 320}, at::Tensor()),
+                   absl::StatusCode::kInvalidArgument, "out of range"});
+  cases.push_back({"negative id", Request({-1}, at::Tensor()), absl::StatusCode::kInvalidArgument,
+                   "out of range"});
+  cases.push_back({"zero new tokens", Request({1}, at::Tensor(), 0),
+                   absl::StatusCode::kInvalidArgument, "max_new_tokens"});
+  cases.push_back({"context overflow", Request(std::vector<int32_t>(500, 3), at::Tensor(), 20),
+                   absl::StatusCode::kOutOfRange, "context overflow"});
+  GenerationRequest hot = Request({1}, at::Tensor());
+  hot.sampling.temperature = -1;
+  cases.push_back({"negative temperature", hot, absl::StatusCode::kInvalidArgument, "temperature"});
+  GenerationRequest top_p = Request({1}, at::Tensor());
+  top_p.sampling.temperature = 1;
+  top_p.sampling.top_p = 1.5;
+  cases.push_back({"top_p above 1", top_p, absl::StatusCode::kInvalidArgument, "top_p"});
+  GenerationRequest stop = Request({1}, at::Tensor());
+  stop.stop_strings = {"x"};
+  cases.push_back({"stop without tokenizer", stop, absl::StatusCode::kInvalidArgument,
+                   "tokenizer"});
+  cases.push_back({"nan scale", Request({1}, steering_, 4, std::nan("")),
+                   absl::StatusCode::kInvalidArgument, "scale"});
+  for (const Case& c : cases) {
+    auto result = generator.Generate({Request({9, 9}, at::Tensor()), c.request});
+    ASSERT_FALSE(result.ok()) << c.name;
+    EXPECT_EQ(result.status().code(), c.code) << c.name << ": " << result.status();
+    EXPECT_THAT(std::string(result.status().message()), HasSubstr(c.expected)) << c.name;
+    EXPECT_THAT(std::string(result.status().message()), HasSubstr("request 1")) << c.name;
+  }
+  // The model still serves after all of them.
+  EXPECT_EQ(GenerateBatch({Request({5, 17}, at::Tensor(), 3)})[0].size(), 3u);
+
+  ForwardInput input;
+  input.tokens = IdsTensor({1, 2, 3});
+  input.left_pad = {3};
+  EXPECT_EQ(model_->Forward(input, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  input.left_pad.clear();
+  input.tokens = IdsTensor(std::vector<int32_t>(513, 1));
+  EXPECT_EQ(model_->Forward(input, nullptr).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(ModelRuntimeTest, BadCheckpointsAreClearErrors) {
+  {  // Missing folder.
+    absl::Status s = LoadStatus("/nonexistent/steerd-model");
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  }
+  {  // Truncated weights.
+    const std::string dir = ScratchModel("truncated");
+    fs::resize_file(fs::path(dir) / "model.safetensors", 100000);
+    absl::Status s = LoadStatus(dir);
+    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors")) << s;
+  }
+  {  // Header length pointing past the end of the file.
+    const std::string dir = ScratchModel("header");
+    std::fstream f(fs::path(dir) / "model.safetensors", std::ios::in | std::ios::out |
+                                                            std::ios::binary);
+    const uint64_t huge = uint64_t{1} << 40;
+    f.write(reinterpret_cast<const char*>(&huge), 8);
+    f.close();
+    absl::Status s = LoadStatus(dir);
+    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors")) << s;
+  }
+  {  // A tensor missing, and a tensor with the wrong shape.
+    auto original = SafetensorsFile::Open(dir_ + "/model.safetensors");
+    ASSERT_TRUE(original.ok());
+    for (const std::string mode : {"missing", "shape"}) {
+      std::vector<TensorToWrite> tensors;
+      std::vector<int64_t> changed;
+      for (const auto& [name, view] : (*original)->tensors()) {
+        if (name == "model.layers.1.mlp.up_proj.weight") {
+          if (mode == "missing") continue;
+          changed = {view.shape[1], view.shape[0]};
+          tensors.push_back({name, view.dtype, changed, view.data});
+          continue;
+        }
+        tensors.push_back({name, view.dtype, view.shape, view.data});
+      }
+      const std::string dir = ScratchModel("tensor_" + mode);
+      ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors, {}).ok());
+      absl::Status s = LoadStatus(dir);
+      EXPECT_FALSE(s.ok()) << mode;
+      EXPECT_THAT(std::string(s.message()), HasSubstr("model.layers.1.mlp.up_proj.weight")) << s;
+    }
+  }
+  {  // Unknown architecture and unsupported rope type, named by field.
+    for (const auto& [from, to, expected] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"\"Qwen2ForCausalLM\"", "\"MistralForCausalLM\"", "MistralForCausalLM"},
+             {"\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4}",
+              "yarn"}}) {
+      const std::string dir = ScratchModel("config");
+      std::string config = ReadFileOrDie(dir + "/config.json");
+      const size_t at = config.find(from);
+      ASSERT_NE(at, std::string::npos) << from;
+      config.replace(at, from.size(), to);
+      std::ofstream(dir + "/config.json", std::ios::trunc) << config;
+      absl::Status s = LoadStatus(dir);
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr(expected)) << s;
+    }
+  }
+  {  // Sharded index naming a shard that does not exist.
+    const fs::path dir = fs::path(::testing::TempDir()) / "steerd_missing_shard";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path src = FixturePath("hf-reference/llama-tiny-bf16-sharded");
+    for (const char* f : {"config.json", "model.safetensors.index.json",
+                          "model-00001-of-00002.safetensors"}) {
+      fs::copy_file(src / f, dir / f);
+    }
+    absl::Status s = LoadStatus(dir.string());
+    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("model-00002-of-00002.safetensors")) << s;
+  }
+}
+
+TEST_F(ModelRuntimeTest, DeviceAndDtypeFlagsAreValidated) {
+  Transformer::Options options;
+  options.model_dir = dir_;
+  options.device = "tpu";
+  EXPECT_EQ(Transformer::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.device = "cpu";
+  options.dtype = "f8";
+  EXPECT_EQ(Transformer::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.dtype = "auto";
+  auto model = Transformer::Create(options);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ((*model)->dtype(), at::kFloat);  // The checkpoint's float32.
+}
+
+}  // namespace
+}  // namespace steerd
