@@ -1,0 +1,220 @@
+// The offline CLI as users and scripts run it: build/bin/steerd's logits, generate,
+// tokenize and init-model commands against the reference fixtures, and its error
+// reporting (message on stderr, non-zero exit) for bad invocations.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "nlohmann/json.hpp"
+#include "server/model/safetensors.h"
+
+namespace steerd {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+const std::string kFixtures = STEERD_FIXTURES_DIR;
+
+struct Run {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+Run Steerd(const std::string& args) {
+  const std::string err_path = ::testing::TempDir() + "/steerd_cli_stderr.txt";
+  const std::string command =
+      std::string(STEERD_BINARY_DIR) + "/bin/steerd " + args + " 2>" + err_path;
+  Run run;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return run;
+  std::array<char, 65536> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  std::stringstream text;
+  text << err.rdbuf();
+  run.err = text.str();
+  return run;
+}
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+std::string Join(const nlohmann::json& ids) {
+  std::string out;
+  for (const auto& id : ids) out += (out.empty() ? "" : ",") + std::to_string(id.get<int64_t>());
+  return out;
+}
+
+// Writes the fixture's steering tensor as a metadata-free safetensors file, the way a
+// vector from another tool arrives.
+std::string WriteFixtureSteering(const nlohmann::json& cases, const std::string& name) {
+  std::vector<float> values;
+  for (const auto& row : cases["steering_vector"]["values"]) {
+    for (const auto& v : row) values.push_back(static_cast<float>(v.get<double>()));
+  }
+  const auto& shape = cases["steering_vector"]["shape"];
+  const std::string path = ::testing::TempDir() + "/" + name + ".safetensors";
+  EXPECT_TRUE(WriteSafetensors(path,
+                               {{"steering", DType::kF32,
+                                 {shape[0].get<int64_t>(), shape[1].get<int64_t>()},
+                                 values.data()}},
+                               {})
+                  .ok());
+  return path;
+}
+
+class CliFixtureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliFixtureTest, LogitsMatchHuggingFace) {
+  const std::string dir = kFixtures + "/hf-reference/" + GetParam();
+  const auto cases = ReadJson(dir + "/cases.json");
+  const auto& forward = cases["forward"][1];
+  const std::string steering = WriteFixtureSteering(cases, GetParam());
+  for (bool steered : {false, true}) {
+    Run run = Steerd("logits --model " + dir + " --ids " + Join(forward["input_ids"]) +
+                     " --dtype f32 --json" + (steered ? " --steering " + steering : ""));
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const auto got = nlohmann::json::parse(run.out)["logits"];
+    const auto& expected = forward[steered ? "steered_logits" : "logits"];
+    ASSERT_EQ(got.size(), expected.size());
+    double max_diff = 0;
+    for (size_t t = 0; t < got.size(); ++t) {
+      ASSERT_EQ(got[t].size(), expected[t].size());
+      for (size_t v = 0; v < got[t].size(); ++v) {
+        max_diff = std::max(max_diff, std::abs(got[t][v].get<double>() -
+                                               static_cast<float>(expected[t][v].get<double>())));
+      }
+    }
+    EXPECT_LE(max_diff, 1e-4) << (steered ? "steered" : "base");
+  }
+}
+
+TEST_P(CliFixtureTest, GreedyGenerateMatchesHuggingFace) {
+  const std::string dir = kFixtures + "/hf-reference/" + GetParam();
+  const auto cases = ReadJson(dir + "/cases.json");
+  const auto& gen = cases["generate"];
+  const std::string steering = WriteFixtureSteering(cases, GetParam() + "_gen");
+  for (bool steered : {false, true}) {
+    Run run = Steerd("generate --model " + dir + " --ids " + Join(gen["prompt"]) +
+                     " --max-new-tokens 24 --ignore-eos --dtype f32 --json" +
+                     (steered ? " --steering " + steering + " --scale 1.0" : ""));
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const auto out = nlohmann::json::parse(run.out);
+    EXPECT_EQ(out["ids"], gen[steered ? "steered_new_tokens" : "new_tokens"]);
+    EXPECT_EQ(out["finish_reason"], "length");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliFixtureTest, ::testing::Values("qwen2-tiny", "llama-tiny"),
+                         [](const auto& info) {
+                           return info.param == "qwen2-tiny" ? std::string("qwen2")
+                                                             : std::string("llama");
+                         });
+
+TEST(CliTest, TokenizeMatchesTheReferenceEncodings) {
+  const std::string dir = kFixtures + "/tokenizers/qwen2_5";
+  const auto cases = ReadJson(dir + "/cases.json")["cases"];
+  const std::string input = ::testing::TempDir() + "/steerd_tokenize.jsonl";
+  {
+    std::ofstream out(input);
+    for (const auto& c : cases) out << nlohmann::json{{"text", c["text"]}}.dump() << "\n";
+  }
+  Run run = Steerd("tokenize --model " + dir + " --input " + input);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  std::istringstream lines(run.out);
+  std::string line;
+  size_t i = 0;
+  for (; std::getline(lines, line); ++i) {
+    ASSERT_LT(i, cases.size());
+    const auto got = nlohmann::json::parse(line);
+    EXPECT_EQ(got["ids"], cases[i]["ids"]) << "case " << i;
+    EXPECT_EQ(got["decoded"], cases[i]["decoded"]) << "case " << i;
+  }
+  EXPECT_EQ(i, cases.size());
+
+  {
+    std::ofstream out(input);
+    out << "{\"text\": \"fine\"}\n{\"txt\": 1}\n";
+  }
+  run = Steerd("tokenize --model " + dir + " --input " + input);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.err, HasSubstr("line 2"));
+}
+
+TEST(CliTest, InitModelWritesALoadableDeterministicModel) {
+  const std::string config = std::string(STEERD_SOURCE_DIR) + "/configs/tiny-qwen2.json";
+  const std::string a = ::testing::TempDir() + "/steerd_init_a";
+  const std::string b = ::testing::TempDir() + "/steerd_init_b";
+  for (const auto& dir : {a, b}) {
+    fs::remove_all(dir);
+    Run run = Steerd("init-model --config " + config + " --out " + dir + " --seed 3 --dtype bf16");
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+  }
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  EXPECT_EQ(read(a + "/model.safetensors"), read(b + "/model.safetensors"));
+  EXPECT_EQ(ReadJson(a + "/config.json")["torch_dtype"], "bfloat16");
+
+  Run run = Steerd("generate --model " + a +
+                   " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos --temperature 0.9 "
+                   "--seed 5 --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto out = nlohmann::json::parse(run.out);
+  EXPECT_EQ(out["ids"].size(), 6u);
+  Run again = Steerd("generate --model " + a +
+                     " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos --temperature 0.9 "
+                     "--seed 5 --json");
+  EXPECT_EQ(again.out, run.out);  // Same seed, same tokens.
+
+  // Streaming mode prints the same text as --json.
+  Run stream = Steerd("generate --model " + a +
+                      " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos "
+                      "--temperature 0.9 --seed 5");
+  ASSERT_EQ(stream.exit_code, 0) << stream.err;
+  EXPECT_EQ(stream.out, out["text"].get<std::string>() + "\n");
+}
+
+TEST(CliTest, BadInvocationsExplainThemselves) {
+  const std::string qwen = kFixtures + "/hf-reference/qwen2-tiny";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"frobnicate", "unknown command"},
+      {"generate --model " + qwen + " --ids 1,2 --colour red", "unknown flag --colour"},
+      {"generate --model " + qwen + " --ids 1,x", "not an integer"},
+      {"generate --model " + qwen + " --ids 1,999 --json", "out of range"},
+      {"generate --model " + qwen + " --prompt hi", "tokenizer"},
+      {"generate --model /nonexistent --ids 1", "/nonexistent"},
+      {"generate --model " + qwen + " --ids 1 --temperature -1", "temperature"},
+      {"generate --model " + qwen + " --ids 1 --max-new-tokens 100000", "context overflow"},
+      {"generate --model " + qwen + " --ids 1 --steering /nonexistent.safetensors",
+       "/nonexistent.safetensors"},
+      {"logits --model " + qwen + " --ids 1", "--json"},
+      {"init-model --config /nonexistent.json --out /tmp/x", "/nonexistent.json"},
+      {"bench cook", "usage"},
+  };
+  for (const auto& [args, expected] : cases) {
+    Run run = Steerd(args);
+    EXPECT_NE(run.exit_code, 0) << args;
+    EXPECT_THAT(run.err, HasSubstr(expected)) << args;
+    EXPECT_THAT(run.err, HasSubstr("error")) << args;
+  }
+}
+
+}  // namespace
+}  // namespace steerd
