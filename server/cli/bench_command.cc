@@ -23,6 +23,7 @@
 #include "server/cli/tokenize_command.h"
 #include "server/model/generator.h"
 #include "server/model/tokenizer.h"
+#include "server/model/torch_util.h"
 #include "server/model/transformer.h"
 #include "server/util/status_macros.h"
 

@@ -36,7 +36,8 @@ class Tokenizer {
   virtual absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
                                                       bool add_special_tokens = false) const = 0;
   // Decodes ids to text; bytes that do not form valid UTF-8 become U+FFFD. Ids out of
-  // range are INVALID_ARGUMENT.
+  // range are INVALID_ARGUMENT. Lossless like Hugging Face `tokenizers`: transformers'
+  // clean_up_tokenization_spaces (" ." -> ".") is never applied.
   virtual absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
                                              bool skip_special_tokens = false) const = 0;
   // The raw bytes a token stands for (after byte-level decoding), for streaming.
@@ -56,7 +57,8 @@ class Tokenizer {
 // Streams text out of a sequence of ids: Push() returns the text completed by the new
 // token (possibly empty while a multi-byte character is still incomplete); Finish()
 // returns what is left, with an incomplete trailing character as U+FFFD. The
-// concatenation of all returned pieces equals Tokenizer::Decode of all ids.
+// concatenation of all returned pieces equals Tokenizer::Decode of all ids. One per
+// stream; not thread-safe.
 class IncrementalDetokenizer {
  public:
   explicit IncrementalDetokenizer(const Tokenizer* tokenizer, bool skip_special_tokens = false);
