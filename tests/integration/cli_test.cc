@@ -22,17 +22,17 @@ using ::testing::HasSubstr;
 
 const std::string kFixtures = STEERD_FIXTURES_DIR;
 
-struct Run {
+struct CliRun {
   int exit_code = -1;
   std::string out;  // stdout
   std::string err;  // stderr
 };
 
-Run Steerd(const std::string& args) {
+CliRun Steerd(const std::string& args) {
   const std::string err_path = ::testing::TempDir() + "/steerd_cli_stderr.txt";
   const std::string command =
       std::string(STEERD_BINARY_DIR) + "/bin/steerd " + args + " 2>" + err_path;
-  Run run;
+  CliRun run;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return run;
   std::array<char, 65536> buffer;
@@ -84,7 +84,7 @@ TEST_P(CliFixtureTest, LogitsMatchHuggingFace) {
   const auto& forward = cases["forward"][1];
   const std::string steering = WriteFixtureSteering(cases, GetParam());
   for (bool steered : {false, true}) {
-    Run run = Steerd("logits --model " + dir + " --ids " + Join(forward["input_ids"]) +
+    CliRun run = Steerd("logits --model " + dir + " --ids " + Join(forward["input_ids"]) +
                      " --dtype f32 --json" + (steered ? " --steering " + steering : ""));
     ASSERT_EQ(run.exit_code, 0) << run.err;
     const auto got = nlohmann::json::parse(run.out)["logits"];
@@ -108,7 +108,7 @@ TEST_P(CliFixtureTest, GreedyGenerateMatchesHuggingFace) {
   const auto& gen = cases["generate"];
   const std::string steering = WriteFixtureSteering(cases, GetParam() + "_gen");
   for (bool steered : {false, true}) {
-    Run run = Steerd("generate --model " + dir + " --ids " + Join(gen["prompt"]) +
+    CliRun run = Steerd("generate --model " + dir + " --ids " + Join(gen["prompt"]) +
                      " --max-new-tokens 24 --ignore-eos --dtype f32 --json" +
                      (steered ? " --steering " + steering + " --scale 1.0" : ""));
     ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -132,7 +132,7 @@ TEST(CliTest, TokenizeMatchesTheReferenceEncodings) {
     std::ofstream out(input);
     for (const auto& c : cases) out << nlohmann::json{{"text", c["text"]}}.dump() << "\n";
   }
-  Run run = Steerd("tokenize --model " + dir + " --input " + input);
+  CliRun run = Steerd("tokenize --model " + dir + " --input " + input);
   ASSERT_EQ(run.exit_code, 0) << run.err;
   std::istringstream lines(run.out);
   std::string line;
@@ -160,7 +160,7 @@ TEST(CliTest, InitModelWritesALoadableDeterministicModel) {
   const std::string b = ::testing::TempDir() + "/steerd_init_b";
   for (const auto& dir : {a, b}) {
     fs::remove_all(dir);
-    Run run = Steerd("init-model --config " + config + " --out " + dir + " --seed 3 --dtype bf16");
+    CliRun run = Steerd("init-model --config " + config + " --out " + dir + " --seed 3 --dtype bf16");
     ASSERT_EQ(run.exit_code, 0) << run.err;
   }
   auto read = [](const std::string& path) {
@@ -172,19 +172,19 @@ TEST(CliTest, InitModelWritesALoadableDeterministicModel) {
   EXPECT_EQ(read(a + "/model.safetensors"), read(b + "/model.safetensors"));
   EXPECT_EQ(ReadJson(a + "/config.json")["torch_dtype"], "bfloat16");
 
-  Run run = Steerd("generate --model " + a +
+  CliRun run = Steerd("generate --model " + a +
                    " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos --temperature 0.9 "
                    "--seed 5 --json");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const auto out = nlohmann::json::parse(run.out);
   EXPECT_EQ(out["ids"].size(), 6u);
-  Run again = Steerd("generate --model " + a +
+  CliRun again = Steerd("generate --model " + a +
                      " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos --temperature 0.9 "
                      "--seed 5 --json");
   EXPECT_EQ(again.out, run.out);  // Same seed, same tokens.
 
   // Streaming mode prints the same text as --json.
-  Run stream = Steerd("generate --model " + a +
+  CliRun stream = Steerd("generate --model " + a +
                       " --prompt 'Hello, world' --max-new-tokens 6 --ignore-eos "
                       "--temperature 0.9 --seed 5");
   ASSERT_EQ(stream.exit_code, 0) << stream.err;
@@ -209,7 +209,7 @@ TEST(CliTest, BadInvocationsExplainThemselves) {
       {"bench cook", "usage"},
   };
   for (const auto& [args, expected] : cases) {
-    Run run = Steerd(args);
+    CliRun run = Steerd(args);
     EXPECT_NE(run.exit_code, 0) << args;
     EXPECT_THAT(run.err, HasSubstr(expected)) << args;
     EXPECT_THAT(run.err, HasSubstr("error")) << args;
