@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/model/cpu_kernels.h"
 #include "server/model/torch_util.h"
 #include "server/model/weights.h"
 #include "server/util/status_macros.h"
@@ -19,6 +20,8 @@ namespace steerd {
 namespace {
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  // Decode-time bf16 rows on CPU: the hand-written kernel streams weights faster.
+  if (CanUseSmallBatchBf16Linear(x, w, b)) return SmallBatchBf16Linear(x, w, b);
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
@@ -26,6 +29,22 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// [a; b] along rows. Hugging Face files store gate_proj right before up_proj, so when
+// both point into one mapped file back to back the result is a zero-copy view that
+// keeps both alive; otherwise the rows are copied once at load.
+at::Tensor StackRows(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || !b.defined()) return at::Tensor();
+  const int64_t a_bytes = a.numel() * static_cast<int64_t>(a.element_size());
+  if (a.is_contiguous() && b.is_contiguous() && a.device() == b.device() &&
+      a.scalar_type() == b.scalar_type() &&
+      static_cast<const char*>(a.data_ptr()) + a_bytes == b.data_ptr()) {
+    std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end());
+    shape[0] += b.size(0);
+    return at::from_blob(a.data_ptr(), shape, [a, b](void*) {}, a.options());
+  }
+  return at::cat({a, b}, 0);
 }
 
 }  // namespace
@@ -100,11 +119,10 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Options& 
     layer.v_b = take(p + "self_attn.v_proj.bias");
     layer.o_b = take(p + "self_attn.o_proj.bias");
     layer.post_norm = take(p + "post_attention_layernorm.weight");
-    layer.gate_w = take(p + "mlp.gate_proj.weight");
-    layer.up_w = take(p + "mlp.up_proj.weight");
+    layer.gate_up_w =
+        StackRows(take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight"));
     layer.down_w = take(p + "mlp.down_proj.weight");
-    layer.gate_b = take(p + "mlp.gate_proj.bias");
-    layer.up_b = take(p + "mlp.up_proj.bias");
+    layer.gate_up_b = StackRows(take(p + "mlp.gate_proj.bias"), take(p + "mlp.up_proj.bias"));
     layer.down_b = take(p + "mlp.down_proj.bias");
     model->layers_.push_back(std::move(layer));
   }
@@ -329,8 +347,9 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
     x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, write_at,
                       key_len);
     at::Tensor h = RmsNorm(x, layer.post_norm);
-    at::Tensor mlp = Linear(at::silu(Linear(h, layer.gate_w, layer.gate_b)) *
-                                Linear(h, layer.up_w, layer.up_b),
+    const int64_t I = config_.intermediate_size;
+    at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b);  // [B, T, 2I]
+    at::Tensor mlp = Linear(at::silu(gate_up.narrow(-1, 0, I)) * gate_up.narrow(-1, I, I),
                             layer.down_w, layer.down_b);
     x = x + mlp;
     if (input.steering.defined()) x = x + input.steering[l];  // [B, 1, d] broadcast

@@ -76,8 +76,10 @@ class Transformer {
     at::Tensor q_w, k_w, v_w, o_w;   // [H*hd, d], [KVH*hd, d], [KVH*hd, d], [d, H*hd]
     at::Tensor q_b, k_b, v_b, o_b;   // biases or undefined
     at::Tensor post_norm;            // [d]
-    at::Tensor gate_w, up_w, down_w; // [I, d], [I, d], [d, I]
-    at::Tensor gate_b, up_b, down_b; // biases or undefined
+    at::Tensor gate_up_w;            // [2I, d]: gate_proj rows, then up_proj rows
+    at::Tensor gate_up_b;            // [2I] or undefined
+    at::Tensor down_w;               // [d, I]
+    at::Tensor down_b;               // [d] or undefined
   };
 
   Transformer() = default;
