@@ -33,6 +33,8 @@ absl::StatusOr<std::string> TokenizeLine(const Tokenizer& tokenizer, absl::strin
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", ids.status().message()));
   }
   ASSIGN_OR_RETURN(std::string decoded, tokenizer.Decode(*ids));
+  // As transformers' decode() presents it.
+  if (tokenizer.clean_up_tokenization_spaces()) decoded = CleanUpTokenizationSpaces(decoded);
   const nlohmann::ordered_json output = {{"ids", *ids}, {"decoded", decoded}};
   return output.dump(/*indent=*/-1, /*indent_char=*/' ', /*ensure_ascii=*/false);
 }

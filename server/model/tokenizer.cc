@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
@@ -451,6 +452,7 @@ class BpeTokenizer : public Tokenizer {
   std::optional<int32_t> bos_token_id() const override { return bos_token_id_; }
   std::optional<int32_t> eos_token_id() const override { return eos_token_id_; }
   const std::string& chat_template() const override { return chat_template_; }
+  bool clean_up_tokenization_spaces() const override { return clean_up_tokenization_spaces_; }
   void set_chat_template(std::string chat_template) { chat_template_ = std::move(chat_template); }
 
  private:
@@ -511,6 +513,7 @@ class BpeTokenizer : public Tokenizer {
   std::optional<int32_t> bos_token_id_;
   std::optional<int32_t> eos_token_id_;
   std::string chat_template_;
+  bool clean_up_tokenization_spaces_ = false;
 
   mutable absl::Mutex cache_mu_;
   mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_ ABSL_GUARDED_BY(cache_mu_);
@@ -914,6 +917,8 @@ absl::Status BpeTokenizer::ParseConfig(const JsonFile& file, const Json& config)
                         absl::StrCat("expected string or array, got ", chat_template->type_name()));
     }
   }
+  ASSIGN_OR_RETURN(clean_up_tokenization_spaces_,
+                   file.Bool(config, "", "clean_up_tokenization_spaces", false));
   // transformers' Llama tokenizers rebuild the post-processor from add_bos_token; the
   // early Llama 3 tokenizer.json leaves BOS out of its own.
   ASSIGN_OR_RETURN(const bool add_bos_token, file.Bool(config, "", "add_bos_token", false));
@@ -1200,6 +1205,19 @@ std::string IncrementalDetokenizer::Finish() {
   AppendUtf8Lossy(pending_, /*hold_incomplete_tail=*/false, &text);
   pending_.clear();
   return text;
+}
+
+std::string CleanUpTokenizationSpaces(absl::string_view text) {
+  return absl::StrReplaceAll(text, {{" .", "."},
+                                    {" ?", "?"},
+                                    {" !", "!"},
+                                    {" ,", ","},
+                                    {" ' ", "'"},
+                                    {" n't", "n't"},
+                                    {" 'm", "'m"},
+                                    {" 's", "'s"},
+                                    {" 've", "'ve"},
+                                    {" 're", "'re"}});
 }
 
 }  // namespace steerd

@@ -52,7 +52,14 @@ class Tokenizer {
   virtual std::optional<int32_t> bos_token_id() const = 0;
   virtual std::optional<int32_t> eos_token_id() const = 0;
   virtual const std::string& chat_template() const = 0;
+  // tokenizer_config.json's clean_up_tokenization_spaces: whether transformers'
+  // `decode` tidies spaces before punctuation. Decode() itself stays lossless; text
+  // shown as transformers would show it goes through CleanUpTokenizationSpaces.
+  virtual bool clean_up_tokenization_spaces() const = 0;
 };
+
+// transformers' clean_up_tokenization: " ." -> ".", " n't" -> "n't", and the like.
+std::string CleanUpTokenizationSpaces(absl::string_view text);
 
 // Streams text out of a sequence of ids: Push() returns the text completed by the new
 // token (possibly empty while a multi-byte character is still incomplete); Finish()
