@@ -1,5 +1,7 @@
 #include "server/cli/args.h"
 
+#include <cstdio>
+
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -103,6 +105,12 @@ absl::StatusOr<std::vector<int64_t>> Args::GetIntList(const std::string& name) c
     return absl::InvalidArgumentError(absl::StrCat("flag --", name, " is empty"));
   }
   return out;
+}
+
+int ExitWithStatus(const absl::Status& status) {
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+  return 1;
 }
 
 }  // namespace steerd

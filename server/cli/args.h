@@ -39,6 +39,10 @@ class Args {
   std::set<std::string> bools_;
 };
 
+// A command's exit code for `status`: 0, or 1 after printing "error: <message>" to
+// stderr.
+int ExitWithStatus(const absl::Status& status);
+
 }  // namespace steerd
 
 #endif  // STEERD_SERVER_CLI_ARGS_H_

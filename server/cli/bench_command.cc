@@ -20,6 +20,7 @@
 #include "nlohmann/json.hpp"
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
+#include "server/cli/model_flags.h"
 #include "server/cli/tokenize_command.h"
 #include "server/model/generator.h"
 #include "server/model/tokenizer.h"
@@ -115,16 +116,10 @@ absl::StatusOr<DecodeRun> BenchDecode(const Transformer& model, const Tokenizer*
 }
 
 absl::Status BenchDecodeCommand(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
-                                          {"model", "batch", "new-tokens", "prompt-tokens",
-                                           "repeats", "dtype", "device", "threads"},
-                                          {"json"}));
-  Transformer::Options options;
-  ASSIGN_OR_RETURN(options.model_dir, args.Required("model"));
-  options.dtype = args.GetString("dtype", "auto");
-  options.device = args.GetString("device", "auto");
-  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
-  options.num_threads = static_cast<int>(threads);
+  std::set<std::string> flags = ModelFlagNames();
+  flags.insert({"batch", "new-tokens", "prompt-tokens", "repeats"});
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags, {"json"}));
+  ASSIGN_OR_RETURN(Transformer::Options options, TransformerOptionsFromArgs(args));
   std::vector<int64_t> batches = {1, 16};
   if (args.Has("batch")) {
     ASSIGN_OR_RETURN(batches, args.GetIntList("batch"));
@@ -241,12 +236,7 @@ int RunBenchCommand(const std::vector<std::string>& args) {
                          "[--new-tokens 32] [--json]\n");
     return 2;
   }
-  absl::Status status = BenchDecodeCommand({args.begin() + 1, args.end()});
-  if (!status.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return ExitWithStatus(BenchDecodeCommand({args.begin() + 1, args.end()}));
 }
 
 }  // namespace steerd

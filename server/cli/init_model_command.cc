@@ -183,6 +183,8 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
       if (error) {
         return absl::InternalError(absl::StrCat("copying ", file, ": ", error.message()));
       }
+      // Sources may be read-only (a fixture); the model folder's copy is the user's.
+      fs::permissions(fs::path(out) / file, fs::perms::owner_write, fs::perm_options::add, error);
     }
   } else {
     RETURN_IF_ERROR(WriteByteTokenizer(out));
@@ -197,12 +199,7 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
 }  // namespace
 
 int RunInitModelCommand(const std::vector<std::string>& args) {
-  absl::Status status = InitModel(args);
-  if (!status.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return ExitWithStatus(InitModel(args));
 }
 
 }  // namespace steerd

@@ -9,6 +9,7 @@
 #include "nlohmann/json.hpp"
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
+#include "server/cli/model_flags.h"
 #include "server/model/generator.h"
 #include "server/model/steering_file.h"
 #include "server/model/tokenizer.h"
@@ -18,21 +19,15 @@
 namespace steerd {
 namespace {
 
-const std::set<std::string> kModelFlags = {"model", "dtype", "device", "threads", "steering",
-                                           "scale"};
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-  return 1;
+// Model flags plus the steering ones both commands take.
+std::set<std::string> SteeredModelFlags() {
+  std::set<std::string> flags = ModelFlagNames();
+  flags.insert({"steering", "scale"});
+  return flags;
 }
 
 absl::StatusOr<std::unique_ptr<Transformer>> LoadModel(const Args& args) {
-  Transformer::Options options;
-  ASSIGN_OR_RETURN(options.model_dir, args.Required("model"));
-  options.dtype = args.GetString("dtype", "auto");
-  options.device = args.GetString("device", "auto");
-  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
-  options.num_threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(Transformer::Options options, TransformerOptionsFromArgs(args));
   return Transformer::Create(options);
 }
 
@@ -72,7 +67,7 @@ absl::StatusOr<std::vector<int32_t>> IdsFlag(const Args& args) {
 }
 
 absl::Status Logits(const std::vector<std::string>& argv) {
-  std::set<std::string> value_flags = kModelFlags;
+  std::set<std::string> value_flags = SteeredModelFlags();
   value_flags.insert("ids");
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, value_flags, {"json"}));
   if (!args.Flag("json")) {
@@ -100,7 +95,7 @@ absl::Status Logits(const std::vector<std::string>& argv) {
 }
 
 absl::Status Generate(const std::vector<std::string>& argv) {
-  std::set<std::string> value_flags = kModelFlags;
+  std::set<std::string> value_flags = SteeredModelFlags();
   for (const char* f : {"prompt", "ids", "max-new-tokens", "temperature", "top-p", "top-k",
                         "seed", "stop"}) {
     value_flags.insert(f);
@@ -168,14 +163,10 @@ absl::Status Generate(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int RunLogitsCommand(const std::vector<std::string>& args) {
-  absl::Status status = Logits(args);
-  return status.ok() ? 0 : Fail(status);
-}
+int RunLogitsCommand(const std::vector<std::string>& args) { return ExitWithStatus(Logits(args)); }
 
 int RunGenerateCommand(const std::vector<std::string>& args) {
-  absl::Status status = Generate(args);
-  return status.ok() ? 0 : Fail(status);
+  return ExitWithStatus(Generate(args));
 }
 
 }  // namespace steerd

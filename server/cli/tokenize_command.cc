@@ -62,12 +62,8 @@ absl::Status Tokenize(const std::vector<std::string>& argv) {
 
 int RunTokenizeCommand(const std::vector<std::string>& args) {
   const absl::Status status = Tokenize(args);
-  if (!status.ok()) {
-    std::cout.flush();
-    std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  return 0;
+  std::cout.flush();  // Lines before a bad one come out before the error.
+  return ExitWithStatus(status);
 }
 
 absl::StatusOr<double> MeasureTokenizerMbPerSecond(const Tokenizer& tokenizer,
