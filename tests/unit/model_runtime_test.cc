@@ -212,6 +212,38 @@ TEST_F(ModelRuntimeTest, Bf16ComputeStaysCloseToFloat32) {
   EXPECT_LE(MaxAbsDiff(*a, *b), 0.1);
 }
 
+// An F16 checkpoint: CPU has no float16 matmul in libtorch 1.13, so "auto" computes in
+// float32 from the converted weights.
+TEST_F(ModelRuntimeTest, Float16CheckpointLoadsAndComputesInFloat32) {
+  auto original = SafetensorsFile::Open(dir_ + "/model.safetensors");
+  ASSERT_TRUE(original.ok());
+  std::vector<at::Tensor> keep;
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, view] : (*original)->tensors()) {
+    at::Tensor half = at::from_blob(const_cast<void*>(view.data), view.shape, at::kFloat)
+                          .to(at::kHalf)
+                          .contiguous();
+    tensors.push_back({name, DType::kF16, view.shape, half.data_ptr()});
+    keep.push_back(half);
+  }
+  const std::string dir = ScratchModel("f16");
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors, {}).ok());
+  Transformer::Options options;
+  options.model_dir = dir;
+  options.device = "cpu";
+  auto f16 = Transformer::Create(options);
+  ASSERT_TRUE(f16.ok()) << f16.status();
+  EXPECT_EQ((*f16)->dtype(), at::kFloat);
+  ForwardInput input;
+  input.tokens = IdsTensor({5, 17, 33, 2, 9});
+  input.logits = ForwardInput::Logits::kAll;
+  auto a = model_->Forward(input, nullptr);
+  auto b = (*f16)->Forward(input, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LE(MaxAbsDiff(*a, *b), 5e-3);  // float16 rounding of N(0, 0.05) weights
+  EXPECT_GT(MaxAbsDiff(*a, *b), 0.0);
+}
+
 TEST_F(ModelRuntimeTest, SteeringFileRoundTripsAndChecksTheModel) {
   const std::string path = ::testing::TempDir() + "/steerd_vector.safetensors";
   ASSERT_TRUE(SaveSteeringFile(path, steering_, model_->config(), "qwen2-tiny", {}).ok());
