@@ -1,5 +1,5 @@
 // The flags every model-loading command shares (--model DIR, --dtype, --device,
-// --threads) and their translation into Transformer::Options.
+// --threads, --weights hugepages|mapped) and their translation into Transformer::Options.
 #ifndef STEERD_SERVER_CLI_MODEL_FLAGS_H_
 #define STEERD_SERVER_CLI_MODEL_FLAGS_H_
 

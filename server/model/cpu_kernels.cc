@@ -9,7 +9,11 @@
 namespace steerd {
 namespace {
 
-constexpr int kTileRows = 4;  // Weight rows per tile: four streams, 4 x MR accumulators.
+// Up to this many token rows, memory is the limit: one weight row at a time keeps each
+// thread on a single sequential stream, which the hardware prefetchers follow at full
+// bandwidth (four interleaved short rows reach only half of it). Past it, compute is
+// the limit, and tiles of four weight rows reuse each loaded token vector four times.
+constexpr int64_t kSequentialMaxRows = 8;
 
 bool CpuHasAvx512Bf16() {
   static const bool supported = __builtin_cpu_supports("avx512f") &&
@@ -19,24 +23,25 @@ bool CpuHasAvx512Bf16() {
 }
 
 // One tile: weight rows [n, n + rows) against token rows [m, m + MR), over all of K.
-template <int MR>
+// Every output is one accumulator fed the K dimension in order and reduced the same
+// way, whatever NR, MR and the number of rows in the call: results are bit-identical
+// across batch compositions.
+template <int NR, int MR>
 __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline void Tile(
     const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t N,
-    int64_t K, int64_t n, int64_t m, int rows) {
+    int64_t K, int64_t n, int64_t m, int rows, int64_t prefetch) {
   const int64_t k_full = K / 32 * 32;
   const __mmask32 tail = K % 32 ? static_cast<__mmask32>((1u << (K % 32)) - 1) : 0;
-  __m512 acc[kTileRows][MR];
-  const uint16_t* w_row[kTileRows];
+  __m512 acc[NR][MR];
+  const uint16_t* w_row[NR];
   // The small loops must be fully unrolled so the accumulators live in registers.
 #pragma GCC unroll 4
-  for (int a = 0; a < kTileRows; ++a) {
+  for (int a = 0; a < NR; ++a) {
 #pragma GCC unroll 4
     for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_setzero_ps();
     // A short last tile repeats its first row; those sums are computed, not stored.
     w_row[a] = w + (n + (a < rows ? a : 0)) * K;
   }
-  // Prefetch the same position of the next tile, which starts kTileRows * K later.
-  const int64_t prefetch = kTileRows * K;
   for (int64_t k = 0; k < k_full; k += 32) {
     __m512bh xv[MR];
 #pragma GCC unroll 4
@@ -44,7 +49,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
       xv[b] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + (m + b) * K + k));
     }
 #pragma GCC unroll 4
-    for (int a = 0; a < kTileRows; ++a) {
+    for (int a = 0; a < NR; ++a) {
       _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + k + prefetch), _MM_HINT_T0);
       const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w_row[a] + k));
 #pragma GCC unroll 4
@@ -56,7 +61,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
     for (int b = 0; b < MR; ++b) {
       xv[b] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, x + (m + b) * K + k_full));
     }
-    for (int a = 0; a < kTileRows; ++a) {
+    for (int a = 0; a < NR; ++a) {
       const __m512bh wv =
           reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, w_row[a] + k_full));
       for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], wv, xv[b]);
@@ -76,16 +81,20 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void TileRange(
+// Weight rows [first_row, last_row) in tiles of NR rows, against all M token rows.
+template <int NR>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void RowRange(
     const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M,
-    int64_t N, int64_t K, int64_t first_tile, int64_t last_tile) {
-  for (int64_t tile = first_tile; tile < last_tile; ++tile) {
-    const int64_t n = tile * kTileRows;
-    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, N - n));
+    int64_t N, int64_t K, int64_t first_row, int64_t last_row) {
+  // Sequential reading prefetches 1 KiB ahead in its row; tiled reading prefetches
+  // the same position of the next tile.
+  const int64_t prefetch = NR == 1 ? 512 : NR * K;
+  for (int64_t n = first_row; n < last_row; n += NR) {
+    const int rows = static_cast<int>(std::min<int64_t>(NR, last_row - n));
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) Tile<4>(x, w, bias, y, N, K, n, m, rows);
-    for (; m + 2 <= M; m += 2) Tile<2>(x, w, bias, y, N, K, n, m, rows);
-    for (; m < M; ++m) Tile<1>(x, w, bias, y, N, K, n, m, rows);
+    for (; m + 4 <= M; m += 4) Tile<NR, 4>(x, w, bias, y, N, K, n, m, rows, prefetch);
+    for (; m + 2 <= M; m += 2) Tile<NR, 2>(x, w, bias, y, N, K, n, m, rows, prefetch);
+    for (; m < M; ++m) Tile<NR, 1>(x, w, bias, y, N, K, n, m, rows, prefetch);
   }
 }
 
@@ -119,9 +128,16 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
   const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
   const auto* bp = bias.defined() ? reinterpret_cast<const uint16_t*>(bias.data_ptr()) : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
-  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  at::parallel_for(0, tiles, /*grain_size=*/16, [&](int64_t begin, int64_t end) {
-    TileRange(xp, wp, bp, yp, M, N, K, begin, end);
+  const bool sequential = M <= kSequentialMaxRows;
+  const int64_t tile = sequential ? 1 : 4;
+  // Threads split the weight rows on tile boundaries.
+  at::parallel_for(0, (N + tile - 1) / tile, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
+    const int64_t first = begin * tile, last = std::min(N, end * tile);
+    if (sequential) {
+      RowRange<1>(xp, wp, bp, yp, M, N, K, first, last);
+    } else {
+      RowRange<4>(xp, wp, bp, yp, M, N, K, first, last);
+    }
   });
   return y;
 }

@@ -96,7 +96,9 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Options& 
                           : std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(threads);
 
-  ASSIGN_OR_RETURN(LoadedWeights loaded, LoadWeights(options.model_dir, config, dtype, device));
+  ASSIGN_OR_RETURN(WeightPlacement placement, ParseWeightPlacement(options.weights));
+  ASSIGN_OR_RETURN(LoadedWeights loaded,
+                   LoadWeights(options.model_dir, config, dtype, device, placement));
   std::unique_ptr<Transformer> model(new Transformer());
   auto& w = loaded.tensors;
   auto take = [&w](const std::string& name) -> at::Tensor {

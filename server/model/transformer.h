@@ -47,6 +47,8 @@ class Transformer {
     std::string dtype = "auto";    // auto | f32 | bf16 | f16 (auto: the checkpoint's).
     std::string device = "auto";   // auto | cpu | cuda
     int num_threads = 0;           // CPU intra-op threads; 0 = all cores.
+    std::string weights = "mapped";  // CPU weight memory: mapped | hugepages (see
+                                     // weights.h).
   };
 
   static absl::StatusOr<std::unique_ptr<Transformer>> Create(const Options& options);

@@ -1,5 +1,8 @@
 #include "server/model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -60,7 +63,54 @@ absl::StatusOr<std::map<std::string, std::string>> ReadShardMap(const std::strin
   return shard_of;  // Empty: every tensor lives in model.safetensors.
 }
 
+// Anonymous memory for all CPU weights, 2 MiB aligned and advised to use transparent
+// huge pages. Tensors are views into it; it is unmapped when the last one dies.
+class WeightArena {
+ public:
+  static constexpr size_t kHugePage = size_t{2} << 20;
+
+  static absl::StatusOr<std::shared_ptr<WeightArena>> Create(size_t bytes) {
+    const size_t length = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+    void* reserved = ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reserved == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate ", bytes, " bytes for the model weights"));
+    }
+    auto arena = std::shared_ptr<WeightArena>(new WeightArena(reserved, length));
+    // Huge pages need 2 MiB-aligned virtual addresses; without THP this is a no-op.
+    const uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
+    arena->base_ = reinterpret_cast<char*>((start + kHugePage - 1) / kHugePage * kHugePage);
+    ::madvise(arena->base_, length - kHugePage, MADV_HUGEPAGE);
+    return arena;
+  }
+  ~WeightArena() { ::munmap(reserved_, length_); }
+  char* base() const { return base_; }
+
+ private:
+  WeightArena(void* reserved, size_t length) : reserved_(reserved), length_(length) {}
+  void* reserved_;
+  size_t length_;
+  char* base_ = nullptr;
+};
+
+// Drops the whole pages of [data, data + bytes) from this process (the file's page
+// cache keeps them): a copied tensor's source then no longer counts in RSS.
+void ReleaseMappedRange(const void* data, size_t bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace
+
+absl::StatusOr<WeightPlacement> ParseWeightPlacement(const std::string& name) {
+  if (name == "hugepages") return WeightPlacement::kHugePages;
+  if (name == "mapped") return WeightPlacement::kMapped;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--weights '", name, "' is not one of mapped, hugepages"));
+}
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedWeightShapes(
     const ModelConfig& c) {
@@ -98,10 +148,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedWeightShapes(
 
 absl::StatusOr<LoadedWeights> LoadWeights(const std::string& model_dir,
                                           const ModelConfig& config, at::ScalarType dtype,
-                                          const at::Device& device) {
+                                          const at::Device& device, WeightPlacement placement) {
   ASSIGN_OR_RETURN(auto shard_of, ReadShardMap(model_dir));
   std::map<std::string, std::shared_ptr<SafetensorsFile>> open_files;
-  auto file_for = [&](const std::string& name) -> absl::StatusOr<SafetensorsFile*> {
+  auto file_for = [&](const std::string& name) -> absl::StatusOr<std::shared_ptr<SafetensorsFile>> {
     std::string file = "model.safetensors";
     if (!shard_of.empty()) {
       auto it = shard_of.find(name);
@@ -116,12 +166,20 @@ absl::StatusOr<LoadedWeights> LoadWeights(const std::string& model_dir,
       ASSIGN_OR_RETURN(auto opened, SafetensorsFile::Open((fs::path(model_dir) / file).string()));
       slot = std::move(opened);
     }
-    return slot.get();
+    return slot;
   };
 
-  LoadedWeights weights;
+  // Validate every tensor before allocating or copying anything.
+  struct Source {
+    std::string name;
+    TensorView view;
+    std::shared_ptr<SafetensorsFile> file;
+  };
+  std::vector<Source> sources;
+  size_t arena_bytes = 0;
+  const size_t element = at::elementSize(dtype);
   for (const auto& [name, shape] : ExpectedWeightShapes(config)) {
-    ASSIGN_OR_RETURN(SafetensorsFile * file, file_for(name));
+    ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> file, file_for(name));
     ASSIGN_OR_RETURN(TensorView view, file->Get(name));
     if (view.shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -133,16 +191,36 @@ absl::StatusOr<LoadedWeights> LoadWeights(const std::string& model_dir,
                                                      "' has dtype ", DTypeName(view.dtype),
                                                      "; weights must be F32, BF16 or F16"));
     }
-    std::shared_ptr<const void> owner = open_files[shard_of.empty() ? "model.safetensors"
-                                                                    : shard_of[name]];
-    ASSIGN_OR_RETURN(at::Tensor mapped, TensorFromView(view, std::move(owner)));
-    ASSIGN_OR_RETURN(at::Tensor tensor,
-                     CatchTorchErrors("converting weights", [&]() -> absl::StatusOr<at::Tensor> {
-                       // Zero-copy when dtype and device already match.
-                       return mapped.to(device, dtype);
-                     }));
-    weights.file_bytes += static_cast<int64_t>(view.nbytes);
-    weights.tensors[name] = std::move(tensor);
+    // Back to back (no padding) so that adjacent tensors such as gate_proj and up_proj
+    // stay adjacent, as in the file.
+    arena_bytes += static_cast<size_t>(view.numel()) * element;
+    sources.push_back({name, std::move(view), std::move(file)});
+  }
+
+  const bool use_arena = placement == WeightPlacement::kHugePages && device.is_cpu();
+  std::shared_ptr<WeightArena> arena;
+  if (use_arena) {
+    ASSIGN_OR_RETURN(arena, WeightArena::Create(arena_bytes));
+  }
+  LoadedWeights weights;
+  size_t offset = 0;
+  for (Source& source : sources) {
+    ASSIGN_OR_RETURN(at::Tensor mapped, TensorFromView(source.view, source.file));
+    ASSIGN_OR_RETURN(
+        at::Tensor tensor,
+        CatchTorchErrors("loading weights", [&]() -> absl::StatusOr<at::Tensor> {
+          if (!use_arena) return mapped.to(device, dtype);  // Zero-copy when dtypes match.
+          at::Tensor placed = at::from_blob(arena->base() + offset, mapped.sizes(),
+                                            [arena](void*) {}, at::TensorOptions().dtype(dtype));
+          placed.copy_(mapped);
+          return placed;
+        }));
+    if (use_arena) {
+      ReleaseMappedRange(source.view.data, source.view.nbytes);
+      offset += static_cast<size_t>(tensor.numel()) * element;
+    }
+    weights.file_bytes += static_cast<int64_t>(source.view.nbytes);
+    weights.tensors[source.name] = std::move(tensor);
   }
   return weights;
 }

@@ -435,6 +435,35 @@ TEST_F(ModelRuntimeTest, BadCheckpointsAreClearErrors) {
   }
 }
 
+// Weights copied into the huge-page arena compute exactly what the mapped file does,
+// in f32 (no conversion) and bf16 (converted while copying), including the fused
+// gate/up view that spans two tensors.
+TEST_F(ModelRuntimeTest, HugePageWeightsMatchMappedWeights) {
+  for (const std::string dtype : {"f32", "bf16"}) {
+    std::vector<at::Tensor> logits;
+    for (const std::string placement : {"mapped", "hugepages"}) {
+      Transformer::Options options;
+      options.model_dir = dir_;
+      options.device = "cpu";
+      options.dtype = dtype;
+      options.weights = placement;
+      auto model = Transformer::Create(options);
+      ASSERT_TRUE(model.ok()) << model.status();
+      ForwardInput input;
+      input.tokens = IdsTensor({5, 17, 33, 2, 9, 100, 7});
+      input.logits = ForwardInput::Logits::kAll;
+      auto out = (*model)->Forward(input, nullptr);
+      ASSERT_TRUE(out.ok()) << out.status();
+      logits.push_back(*out);
+    }
+    EXPECT_TRUE(at::equal(logits[0], logits[1])) << dtype;
+  }
+  Transformer::Options options;
+  options.model_dir = dir_;
+  options.weights = "swap";
+  EXPECT_EQ(Transformer::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ModelRuntimeTest, DeviceAndDtypeFlagsAreValidated) {
   Transformer::Options options;
   options.model_dir = dir_;
