@@ -100,7 +100,9 @@ absl::StatusOr<std::string> SequenceState::Accept(const SampledToken& token) {
   const bool is_eos = !request_.ignore_eos &&
                       std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
   if (is_eos) return Finish(FinishReason::kStop);
-  if (detokenizer_.has_value()) {
+  // Checkpoints pad their vocabulary past the tokenizer's (Qwen2.5: 151936 rows for
+  // 151665 tokens); such an id is kept as a token but has no text.
+  if (detokenizer_.has_value() && token.id < tokenizer_->vocab_size()) {
     const size_t before = result_.text.size();
     ASSIGN_OR_RETURN(std::string piece, detokenizer_->Push(token.id));
     result_.text += piece;

@@ -125,5 +125,16 @@ TEST_F(SequenceStateTest, MaxNewTokensEndsWithLength) {
   EXPECT_FALSE(state.Accept({1, 0.0f}).ok());
 }
 
+// A model's vocabulary can be larger than its tokenizer's (padding rows); sampling one
+// of those ids must not end the request.
+TEST_F(SequenceStateTest, IdsPastTheTokenizerHaveNoText) {
+  SequenceState state(Request(), tokenizer_.get(), {eos_});
+  std::vector<int32_t> ids = Encode("a b");
+  ids.insert(ids.begin() + 1, tokenizer_->vocab_size() + 100);
+  Feed(state, ids);
+  EXPECT_EQ(state.result().tokens, ids);
+  EXPECT_EQ(state.result().text, "a b");
+}
+
 }  // namespace
 }  // namespace steerd
