@@ -4,7 +4,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 namespace steerd {
 namespace {
@@ -140,6 +143,96 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
     }
   });
   return y;
+}
+
+bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+  return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 &&
+         weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() &&
+         x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0) &&
+         !x.requires_grad() && !weight.requires_grad();
+}
+
+at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  const auto* wp = weight.data_ptr<c10::BFloat16>();
+  auto* yp = y.data_ptr<c10::BFloat16>();
+  const float epsilon = static_cast<float>(eps);
+  // A row is a few thousand values: only many rows (a prefill) are worth threads.
+  at::parallel_for(0, rows, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const c10::BFloat16* in = xp + r * d;
+      c10::BFloat16* out = yp + r * d;
+      float sum_squares = 0.0f;
+      for (int64_t i = 0; i < d; ++i) {
+        const float v = static_cast<float>(in[i]);
+        sum_squares += v * v;
+      }
+      const float inverse_rms = 1.0f / std::sqrt(sum_squares / static_cast<float>(d) + epsilon);
+      for (int64_t i = 0; i < d; ++i) {
+        const c10::BFloat16 normed(static_cast<float>(in[i]) * inverse_rms);
+        out[i] = c10::BFloat16(static_cast<float>(wp[i]) * static_cast<float>(normed));
+      }
+    }
+  });
+  return y;
+}
+
+bool CanUseBf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys) {
+  return q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
+         keys.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(2) == 1 &&
+         keys.dim() == 4 && !q.requires_grad();
+}
+
+at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
+                               const at::Tensor& values, const std::vector<int64_t>& first,
+                               const std::vector<int64_t>& last, double scale) {
+  const at::Tensor query = q.contiguous();  // [B, H, 1, hd]
+  const at::Tensor k = keys.contiguous(), v = values.contiguous();
+  const int64_t B = query.size(0), H = query.size(1), hd = query.size(3);
+  const int64_t KVH = k.size(1), S = k.size(2), G = H / KVH;
+  at::Tensor out = at::empty({B, 1, H * hd}, query.options());
+  const auto* qp = query.data_ptr<c10::BFloat16>();
+  const auto* kp = k.data_ptr<c10::BFloat16>();
+  const auto* vp = v.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  const float scale_f = static_cast<float>(scale);
+  at::parallel_for(0, B * KVH, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights(S), q_row(hd), acc(hd);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / KVH, kv = pair % KVH;
+      const c10::BFloat16* k_head = kp + (b * KVH + kv) * S * hd;
+      const c10::BFloat16* v_head = vp + (b * KVH + kv) * S * hd;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = kv * G + g;
+        const c10::BFloat16* q_head = qp + (b * H + h) * hd;
+        for (int64_t i = 0; i < hd; ++i) q_row[i] = static_cast<float>(q_head[i]);
+        float max_score = -std::numeric_limits<float>::infinity();
+        for (int64_t s = first[b]; s <= last[b]; ++s) {
+          const c10::BFloat16* key = k_head + s * hd;
+          float dot = 0.0f;
+          for (int64_t i = 0; i < hd; ++i) dot += q_row[i] * static_cast<float>(key[i]);
+          weights[s] = dot * scale_f;
+          max_score = std::max(max_score, weights[s]);
+        }
+        float total = 0.0f;
+        for (int64_t s = first[b]; s <= last[b]; ++s) {
+          weights[s] = std::exp(weights[s] - max_score);
+          total += weights[s];
+        }
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t s = first[b]; s <= last[b]; ++s) {
+          const float p = weights[s] / total;
+          const c10::BFloat16* value = v_head + s * hd;
+          for (int64_t i = 0; i < hd; ++i) acc[i] += p * static_cast<float>(value[i]);
+        }
+        c10::BFloat16* dst = op + b * H * hd + h * hd;
+        for (int64_t i = 0; i < hd; ++i) dst[i] = c10::BFloat16(acc[i]);
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace steerd

@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace steerd {
 
 // Token rows up to which the kernel beats oneDNN (measured; see BENCHMARKS.md).
@@ -23,6 +25,26 @@ bool CanUseSmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
 // undefined. Returns [..., N] bf16, each value rounded once from a float32 sum.
 at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& bias);
+
+// True when Bf16RmsNorm applies: CPU, bf16 contiguous x and weight, no grad.
+bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight);
+
+// Hugging Face's RMSNorm for bf16 in one pass per row instead of eight tensor ops:
+// weight * bf16(x * rsqrt(mean(x^2) + eps)), the statistics in float32. x: [..., d],
+// weight: [d]; returns [..., d] bf16.
+at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// True when Bf16DecodeAttention applies: CPU, bf16, one query position per row.
+bool CanUseBf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys);
+
+// Grouped-query attention of one new position per row against its cached keys, in
+// float32 from bf16 inputs: libtorch's bf16 batched matmuls cost ~50 us each at these
+// tiny shapes, this whole call a few. q: [B, H, 1, hd]; keys, values: [B, KVH, S, hd]
+// (the cache, contiguous); row b sees columns [first[b], last[b]]. Returns
+// [B, 1, H * hd] bf16.
+at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
+                               const at::Tensor& values, const std::vector<int64_t>& first,
+                               const std::vector<int64_t>& last, double scale);
 
 }  // namespace steerd
 

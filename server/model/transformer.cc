@@ -242,6 +242,7 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCac
 }
 
 at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  if (CanUseBf16RmsNorm(x, weight)) return Bf16RmsNorm(x, weight, config_.rms_norm_eps);
   // Hugging Face: normalise in float32, cast back, then scale in the input dtype.
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
@@ -252,6 +253,7 @@ at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight) c
 at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                                   const at::Tensor& sin, const at::Tensor& mask,
                                   int64_t layer_index, KvCache* cache,
+                                  const std::vector<int64_t>& start,
                                   const std::vector<int64_t>& write_at, int64_t key_len) const {
   const int64_t B = h.size(0), T = h.size(1);
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
@@ -282,6 +284,12 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
       at::Tensor index = cols.expand({B, KVH, T, hd});
       cache_k.scatter_(2, index, k);
       cache_v.scatter_(2, index, v);
+    }
+    if (T == 1 && CanUseBf16DecodeAttention(q, cache_k)) {
+      // Row b's new token sees columns start[b] through its own, write_at[b].
+      return Linear(Bf16DecodeAttention(q, cache_k, cache_v, start, write_at,
+                                        1.0 / std::sqrt(static_cast<double>(hd))),
+                    layer.o_w, layer.o_b);
     }
     keys = cache_k.narrow(2, 0, key_len);
     values = cache_v.narrow(2, 0, key_len);
@@ -346,8 +354,8 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   at::Tensor x = at::embedding(embed_, tokens);  // [B, T, d]
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, write_at,
-                      key_len);
+    x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, start,
+                      write_at, key_len);
     at::Tensor h = RmsNorm(x, layer.post_norm);
     const int64_t I = config_.intermediate_size;
     at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b);  // [B, T, 2I]

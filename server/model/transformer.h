@@ -89,8 +89,8 @@ class Transformer {
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
-                       KvCache* cache, const std::vector<int64_t>& write_at,
-                       int64_t key_len) const;
+                       KvCache* cache, const std::vector<int64_t>& start,
+                       const std::vector<int64_t>& write_at, int64_t key_len) const;
   at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
 
   ModelConfig config_;

@@ -67,5 +67,44 @@ TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
   }
 }
 
+TEST(CpuKernelsTest, RmsNormMatchesTheTensorFormula) {
+  at::manual_seed(5);
+  const at::Tensor x = (at::randn({3, 5, 896}) * 3).to(at::kBFloat16);
+  const at::Tensor weight = (1 + 0.1 * at::randn({896})).to(at::kBFloat16);
+  ASSERT_TRUE(CanUseBf16RmsNorm(x, weight));
+  const at::Tensor got = Bf16RmsNorm(x, weight, 1e-6);
+  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor expected =
+      weight * (x32 * at::rsqrt(x32.pow(2).mean(-1, true) + 1e-6)).to(at::kBFloat16);
+  // Summation order differs from libtorch's reduction: at most one bf16 step apart.
+  EXPECT_LE((got.to(at::kFloat) - expected.to(at::kFloat)).abs().max().item<double>(),
+            0.02 * expected.abs().max().item<double>());
+  EXPECT_FALSE(CanUseBf16RmsNorm(x.to(at::kFloat), weight.to(at::kFloat)));
+}
+
+TEST(CpuKernelsTest, DecodeAttentionMatchesMaskedSoftmaxAttention) {
+  at::manual_seed(6);
+  const int64_t B = 3, H = 6, KVH = 2, S = 10, hd = 64, G = H / KVH;
+  const at::Tensor q = at::randn({B, H, 1, hd}).to(at::kBFloat16);
+  const at::Tensor keys = at::randn({B, KVH, S, hd}).to(at::kBFloat16);
+  const at::Tensor values = at::randn({B, KVH, S, hd}).to(at::kBFloat16);
+  const std::vector<int64_t> first = {0, 2, 5}, last = {9, 6, 5};  // Ragged rows.
+  const double scale = 1.0 / 8.0;
+  ASSERT_TRUE(CanUseBf16DecodeAttention(q, keys));
+  const at::Tensor got = Bf16DecodeAttention(q, keys, values, first, last, scale);  // [B,1,H*hd]
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t kv = h / G, n = last[b] - first[b] + 1;
+      const at::Tensor k = keys[b][kv].narrow(0, first[b], n).to(at::kFloat);    // [n, hd]
+      const at::Tensor v = values[b][kv].narrow(0, first[b], n).to(at::kFloat);  // [n, hd]
+      const at::Tensor p = at::softmax(at::matmul(k, q[b][h][0].to(at::kFloat)) * scale, 0);
+      const at::Tensor expected = at::matmul(p, v);                              // [hd]
+      const at::Tensor row = got[b][0].narrow(0, h * hd, hd).to(at::kFloat);
+      EXPECT_LE((row - expected).abs().max().item<double>(), 0.02) << "b=" << b << " h=" << h;
+    }
+  }
+  EXPECT_FALSE(CanUseBf16DecodeAttention(at::randn({1, 6, 2, hd}).to(at::kBFloat16), keys));
+}
+
 }  // namespace
 }  // namespace steerd

@@ -244,6 +244,42 @@ TEST_F(ModelRuntimeTest, Float16CheckpointLoadsAndComputesInFloat32) {
   EXPECT_GT(MaxAbsDiff(*a, *b), 0.0);
 }
 
+// The bf16 decode path (fused kernels for the cached step) agrees with a full bf16
+// forward over the whole sequence, for ragged, steered rows.
+TEST_F(ModelRuntimeTest, Bf16CachedDecodeAgreesWithFullForward) {
+  auto bf16 = LoadOrDie(dir_, "bf16");
+  ASSERT_NE(bf16, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 33, 2, 9}, {100, 7}};
+  const std::vector<int32_t> next = {41, 42};
+  KvCache cache = bf16->NewCache(2, 8);
+  ForwardInput input;
+  input.tokens = at::tensor(std::vector<int64_t>{5, 17, 33, 2, 9, 0, 0, 0, 100, 7},
+                            at::TensorOptions().dtype(at::kLong))
+                     .view({2, 5});
+  input.left_pad = {0, 3};
+  auto batch = bf16->MakeSteeringBatch({{steering_, 1.0}, {at::Tensor(), 1.0}});
+  ASSERT_TRUE(batch.ok());
+  input.steering = *batch;
+  ASSERT_TRUE(bf16->Forward(input, &cache).ok());
+  input.left_pad.clear();
+  input.tokens = at::tensor(std::vector<int64_t>{41, 42}, at::TensorOptions().dtype(at::kLong))
+                     .view({2, 1});
+  auto step = bf16->Forward(input, &cache);  // [2, V]
+  ASSERT_TRUE(step.ok()) << step.status();
+  for (int64_t b = 0; b < 2; ++b) {
+    std::vector<int32_t> full = prompts[b];
+    full.push_back(next[b]);
+    ForwardInput whole;
+    whole.tokens = IdsTensor(full);
+    auto single = bf16->MakeSteeringBatch({{b == 0 ? steering_ : at::Tensor(), 1.0}});
+    ASSERT_TRUE(single.ok());
+    whole.steering = *single;
+    auto logits = bf16->Forward(whole, nullptr);  // [1, V]
+    ASSERT_TRUE(logits.ok());
+    EXPECT_LE(MaxAbsDiff((*step)[b], (*logits)[0]), 0.05) << "row " << b;
+  }
+}
+
 TEST_F(ModelRuntimeTest, SteeringFileRoundTripsAndChecksTheModel) {
   const std::string path = ::testing::TempDir() + "/steerd_vector.safetensors";
   ASSERT_TRUE(SaveSteeringFile(path, steering_, model_->config(), "qwen2-tiny", {}).ok());
