@@ -179,10 +179,9 @@ at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps
   return y;
 }
 
-bool CanUseBf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys) {
-  return q.device().is_cpu() && q.scalar_type() == at::kBFloat16 &&
-         keys.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(2) == 1 &&
-         keys.dim() == 4 && !q.requires_grad();
+bool CanUseBf16DecodeAttention(const at::Tensor& keys, int64_t query_len) {
+  return keys.device().is_cpu() && keys.scalar_type() == at::kBFloat16 && keys.dim() == 4 &&
+         query_len == 1;
 }
 
 at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,

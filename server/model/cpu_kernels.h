@@ -34,8 +34,9 @@ bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight);
 // weight: [d]; returns [..., d] bf16.
 at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
-// True when Bf16DecodeAttention applies: CPU, bf16, one query position per row.
-bool CanUseBf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys);
+// True when Bf16DecodeAttention applies to `query_len` new positions per row against
+// the cache tensor `keys`: CPU, bf16, one position.
+bool CanUseBf16DecodeAttention(const at::Tensor& keys, int64_t query_len);
 
 // Grouped-query attention of one new position per row against its cached keys, in
 // float32 from bf16 inputs: libtorch's bf16 batched matmuls cost ~50 us each at these

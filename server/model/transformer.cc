@@ -285,8 +285,9 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
       cache_k.scatter_(2, index, k);
       cache_v.scatter_(2, index, v);
     }
-    if (T == 1 && CanUseBf16DecodeAttention(q, cache_k)) {
-      // Row b's new token sees columns start[b] through its own, write_at[b].
+    if (!mask.defined()) {
+      // The fused decode path. Row b's new token sees columns start[b] through its own,
+      // write_at[b].
       return Linear(Bf16DecodeAttention(q, cache_k, cache_v, start, write_at,
                                         1.0 / std::sqrt(static_cast<double>(hd))),
                     layer.o_w, layer.o_b);
@@ -336,20 +337,27 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   cos = cos.to(dtype_).unsqueeze(1);
   sin = sin.to(dtype_).unsqueeze(1);
 
-  // Additive mask [B, T, S]: query t of row b sees column j iff start_b <= j <= write_b + t.
-  // The dtype's lowest value rather than -inf, as Hugging Face does, so a fully
-  // masked pad row stays finite.
-  at::Tensor columns = at::arange(key_len, long_opts).view({1, 1, key_len});
-  at::Tensor last_visible =
-      (at::tensor(write_at, long_opts).view({B, 1}) + steps.view({1, T})).unsqueeze(-1);
-  at::Tensor hidden_cols = (columns < at::tensor(start, long_opts).view({B, 1, 1})) |
-                           (columns > last_visible);
-  const double lowest = dtype_ == at::kHalf       ? -65504.0
-                        : dtype_ == at::kBFloat16 ? -3.3895313892515355e38
-                                                  : std::numeric_limits<float>::lowest();
-  at::Tensor mask = at::zeros({B, T, key_len}, at::TensorOptions().dtype(dtype_))
-                        .masked_fill_(hidden_cols, lowest)
-                        .to(device_);
+  // A cached bf16 decode step on CPU takes the fused attention kernel, which reads the
+  // visible range from start/write_at; autograd never goes through it.
+  const bool fused_decode = cache != nullptr && !input.steering.requires_grad() &&
+                            CanUseBf16DecodeAttention(cache->keys(0), T);
+  // Otherwise an additive mask [B, T, S]: query t of row b sees column j iff
+  // start_b <= j <= write_b + t. The dtype's lowest value rather than -inf, as Hugging
+  // Face does, so a fully masked pad row stays finite.
+  at::Tensor mask;
+  if (!fused_decode) {
+    at::Tensor columns = at::arange(key_len, long_opts).view({1, 1, key_len});
+    at::Tensor last_visible =
+        (at::tensor(write_at, long_opts).view({B, 1}) + steps.view({1, T})).unsqueeze(-1);
+    at::Tensor hidden_cols = (columns < at::tensor(start, long_opts).view({B, 1, 1})) |
+                             (columns > last_visible);
+    const double lowest = dtype_ == at::kHalf       ? -65504.0
+                          : dtype_ == at::kBFloat16 ? -3.3895313892515355e38
+                                                    : std::numeric_limits<float>::lowest();
+    mask = at::zeros({B, T, key_len}, at::TensorOptions().dtype(dtype_))
+               .masked_fill_(hidden_cols, lowest)
+               .to(device_);
+  }
 
   at::Tensor x = at::embedding(embed_, tokens);  // [B, T, d]
   for (int64_t l = 0; l < config_.num_layers; ++l) {

@@ -87,6 +87,7 @@ class Transformer {
   Transformer() = default;
   absl::Status Validate(const ForwardInput& input, const KvCache* cache) const;
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // `mask` is [B, T, S], or undefined for the fused bf16 decode path.
   at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
                        KvCache* cache, const std::vector<int64_t>& start,

@@ -90,7 +90,7 @@ TEST(CpuKernelsTest, DecodeAttentionMatchesMaskedSoftmaxAttention) {
   const at::Tensor values = at::randn({B, KVH, S, hd}).to(at::kBFloat16);
   const std::vector<int64_t> first = {0, 2, 5}, last = {9, 6, 5};  // Ragged rows.
   const double scale = 1.0 / 8.0;
-  ASSERT_TRUE(CanUseBf16DecodeAttention(q, keys));
+  ASSERT_TRUE(CanUseBf16DecodeAttention(keys, /*query_len=*/1));
   const at::Tensor got = Bf16DecodeAttention(q, keys, values, first, last, scale);  // [B,1,H*hd]
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
@@ -103,7 +103,8 @@ TEST(CpuKernelsTest, DecodeAttentionMatchesMaskedSoftmaxAttention) {
       EXPECT_LE((row - expected).abs().max().item<double>(), 0.02) << "b=" << b << " h=" << h;
     }
   }
-  EXPECT_FALSE(CanUseBf16DecodeAttention(at::randn({1, 6, 2, hd}).to(at::kBFloat16), keys));
+  EXPECT_FALSE(CanUseBf16DecodeAttention(keys, /*query_len=*/2));
+  EXPECT_FALSE(CanUseBf16DecodeAttention(keys.to(at::kFloat), /*query_len=*/1));
 }
 
 }  // namespace
