@@ -174,7 +174,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
   int64_t prompt_len = 0, max_new = 0;
   for (const GenerationRequest& r : requests) {
     states.push_back(std::make_unique<SequenceState>(r, tokenizer_, eos_ids));
-    steering_rows.push_back({r.steering, r.steering_scale});
+    // Sampling never needs gradients: a trainable vector is used by value here.
+    steering_rows.push_back({r.steering.defined() ? r.steering.detach() : r.steering,
+                             r.steering_scale});
     prompt_len = std::max<int64_t>(prompt_len, r.prompt.size());
     max_new = std::max(max_new, r.max_new_tokens);
   }
