@@ -110,6 +110,16 @@ TEST_F(ModelRuntimeTest, RowsWithDifferentVectorsMatchTheirSoloRuns) {
   EXPECT_NE(together[0], together[3]);
 }
 
+// A trainer's vector (requires_grad) used for rollouts generates what its value does
+// and receives no gradient.
+TEST_F(ModelRuntimeTest, TrainableVectorGeneratesLikeItsValue) {
+  at::Tensor trainable = steering_.clone().set_requires_grad(true);
+  const auto with_grad = GenerateBatch({Request({5, 17, 33, 2, 9}, trainable)});
+  const auto by_value = GenerateBatch({Request({5, 17, 33, 2, 9}, steering_)});
+  EXPECT_EQ(with_grad, by_value);
+  EXPECT_FALSE(trainable.grad().defined());
+}
+
 TEST_F(ModelRuntimeTest, UnsteeredRowIsBitIdenticalBesideSteeredRows) {
   const at::Tensor tokens = at::tensor(std::vector<int64_t>{11, 12, 13, 14, 21, 22, 23, 24},
                                        at::TensorOptions().dtype(at::kLong))
