@@ -9,5 +9,7 @@ model=build/models/tiny-qwen2
 if [ ! -f "$model/model.safetensors" ]; then
   build/bin/steerd init-model --config configs/tiny-qwen2.json --out "$model" --seed 1 --dtype f32
 fi
+echo "steerd generate with $model (random weights and a byte-level tokenizer: the text is"
+echo "noise, the pipeline is real; the trained default model replaces it in a later release)"
 build/bin/steerd generate --model "$model" --prompt "${1:-What is 12 + 30?}" --max-new-tokens 32 \
   --temperature 0.8 --seed 7
