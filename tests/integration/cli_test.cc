@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -115,6 +116,21 @@ TEST_P(CliFixtureTest, GreedyGenerateMatchesHuggingFace) {
     const auto out = nlohmann::json::parse(run.out);
     EXPECT_EQ(out["ids"], gen[steered ? "steered_new_tokens" : "new_tokens"]);
     EXPECT_EQ(out["finish_reason"], "length");
+  }
+  // --logprobs: one per token, each the log-softmax of HF's step logits at that token.
+  CliRun run = Steerd("generate --model " + dir + " --ids " + Join(gen["prompt"]) +
+                      " --max-new-tokens 24 --ignore-eos --dtype f32 --logprobs --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto out = nlohmann::json::parse(run.out);
+  ASSERT_EQ(out["logprobs"].size(), 24u);
+  for (size_t step = 0; step < 24; ++step) {
+    const auto& logits = gen["step_logits"][step];
+    double max_logit = -1e30, total = 0;
+    for (const auto& v : logits) max_logit = std::max(max_logit, v.get<double>());
+    for (const auto& v : logits) total += std::exp(v.get<double>() - max_logit);
+    const int64_t token = gen["new_tokens"][step].get<int64_t>();
+    const double expected = logits[token].get<double>() - max_logit - std::log(total);
+    EXPECT_NEAR(out["logprobs"][step].get<double>(), expected, 1e-4) << "step " << step;
   }
 }
 

@@ -522,6 +522,16 @@ TEST_F(ModelRuntimeTest, DeviceAndDtypeFlagsAreValidated) {
   auto model = Transformer::Create(options);
   ASSERT_TRUE(model.ok());
   EXPECT_EQ((*model)->dtype(), at::kFloat);  // The checkpoint's float32.
+  options.dtype = "f16";  // No float16 matmul on CPU in libtorch 1.13.
+  EXPECT_EQ(Transformer::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.dtype = "auto";
+  options.device = "cuda";
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(Transformer::Create(options).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  } else {
+    EXPECT_TRUE(Transformer::Create(options).ok());
+  }
 }
 
 }  // namespace
