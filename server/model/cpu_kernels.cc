@@ -14,8 +14,10 @@ namespace {
 
 // Up to this many token rows, memory is the limit: one weight row at a time keeps each
 // thread on a single sequential stream, which the hardware prefetchers follow at full
-// bandwidth (four interleaved short rows reach only half of it). Past it, compute is
-// the limit, and tiles of four weight rows reuse each loaded token vector four times.
+// bandwidth (four interleaved short rows reach only half of it), with two accumulator
+// chains per output so a long row is not one serial chain of dot products. Past it,
+// compute is the limit, and tiles of four weight rows reuse each loaded token vector
+// four times.
 constexpr int64_t kSequentialMaxRows = 8;
 
 bool CpuHasAvx512Bf16() {
@@ -25,49 +27,67 @@ bool CpuHasAvx512Bf16() {
   return supported;
 }
 
+// Adds one 32-wide chunk of K at column k to `acc`; kMasked loads only the `mask` lanes
+// (the tail of a row whose K is not a multiple of 32).
+template <int NR, int MR, bool kMasked>
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline void Chunk(
+    __m512 (&acc)[NR][MR], const uint16_t* const (&w_row)[NR], const uint16_t* x, int64_t m,
+    int64_t K, int64_t k, __mmask32 mask, int64_t prefetch) {
+  __m512bh xv[MR];
+#pragma GCC unroll 4
+  for (int b = 0; b < MR; ++b) {
+    const uint16_t* p = x + (m + b) * K + k;
+    xv[b] = reinterpret_cast<__m512bh>(kMasked ? _mm512_maskz_loadu_epi16(mask, p)
+                                               : _mm512_loadu_si512(p));
+  }
+#pragma GCC unroll 4
+  for (int a = 0; a < NR; ++a) {
+    if (!kMasked) {
+      _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + k + prefetch), _MM_HINT_T0);
+    }
+    const uint16_t* p = w_row[a] + k;
+    const __m512bh wv = reinterpret_cast<__m512bh>(
+        kMasked ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p));
+#pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], wv, xv[b]);
+  }
+}
+
 // One tile: weight rows [n, n + rows) against token rows [m, m + MR), over all of K.
-// Every output is one accumulator fed the K dimension in order and reduced the same
-// way, whatever NR, MR and the number of rows in the call: results are bit-identical
-// across batch compositions.
-template <int NR, int MR>
+// With kTwoChains each output has two accumulators, for the even and the odd 32-wide
+// chunks of K, so that one long row is two dependency chains instead of one (the
+// row-at-a-time path needs it; tiles already have sixteen independent accumulators).
+// For a given path the order of additions is fixed, so a row's result does not depend
+// on which other rows share the call.
+template <int NR, int MR, bool kTwoChains>
 __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline void Tile(
     const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t N,
     int64_t K, int64_t n, int64_t m, int rows, int64_t prefetch) {
-  const int64_t k_full = K / 32 * 32;
+  const int64_t chunks = K / 32;  // Full 32-wide chunks.
   const __mmask32 tail = K % 32 ? static_cast<__mmask32>((1u << (K % 32)) - 1) : 0;
-  __m512 acc[NR][MR];
+  __m512 even[NR][MR], odd[NR][MR];
   const uint16_t* w_row[NR];
   // The small loops must be fully unrolled so the accumulators live in registers.
 #pragma GCC unroll 4
   for (int a = 0; a < NR; ++a) {
 #pragma GCC unroll 4
-    for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_setzero_ps();
+    for (int b = 0; b < MR; ++b) even[a][b] = odd[a][b] = _mm512_setzero_ps();
     // A short last tile repeats its first row; those sums are computed, not stored.
     w_row[a] = w + (n + (a < rows ? a : 0)) * K;
   }
-  for (int64_t k = 0; k < k_full; k += 32) {
-    __m512bh xv[MR];
-#pragma GCC unroll 4
-    for (int b = 0; b < MR; ++b) {
-      xv[b] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + (m + b) * K + k));
-    }
-#pragma GCC unroll 4
-    for (int a = 0; a < NR; ++a) {
-      _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + k + prefetch), _MM_HINT_T0);
-      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w_row[a] + k));
-#pragma GCC unroll 4
-      for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], wv, xv[b]);
+  int64_t c = 0;
+  if (kTwoChains) {
+    for (; c + 2 <= chunks; c += 2) {
+      Chunk<NR, MR, false>(even, w_row, x, m, K, c * 32, 0, prefetch);
+      Chunk<NR, MR, false>(odd, w_row, x, m, K, c * 32 + 32, 0, prefetch);
     }
   }
+  for (; c < chunks; ++c) Chunk<NR, MR, false>(even, w_row, x, m, K, c * 32, 0, prefetch);
   if (tail != 0) {
-    __m512bh xv[MR];
-    for (int b = 0; b < MR; ++b) {
-      xv[b] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, x + (m + b) * K + k_full));
-    }
-    for (int a = 0; a < NR; ++a) {
-      const __m512bh wv =
-          reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, w_row[a] + k_full));
-      for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], wv, xv[b]);
+    if (kTwoChains && c % 2 == 1) {
+      Chunk<NR, MR, true>(odd, w_row, x, m, K, c * 32, tail, prefetch);
+    } else {
+      Chunk<NR, MR, true>(even, w_row, x, m, K, c * 32, tail, prefetch);
     }
   }
   for (int a = 0; a < rows; ++a) {
@@ -78,8 +98,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
       b_value = static_cast<float>(raw);
     }
     for (int b = 0; b < MR; ++b) {
-      const c10::BFloat16 out(_mm512_reduce_add_ps(acc[a][b]) + b_value);
-      y[(m + b) * N + n + a] = out.x;
+      const __m512 total = kTwoChains ? _mm512_add_ps(even[a][b], odd[a][b]) : even[a][b];
+      y[(m + b) * N + n + a] = c10::BFloat16(_mm512_reduce_add_ps(total) + b_value).x;
     }
   }
 }
@@ -94,10 +114,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void RowRange(
   const int64_t prefetch = NR == 1 ? 512 : NR * K;
   for (int64_t n = first_row; n < last_row; n += NR) {
     const int rows = static_cast<int>(std::min<int64_t>(NR, last_row - n));
+    constexpr bool kTwoChains = NR == 1;
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) Tile<NR, 4>(x, w, bias, y, N, K, n, m, rows, prefetch);
-    for (; m + 2 <= M; m += 2) Tile<NR, 2>(x, w, bias, y, N, K, n, m, rows, prefetch);
-    for (; m < M; ++m) Tile<NR, 1>(x, w, bias, y, N, K, n, m, rows, prefetch);
+    for (; m + 4 <= M; m += 4) Tile<NR, 4, kTwoChains>(x, w, bias, y, N, K, n, m, rows, prefetch);
+    for (; m + 2 <= M; m += 2) Tile<NR, 2, kTwoChains>(x, w, bias, y, N, K, n, m, rows, prefetch);
+    for (; m < M; ++m) Tile<NR, 1, kTwoChains>(x, w, bias, y, N, K, n, m, rows, prefetch);
   }
 }
 

@@ -2,9 +2,10 @@
 // poorly: oneDNN streams weights at about half the speed of SmallBatchBf16Linear for a
 // few token rows (and is slower up to ~32), and at decode shapes RMSNorm (eight ops) and
 // attention (bf16 batched matmuls of ~50 us each) cost more in dispatch than in math.
-// The matmul uses AVX512-BF16 dot products, reads each weight row once for all token
-// rows and sums every output in a fixed order, so a row's result does not depend on the
-// other rows in the call. Each kernel has a CanUse* check; callers fall back to tensor
+// The matmul uses AVX512-BF16 dot products and reads each weight row once for all token
+// rows. It has two paths (row at a time up to 8 token rows, 4-row tiles up to 32); each
+// sums in a fixed order, so within a path a row's result does not depend on the other
+// rows in the call, and the two paths differ at most by float rounding. Each kernel has a CanUse* check; callers fall back to tensor
 // ops when it fails (no AVX512-BF16, other dtypes, autograd).
 #ifndef STEERD_SERVER_MODEL_CPU_KERNELS_H_
 #define STEERD_SERVER_MODEL_CPU_KERNELS_H_
