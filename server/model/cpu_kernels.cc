@@ -16,9 +16,11 @@ namespace {
 // thread on a single sequential stream, which the hardware prefetchers follow at full
 // bandwidth (four interleaved short rows reach only half of it), with two accumulator
 // chains per output so a long row is not one serial chain of dot products. Past it,
-// compute is the limit, and tiles of four weight rows reuse each loaded token vector
-// four times.
+// compute is the limit, and tiles of six weight rows reuse each loaded token vector six
+// times (6 x 4 accumulators, 4 token vectors and one weight vector fill the 32 AVX-512
+// registers; measured 5% faster than four rows at batch 16).
 constexpr int64_t kSequentialMaxRows = 8;
+constexpr int kTileRows = 6;
 
 bool CpuHasAvx512Bf16() {
   static const bool supported = __builtin_cpu_supports("avx512f") &&
@@ -34,13 +36,13 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
     __m512 (&acc)[NR][MR], const uint16_t* const (&w_row)[NR], const uint16_t* x, int64_t m,
     int64_t K, int64_t k, __mmask32 mask, int64_t prefetch) {
   __m512bh xv[MR];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int b = 0; b < MR; ++b) {
     const uint16_t* p = x + (m + b) * K + k;
     xv[b] = reinterpret_cast<__m512bh>(kMasked ? _mm512_maskz_loadu_epi16(mask, p)
                                                : _mm512_loadu_si512(p));
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int a = 0; a < NR; ++a) {
     if (!kMasked) {
       _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + k + prefetch), _MM_HINT_T0);
@@ -48,7 +50,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
     const uint16_t* p = w_row[a] + k;
     const __m512bh wv = reinterpret_cast<__m512bh>(
         kMasked ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], wv, xv[b]);
   }
 }
@@ -56,7 +58,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
 // One tile: weight rows [n, n + rows) against token rows [m, m + MR), over all of K.
 // With kTwoChains each output has two accumulators, for the even and the odd 32-wide
 // chunks of K, so that one long row is two dependency chains instead of one (the
-// row-at-a-time path needs it; tiles already have sixteen independent accumulators).
+// row-at-a-time path needs it; tiles already have 24 independent accumulators).
 // For a given path the order of additions is fixed, so a row's result does not depend
 // on which other rows share the call.
 template <int NR, int MR, bool kTwoChains>
@@ -68,9 +70,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
   __m512 even[NR][MR], odd[NR][MR];
   const uint16_t* w_row[NR];
   // The small loops must be fully unrolled so the accumulators live in registers.
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int a = 0; a < NR; ++a) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int b = 0; b < MR; ++b) even[a][b] = odd[a][b] = _mm512_setzero_ps();
     // A short last tile repeats its first row; those sums are computed, not stored.
     w_row[a] = w + (n + (a < rows ? a : 0)) * K;
@@ -153,14 +155,14 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
   const auto* bp = bias.defined() ? reinterpret_cast<const uint16_t*>(bias.data_ptr()) : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
   const bool sequential = M <= kSequentialMaxRows;
-  const int64_t tile = sequential ? 1 : 4;
+  const int64_t tile = sequential ? 1 : kTileRows;
   // Threads split the weight rows on tile boundaries.
   at::parallel_for(0, (N + tile - 1) / tile, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
     const int64_t first = begin * tile, last = std::min(N, end * tile);
     if (sequential) {
       RowRange<1>(xp, wp, bp, yp, M, N, K, first, last);
     } else {
-      RowRange<4>(xp, wp, bp, yp, M, N, K, first, last);
+      RowRange<kTileRows>(xp, wp, bp, yp, M, N, K, first, last);
     }
   });
   return y;

@@ -52,7 +52,7 @@ TEST(CpuKernelsTest, MatchesAFloat32ReferenceOnOddShapes) {
   }
 }
 
-// Each path (row at a time up to 8 token rows, 4-row tiles above) adds in a fixed
+// Each path (row at a time up to 8 token rows, 6-row tiles above) adds in a fixed
 // order, so within a path a row's result does not depend on the other rows; the two
 // paths may differ by a rounding step.
 TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
