@@ -202,9 +202,70 @@ at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps
   return y;
 }
 
+namespace {
+
+constexpr int64_t kMaxAttentionHeadDim = 256;
+
+bool CpuHasAvx512Vl() {
+  static const bool supported = CpuHasAvx512Bf16() && __builtin_cpu_supports("avx512vl");
+  return supported;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __mmask16 Lanes(
+    int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// 16 bf16 values (the `mask` lanes, others 0) widened to float32.
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512 LoadAsFloat(
+    const c10::BFloat16* p, __mmask16 mask) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// One query head against keys/values [first, last] of its KV head: scores, softmax and
+// the weighted sum of values in float32, 16 lanes at a time. `scores` has room for
+// last + 1 floats.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
+    const c10::BFloat16* q, const c10::BFloat16* keys, const c10::BFloat16* values,
+    int64_t first, int64_t last, int64_t hd, float scale, float* scores, c10::BFloat16* out) {
+  const int64_t chunks = (hd + 15) / 16;
+  __m512 query[kMaxAttentionHeadDim / 16];
+  for (int64_t c = 0; c < chunks; ++c) query[c] = LoadAsFloat(q + 16 * c, Lanes(hd - 16 * c));
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int64_t s = first; s <= last; ++s) {
+    const c10::BFloat16* key = keys + s * hd;
+    __m512 dot = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      dot = _mm512_fmadd_ps(query[c], LoadAsFloat(key + 16 * c, Lanes(hd - 16 * c)), dot);
+    }
+    scores[s] = _mm512_reduce_add_ps(dot) * scale;
+    max_score = std::max(max_score, scores[s]);
+  }
+  float total = 0.0f;
+  for (int64_t s = first; s <= last; ++s) {
+    scores[s] = std::exp(scores[s] - max_score);
+    total += scores[s];
+  }
+  __m512 sum[kMaxAttentionHeadDim / 16];
+  for (int64_t c = 0; c < chunks; ++c) sum[c] = _mm512_setzero_ps();
+  for (int64_t s = first; s <= last; ++s) {
+    const __m512 p = _mm512_set1_ps(scores[s] / total);
+    const c10::BFloat16* value = values + s * hd;
+    for (int64_t c = 0; c < chunks; ++c) {
+      sum[c] = _mm512_fmadd_ps(p, LoadAsFloat(value + 16 * c, Lanes(hd - 16 * c)), sum[c]);
+    }
+  }
+  alignas(64) float result[kMaxAttentionHeadDim];
+  for (int64_t c = 0; c < chunks; ++c) _mm512_store_ps(result + 16 * c, sum[c]);
+  for (int64_t i = 0; i < hd; ++i) out[i] = c10::BFloat16(result[i]);
+}
+
+}  // namespace
+
 bool CanUseBf16DecodeAttention(const at::Tensor& keys, int64_t query_len) {
-  return keys.device().is_cpu() && keys.scalar_type() == at::kBFloat16 && keys.dim() == 4 &&
-         query_len == 1;
+  return CpuHasAvx512Vl() && keys.device().is_cpu() && keys.scalar_type() == at::kBFloat16 &&
+         keys.dim() == 4 && keys.size(3) <= kMaxAttentionHeadDim && query_len == 1;
 }
 
 at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
@@ -221,36 +282,15 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
   auto* op = out.data_ptr<c10::BFloat16>();
   const float scale_f = static_cast<float>(scale);
   at::parallel_for(0, B * KVH, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
-    std::vector<float> weights(S), q_row(hd), acc(hd);
+    std::vector<float> scores(S);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / KVH, kv = pair % KVH;
       const c10::BFloat16* k_head = kp + (b * KVH + kv) * S * hd;
       const c10::BFloat16* v_head = vp + (b * KVH + kv) * S * hd;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = kv * G + g;
-        const c10::BFloat16* q_head = qp + (b * H + h) * hd;
-        for (int64_t i = 0; i < hd; ++i) q_row[i] = static_cast<float>(q_head[i]);
-        float max_score = -std::numeric_limits<float>::infinity();
-        for (int64_t s = first[b]; s <= last[b]; ++s) {
-          const c10::BFloat16* key = k_head + s * hd;
-          float dot = 0.0f;
-          for (int64_t i = 0; i < hd; ++i) dot += q_row[i] * static_cast<float>(key[i]);
-          weights[s] = dot * scale_f;
-          max_score = std::max(max_score, weights[s]);
-        }
-        float total = 0.0f;
-        for (int64_t s = first[b]; s <= last[b]; ++s) {
-          weights[s] = std::exp(weights[s] - max_score);
-          total += weights[s];
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t s = first[b]; s <= last[b]; ++s) {
-          const float p = weights[s] / total;
-          const c10::BFloat16* value = v_head + s * hd;
-          for (int64_t i = 0; i < hd; ++i) acc[i] += p * static_cast<float>(value[i]);
-        }
-        c10::BFloat16* dst = op + b * H * hd + h * hd;
-        for (int64_t i = 0; i < hd; ++i) dst[i] = c10::BFloat16(acc[i]);
+        AttendHead(qp + (b * H + h) * hd, k_head, v_head, first[b], last[b], hd, scale_f,
+                   scores.data(), op + b * H * hd + h * hd);
       }
     }
   });
