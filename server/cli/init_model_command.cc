@@ -15,6 +15,7 @@
 #include "server/cli/commands.h"
 #include "server/model/config.h"
 #include "server/model/safetensors.h"
+#include "server/model/tokenizer_text.h"
 #include "server/model/torch_util.h"
 #include "server/model/weights.h"
 #include "server/util/status_macros.h"
@@ -43,37 +44,12 @@ absl::Status WriteFile(const fs::path& path, const std::string& contents) {
   return absl::OkStatus();
 }
 
-// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others are
-// shifted to code points from U+0100 so every byte has a visible character.
-std::string ByteLevelChar(int byte) {
-  const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) ||
-                         (byte >= 174 && byte <= 255);
-  int code_point = byte;
-  if (!printable) {
-    int shifted = 0;
-    for (int b = 0; b < byte; ++b) {
-      if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
-        ++shifted;
-      }
-    }
-    code_point = 256 + shifted;
-  }
-  std::string utf8;
-  if (code_point < 0x80) {
-    utf8.push_back(static_cast<char>(code_point));
-  } else {
-    utf8.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
-    utf8.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
-  }
-  return utf8;
-}
-
 // A byte-level BPE tokenizer with one token per byte and no merges (ids 0-255) plus
 // <|endoftext|> (id 256): every text round-trips, and the model's vocabulary only
 // needs 257 entries.
 absl::Status WriteByteTokenizer(const fs::path& out_dir) {
   nlohmann::json vocab = nlohmann::json::object();
-  for (int b = 0; b < 256; ++b) vocab[ByteLevelChar(b)] = b;
+  for (int b = 0; b < 256; ++b) vocab[tokenizer_text::ByteToChar(b)] = b;
   nlohmann::json tokenizer = {
       {"version", "1.0"},
       {"truncation", nullptr},

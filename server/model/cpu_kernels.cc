@@ -206,8 +206,11 @@ namespace {
 
 constexpr int64_t kMaxAttentionHeadDim = 256;
 
-bool CpuHasAvx512Vl() {
-  static const bool supported = CpuHasAvx512Bf16() && __builtin_cpu_supports("avx512vl");
+// What AttendHead is compiled for (no BF16 instructions there).
+bool CpuHasAvx512BwVl() {
+  static const bool supported = __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl");
   return supported;
 }
 
@@ -264,7 +267,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
 }  // namespace
 
 bool CanUseBf16DecodeAttention(const at::Tensor& keys, int64_t query_len) {
-  return CpuHasAvx512Vl() && keys.device().is_cpu() && keys.scalar_type() == at::kBFloat16 &&
+  return CpuHasAvx512BwVl() && keys.device().is_cpu() && keys.scalar_type() == at::kBFloat16 &&
          keys.dim() == 4 && keys.size(3) <= kMaxAttentionHeadDim && query_len == 1;
 }
 
