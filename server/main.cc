@@ -25,9 +25,38 @@ Commands (offline):
                 --model DIR --input FILE.jsonl
   init-model  Write a random-weight model in Hugging Face layout.
                 --config CONFIG.json --out DIR [--seed N] [--dtype f32|bf16]
-                [--tokenizer DIR]   (default: a byte-level tokenizer of 256 tokens)
+                [--tokenizer DIR | --tokenizer-corpus FILE.jsonl]
+                (default: a byte-level tokenizer of 256 tokens; --tokenizer-corpus trains
+                a BPE tokenizer of up to the config's vocab_size tokens on the records'
+                prompt + solution (or answer), shrinking vocab_size if it stops early)
+  dataset     Write one split of a built-in task (arith, arith-words, hops) as JSONL.
+                --task NAME --split train|dev|test --out FILE.jsonl
+                [--count N]   (default 1000 train, 200 dev, 500 test) [--seed S]
+  corpus      Write the mixed-mode pre-training corpus of the default model as JSONL.
+                --out FILE.jsonl [--count N] (default 100000) [--seed S]
+  train       Train a steering vector (or LoRA adapter, or every weight) on a task.
+                --model DIR (--task NAME | --data FILE.jsonl) --out PATH
+                [--method steering|lora|full] [--objective rl|sft] [--algorithm rloo|grpo]
+                [--steps N] [--prompts-per-step P] [--rollouts G] [--batch-size N]
+                [--micro-batch N] [--lr X] [--warmup N] [--schedule constant|cosine]
+                [--weight-decay X] [--grad-clip X] [--temperature T] [--max-new-tokens N]
+                [--layers 0,1,..] [--lora-rank R] [--lora-alpha A] [--lora-targets a,b]
+                [--verifier boxed|numeric|exact|regex] [--regex RE] [--correct-reward X]
+                [--wrong-reward X] [--format-reward X] [--seed S] [--train-count N]
+                [--eval-every N] [--eval-count N] [--eval-data FILE] [--test-count N]
+                [--checkpoint FILE] [--checkpoint-every N] [--resume]
+                [--save-dtype f32|bf16] [--absolute-lr] [--json] [--quiet]
+  eval        Accuracy (greedy unless --temperature) on a task split or a JSONL file.
+                --model DIR (--task NAME [--split test] [--count N] | --data FILE)
+                [--steering FILE] [--scale X] [--lora FILE] [--prefix TEXT]
+                [--max-new-tokens N] [--temperature T --seed S] [--verifier ...]
+                [--show N] [--json]
+  inspect     A steering vector's per-layer norm and the tokens it boosts (logit lens).
+                --model DIR --steering FILE [--top K] [--json]
   bench       Benchmarks. `steerd bench decode --model DIR [--batch 1,16]
-                [--new-tokens 32] [--json]`
+                [--new-tokens 32] [--json]`; `steerd bench paper-table --model DIR
+                [--task arith] [--seeds 3] [--steps N] [--prompts-per-step P]
+                [--rollouts G] [--json]` (steering vs LoRA r1/r8 vs full, same RL recipe)
 )";
 
 }  // namespace
@@ -45,6 +74,11 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return steerd::RunTokenizeCommand(args);
   if (command == "init-model") return steerd::RunInitModelCommand(args);
   if (command == "bench") return steerd::RunBenchCommand(args);
+  if (command == "dataset") return steerd::RunDatasetCommand(args);
+  if (command == "corpus") return steerd::RunCorpusCommand(args);
+  if (command == "train") return steerd::RunTrainCommand(args);
+  if (command == "eval") return steerd::RunEvalCommand(args);
+  if (command == "inspect") return steerd::RunInspectCommand(args);
   std::fprintf(stderr, "error: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

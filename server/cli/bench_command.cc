@@ -21,6 +21,7 @@
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/model_flags.h"
+#include "server/cli/process_info.h"
 #include "server/cli/tokenize_command.h"
 #include "server/model/generator.h"
 #include "server/model/tokenizer.h"
@@ -38,28 +39,6 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Peak resident set size of this process so far (VmHWM), in bytes.
-int64_t PeakRssBytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      int64_t kb = 0;
-      std::istringstream(line.substr(6)) >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-std::string CpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
 
 // Memory read bandwidth: the best of several summations of a 1 GiB buffer, far larger
 // than any cache, with the same threads the model uses.
@@ -231,9 +210,14 @@ absl::Status BenchDecodeCommand(const std::vector<std::string>& argv) {
 }  // namespace
 
 int RunBenchCommand(const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "paper-table") {
+    return RunPaperTableCommand({args.begin() + 1, args.end()});
+  }
   if (args.empty() || args[0] != "decode") {
     std::fprintf(stderr, "error: usage: steerd bench decode --model DIR [--batch 1,16] "
-                         "[--new-tokens 32] [--json]\n");
+                         "[--new-tokens 32] [--json]\n"
+                         "       steerd bench paper-table --model DIR [--task arith] "
+                         "[--seeds 3] [--steps N] [--json]\n");
     return 2;
   }
   return ExitWithStatus(BenchDecodeCommand({args.begin() + 1, args.end()}));

@@ -13,6 +13,12 @@ int RunLogitsCommand(const std::vector<std::string>& args);
 int RunGenerateCommand(const std::vector<std::string>& args);
 int RunInitModelCommand(const std::vector<std::string>& args);
 int RunBenchCommand(const std::vector<std::string>& args);
+int RunDatasetCommand(const std::vector<std::string>& args);
+int RunCorpusCommand(const std::vector<std::string>& args);
+int RunTrainCommand(const std::vector<std::string>& args);
+int RunEvalCommand(const std::vector<std::string>& args);
+int RunInspectCommand(const std::vector<std::string>& args);
+int RunPaperTableCommand(const std::vector<std::string>& args);  // `bench paper-table`
 
 }  // namespace steerd
 

@@ -1,20 +1,31 @@
 // `steerd init-model`: writes a random-weight model in Hugging Face layout (config.json,
 // model.safetensors and a tokenizer), for tests and benchmarks of any model shape
-// without downloading a checkpoint.
+// without downloading a checkpoint. The tokenizer is copied from a model, trained on a
+// corpus (byte-level BPE, so a small model starts with a vocabulary fitted to its
+// task), or one token per byte.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <memory>
+#include <optional>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
+#include "server/model/bpe_trainer.h"
 #include "server/model/config.h"
 #include "server/model/safetensors.h"
+#include "server/model/tokenizer.h"
 #include "server/model/tokenizer_text.h"
 #include "server/model/torch_util.h"
 #include "server/model/weights.h"
@@ -44,10 +55,22 @@ absl::Status WriteFile(const fs::path& path, const std::string& contents) {
   return absl::OkStatus();
 }
 
+// tokenizer.json as given and a tokenizer_config.json naming <|endoftext|> as EOS.
+absl::Status WriteTokenizer(const fs::path& out_dir, const std::string& tokenizer_json,
+                            int64_t model_max_length) {
+  nlohmann::json config = {{"eos_token", kEndOfText},
+                           {"bos_token", nullptr},
+                           {"add_bos_token", false},
+                           {"model_max_length", model_max_length},
+                           {"tokenizer_class", "PreTrainedTokenizerFast"}};
+  RETURN_IF_ERROR(WriteFile(out_dir / "tokenizer.json", tokenizer_json));
+  return WriteFile(out_dir / "tokenizer_config.json", config.dump(2, ' ', false));
+}
+
 // A byte-level BPE tokenizer with one token per byte and no merges (ids 0-255) plus
 // <|endoftext|> (id 256): every text round-trips, and the model's vocabulary only
 // needs 257 entries.
-absl::Status WriteByteTokenizer(const fs::path& out_dir) {
+absl::Status WriteByteTokenizer(const fs::path& out_dir, int64_t model_max_length) {
   nlohmann::json vocab = nlohmann::json::object();
   for (int b = 0; b < 256; ++b) vocab[tokenizer_text::ByteToChar(b)] = b;
   nlohmann::json tokenizer = {
@@ -72,18 +95,90 @@ absl::Status WriteByteTokenizer(const fs::path& out_dir) {
         {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
         {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
         {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  nlohmann::json config = {{"eos_token", kEndOfText},
-                           {"bos_token", nullptr},
-                           {"add_bos_token", false},
-                           {"model_max_length", 32768},
-                           {"tokenizer_class", "PreTrainedTokenizerFast"}};
-  RETURN_IF_ERROR(WriteFile(out_dir / "tokenizer.json", tokenizer.dump(2, ' ', false)));
-  return WriteFile(out_dir / "tokenizer_config.json", config.dump(2, ' ', false));
+  return WriteTokenizer(out_dir, tokenizer.dump(2, ' ', false), model_max_length);
+}
+
+// The training texts of a JSONL corpus: per record, "prompt" followed by "solution",
+// or by "answer" when there is no solution (the text a model is trained to produce).
+absl::StatusOr<std::vector<std::string>> ReadCorpus(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::vector<std::string> texts;
+  std::string line;
+  for (int64_t line_number = 1; std::getline(in, line); ++line_number) {
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    auto error = [&](absl::string_view message) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_number, ": ", message));
+    };
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      return error(absl::StrCat("invalid JSON: ", e.what()));
+    }
+    if (!record.is_object()) return error("expected a JSON object");
+    // A string field, or nullptr when the record lacks it.
+    auto field = [&](const char* key) -> absl::StatusOr<const std::string*> {
+      auto it = record.find(key);
+      if (it == record.end() || it->is_null()) return nullptr;
+      if (!it->is_string()) return error(absl::StrCat("\"", key, "\" is not a string"));
+      return it->get_ptr<const std::string*>();
+    };
+    ASSIGN_OR_RETURN(const std::string* prompt, field("prompt"));
+    if (prompt == nullptr) return error("missing \"prompt\"");
+    ASSIGN_OR_RETURN(const std::string* solution, field("solution"));
+    ASSIGN_OR_RETURN(const std::string* answer, field("answer"));
+    const std::string* completion = solution != nullptr ? solution : answer;
+    texts.push_back(completion != nullptr ? *prompt + *completion : *prompt);
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
+  return texts;
+}
+
+// Trains a tokenizer of at most config->vocab_size tokens on the corpus at `path` and
+// fits the config to it: vocab_size shrinks to the tokenizer's when training stops
+// early (so no embedding row is unused) and EOS becomes <|endoftext|>. Returns the
+// tokenizer.json text.
+absl::StatusOr<std::string> TrainTokenizer(const std::string& path, const std::string& config_path,
+                                           ModelConfig* config) {
+  if (config->vocab_size < 257) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config_path, ": vocab_size ", config->vocab_size,
+                     " is too small for a byte-level tokenizer (256 bytes plus ", kEndOfText, ")"));
+  }
+  ASSIGN_OR_RETURN(const std::vector<std::string> texts, ReadCorpus(path));
+  BpeTrainerOptions options;
+  options.vocab_size = static_cast<int32_t>(
+      std::min<int64_t>(config->vocab_size, std::numeric_limits<int32_t>::max()));
+  options.special_tokens = {kEndOfText};
+  absl::StatusOr<std::string> json = TrainByteLevelBpe(texts, options);
+  if (!json.ok()) {
+    return absl::Status(json.status().code(), absl::StrCat(path, ": ", json.status().message()));
+  }
+  ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tokenizer,
+                   Tokenizer::FromJson(*json, /*config_json=*/"", path));
+  if (tokenizer->vocab_size() > config->vocab_size) {
+    return absl::InternalError(absl::StrCat("the tokenizer trained on ", path, " has ",
+                                            tokenizer->vocab_size(), " tokens, more than ",
+                                            config_path, "'s vocab_size ", config->vocab_size));
+  }
+  std::printf("trained a tokenizer of %d tokens on %zu texts\n", tokenizer->vocab_size(),
+              texts.size());
+  config->vocab_size = tokenizer->vocab_size();
+  config->eos_token_ids = {*tokenizer->TokenToId(kEndOfText)};
+  config->bos_token_id = std::nullopt;  // The tokenizer has none.
+  return *std::move(json);
 }
 
 absl::Status InitModel(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(Args args,
-                   Args::Parse(argv, {"config", "out", "seed", "dtype", "tokenizer"}, {}));
+  ASSIGN_OR_RETURN(
+      Args args,
+      Args::Parse(argv, {"config", "out", "seed", "dtype", "tokenizer", "tokenizer-corpus"}, {}));
+  if (args.Has("tokenizer") && args.Has("tokenizer-corpus")) {
+    return absl::InvalidArgumentError(
+        "--tokenizer and --tokenizer-corpus are mutually exclusive: copy a tokenizer or train "
+        "one");
+  }
   ASSIGN_OR_RETURN(std::string config_path, args.Required("config"));
   ASSIGN_OR_RETURN(std::string out, args.Required("out"));
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
@@ -102,11 +197,17 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
     return absl::InvalidArgumentError(
         absl::StrCat("--dtype '", dtype_name, "' is not one of f32, bf16"));
   }
-  if (!args.Has("tokenizer")) {
+  // Trained before the weights are made, since it can shrink the vocabulary.
+  std::string trained_tokenizer;
+  if (args.Has("tokenizer-corpus")) {
+    ASSIGN_OR_RETURN(trained_tokenizer,
+                     TrainTokenizer(args.GetString("tokenizer-corpus", ""), config_path, &config));
+  } else if (!args.Has("tokenizer")) {
     if (config.vocab_size < 257) {
       return absl::InvalidArgumentError(absl::StrCat(
           config_path, ": vocab_size ", config.vocab_size,
-          " is too small for the byte-level tokenizer (257 tokens); pass --tokenizer DIR"));
+          " is too small for the byte-level tokenizer (257 tokens); pass --tokenizer DIR or "
+          "--tokenizer-corpus FILE.jsonl"));
     }
     if (config.eos_token_ids.empty()) config.eos_token_ids = {256};
   }
@@ -162,8 +263,10 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
       // Sources may be read-only (a fixture); the model folder's copy is the user's.
       fs::permissions(fs::path(out) / file, fs::perms::owner_write, fs::perm_options::add, error);
     }
+  } else if (args.Has("tokenizer-corpus")) {
+    RETURN_IF_ERROR(WriteTokenizer(out, trained_tokenizer, config.max_position_embeddings));
   } else {
-    RETURN_IF_ERROR(WriteByteTokenizer(out));
+    RETURN_IF_ERROR(WriteByteTokenizer(out, config.max_position_embeddings));
   }
   int64_t params = 0;
   for (const auto& t : keep_alive) params += t.numel();

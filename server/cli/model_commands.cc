@@ -26,34 +26,6 @@ std::set<std::string> SteeredModelFlags() {
   return flags;
 }
 
-absl::StatusOr<std::unique_ptr<Transformer>> LoadModel(const Args& args) {
-  ASSIGN_OR_RETURN(Transformer::Options options, TransformerOptionsFromArgs(args));
-  return Transformer::Create(options);
-}
-
-// The model folder's tokenizer, or null when it has none (ids-only use).
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerIfPresent(const std::string& dir) {
-  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
-    return std::unique_ptr<Tokenizer>();
-  }
-  return Tokenizer::Load(dir);
-}
-
-// --steering FILE [--scale X]: the vector, checked against the model, or undefined.
-absl::StatusOr<SteeringRow> LoadSteering(const Args& args, const ModelConfig& config) {
-  SteeringRow row;
-  if (!args.Has("steering")) {
-    if (args.Has("scale")) return absl::InvalidArgumentError("--scale needs --steering");
-    return row;
-  }
-  ASSIGN_OR_RETURN(SteeringFile file, LoadSteeringFile(args.GetString("steering", "")));
-  RETURN_IF_ERROR(CheckSteeringMatchesModel(file, config));
-  row.vector = file.vector;
-  ASSIGN_OR_RETURN(row.scale, args.GetDouble("scale", file.scale));
-  if (!std::isfinite(row.scale)) return absl::InvalidArgumentError("--scale must be finite");
-  return row;
-}
-
 absl::StatusOr<std::vector<int32_t>> IdsFlag(const Args& args) {
   ASSIGN_OR_RETURN(std::vector<int64_t> ids, args.GetIntList("ids"));
   std::vector<int32_t> out;
@@ -74,8 +46,8 @@ absl::Status Logits(const std::vector<std::string>& argv) {
     return absl::InvalidArgumentError("logits prints JSON only: pass --json");
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, IdsFlag(args));
-  ASSIGN_OR_RETURN(auto model, LoadModel(args));
-  ASSIGN_OR_RETURN(SteeringRow steering, LoadSteering(args, model->config()));
+  ASSIGN_OR_RETURN(auto model, LoadModelFromArgs(args));
+  ASSIGN_OR_RETURN(SteeringRow steering, LoadSteeringFromArgs(args, model->config()));
   ForwardInput input;
   input.tokens = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()),
                             at::TensorOptions().dtype(at::kLong))
@@ -104,7 +76,7 @@ absl::Status Generate(const std::vector<std::string>& argv) {
   if (args.Has("prompt") == args.Has("ids")) {
     return absl::InvalidArgumentError("pass exactly one of --prompt TEXT or --ids 1,2,3");
   }
-  ASSIGN_OR_RETURN(auto model, LoadModel(args));
+  ASSIGN_OR_RETURN(auto model, LoadModelFromArgs(args));
   ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizerIfPresent(args.GetString("model", "")));
 
   GenerationRequest request;
@@ -126,7 +98,7 @@ absl::Status Generate(const std::vector<std::string>& argv) {
   if (args.Has("stop")) request.stop_strings.push_back(args.GetString("stop", ""));
   request.ignore_eos = args.Flag("ignore-eos");
   request.return_logprobs = args.Flag("logprobs");
-  ASSIGN_OR_RETURN(SteeringRow steering, LoadSteering(args, model->config()));
+  ASSIGN_OR_RETURN(SteeringRow steering, LoadSteeringFromArgs(args, model->config()));
   request.steering = steering.vector;
   request.steering_scale = steering.scale;
 

@@ -150,8 +150,9 @@ std::string SequenceState::Release(bool final) {
   return out;
 }
 
-Generator::Generator(const Transformer* model, const Tokenizer* tokenizer)
-    : model_(model), tokenizer_(tokenizer) {}
+Generator::Generator(const Transformer* model, const Tokenizer* tokenizer,
+                     const LoraAdapter* lora)
+    : model_(model), tokenizer_(tokenizer), lora_(lora) {}
 
 absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
     const std::vector<GenerationRequest>& requests, const TextCallback& on_text,
@@ -159,6 +160,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   if (requests.empty()) return std::vector<GenerationResult>();
+  // Sampling never needs gradients, even from trainable weights or adapters.
+  at::NoGradGuard no_grad;
   const ModelConfig& config = model_->config();
   for (size_t i = 0; i < requests.size(); ++i) {
     absl::Status status = ValidateGenerationRequest(requests[i], config, tokenizer_);
@@ -183,6 +186,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
 
   // Prefill: prompts left-padded to a common length.
   ForwardInput input;
+  input.lora = lora_;
   std::vector<int64_t> padded(B * prompt_len, 0);
   input.left_pad.resize(B);
   for (int64_t b = 0; b < B; ++b) {

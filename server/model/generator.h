@@ -97,8 +97,10 @@ using TextCallback = std::function<void(size_t, const std::string&)>;
 
 class Generator {
  public:
-  // `tokenizer` may be null; `model` and `tokenizer` must outlive the generator.
-  Generator(const Transformer* model, const Tokenizer* tokenizer);
+  // `tokenizer` may be null; `lora` (may be null) applies to every row. All must
+  // outlive the generator.
+  Generator(const Transformer* model, const Tokenizer* tokenizer,
+            const LoraAdapter* lora = nullptr);
 
   // Runs every request to completion in one batch (rows leave the batch as they finish).
   absl::StatusOr<std::vector<GenerationResult>> Generate(
@@ -108,6 +110,7 @@ class Generator {
  private:
   const Transformer* model_;
   const Tokenizer* tokenizer_;
+  const LoraAdapter* lora_;
 };
 
 }  // namespace steerd

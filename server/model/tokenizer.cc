@@ -214,8 +214,9 @@ class SplitRegex {
     return std::unique_ptr<SplitRegex>(new SplitRegex(std::move(code), std::move(context)));
   }
 
-  // Finds the first match at or after `offset` in `subject`, which must be valid
-  // UTF-8 (checked once per Encode: checking on every call makes splitting quadratic).
+  // Finds the first match at or after `offset` in `subject`, which must be valid UTF-8
+  // (checked once per Encode or PreTokenize: checking on every call makes splitting
+  // quadratic).
   absl::StatusOr<bool> Find(absl::string_view subject, size_t offset, pcre2_match_data* data,
                             size_t* start, size_t* end) const {
     const int rc = pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(subject.data()),
@@ -442,6 +443,7 @@ class BpeTokenizer : public Tokenizer {
     RETURN_IF_ERROR(CheckId(id));
     return token_bytes_[id];
   }
+  absl::StatusOr<std::vector<std::string>> PreTokenize(absl::string_view text) const override;
 
   int32_t vocab_size() const override { return static_cast<int32_t>(token_bytes_.size()); }
   std::optional<int32_t> TokenToId(absl::string_view token) const override;
@@ -476,10 +478,17 @@ class BpeTokenizer : public Tokenizer {
   std::optional<int32_t> VocabId(absl::string_view token) const;
   absl::Status CheckId(int32_t id) const;
 
-  absl::Status EncodeBetweenAddedTokens(absl::string_view text, EncodeScratch& scratch,
-                                        std::vector<int32_t>* ids) const;
-  absl::Status PreTokenize(absl::string_view piece, size_t step, EncodeScratch& scratch,
-                           std::vector<int32_t>* ids) const;
+  using AddedTokenFn = absl::FunctionRef<void(const AddedToken& token)>;
+  using WordFn = absl::FunctionRef<void(absl::string_view word)>;
+  // Splits valid UTF-8 `text` as encoding does, in order: each added token goes to
+  // `on_token` and each pre-tokenized word (raw bytes, before BPE) to `on_word`.
+  // Encode and PreTokenize share it, so a trainer sees exactly the words Encode merges.
+  absl::Status SplitText(absl::string_view text, pcre2_match_data* match_data,
+                         AddedTokenFn on_token, WordFn on_word) const;
+  absl::Status SplitBetweenAddedTokens(absl::string_view text, pcre2_match_data* match_data,
+                                       AddedTokenFn on_token, WordFn on_word) const;
+  absl::Status SplitWords(absl::string_view piece, size_t step, pcre2_match_data* match_data,
+                          WordFn on_word) const;
   void EncodeWord(absl::string_view word, EncodeScratch& scratch, std::vector<int32_t>* ids) const;
   void MergeWord(absl::string_view word, EncodeScratch& scratch) const;
 
@@ -968,42 +977,61 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(absl::string_view text
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 4 + prefix_ids_.size() + suffix_ids_.size() + 1);
   if (add_special_tokens) ids = prefix_ids_;
-  RETURN_IF_ERROR(raw_matcher_.Split(
-      text, [&](const AddedToken* token, absl::string_view piece) -> absl::Status {
-        if (token != nullptr) {
-          ids.push_back(token->id);
-          return absl::OkStatus();
-        }
-        return EncodeBetweenAddedTokens(piece, scratch, &ids);
-      }));
+  RETURN_IF_ERROR(SplitText(
+      text, scratch.match_data.get(), [&](const AddedToken& token) { ids.push_back(token.id); },
+      [&](absl::string_view word) { EncodeWord(word, scratch, &ids); }));
   if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;
 }
 
-absl::Status BpeTokenizer::EncodeBetweenAddedTokens(absl::string_view text, EncodeScratch& scratch,
-                                                    std::vector<int32_t>* ids) const {
+absl::StatusOr<std::vector<std::string>> BpeTokenizer::PreTokenize(absl::string_view text) const {
+  RETURN_IF_ERROR(tokenizer_text::ValidateUtf8(text));
+  MatchData match_data(pcre2_match_data_create(/*ovecsize=*/1, /*gcontext=*/nullptr));
+  if (match_data == nullptr) return absl::ResourceExhaustedError("out of memory");
+  std::vector<std::string> words;
+  RETURN_IF_ERROR(SplitText(
+      text, match_data.get(), [](const AddedToken&) {},
+      [&words](absl::string_view word) { words.emplace_back(word); }));
+  return words;
+}
+
+absl::Status BpeTokenizer::SplitText(absl::string_view text, pcre2_match_data* match_data,
+                                     AddedTokenFn on_token, WordFn on_word) const {
+  return raw_matcher_.Split(
+      text, [&](const AddedToken* token, absl::string_view piece) -> absl::Status {
+        if (token != nullptr) {
+          on_token(*token);
+          return absl::OkStatus();
+        }
+        return SplitBetweenAddedTokens(piece, match_data, on_token, on_word);
+      });
+}
+
+absl::Status BpeTokenizer::SplitBetweenAddedTokens(absl::string_view text,
+                                                   pcre2_match_data* match_data,
+                                                   AddedTokenFn on_token, WordFn on_word) const {
   std::string normalized;
   if (nfc_ && !tokenizer_text::IsAscii(text)) {
     RETURN_IF_ERROR(tokenizer_text::NormalizeNfc(text, &normalized));
     text = normalized;
   }
-  if (normalized_matcher_.empty()) return PreTokenize(text, 0, scratch, ids);
+  if (normalized_matcher_.empty()) return SplitWords(text, 0, match_data, on_word);
   return normalized_matcher_.Split(
       text, [&](const AddedToken* token, absl::string_view piece) -> absl::Status {
         if (token != nullptr) {
-          ids->push_back(token->id);
+          on_token(*token);
           return absl::OkStatus();
         }
-        return PreTokenize(piece, 0, scratch, ids);
+        return SplitWords(piece, 0, match_data, on_word);
       });
 }
 
-absl::Status BpeTokenizer::PreTokenize(absl::string_view piece, size_t step, EncodeScratch& scratch,
-                                       std::vector<int32_t>* ids) const {
+absl::Status BpeTokenizer::SplitWords(absl::string_view piece, size_t step,
+                                      pcre2_match_data* match_data, WordFn on_word) const {
   // Hugging Face drops empty pieces before any later step sees them.
   if (piece.empty()) return absl::OkStatus();
   if (step == pre_tokenizer_.size()) {
-    EncodeWord(piece, scratch, ids);
+    on_word(piece);
     return absl::OkStatus();
   }
   const PreTokenizerStep& stage = pre_tokenizer_[step];
@@ -1012,15 +1040,14 @@ absl::Status BpeTokenizer::PreTokenize(absl::string_view piece, size_t step, Enc
     prefixed = absl::StrCat(" ", piece);
     piece = prefixed;
   }
-  if (stage.regex == nullptr) return PreTokenize(piece, step + 1, scratch, ids);
+  if (stage.regex == nullptr) return SplitWords(piece, step + 1, match_data, on_word);
   // Behavior "Isolated": every match and every gap between matches is a piece.
   size_t emitted = 0;
   size_t offset = 0;
   while (offset < piece.size()) {
     size_t start = 0;
     size_t end = 0;
-    ASSIGN_OR_RETURN(const bool found,
-                     stage.regex->Find(piece, offset, scratch.match_data.get(), &start, &end));
+    ASSIGN_OR_RETURN(const bool found, stage.regex->Find(piece, offset, match_data, &start, &end));
     if (!found) break;
     if (start == end) {
       // An empty match splits nothing; search again one character later, as
@@ -1030,12 +1057,13 @@ absl::Status BpeTokenizer::PreTokenize(absl::string_view piece, size_t step, Enc
       continue;
     }
     if (emitted < start) {
-      RETURN_IF_ERROR(PreTokenize(piece.substr(emitted, start - emitted), step + 1, scratch, ids));
+      RETURN_IF_ERROR(
+          SplitWords(piece.substr(emitted, start - emitted), step + 1, match_data, on_word));
     }
-    RETURN_IF_ERROR(PreTokenize(piece.substr(start, end - start), step + 1, scratch, ids));
+    RETURN_IF_ERROR(SplitWords(piece.substr(start, end - start), step + 1, match_data, on_word));
     emitted = offset = end;
   }
-  return PreTokenize(piece.substr(emitted), step + 1, scratch, ids);
+  return SplitWords(piece.substr(emitted), step + 1, match_data, on_word);
 }
 
 void BpeTokenizer::EncodeWord(absl::string_view word, EncodeScratch& scratch,

@@ -42,6 +42,11 @@ class Tokenizer {
                                              bool skip_special_tokens = false) const = 0;
   // The raw bytes a token stands for (after byte-level decoding), for streaming.
   virtual absl::StatusOr<std::string> TokenBytes(int32_t id) const = 0;
+  // The words BPE merges when encoding `text`, in order, as raw bytes: the text
+  // between added tokens after normalization and pre-tokenization (added tokens are
+  // left out). A BPE trainer counts these (see bpe_trainer.h), so training splits text
+  // exactly as encoding will. Invalid UTF-8 is INVALID_ARGUMENT as for Encode.
+  virtual absl::StatusOr<std::vector<std::string>> PreTokenize(absl::string_view text) const = 0;
 
   // Number of ids (base vocabulary plus added tokens; the largest id + 1).
   virtual int32_t vocab_size() const = 0;

@@ -25,6 +25,15 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
+// A projection plus its LoRA delta, when the adapter has one for it.
+at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                   const LoraAdapter* lora, int64_t layer, LoraTarget target) {
+  at::Tensor y = Linear(x, w, b);
+  if (lora == nullptr) return y;
+  at::Tensor delta = lora->Delta(x, layer, target);
+  return delta.defined() ? y + delta : y;
+}
+
 // rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
@@ -232,7 +241,12 @@ absl::Status Transformer::Validate(const ForwardInput& input, const KvCache* cac
 
 absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCache* cache) const {
   RETURN_IF_ERROR(Validate(input, cache));
-  const bool needs_grad = input.steering.defined() && input.steering.requires_grad();
+  bool needs_grad = weights_trainable_ ||
+                    (input.steering.defined() && input.steering.requires_grad());
+  if (input.lora != nullptr) {
+    for (const at::Tensor& p : input.lora->Parameters()) needs_grad |= p.requires_grad();
+  }
+  needs_grad &= at::GradMode::is_enabled();
   return CatchTorchErrors("transformer forward", [&]() -> absl::StatusOr<at::Tensor> {
     if (needs_grad) return ForwardImpl(input, cache);
     // Inference mode skips autograd bookkeeping on every op of the decode loop.
@@ -254,14 +268,22 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
                                   const at::Tensor& sin, const at::Tensor& mask,
                                   int64_t layer_index, KvCache* cache,
                                   const std::vector<int64_t>& start,
-                                  const std::vector<int64_t>& write_at, int64_t key_len) const {
+                                  const std::vector<int64_t>& write_at, int64_t key_len,
+                                  const LoraAdapter* lora) const {
   const int64_t B = h.size(0), T = h.size(1);
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
   const int64_t G = H / KVH;
   // [B, T, heads, hd] -> [B, heads, T, hd]; biases (Qwen2) come before RoPE.
-  at::Tensor q = Linear(h, layer.q_w, layer.q_b).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = Linear(h, layer.k_w, layer.k_b).view({B, T, KVH, hd}).transpose(1, 2);
-  at::Tensor v = Linear(h, layer.v_w, layer.v_b).view({B, T, KVH, hd}).transpose(1, 2);
+  const int64_t l = layer_index;
+  at::Tensor q = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ)
+                     .view({B, T, H, hd})
+                     .transpose(1, 2);
+  at::Tensor k = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK)
+                     .view({B, T, KVH, hd})
+                     .transpose(1, 2);
+  at::Tensor v = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV)
+                     .view({B, T, KVH, hd})
+                     .transpose(1, 2);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
 
@@ -288,9 +310,9 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
     if (!mask.defined()) {
       // The fused decode path. Row b's new token sees columns start[b] through its own,
       // write_at[b].
-      return Linear(Bf16DecodeAttention(q, cache_k, cache_v, start, write_at,
-                                        1.0 / std::sqrt(static_cast<double>(hd))),
-                    layer.o_w, layer.o_b);
+      return Project(Bf16DecodeAttention(q, cache_k, cache_v, start, write_at,
+                                         1.0 / std::sqrt(static_cast<double>(hd))),
+                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO);
     }
     keys = cache_k.narrow(2, 0, key_len);
     values = cache_v.narrow(2, 0, key_len);
@@ -305,7 +327,20 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   at::Tensor out = at::matmul(probs.view({B, KVH, G * T, S}), values);  // [B, KVH, G*T, hd]
   out = out.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
-  return Linear(out, layer.o_w, layer.o_b);  // [B, T, d]
+  return Project(out, layer.o_w, layer.o_b, lora, l, LoraTarget::kO);  // [B, T, d]
+}
+
+at::Tensor Transformer::Mlp(const Layer& layer, const at::Tensor& h, int64_t l,
+                            const LoraAdapter* lora) const {
+  const int64_t I = config_.intermediate_size;
+  at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b);  // [B, T, 2I]
+  at::Tensor gate = gate_up.narrow(-1, 0, I), up = gate_up.narrow(-1, I, I);
+  if (lora != nullptr) {
+    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kGate); d.defined()) gate = gate + d;
+    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kUp); d.defined()) up = up + d;
+  }
+  return Project(at::silu(gate) * up, layer.down_w, layer.down_b, lora, l,
+                 LoraTarget::kDown);  // [B, T, d]
 }
 
 at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) const {
@@ -339,7 +374,7 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
 
   // A cached bf16 decode step on CPU takes the fused attention kernel, which reads the
   // visible range from start/write_at; autograd never goes through it.
-  const bool fused_decode = cache != nullptr && !input.steering.requires_grad() &&
+  const bool fused_decode = cache != nullptr && !at::GradMode::is_enabled() &&
                             CanUseBf16DecodeAttention(cache->keys(0), T);
   // Otherwise an additive mask [B, T, S]: query t of row b sees column j iff
   // start_b <= j <= write_b + t. The dtype's lowest value rather than -inf, as Hugging
@@ -363,14 +398,10 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
     x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, start,
-                      write_at, key_len);
-    at::Tensor h = RmsNorm(x, layer.post_norm);
-    const int64_t I = config_.intermediate_size;
-    at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b);  // [B, T, 2I]
-    at::Tensor mlp = Linear(at::silu(gate_up.narrow(-1, 0, I)) * gate_up.narrow(-1, I, I),
-                            layer.down_w, layer.down_b);
-    x = x + mlp;
+                      write_at, key_len, input.lora);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_norm), l, input.lora);
     if (input.steering.defined()) x = x + input.steering[l];  // [B, 1, d] broadcast
+    if (input.layer_outputs != nullptr) input.layer_outputs->push_back(x);
   }
   if (cache != nullptr) {
     for (int64_t b = 0; b < B; ++b) {
@@ -380,6 +411,90 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   }
   if (input.logits == ForwardInput::Logits::kLast) x = x.select(1, T - 1);  // [B, d]
   return Linear(RmsNorm(x, final_norm_), lm_head_, at::Tensor()).to(at::kFloat);
+}
+
+absl::StatusOr<at::Tensor> Transformer::LogitLens(const at::Tensor& vectors) const {
+  if (!vectors.defined() || vectors.dim() != 2 || vectors.size(1) != config_.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logit lens needs [N, ", config_.hidden_size, "] vectors"));
+  }
+  return CatchTorchErrors("logit lens", [&]() -> absl::StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    at::Tensor v = vectors.to(device_, at::kFloat) * final_norm_.to(at::kFloat);  // [N, d]
+    return at::matmul(v, lm_head_.to(at::kFloat).t()).to(at::kCPU);             // [N, V]
+  });
+}
+
+std::vector<at::Tensor> Transformer::Weights() const {
+  std::vector<at::Tensor> out = {embed_, final_norm_};
+  if (!config_.tie_word_embeddings) out.push_back(lm_head_);
+  for (const Layer& layer : layers_) {
+    for (const at::Tensor& t :
+         {layer.input_norm, layer.q_w, layer.k_w, layer.v_w, layer.o_w, layer.q_b, layer.k_b,
+          layer.v_b, layer.o_b, layer.post_norm, layer.gate_up_w, layer.gate_up_b, layer.down_w,
+          layer.down_b}) {
+      if (t.defined()) out.push_back(t);
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Transformer::NamedWeights() const {
+  std::vector<std::pair<std::string, at::Tensor>> out = {
+      {"model.embed_tokens.weight", embed_}, {"model.norm.weight", final_norm_}};
+  if (!config_.tie_word_embeddings) out.push_back({"lm_head.weight", lm_head_});
+  const int64_t I = config_.intermediate_size;
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const Layer& layer = layers_[i];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    auto add = [&](const std::string& name, const at::Tensor& t) {
+      if (t.defined()) out.push_back({p + name, t});
+    };
+    add("input_layernorm.weight", layer.input_norm);
+    add("self_attn.q_proj.weight", layer.q_w);
+    add("self_attn.k_proj.weight", layer.k_w);
+    add("self_attn.v_proj.weight", layer.v_w);
+    add("self_attn.o_proj.weight", layer.o_w);
+    add("self_attn.q_proj.bias", layer.q_b);
+    add("self_attn.k_proj.bias", layer.k_b);
+    add("self_attn.v_proj.bias", layer.v_b);
+    add("self_attn.o_proj.bias", layer.o_b);
+    add("post_attention_layernorm.weight", layer.post_norm);
+    add("mlp.gate_proj.weight", layer.gate_up_w.narrow(0, 0, I));
+    add("mlp.up_proj.weight", layer.gate_up_w.narrow(0, I, I));
+    if (layer.gate_up_b.defined()) {
+      add("mlp.gate_proj.bias", layer.gate_up_b.narrow(0, 0, I));
+      add("mlp.up_proj.bias", layer.gate_up_b.narrow(0, I, I));
+    }
+    add("mlp.down_proj.weight", layer.down_w);
+    add("mlp.down_proj.bias", layer.down_b);
+  }
+  return out;
+}
+
+absl::Status Transformer::MakeWeightsTrainable() {
+  if (weights_trainable_) return absl::OkStatus();
+  return CatchTorchErrors("making weights trainable", [&]() -> absl::Status {
+    auto own = [](at::Tensor& t) {
+      if (t.defined()) t = t.detach().clone().contiguous().set_requires_grad(true);
+    };
+    own(embed_);
+    own(final_norm_);
+    if (config_.tie_word_embeddings) {
+      lm_head_ = embed_;
+    } else {
+      own(lm_head_);
+    }
+    for (Layer& layer : layers_) {
+      for (at::Tensor* t : {&layer.input_norm, &layer.q_w, &layer.k_w, &layer.v_w, &layer.o_w,
+                            &layer.q_b, &layer.k_b, &layer.v_b, &layer.o_b, &layer.post_norm,
+                            &layer.gate_up_w, &layer.gate_up_b, &layer.down_w, &layer.down_b}) {
+        own(*t);
+      }
+    }
+    weights_trainable_ = true;
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace steerd

@@ -3,11 +3,13 @@
 // float32, rotate-half RoPE with llama3/linear scaling, grouped-query attention with a
 // causal mask and left padding, SwiGLU MLP, tied or untied LM head) and adds a
 // steering vector to each decoder layer's output, with a different vector (or none)
-// for every row of a batch. Weights are frozen; when the steering tensor requires
-// grad, gradients flow to it through the whole forward pass (the trainer's path).
-// Thread-safety: the model is immutable after Create(); Forward() is const and may be
-// called from several threads with distinct caches, though steerd's engine calls it
-// from one thread.
+// for every row of a batch, and optionally a LoRA adapter for the whole batch. Weights
+// are frozen unless MakeWeightsTrainable() was called (full fine-tuning); when the
+// steering tensor, the adapter or the weights require grad (and grad mode is on),
+// gradients flow through the whole forward pass (the trainer's path).
+// Thread-safety: the model is immutable after Create() (except for a trainer that owns
+// it); Forward() is const and may be called from several threads with distinct caches,
+// though steerd's engine calls it from one thread.
 #ifndef STEERD_SERVER_MODEL_TRANSFORMER_H_
 #define STEERD_SERVER_MODEL_TRANSFORMER_H_
 
@@ -20,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "server/model/config.h"
 #include "server/model/kv_cache.h"
+#include "server/model/lora.h"
 
 namespace steerd {
 
@@ -38,6 +41,10 @@ struct ForwardInput {
                                   // undefined when no row is steered.
   enum class Logits { kLast, kAll };
   Logits logits = Logits::kLast;  // kLast: only each row's last position (generation).
+  const LoraAdapter* lora = nullptr;  // Applied to every row, or null.
+  // When set, receives each decoder layer's output (after steering), [B, T, d] each:
+  // the residual stream the trainer scales steering updates to.
+  std::vector<at::Tensor>* layer_outputs = nullptr;
 };
 
 class Transformer {
@@ -72,6 +79,21 @@ class Transformer {
   // logits: [B, V] for Logits::kLast, [B, T, V] for kAll.
   absl::StatusOr<at::Tensor> Forward(const ForwardInput& input, KvCache* cache) const;
 
+  // The logit-lens view of directions in the residual stream: for each row v of
+  // `vectors` ([N, d]), the logits lm_head (final_norm * v) that it adds, [N, V] float32
+  // on CPU (the final norm's scaling is left out: it does not change the ranking).
+  absl::StatusOr<at::Tensor> LogitLens(const at::Tensor& vectors) const;
+
+  // Full fine-tuning: replaces every weight by an owned copy (mapped files are
+  // read-only) that requires grad. Call before any other thread uses the model.
+  absl::Status MakeWeightsTrainable();
+  bool weights_trainable() const { return weights_trainable_; }
+  // Every distinct weight tensor (a tied head counted once), in a fixed order.
+  std::vector<at::Tensor> Weights() const;
+  // The weights under their Hugging Face names (gate/up as views of the fused tensor),
+  // for writing a checkpoint.
+  std::vector<std::pair<std::string, at::Tensor>> NamedWeights() const;
+
  private:
   struct Layer {
     at::Tensor input_norm;           // [d]
@@ -91,13 +113,17 @@ class Transformer {
   at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
                        KvCache* cache, const std::vector<int64_t>& start,
-                       const std::vector<int64_t>& write_at, int64_t key_len) const;
+                       const std::vector<int64_t>& write_at, int64_t key_len,
+                       const LoraAdapter* lora) const;
+  at::Tensor Mlp(const Layer& layer, const at::Tensor& h, int64_t layer_index,
+                 const LoraAdapter* lora) const;
   at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
 
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::Device(at::kCPU);
   int64_t weight_bytes_ = 0;
+  bool weights_trainable_ = false;
   at::Tensor embed_;       // [V, d]
   at::Tensor final_norm_;  // [d]
   at::Tensor lm_head_;     // [V, d] (embed_ when tied)

@@ -3,9 +3,7 @@
 // reporting (message on stderr, non-zero exit) for bad invocations.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,39 +12,17 @@
 
 #include "nlohmann/json.hpp"
 #include "server/model/safetensors.h"
+#include "tests/testing/cli.h"
 
 namespace steerd {
 namespace {
 
 namespace fs = std::filesystem;
+using ::steerd::testing::CliRun;
+using ::steerd::testing::Steerd;
 using ::testing::HasSubstr;
 
 const std::string kFixtures = STEERD_FIXTURES_DIR;
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-CliRun Steerd(const std::string& args) {
-  const std::string err_path = ::testing::TempDir() + "/steerd_cli_stderr.txt";
-  const std::string command =
-      std::string(STEERD_BINARY_DIR) + "/bin/steerd " + args + " 2>" + err_path;
-  CliRun run;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 65536> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_path);
-  std::stringstream text;
-  text << err.rdbuf();
-  run.err = text.str();
-  return run;
-}
 
 nlohmann::json ReadJson(const std::string& path) {
   std::ifstream in(path);
@@ -210,6 +186,66 @@ TEST(CliTest, InitModelWritesALoadableDeterministicModel) {
                       "--temperature 0.9 --seed 5");
   ASSERT_EQ(stream.exit_code, 0) << stream.err;
   EXPECT_EQ(stream.out, out["text"].get<std::string>() + "\n");
+}
+
+TEST(CliTest, InitModelTrainsATokenizerOnACorpus) {
+  const std::string tmp = ::testing::TempDir();
+  // The tiny config with room for more tokens than the corpus can give.
+  nlohmann::json config = ReadJson(std::string(STEERD_SOURCE_DIR) + "/configs/tiny-qwen2.json");
+  config["vocab_size"] = 4096;
+  const std::string config_path = tmp + "/steerd_bpe_config.json";
+  std::ofstream(config_path) << config.dump();
+  const std::string corpus = tmp + "/steerd_bpe_corpus.jsonl";
+  {
+    std::ofstream out(corpus);
+    for (int i = 0; i < 400; ++i) {
+      const std::string a = std::to_string(i % 100);
+      const std::string b = std::to_string((i * 37 + 11) % 100);
+      const std::string sum = std::to_string(i % 100 + (i * 37 + 11) % 100);
+      nlohmann::json record = {{"prompt", "Q: " + a + "+" + b + "=?\nA: "}, {"answer", sum}};
+      if (i % 2 == 0) record["solution"] = "Step by step: " + a + "+" + b + "=" + sum;
+      out << record.dump() << "\n";
+    }
+  }
+  const std::string dir = tmp + "/steerd_init_bpe";
+  fs::remove_all(dir);
+  CliRun run = Steerd("init-model --config " + config_path + " --out " + dir +
+                      " --dtype f32 --tokenizer-corpus " + corpus);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto tokenizer = ReadJson(dir + "/tokenizer.json");
+  const int64_t size = tokenizer["model"]["vocab"].size() + tokenizer["added_tokens"].size();
+  const auto written = ReadJson(dir + "/config.json");
+  EXPECT_LT(size, 4096);  // Training ran out of pairs seen twice...
+  EXPECT_EQ(written["vocab_size"], size);  // ...and the embedding shrank to fit.
+  EXPECT_EQ(tokenizer["added_tokens"][0]["content"], "<|endoftext|>");
+  EXPECT_EQ(written["eos_token_id"], tokenizer["added_tokens"][0]["id"]);
+  EXPECT_EQ(ReadJson(dir + "/tokenizer_config.json")["model_max_length"],
+            config["max_position_embeddings"]);
+
+  CliRun generate = Steerd("generate --model " + dir +
+                           " --prompt 'Q: 12+7=?' --max-new-tokens 4 --ignore-eos --json");
+  ASSERT_EQ(generate.exit_code, 0) << generate.err;
+  EXPECT_EQ(nlohmann::json::parse(generate.out)["ids"].size(), 4u);
+  // The corpus's units are single tokens: A : " Step" " by" " step" : " " 12 + 7 = 19.
+  const std::string text_path = tmp + "/steerd_bpe_text.jsonl";
+  std::ofstream(text_path) << nlohmann::json{{"text", "A: Step by step: 12+7=19"}}.dump() << "\n";
+  CliRun tokenize = Steerd("tokenize --model " + dir + " --input " + text_path);
+  ASSERT_EQ(tokenize.exit_code, 0) << tokenize.err;
+  EXPECT_EQ(nlohmann::json::parse(tokenize.out)["ids"].size(), 12u);
+
+  const std::string bad = tmp + "/steerd_bpe_bad.jsonl";
+  std::ofstream(bad) << "{\"prompt\": \"fine\"}\n{\"prompt\": 7}\n";
+  const std::vector<std::pair<std::string, std::string>> errors = {
+      {" --tokenizer-corpus " + bad, bad + ":2: \"prompt\" is not a string"},
+      {" --tokenizer-corpus /nonexistent.jsonl", "/nonexistent.jsonl"},
+      {" --tokenizer-corpus " + corpus + " --tokenizer " + dir, "mutually exclusive"},
+  };
+  for (const auto& [flags, expected] : errors) {
+    CliRun failed = Steerd("init-model --config " + config_path + " --out " + tmp +
+                           "/steerd_init_bpe_bad" + flags);
+    EXPECT_NE(failed.exit_code, 0) << flags;
+    EXPECT_THAT(failed.err, HasSubstr(expected)) << flags;
+  }
 }
 
 TEST(CliTest, BadInvocationsExplainThemselves) {

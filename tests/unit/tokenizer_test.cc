@@ -334,6 +334,15 @@ TEST(Llama3TokenizerTest, ReadsConfig) {
   EXPECT_THAT(*llama->Encode(" hello"), ElementsAre(*llama->TokenToId("Ġhello")));
 }
 
+TEST(Llama3TokenizerTest, PreTokenizesAsEncodeSplits) {
+  const Tokenizer* llama = RealTokenizer("llama3");
+  ASSERT_NE(llama, nullptr);
+  // Numbers go in chunks of three digits; added tokens are left out; words are raw bytes.
+  EXPECT_THAT(*llama->PreTokenize("Hello wörld 12345<|eot_id|>!\n\n"),
+              ElementsAre("Hello", " wörld", " ", "123", "45", "!\n\n"));
+  EXPECT_EQ(llama->PreTokenize("ok \xFF").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // ----------------------------------------------------------------------------------
 // A small synthetic tokenizer for behaviour the real ones do not exercise.
 
