@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Installs what steerd needs, builds it, and runs the main job: generation with a small
-# model that steerd makes itself (random weights until the embedded default model lands).
+# Installs what steerd needs, builds it, and runs the main job on the embedded default
+# model: trains a steering vector with RL on the built-in arith task (once; it is kept in
+# build/vectors/), then answers one question with and without it and measures both on
+# the held-out test split.
+# Usage: scripts/run.sh [PROMPT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh steerd
-model=build/models/tiny-qwen2
-if [ ! -f "$model/model.safetensors" ]; then
-  build/bin/steerd init-model --config configs/tiny-qwen2.json --out "$model" --seed 1 --dtype f32
+steerd=build/bin/steerd
+model=models/steerd-tiny
+vector=build/vectors/arith.safetensors
+mkdir -p build/vectors
+if [ ! -f "$vector" ]; then
+  echo "== training a steering vector for arith on $model (a few minutes on 2 cores)"
+  $steerd train --model "$model" --task arith --out "$vector"
 fi
-echo "steerd generate with $model (random weights and a byte-level tokenizer: the text is"
-echo "noise, the pipeline is real; the trained default model replaces it in a later release)"
-build/bin/steerd generate --model "$model" --prompt "${1:-What is 12 + 30?}" --max-new-tokens 32 \
-  --temperature 0.8 --seed 7
+prompt=${1:-$'Q: (12+7)*3-5\nA:'}
+echo "== the base model:"
+$steerd generate --model "$model" --prompt "$prompt" --max-new-tokens 64
+echo "== the same model steered by $vector:"
+$steerd generate --model "$model" --prompt "$prompt" --max-new-tokens 64 --steering "$vector"
+echo "== held-out accuracy on arith (test split, greedy):"
+echo "base:    $($steerd eval --model "$model" --task arith)"
+echo "steered: $($steerd eval --model "$model" --task arith --steering "$vector")"
