@@ -34,6 +34,7 @@ Commands (offline):
                 [--count N]   (default 1000 train, 200 dev, 500 test) [--seed S]
   corpus      Write the mixed-mode pre-training corpus of the default model as JSONL.
                 --out FILE.jsonl [--count N] (default 100000) [--seed S]
+                [--tagged-fraction F] (share of prompts that also name the mode)
   train       Train a steering vector (or LoRA adapter, or every weight) on a task.
                 --model DIR (--task NAME | --data FILE.jsonl) --out PATH
                 [--method steering|lora|full] [--objective rl|sft] [--algorithm rloo|grpo]

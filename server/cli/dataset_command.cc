@@ -53,11 +53,12 @@ absl::Status WriteDataset(const std::vector<std::string>& argv) {
 }
 
 absl::Status WriteCorpus(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(const Args args, Args::Parse(argv, {"count", "seed", "out"}, {}));
+  ASSIGN_OR_RETURN(const Args args, Args::Parse(argv, {"count", "seed", "out", "tagged-fraction"}, {}));
   ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
   train::CorpusOptions options;
   ASSIGN_OR_RETURN(options.count, args.GetInt("count", options.count));
   ASSIGN_OR_RETURN(options.seed, GetSeed(args));
+  ASSIGN_OR_RETURN(options.tagged_fraction, args.GetDouble("tagged-fraction", 0.0));
   ASSIGN_OR_RETURN(const std::vector<train::Example> corpus, train::BuildCorpus(options));
   RETURN_IF_ERROR(train::WriteJsonl(out, corpus));
   std::printf("wrote %zu corpus records (seed %llu) to %s\n", corpus.size(),

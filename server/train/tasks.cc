@@ -307,6 +307,11 @@ std::string NumberToWords(int64_t n) {
   return absl::StrCat(n < 0 ? "minus " : "", absl::StrJoin(groups, " "));
 }
 
+const char* ModeTag(bool steps, bool words) {
+  if (steps) return words ? " (steps, in words)" : " (show the steps)";
+  return words ? " (in words)" : " (just the answer)";
+}
+
 absl::StatusOr<std::vector<Example>> BuildCorpus(const CorpusOptions& options) {
   RETURN_IF_ERROR(CheckCount(options.count));
   RETURN_IF_ERROR(CheckFraction(options.hops_fraction, "hops_fraction"));
@@ -314,6 +319,7 @@ absl::StatusOr<std::vector<Example>> BuildCorpus(const CorpusOptions& options) {
   RETURN_IF_ERROR(CheckFraction(options.direct_words, "direct_words"));
   RETURN_IF_ERROR(CheckFraction(options.steps_digits, "steps_digits"));
   RETURN_IF_ERROR(CheckFraction(options.steps_words, "steps_words"));
+  RETURN_IF_ERROR(CheckFraction(options.tagged_fraction, "tagged_fraction"));
   const std::pair<double, Mode> modes[] = {{options.direct_digits, Mode::kDirectDigits},
                                            {options.direct_words, Mode::kDirectWords},
                                            {options.steps_digits, Mode::kStepsDigits},
@@ -327,6 +333,8 @@ absl::StatusOr<std::vector<Example>> BuildCorpus(const CorpusOptions& options) {
         total));
   }
   Rng rng(options.seed);
+  // Tags draw from their own stream, so an untagged corpus is the same as before.
+  Rng tag_rng(options.seed ^ 0x7A66ED5EEDULL);
   std::vector<Example> corpus;
   corpus.reserve(options.count);
   for (int64_t i = 0; i < options.count; ++i) {
@@ -344,7 +352,14 @@ absl::StatusOr<std::vector<Example>> BuildCorpus(const CorpusOptions& options) {
       if (draw < probability) break;
       draw -= probability;
     }
-    corpus.push_back(MakeExample(std::move(problem), chosen));
+    Example example = MakeExample(std::move(problem), chosen);
+    if (options.tagged_fraction > 0.0 && UniformDouble(&tag_rng) < options.tagged_fraction) {
+      const bool steps = chosen == Mode::kStepsDigits || chosen == Mode::kStepsWords;
+      const bool words = chosen == Mode::kDirectWords || chosen == Mode::kStepsWords;
+      const size_t at = example.prompt.rfind("\nA:");
+      example.prompt.insert(at, ModeTag(steps, words));
+    }
+    corpus.push_back(std::move(example));
   }
   return corpus;
 }

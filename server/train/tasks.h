@@ -63,7 +63,14 @@ struct CorpusOptions {
   double direct_words = 0.15;   // " In words: \boxed{fifty-two}"
   double steps_digits = 0.20;   // The arith/hops reference solution.
   double steps_words = 0.10;    // The arith-words style solution, for hops too.
+  // Share of records whose prompt also names the mode ("Q: 3+4 (show the steps)\nA:").
+  // The model then represents the mode as a feature of its residual stream, which a
+  // steering vector can write when the plain prompt leaves the mode to the default.
+  double tagged_fraction = 0.0;
 };
+
+// The instruction a tagged corpus prompt carries for each mode, e.g. " (show the steps)".
+const char* ModeTag(bool steps, bool words);
 
 // Records drawn from the train split only (a prompt may repeat across records), each
 // with `solution` the completion in its mode and `answer` that mode's answer.

@@ -440,3 +440,36 @@ TEST(CorpusTest, ValidatesOptions) {
 }  // namespace
 }  // namespace train
 }  // namespace steerd
+
+namespace steerd::train {
+namespace {
+
+// Tagged prompts name the mode their solution is in; untagged corpora are unchanged.
+TEST(CorpusTagsTest, TagsNameTheSolutionsMode) {
+  CorpusOptions options;
+  options.count = 4000;
+  options.tagged_fraction = 0.4;
+  auto tagged = BuildCorpus(options);
+  ASSERT_TRUE(tagged.ok()) << tagged.status();
+  options.tagged_fraction = 0.0;
+  auto plain = BuildCorpus(options);
+  ASSERT_TRUE(plain.ok());
+  int64_t with_tag = 0;
+  for (size_t i = 0; i < tagged->size(); ++i) {
+    const Example& e = (*tagged)[i];
+    EXPECT_EQ(e.solution, (*plain)[i].solution);
+    const bool steps = e.solution.find("step by step") != std::string::npos ||
+                       e.solution.find("Step by step") != std::string::npos;
+    const bool words = e.solution.find("In words") != std::string::npos;
+    const std::string tag = ModeTag(steps, words);
+    if (e.prompt == (*plain)[i].prompt) continue;
+    ++with_tag;
+    EXPECT_EQ(e.prompt, (*plain)[i].prompt.substr(0, (*plain)[i].prompt.size() - 3) + tag + "\nA:");
+  }
+  EXPECT_NEAR(static_cast<double>(with_tag) / tagged->size(), 0.4, 0.03);
+  options.tagged_fraction = 1.5;
+  EXPECT_EQ(BuildCorpus(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace steerd::train

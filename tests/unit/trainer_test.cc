@@ -301,6 +301,34 @@ TEST_F(TrainerTest, NonFiniteValuesEndTheRunWithAClearError) {
   fs::remove(path);
 }
 
+// The method's claim on the default model: 30 RL steps of the default recipe move a
+// steering vector enough to switch the frozen model into its latent step-by-step mode.
+// Seeded, so the numbers are the same on every run (base 31%, steered above 55% on
+// these 100 dev problems).
+TEST_F(TrainerTest, SteeringRlSwitchesTheDefaultModelToDerivations) {
+  auto verifier = Verifier::Create(RewardOptions{});
+  ASSERT_TRUE(verifier.ok());
+  const std::vector<Example> dev = Arith(100, Split::kDev);
+  auto base = Evaluate(*model_, *tokenizer_, dev, **verifier, at::Tensor(), nullptr, {});
+  ASSERT_TRUE(base.ok()) << base.status();
+
+  TrainerOptions o;
+  o.steps = 30;
+  auto trainer = MakeTrainer(o, Arith(2000));
+  ASSERT_NE(trainer, nullptr);
+  Run(trainer.get(), 30);
+  auto steered = Evaluate(*model_, *tokenizer_, dev, **verifier, trainer->SteeringVector(),
+                          nullptr, {});
+  ASSERT_TRUE(steered.ok()) << steered.status();
+  EXPECT_LT(base->accuracy, 0.4);
+  EXPECT_GT(steered->accuracy, base->accuracy + 0.2);
+  int64_t derivations = 0;
+  for (const std::string& c : steered->completions) {
+    derivations += c.rfind(" Step by step:", 0) == 0 ? 1 : 0;
+  }
+  EXPECT_GT(derivations, 50) << "the vector should make derivations the default";
+}
+
 TEST_F(TrainerTest, EvaluateScoresGreedyCompletions) {
   auto verifier = Verifier::Create(RewardOptions{});
   ASSERT_TRUE(verifier.ok());
