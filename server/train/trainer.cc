@@ -407,6 +407,12 @@ absl::StatusOr<double> Trainer::Backward(const std::vector<Sequence>& sequences,
   return total;
 }
 
+void Trainer::ClearGradients() {
+  for (const at::Tensor& p : params_) {
+    if (p.grad().defined()) p.mutable_grad().reset();
+  }
+}
+
 absl::StatusOr<double> Trainer::OptimizerStep(double learning_rate) {
   return CatchTorchErrors("optimizer step", [&]() -> absl::StatusOr<double> {
     at::NoGradGuard no_grad;
@@ -416,9 +422,7 @@ absl::StatusOr<double> Trainer::OptimizerStep(double learning_rate) {
     }
     const double norm = std::sqrt(norm_sq);
     if (!std::isfinite(norm)) {
-      for (const at::Tensor& p : params_) {
-        if (p.grad().defined()) p.mutable_grad().reset();
-      }
+      ClearGradients();
       return Diverged(step_ + 1, "the gradient norm", learning_rate);
     }
     const double clip = options_.grad_clip > 0 && norm > options_.grad_clip
@@ -469,6 +473,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     ASSIGN_OR_RETURN(metrics.loss, Backward(sequences, static_cast<double>(tokens), nullptr,
                                             nullptr));
     if (!std::isfinite(metrics.loss)) {
+      ClearGradients();
       return Diverged(metrics.step, "the loss", metrics.learning_rate);
     }
     ASSIGN_OR_RETURN(metrics.grad_norm, OptimizerStep(metrics.learning_rate));
@@ -553,7 +558,10 @@ absl::StatusOr<StepMetrics> Trainer::RlStep(std::vector<Sequence>* sequences,
     ASSIGN_OR_RETURN(double loss, Backward(*sequences, normaliser,
                                            epoch == 0 ? nullptr : &old_logprobs,
                                            epoch == 0 && epochs > 1 ? &old_logprobs : nullptr));
-    if (!std::isfinite(loss)) return Diverged(metrics.step, "the loss", metrics.learning_rate);
+    if (!std::isfinite(loss)) {
+      ClearGradients();
+      return Diverged(metrics.step, "the loss", metrics.learning_rate);
+    }
     if (epoch == 0) metrics.loss = loss;
     ASSIGN_OR_RETURN(double norm, OptimizerStep(metrics.learning_rate));
     if (epoch == 0) metrics.grad_norm = norm;

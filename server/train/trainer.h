@@ -147,6 +147,8 @@ class Trainer {
                                   const std::vector<at::Tensor>* old_logprobs,
                                   std::vector<at::Tensor>* record_logprobs);
   absl::StatusOr<double> OptimizerStep(double learning_rate);
+  // Drops accumulated gradients (after a step that cannot be applied).
+  void ClearGradients();
   double LearningRateAt(int64_t step) const;
   // Root-mean-square of each decoder layer's output over some training prompts: [L].
   absl::StatusOr<at::Tensor> ResidualRms(int64_t max_prompts) const;

@@ -298,6 +298,7 @@ TEST_F(TrainerTest, NonFiniteValuesEndTheRunWithAClearError) {
   EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
   EXPECT_THAT(status.message(), HasSubstr("training diverged at step 1"));
   EXPECT_THAT(status.message(), HasSubstr("lower the learning rate"));
+  EXPECT_EQ(trainer->step(), 0) << "a diverged step is not counted";
   fs::remove(path);
 }
 
