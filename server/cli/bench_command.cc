@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -28,16 +27,12 @@
 #include "server/model/torch_util.h"
 #include "server/model/transformer.h"
 #include "server/util/status_macros.h"
+#include "server/util/stopwatch.h"
 
 namespace steerd {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 
 // Memory read bandwidth: the best of several summations of a 1 GiB buffer, far larger

@@ -2,7 +2,6 @@
 // evaluation and the logit-lens view of a steering vector, from the command line.
 #include <unistd.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -26,17 +25,13 @@
 #include "server/train/tasks.h"
 #include "server/train/trainer.h"
 #include "server/util/status_macros.h"
+#include "server/util/stopwatch.h"
 
 namespace steerd {
 namespace {
 
 using train::Example;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 std::string Duration(double seconds) {
   const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);

@@ -101,6 +101,15 @@ at::Tensor LoraAdapter::Delta(const at::Tensor& x, int64_t layer, LoraTarget tar
   return (at::linear(low, p.b) * scaling_).to(x.scalar_type());
 }
 
+bool LoraAdapter::requires_grad() const {
+  for (const auto& layer : layers_) {
+    for (const LoraPair& p : layer) {
+      if (p.a.defined() && (p.a.requires_grad() || p.b.requires_grad())) return true;
+    }
+  }
+  return false;
+}
+
 std::vector<at::Tensor> LoraAdapter::Parameters() const {
   std::vector<at::Tensor> params;
   for (const auto& layer : layers_) {

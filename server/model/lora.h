@@ -54,6 +54,8 @@ class LoraAdapter {
   // adapter on that projection.
   at::Tensor Delta(const at::Tensor& x, int64_t layer, LoraTarget target) const;
 
+  // Whether any adapter tensor requires grad (being trained).
+  bool requires_grad() const;
   // Every trainable tensor, in a fixed order.
   std::vector<at::Tensor> Parameters() const;
   int64_t num_parameters() const;

@@ -241,12 +241,10 @@ absl::Status Transformer::Validate(const ForwardInput& input, const KvCache* cac
 
 absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCache* cache) const {
   RETURN_IF_ERROR(Validate(input, cache));
-  bool needs_grad = weights_trainable_ ||
-                    (input.steering.defined() && input.steering.requires_grad());
-  if (input.lora != nullptr) {
-    for (const at::Tensor& p : input.lora->Parameters()) needs_grad |= p.requires_grad();
-  }
-  needs_grad &= at::GradMode::is_enabled();
+  const bool needs_grad =
+      at::GradMode::is_enabled() &&
+      (weights_trainable_ || (input.steering.defined() && input.steering.requires_grad()) ||
+       (input.lora != nullptr && input.lora->requires_grad()));
   return CatchTorchErrors("transformer forward", [&]() -> absl::StatusOr<at::Tensor> {
     if (needs_grad) return ForwardImpl(input, cache);
     // Inference mode skips autograd bookkeeping on every op of the decode loop.

@@ -1,7 +1,6 @@
 #include "server/train/trainer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -14,18 +13,13 @@
 #include "server/model/safetensors.h"
 #include "server/model/torch_util.h"
 #include "server/util/status_macros.h"
+#include "server/util/stopwatch.h"
 
 namespace steerd::train {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
 constexpr char kCheckpointFormat[] = "steerd.train-checkpoint.v1";
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // SplitMix64 of two values: the seeds of everything a step draws.
 uint64_t Mix(uint64_t a, uint64_t b) {
