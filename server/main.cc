@@ -13,6 +13,16 @@ constexpr char kUsage[] = R"(steerd: train and serve per-tenant steering vectors
 
 Usage: steerd <command> [flags]
 
+Serving:
+  serve       Serve the gRPC API (Models, Vectors, Generation, health, reflection).
+                [--model NAME=DIR ...] (default: the embedded steerd-tiny)
+                [--listen 127.0.0.1:50051] [--metrics-listen 127.0.0.1:9090 | off]
+                [--metrics-port N] [--data-dir data] [--tenants FILE.json]
+                [--tls-cert PEM --tls-key PEM] [--drain-seconds 30] [--max-batch 64]
+                [--max-waiting 256] [--vector-cache-size 256] [--max-prompt-tokens N]
+                [--max-new-tokens N] [--max-message-bytes N] [--dtype ...] [--device ...]
+                [--threads N] [--weights mapped|hugepages]
+
 Commands (offline):
   generate    Generate text with a model, optionally steered.
                 --model DIR (--prompt TEXT | --ids 1,2,3) [--max-new-tokens N]
@@ -70,6 +80,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "serve") return steerd::RunServeCommand(args);
   if (command == "generate") return steerd::RunGenerateCommand(args);
   if (command == "logits") return steerd::RunLogitsCommand(args);
   if (command == "tokenize") return steerd::RunTokenizeCommand(args);

@@ -44,8 +44,14 @@ absl::StatusOr<Args> Args::Parse(const std::vector<std::string>& argv,
       }
       args.values_[name] = argv[++i];
     }
+    args.all_values_[name].push_back(args.values_[name]);
   }
   return args;
+}
+
+std::vector<std::string> Args::GetAll(const std::string& name) const {
+  auto it = all_values_.find(name);
+  return it == all_values_.end() ? std::vector<std::string>() : it->second;
 }
 
 bool Args::Has(const std::string& name) const {

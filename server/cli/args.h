@@ -28,7 +28,10 @@ class Args {
   bool Flag(const std::string& name) const { return bools_.count(name) > 0; }
 
   absl::StatusOr<std::string> Required(const std::string& name) const;
+  // The value of the last occurrence of a flag.
   std::string GetString(const std::string& name, const std::string& fallback) const;
+  // Every value of a repeatable flag, in order ("--model a=X --model b=Y").
+  std::vector<std::string> GetAll(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
   // Comma-separated integers, e.g. "--ids 1,2,3".
@@ -36,6 +39,7 @@ class Args {
 
  private:
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> all_values_;
   std::set<std::string> bools_;
 };
 

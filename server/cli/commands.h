@@ -18,6 +18,7 @@ int RunCorpusCommand(const std::vector<std::string>& args);
 int RunTrainCommand(const std::vector<std::string>& args);
 int RunEvalCommand(const std::vector<std::string>& args);
 int RunInspectCommand(const std::vector<std::string>& args);
+int RunServeCommand(const std::vector<std::string>& args);    // `serve`
 int RunPaperTableCommand(const std::vector<std::string>& args);  // `bench paper-table`
 
 }  // namespace steerd

@@ -21,6 +21,8 @@ size_t CharBoundaryAtOrBefore(const std::string& text, size_t pos) {
   return pos;
 }
 
+}  // namespace
+
 std::vector<int64_t> EosIds(const ModelConfig& config, const Tokenizer* tokenizer) {
   std::vector<int64_t> ids = config.eos_token_ids;
   if (tokenizer != nullptr && tokenizer->eos_token_id().has_value()) {
@@ -28,8 +30,6 @@ std::vector<int64_t> EosIds(const ModelConfig& config, const Tokenizer* tokenize
   }
   return ids;
 }
-
-}  // namespace
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {

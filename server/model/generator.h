@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/model/finish_reason.h"
 #include "server/model/sampler.h"
 #include "server/model/tokenizer.h"
 #include "server/model/transformer.h"
@@ -34,8 +35,6 @@ struct GenerationRequest {
   double steering_scale = 1.0;
 };
 
-enum class FinishReason { kNone, kStop, kLength, kCancelled };
-const char* FinishReasonName(FinishReason reason);  // "stop", "length", ...
 
 struct GenerationResult {
   std::vector<int32_t> tokens;   // New tokens (an eos that ended the sequence included).
@@ -44,6 +43,9 @@ struct GenerationResult {
                                  // before a matched stop string.
   FinishReason finish_reason = FinishReason::kNone;
 };
+
+// The ids that end a sequence: the config's eos ids and the tokenizer's eos token.
+std::vector<int64_t> EosIds(const ModelConfig& config, const Tokenizer* tokenizer);
 
 // Checks a request against a model before it is admitted: INVALID_ARGUMENT or
 // OUT_OF_RANGE naming the field.

@@ -1,0 +1,187 @@
+// `steerd serve`: the composition of the server from flags. Starts the gRPC port first
+// (health NOT_SERVING), loads and warms the models, then serves until SIGTERM or
+// SIGINT, when it drains: health NOT_SERVING, no new generations, in-flight ones finish
+// or are ended within --drain-seconds, exit 0.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "server/api/api_server.h"
+#include "server/api/metrics_http.h"
+#include "server/cli/args.h"
+#include "server/cli/commands.h"
+#include "server/cli/default_model.h"
+#include "server/engine/serving_core.h"
+#include "server/storage/sqlite_vector_store.h"
+#include "server/tenancy/tenants.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+const std::set<std::string> kValueFlags = {
+    "model",         "listen",        "metrics-listen",    "metrics-port",
+    "data-dir",      "tenants",       "tls-cert",          "tls-key",
+    "drain-seconds", "max-batch",     "max-waiting",       "vector-cache-size",
+    "max-prompt-tokens", "max-new-tokens", "max-message-bytes", "dtype",
+    "device",        "threads",       "weights"};
+
+bool IsLoopback(const std::string& address) {
+  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
+         absl::StartsWith(address, "[::1]:") || absl::StartsWith(address, "unix:");
+}
+
+// "--model NAME=DIR" (repeatable) or "--model DIR" (named after the folder); none: the
+// embedded default model.
+absl::StatusOr<std::vector<ModelSpec>> ModelSpecs(const Args& args) {
+  std::vector<ModelSpec> specs;
+  for (const std::string& value : args.GetAll("model")) {
+    ModelSpec spec;
+    const size_t eq = value.find('=');
+    if (eq == std::string::npos) {
+      spec.dir = value;
+      spec.name = std::filesystem::path(value).lexically_normal().filename().string();
+      if (spec.name.empty()) {
+        spec.name = std::filesystem::path(value).lexically_normal().parent_path().filename();
+      }
+    } else {
+      spec.name = value.substr(0, eq);
+      spec.dir = value.substr(eq + 1);
+    }
+    specs.push_back(spec);
+  }
+  if (specs.empty()) {
+    ASSIGN_OR_RETURN(std::string dir, FindDefaultModel());
+    specs.push_back({kDefaultModelName, dir});
+  }
+  return specs;
+}
+
+absl::Status Serve(const std::vector<std::string>& argv) {
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, kValueFlags, {}));
+  ServingCore::Options core_options;
+  ASSIGN_OR_RETURN(core_options.models, ModelSpecs(args));
+  core_options.dtype = args.GetString("dtype", "auto");
+  core_options.device = args.GetString("device", "auto");
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  core_options.num_threads = static_cast<int>(threads);
+  core_options.weights = args.GetString("weights", "mapped");
+  ASSIGN_OR_RETURN(core_options.max_batch_size, args.GetInt("max-batch", 64));
+  ASSIGN_OR_RETURN(core_options.max_waiting, args.GetInt("max-waiting", 256));
+  ASSIGN_OR_RETURN(core_options.vector_cache_size, args.GetInt("vector-cache-size", 256));
+  ASSIGN_OR_RETURN(core_options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
+  ASSIGN_OR_RETURN(core_options.max_new_tokens, args.GetInt("max-new-tokens", 0));
+  ASSIGN_OR_RETURN(int64_t drain_seconds, args.GetInt("drain-seconds", 30));
+  ApiServer::Options server_options;
+  server_options.listen_address = args.GetString("listen", "127.0.0.1:50051");
+  server_options.tls_cert_file = args.GetString("tls-cert", "");
+  server_options.tls_key_file = args.GetString("tls-key", "");
+  ASSIGN_OR_RETURN(server_options.max_message_bytes,
+                   args.GetInt("max-message-bytes", 16 << 20));
+  std::string metrics_listen = args.GetString("metrics-listen", "127.0.0.1:9090");
+  if (args.Has("metrics-port")) {
+    ASSIGN_OR_RETURN(int64_t port, args.GetInt("metrics-port", 9090));
+    metrics_listen = absl::StrCat("127.0.0.1:", port);
+  }
+  const std::string data_dir = args.GetString("data-dir", "data");
+
+  // Tenants: the file, or the default tenant whose key lives in the data directory.
+  std::vector<Tenant> tenants;
+  if (args.Has("tenants")) {
+    ASSIGN_OR_RETURN(tenants, LoadTenantsFile(args.GetString("tenants", "")));
+  } else {
+    if (!IsLoopback(server_options.listen_address)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "without --tenants the server runs a single default tenant and listens on "
+          "localhost only; pass --tenants FILE to listen on ",
+          server_options.listen_address));
+    }
+    ASSIGN_OR_RETURN(DefaultKey key, LoadOrCreateDefaultKey(data_dir));
+    if (!key.warning.empty()) std::fprintf(stderr, "warning: %s\n", key.warning.c_str());
+    if (key.created) {
+      std::printf("created the default tenant's API key (also in %s):\n  %s\n",
+                  key.path.c_str(), key.key.c_str());
+    } else {
+      std::printf("the default tenant's API key is in %s\n", key.path.c_str());
+    }
+    tenants.push_back(MakeDefaultTenant(key.key));
+  }
+  ASSIGN_OR_RETURN(auto authenticator, Authenticator::Create({tenants}));
+  ASSIGN_OR_RETURN(auto limiter, TenantLimiter::Create({}));
+  SqliteVectorStore::Options store_options;
+  store_options.path = (std::filesystem::path(data_dir) / "steerd.db").string();
+  ASSIGN_OR_RETURN(auto store, SqliteVectorStore::Create(store_options));
+
+  ServingMetrics metrics;
+  std::unique_ptr<MetricsHttpServer> metrics_server;
+  if (metrics_listen != "off") {
+    ASSIGN_OR_RETURN(metrics_server, MetricsHttpServer::Start(metrics_listen, [&metrics] {
+                       return metrics.Render();
+                     }));
+  }
+
+  ApiContext api(authenticator.get(), limiter.get(), &metrics);
+  ASSIGN_OR_RETURN(auto server, ApiServer::Start(server_options, &api));
+  std::printf("listening on %s (port %d)%s; metrics on %s\n",
+              server_options.listen_address.c_str(), server->port(),
+              server_options.tls_cert_file.empty() ? "" : " with TLS",
+              metrics_listen.c_str());
+  std::fflush(stdout);
+
+  ASSIGN_OR_RETURN(auto core, ServingCore::Create(core_options, store.get(), &metrics));
+  RETURN_IF_ERROR(core->Warmup());
+  api.SetCore(core.get());
+  server->SetServing(true);
+  for (const ModelInfo& info : core->ListModels()) {
+    std::printf("serving model %s (%s, %d layers x %d, %s on %s, chat template %s)\n",
+                info.name.c_str(), info.architecture.c_str(), info.num_layers,
+                info.hidden_size, info.dtype.c_str(), info.device.c_str(),
+                info.chat_template.empty() ? "none" : info.chat_template.c_str());
+  }
+  std::fflush(stdout);
+
+  // The signals were blocked in every thread (see RunServeCommand); wait for one here.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::printf("received %s: draining for up to %lld s\n",
+              signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+              static_cast<long long>(drain_seconds));
+  std::fflush(stdout);
+  server->SetServing(false);
+  api.StartDraining();
+  core->Drain(absl::Now() + absl::Seconds(drain_seconds));
+  // Every generation has ended; give the last chunks a moment to reach their clients.
+  server->Shutdown(absl::Now() + absl::Seconds(2));
+  std::printf("drained; exiting\n");
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunServeCommand(const std::vector<std::string>& args) {
+  // Block the shutdown signals before any thread starts, so every thread inherits the
+  // mask and only sigwait() in Serve() receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return ExitWithStatus(Serve(args));
+}
+
+}  // namespace steerd

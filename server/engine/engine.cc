@@ -1,0 +1,372 @@
+#include "server/engine/engine.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/model/torch_util.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+
+using Clock = std::chrono::steady_clock;
+
+struct Engine::Sequence {
+  EngineRequest request;
+  std::shared_ptr<GenerationHandle> handle;
+  std::unique_ptr<SequenceState> state;
+  Clock::time_point submitted;
+  Clock::time_point last_token;
+  bool started = false;  // The first token was produced.
+  int32_t last_token_id = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
+                                                       const Transformer* model,
+                                                       const Tokenizer* tokenizer,
+                                                       ModelMetrics metrics) {
+  if (model == nullptr) return absl::InvalidArgumentError("Engine needs a model");
+  if (options.max_batch_size < 1 || options.max_waiting < 0 || options.max_prefill_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine limits must be positive: max_batch_size ", options.max_batch_size,
+        ", max_waiting ", options.max_waiting, ", max_prefill_tokens ",
+        options.max_prefill_tokens));
+  }
+  std::unique_ptr<Engine> engine(new Engine(options, model, tokenizer, metrics));
+  const int threads = at::get_num_threads();
+  engine->thread_ = std::thread([e = engine.get(), threads] {
+    // Thread-local settings: the caller's intra-op thread count, no autograd.
+    at::set_num_threads(threads);
+    c10::InferenceMode inference;
+    e->Loop();
+  });
+  return engine;
+}
+
+Engine::Engine(const Options& options, const Transformer* model, const Tokenizer* tokenizer,
+               ModelMetrics metrics)
+    : options_(options),
+      model_(model),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      eos_ids_(EosIds(model->config(), tokenizer)) {}
+
+Engine::~Engine() {
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<std::shared_ptr<GenerationHandle>> Engine::Submit(EngineRequest request) {
+  auto sequence = std::make_unique<Sequence>();
+  sequence->state =
+      std::make_unique<SequenceState>(request.generation, tokenizer_, eos_ids_);
+  sequence->request = std::move(request);
+  sequence->handle = std::make_shared<GenerationHandle>();
+  sequence->submitted = Clock::now();
+  std::shared_ptr<GenerationHandle> handle = sequence->handle;
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server is overloaded: ", waiting_.size(),
+        " requests are already waiting for this model (max_waiting); retry later"));
+  }
+  waiting_.push_back(std::move(sequence));
+  if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());
+  return handle;
+}
+
+void Engine::Drain(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return waiting_.empty() && running_count_.load() == 0;
+    };
+    // The engine thread takes mu_ every iteration, which re-evaluates the condition.
+    mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+int64_t Engine::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_.size();
+}
+
+void Engine::Loop() {
+  while (true) {
+    bool stop;
+    {
+      absl::MutexLock lock(&mu_);
+      stop = stop_;
+    }
+    if (stop) {
+      DropCancelled(/*end_all=*/true);
+      std::deque<std::unique_ptr<Sequence>> waiting;
+      {
+        absl::MutexLock lock(&mu_);
+        waiting.swap(waiting_);
+      }
+      for (auto& sequence : waiting) {
+        sequence->state->Cancel();
+        FinishSequence(*sequence, absl::OkStatus());
+      }
+      return;
+    }
+    DropCancelled(/*end_all=*/false);
+    std::vector<std::unique_ptr<Sequence>> joining = TakeWork(!running_.empty());
+    if (!joining.empty()) Prefill(std::move(joining));
+    if (!running_.empty()) DecodeStep();
+  }
+}
+
+std::vector<std::unique_ptr<Engine::Sequence>> Engine::TakeWork(bool have_running) {
+  std::vector<std::unique_ptr<Sequence>> taken, cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!have_running) {
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || !waiting_.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (stop_) return taken;
+    }
+    // Cancelled requests leave the queue at once, wherever they are in it.
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if ((*it)->handle->cancelled()) {
+        cancelled.push_back(std::move(*it));
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    int64_t tokens = 0;
+    while (!waiting_.empty() &&
+           static_cast<int64_t>(running_.size() + taken.size()) < options_.max_batch_size) {
+      const int64_t n = waiting_.front()->request.generation.prompt.size();
+      if (!taken.empty() && tokens + n > options_.max_prefill_tokens) break;
+      tokens += n;
+      taken.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());
+  }
+  for (auto& sequence : cancelled) {
+    FinishSequence(*sequence, absl::CancelledError("the request was cancelled"));
+  }
+  return taken;
+}
+
+void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
+  const int64_t n = joining.size();
+  int64_t prompt_len = 0;
+  for (const auto& s : joining) {
+    prompt_len = std::max<int64_t>(prompt_len, s->request.generation.prompt.size());
+  }
+  ForwardInput input;
+  std::vector<SteeringRow> steering;
+  std::vector<int64_t> padded(n * prompt_len, 0);
+  input.left_pad.resize(n);
+  int64_t prompt_tokens = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    const auto& prompt = joining[b]->request.generation.prompt;
+    input.left_pad[b] = prompt_len - static_cast<int64_t>(prompt.size());
+    std::copy(prompt.begin(), prompt.end(), padded.begin() + b * prompt_len + input.left_pad[b]);
+    prompt_tokens += prompt.size();
+    const auto& vector = joining[b]->request.vector;
+    steering.push_back({vector ? vector->vector : at::Tensor(), joining[b]->request.steering_scale});
+  }
+  KvCache cache = model_->NewCache(n, prompt_len + 1);
+  absl::StatusOr<at::Tensor> logits = [&]() -> absl::StatusOr<at::Tensor> {
+    ASSIGN_OR_RETURN(input.steering, model_->MakeSteeringBatch(steering));
+    RETURN_IF_ERROR(CatchTorchErrors("preparing the prefill", [&]() -> absl::Status {
+      input.tokens = at::tensor(padded, at::TensorOptions().dtype(at::kLong)).view({n, prompt_len});
+      return absl::OkStatus();
+    }));
+    return model_->Forward(input, &cache);  // [n, V]
+  }();
+  if (metrics_.decode_steps) metrics_.decode_steps->Increment();
+  if (metrics_.prompt_tokens) metrics_.prompt_tokens->Increment(prompt_tokens);
+  std::vector<Sequence*> rows;
+  std::vector<SequenceSampler*> samplers;
+  bool any_logprobs = false;
+  for (auto& s : joining) {
+    rows.push_back(s.get());
+    samplers.push_back(s->state->sampler());
+    any_logprobs |= s->request.generation.return_logprobs;
+  }
+  absl::StatusOr<std::vector<SampledToken>> sampled =
+      logits.ok() ? SampleBatch(*logits, samplers, any_logprobs) : logits.status();
+  if (!sampled.ok()) {
+    const absl::Status error = absl::InternalError(
+        absl::StrCat("prefill failed: ", sampled.status().message()));
+    for (auto& s : joining) FinishSequence(*s, error);
+    return;
+  }
+  const std::vector<int64_t> keep = AcceptTokens(rows, *sampled);
+  if (keep.empty()) return;
+  absl::Status status = absl::OkStatus();
+  if (static_cast<int64_t>(keep.size()) < n) status = cache.SelectRows(keep);
+  if (status.ok()) status = cache_.AppendRows(std::move(cache));
+  if (!status.ok()) {
+    for (int64_t row : keep) FinishSequence(*joining[row], absl::InternalError(status.message()));
+    return;
+  }
+  for (int64_t row : keep) running_.push_back(std::move(joining[row]));
+  running_count_.store(running_.size());
+  steering_dirty_ = true;
+  if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+}
+
+void Engine::DecodeStep() {
+  const int64_t rows = running_.size();
+  if (steering_dirty_) {
+    std::vector<SteeringRow> steering;
+    for (const auto& s : running_) {
+      steering.push_back({s->request.vector ? s->request.vector->vector : at::Tensor(),
+                          s->request.steering_scale});
+    }
+    absl::StatusOr<at::Tensor> batch = model_->MakeSteeringBatch(steering);
+    if (!batch.ok()) {
+      FailAll(absl::InternalError(batch.status().message()));
+      return;
+    }
+    steering_batch_ = *batch;  // [L, rows, 1, d] or undefined
+    steering_dirty_ = false;
+  }
+  std::vector<int64_t> next(rows);
+  std::vector<Sequence*> sequences;
+  std::vector<SequenceSampler*> samplers;
+  bool any_logprobs = false;
+  for (int64_t b = 0; b < rows; ++b) {
+    next[b] = running_[b]->last_token_id;
+    sequences.push_back(running_[b].get());
+    samplers.push_back(running_[b]->state->sampler());
+    any_logprobs |= running_[b]->request.generation.return_logprobs;
+  }
+  ForwardInput input;
+  input.steering = steering_batch_;
+  absl::StatusOr<std::vector<SampledToken>> sampled = [&]()
+      -> absl::StatusOr<std::vector<SampledToken>> {
+    RETURN_IF_ERROR(CatchTorchErrors("preparing the decode step", [&]() -> absl::Status {
+      input.tokens = at::tensor(next, at::TensorOptions().dtype(at::kLong)).view({rows, 1});
+      return absl::OkStatus();
+    }));
+    ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(input, &cache_));  // [rows, V]
+    return SampleBatch(logits, samplers, any_logprobs);
+  }();
+  if (metrics_.decode_steps) metrics_.decode_steps->Increment();
+  if (metrics_.batch_size) metrics_.batch_size->Observe(rows);
+  if (!sampled.ok()) {
+    FailAll(absl::InternalError(absl::StrCat("decode step failed: ", sampled.status().message())));
+    return;
+  }
+  KeepRows(AcceptTokens(sequences, *sampled));
+}
+
+std::vector<int64_t> Engine::AcceptTokens(const std::vector<Sequence*>& rows,
+                                          const std::vector<SampledToken>& tokens) {
+  const Clock::time_point now = Clock::now();
+  std::vector<int64_t> keep;
+  for (size_t row = 0; row < rows.size(); ++row) {
+    Sequence& s = *rows[row];
+    const double since = std::chrono::duration<double>(
+        now - (s.started ? s.last_token : s.submitted)).count();
+    if (s.started) {
+      if (metrics_.inter_token_latency) metrics_.inter_token_latency->Observe(since);
+    } else if (metrics_.time_to_first_token) {
+      metrics_.time_to_first_token->Observe(since);
+    }
+    s.started = true;
+    s.last_token = now;
+    s.last_token_id = tokens[row].id;
+    absl::StatusOr<std::string> text = s.state->Accept(tokens[row]);
+    if (!text.ok()) {
+      FinishSequence(s, absl::InternalError(text.status().message()));
+      continue;
+    }
+    TokenDelta delta;
+    delta.text = std::move(*text);
+    delta.token_ids.push_back(tokens[row].id);
+    if (s.request.generation.return_logprobs) delta.logprobs.push_back(tokens[row].logprob);
+    s.request.observer->OnTokens(std::move(delta));
+    if (s.state->finished()) {
+      FinishSequence(s, absl::OkStatus());
+    } else {
+      keep.push_back(row);
+    }
+  }
+  if (metrics_.generated_tokens) metrics_.generated_tokens->Increment(rows.size());
+  return keep;
+}
+
+void Engine::DropCancelled(bool end_all) {
+  std::vector<int64_t> keep;
+  for (size_t row = 0; row < running_.size(); ++row) {
+    Sequence& s = *running_[row];
+    if (end_all) {
+      // Ended by the server: the client gets what was generated, finish reason
+      // CANCELLED.
+      std::string rest = s.state->Cancel();
+      if (!rest.empty()) s.request.observer->OnTokens({std::move(rest), {}, {}});
+      FinishSequence(s, absl::OkStatus());
+    } else if (s.handle->cancelled()) {
+      s.state->Cancel();
+      FinishSequence(s, absl::CancelledError("the request was cancelled"));
+    } else {
+      keep.push_back(row);
+    }
+  }
+  KeepRows(keep);
+}
+
+void Engine::KeepRows(const std::vector<int64_t>& keep) {
+  if (keep.size() == running_.size()) return;
+  if (keep.empty()) {
+    running_.clear();
+    cache_ = KvCache();
+    steering_batch_ = at::Tensor();
+  } else {
+    absl::Status status = cache_.SelectRows(keep);
+    std::vector<std::unique_ptr<Sequence>> kept;
+    for (int64_t row : keep) kept.push_back(std::move(running_[row]));
+    running_ = std::move(kept);
+    if (!status.ok()) FailAll(absl::InternalError(status.message()));
+  }
+  steering_dirty_ = true;
+  running_count_.store(running_.size());
+  if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+}
+
+void Engine::FinishSequence(Sequence& sequence, absl::Status status) {
+  GenerationSummary summary;
+  summary.status = std::move(status);
+  summary.finish_reason = sequence.state->result().finish_reason;
+  summary.prompt_tokens = sequence.request.generation.prompt.size();
+  summary.completion_tokens = sequence.state->result().tokens.size();
+  sequence.request.observer->OnFinished(summary);
+  // Release the pinned vector now rather than when the row's memory is reused.
+  sequence.request.vector.reset();
+}
+
+void Engine::FailAll(const absl::Status& status) {
+  for (auto& s : running_) FinishSequence(*s, status);
+  running_.clear();
+  cache_ = KvCache();
+  steering_batch_ = at::Tensor();
+  steering_dirty_ = true;
+  running_count_.store(0);
+  if (metrics_.running_sequences) metrics_.running_sequences->Set(0);
+}
+
+}  // namespace steerd

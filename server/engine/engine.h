@@ -1,0 +1,114 @@
+// The engine of one served model: a single thread that owns the model, its KV cache and
+// every running sequence, and runs continuous batching. RPC threads only Submit()
+// requests and receive their tokens through an observer; the forward pass takes no lock.
+// Each iteration admits waiting requests into free rows (their prompts prefilled
+// together), then runs one decode step for every running row; finished, cancelled and
+// timed-out sequences leave between steps and free their rows at once. Rows carry
+// different steering vectors (or none) in the same batch: the batch's steering tensor
+// is rebuilt only when the set of rows changes. The waiting queue is bounded, so an
+// overloaded server answers RESOURCE_EXHAUSTED at once instead of growing latency.
+// Thread-safety: Submit(), Drain(), Cancel() and the accessors may be called from any
+// thread; observers are called on the engine thread and must not block.
+#ifndef STEERD_SERVER_ENGINE_ENGINE_H_
+#define STEERD_SERVER_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/engine/generation_observer.h"
+#include "server/engine/metrics.h"
+#include "server/engine/vector_cache.h"
+#include "server/model/generator.h"
+#include "server/model/tokenizer.h"
+#include "server/model/transformer.h"
+
+namespace steerd {
+
+struct EngineRequest {
+  GenerationRequest generation;  // Prompt ids, sampling, limits; `steering` unused.
+  std::shared_ptr<const ResidentVector> vector;  // Pinned for the request's life; or null.
+  double steering_scale = 1.0;
+  std::shared_ptr<GenerationObserver> observer;
+};
+
+class Engine {
+ public:
+  struct Options {
+    int64_t max_batch_size = 64;     // Running sequences (rows of the batch).
+    int64_t max_waiting = 256;       // Admitted requests waiting for a row.
+    int64_t max_prefill_tokens = 4096;  // Prompt tokens prefilled per iteration (at
+                                        // least one request is always admitted).
+  };
+
+  // `model` and `tokenizer` must outlive the engine. Starts the engine thread.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Options& options,
+                                                        const Transformer* model,
+                                                        const Tokenizer* tokenizer,
+                                                        ModelMetrics metrics);
+  ~Engine();  // Cancels whatever still runs and joins the thread.
+
+  // Queues a request. RESOURCE_EXHAUSTED when the waiting queue is full; UNAVAILABLE
+  // while draining. The observer hears about the request only when this returns OK.
+  absl::StatusOr<std::shared_ptr<GenerationHandle>> Submit(EngineRequest request);
+
+  // Stops admitting (Submit fails with UNAVAILABLE), lets running and waiting requests
+  // finish until `deadline`, then ends the rest with finish reason kCancelled and stops
+  // the thread. Returns when the thread has stopped.
+  void Drain(absl::Time deadline);
+
+  int64_t waiting() const;
+  int64_t running() const { return running_count_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Sequence;
+
+  Engine(const Options& options, const Transformer* model, const Tokenizer* tokenizer,
+         ModelMetrics metrics);
+  void Loop();
+  // Takes waiting requests that fit; blocks while there is nothing to do.
+  std::vector<std::unique_ptr<Sequence>> TakeWork(bool have_running);
+  // Prefills `joining` and appends the sequences that did not finish at once.
+  void Prefill(std::vector<std::unique_ptr<Sequence>> joining);
+  void DecodeStep();
+  // Sends the sampled tokens to their sequences; returns the rows to keep.
+  std::vector<int64_t> AcceptTokens(const std::vector<Sequence*>& rows,
+                                    const std::vector<SampledToken>& tokens);
+  // Drops running rows that were cancelled; with `end_all`, ends every row.
+  void DropCancelled(bool end_all);
+  void KeepRows(const std::vector<int64_t>& keep);
+  void FinishSequence(Sequence& sequence, absl::Status status);
+  void FailAll(const absl::Status& status);
+
+  const Options options_;
+  const Transformer* model_;
+  const Tokenizer* tokenizer_;
+  const ModelMetrics metrics_;
+  const std::vector<int64_t> eos_ids_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Sequence>> waiting_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;  // End everything now and exit.
+  std::atomic<int64_t> running_count_{0};
+
+  // Engine thread only.
+  std::vector<std::unique_ptr<Sequence>> running_;
+  KvCache cache_;
+  at::Tensor steering_batch_;  // [L, running, 1, d] or undefined when no row is steered
+  bool steering_dirty_ = true;
+
+  std::thread thread_;
+};
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_ENGINE_ENGINE_H_

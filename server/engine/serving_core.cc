@@ -1,0 +1,417 @@
+#include "server/engine/serving_core.h"
+
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "server/engine/engine.h"
+#include "server/engine/vector_cache.h"
+#include "server/engine/vector_ref.h"
+#include "server/engine/vector_upload.h"
+#include "server/model/steering_file.h"
+#include "server/model/tokenizer.h"
+#include "server/model/torch_util.h"
+#include "server/model/transformer.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+constexpr int64_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopBytes = 256;
+constexpr size_t kMaxDescriptionBytes = 1024;
+constexpr double kMaxScale = 100.0;
+
+std::string DTypeLabel(at::ScalarType type) {
+  return type == at::kBFloat16 ? "bfloat16" : type == at::kHalf ? "float16" : "float32";
+}
+
+// Checks the request fields that need no model.
+absl::Status ValidateParams(const GenerateParams& p) {
+  if (p.model.empty()) return absl::InvalidArgumentError("model is empty");
+  if (p.prompt.has_value() == p.messages.has_value()) {
+    return absl::InvalidArgumentError("set exactly one input: prompt or messages");
+  }
+  if (p.prompt.has_value() && p.prompt->empty()) {
+    return absl::InvalidArgumentError("prompt is empty");
+  }
+  if (p.messages.has_value() && p.messages->empty()) {
+    return absl::InvalidArgumentError("messages is empty: send at least one message");
+  }
+  if (!std::isfinite(p.scale) || std::abs(p.scale) > kMaxScale) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steering.scale ", p.scale, " must be finite and within [-100, 100]"));
+  }
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 2.0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.temperature ", p.temperature, " must be 0 (greedy) or within (0, 2]"));
+  }
+  if (!std::isfinite(p.top_p) || p.top_p < 0.0 || p.top_p > 1.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p ", p.top_p, " must be within [0, 1]"));
+  }
+  if (p.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k ", p.top_k, " must not be negative"));
+  }
+  if (p.max_new_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_new_tokens ", p.max_new_tokens, " must not be negative"));
+  }
+  if (static_cast<int64_t>(p.stop.size()) > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.stop has ", p.stop.size(),
+                                                   " strings; the maximum is ",
+                                                   kMaxStopStrings));
+  }
+  for (size_t i = 0; i < p.stop.size(); ++i) {
+    if (p.stop[i].empty() || p.stop[i].size() > kMaxStopBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] is ",
+                                                     p.stop[i].size(),
+                                                     " bytes; each must be 1 to 256 bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Waits for one generation to end (warm-up only).
+class BlockingObserver : public GenerationObserver {
+ public:
+  void OnAdmitted(const AdmittedGeneration&) override {}
+  void OnTokens(TokenDelta) override {}
+  void OnFinished(const GenerationSummary& summary) override {
+    status_ = summary.status;
+    done_.Notify();
+  }
+  absl::Status Wait() {
+    done_.WaitForNotification();
+    return status_;
+  }
+
+ private:
+  absl::Notification done_;
+  absl::Status status_;
+};
+
+}  // namespace
+
+struct ServingCore::ServedModel {
+  ModelInfo info;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat_template;
+  std::unique_ptr<VectorCache> vectors;
+  std::unique_ptr<Engine> engine;  // Last: stops before what it uses goes away.
+};
+
+ServingCore::ServingCore(const Options& options, VectorStore* store, ServingMetrics* metrics)
+    : options_(options), store_(store), metrics_(metrics) {}
+
+ServingCore::~ServingCore() = default;
+
+absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& options,
+                                                                 VectorStore* store,
+                                                                 ServingMetrics* metrics) {
+  if (store == nullptr || metrics == nullptr) {
+    return absl::InvalidArgumentError("ServingCore needs a vector store and metrics");
+  }
+  if (options.models.empty()) return absl::InvalidArgumentError("no model to serve");
+  if (options.vector_cache_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("vector cache size ",
+                                                   options.vector_cache_size,
+                                                   " must be at least 1"));
+  }
+  std::unique_ptr<ServingCore> core(new ServingCore(options, store, metrics));
+  for (const ModelSpec& spec : options.models) {
+    RETURN_IF_ERROR(ValidateVectorName(spec.name, "model name"));
+    if (core->models_.count(spec.name) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("model name \"", spec.name,
+                                                     "\" is given twice"));
+    }
+    auto served = std::make_unique<ServedModel>();
+    Transformer::Options model_options;
+    model_options.model_dir = spec.dir;
+    model_options.dtype = options.dtype;
+    model_options.device = options.device;
+    model_options.num_threads = options.num_threads;
+    model_options.weights = options.weights;
+    auto model = Transformer::Create(model_options);
+    if (!model.ok()) {
+      return absl::Status(model.status().code(), absl::StrCat("model \"", spec.name, "\": ",
+                                                              model.status().message()));
+    }
+    served->model = std::move(*model);
+    auto tokenizer = Tokenizer::Load(spec.dir);
+    if (!tokenizer.ok()) {
+      return absl::Status(tokenizer.status().code(),
+                          absl::StrCat("model \"", spec.name, "\" needs a tokenizer: ",
+                                       tokenizer.status().message()));
+    }
+    served->tokenizer = std::move(*tokenizer);
+    auto chat = ChatTemplate::ForTokenizer(*served->tokenizer);
+    if (chat.ok()) served->chat_template = std::move(*chat);
+
+    const ModelConfig& config = served->model->config();
+    ModelInfo& info = served->info;
+    info.name = spec.name;
+    info.architecture = config.architecture_name;
+    info.num_layers = config.num_layers;
+    info.hidden_size = config.hidden_size;
+    info.vocab_size = config.vocab_size;
+    info.max_context = config.max_position_embeddings;
+    info.dtype = DTypeLabel(served->model->dtype());
+    info.device = served->model->device().str();
+    info.fingerprint = ModelFingerprint(config);
+    info.chat_template = served->chat_template ? served->chat_template->family() : "";
+
+    const ModelMetrics model_metrics = metrics->ForModel(spec.name);
+    VectorCache::Options cache_options;
+    cache_options.capacity = options.vector_cache_size;
+    cache_options.dtype = served->model->dtype();
+    cache_options.device = served->model->device();
+    served->vectors = std::make_unique<VectorCache>(cache_options, config.num_layers,
+                                                    config.hidden_size, model_metrics);
+    Engine::Options engine_options;
+    engine_options.max_batch_size = options.max_batch_size;
+    engine_options.max_waiting = options.max_waiting;
+    engine_options.max_prefill_tokens = options.max_prefill_tokens;
+    ASSIGN_OR_RETURN(served->engine,
+                     Engine::Create(engine_options, served->model.get(),
+                                    served->tokenizer.get(), model_metrics));
+    core->models_[spec.name] = std::move(served);
+  }
+  return core;
+}
+
+absl::Status ServingCore::Warmup() {
+  for (auto& [name, served] : models_) {
+    const ModelConfig& config = served->model->config();
+    // One unsteered and one steered row through prefill and a few decode steps.
+    auto zero = std::make_shared<ResidentVector>();
+    RETURN_IF_ERROR(CatchTorchErrors("warming up", [&]() -> absl::Status {
+      zero->vector = at::zeros({config.num_layers, config.hidden_size},
+                               at::TensorOptions()
+                                   .dtype(served->model->dtype())
+                                   .device(served->model->device()));  // [L, d]
+      return absl::OkStatus();
+    }));
+    std::vector<std::shared_ptr<BlockingObserver>> observers;
+    for (int i = 0; i < 2; ++i) {
+      EngineRequest request;
+      request.generation.prompt = {0, 1, 2, 3};
+      request.generation.max_new_tokens = 4;
+      request.generation.ignore_eos = true;
+      if (i == 1) request.vector = zero;
+      auto observer = std::make_shared<BlockingObserver>();
+      request.observer = observer;
+      RETURN_IF_ERROR(served->engine->Submit(std::move(request)).status());
+      observers.push_back(observer);
+    }
+    for (auto& observer : observers) {
+      absl::Status status = observer->Wait();
+      if (!status.ok()) {
+        return absl::Status(status.code(), absl::StrCat("warming up model \"", name, "\": ",
+                                                        status.message()));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ServingCore::Drain(absl::Time deadline) {
+  // Every engine drains at the same time: each has the whole deadline.
+  std::vector<std::thread> drains;
+  for (auto& [name, served] : models_) {
+    Engine* engine = served->engine.get();
+    drains.emplace_back([engine, deadline] { engine->Drain(deadline); });
+  }
+  for (auto& t : drains) t.join();
+}
+
+std::vector<ModelInfo> ServingCore::ListModels() const {
+  std::vector<ModelInfo> out;
+  for (const auto& [name, served] : models_) out.push_back(served->info);
+  return out;
+}
+
+absl::StatusOr<ServingCore::ServedModel*> ServingCore::FindModel(const std::string& name) const {
+  if (name.empty()) return absl::InvalidArgumentError("model is empty");
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model \"", name.substr(0, 128),
+                                            "\" is not loaded on this server"));
+  }
+  return it->second.get();
+}
+
+absl::StatusOr<ModelInfo> ServingCore::GetModel(const std::string& name) const {
+  ASSIGN_OR_RETURN(ServedModel * served, FindModel(name));
+  return served->info;
+}
+
+absl::StatusOr<StoredVector> ServingCore::CreateVector(const std::string& tenant,
+                                                       int64_t max_stored_vectors,
+                                                       const std::string& model,
+                                                       const std::string& name,
+                                                       std::string safetensors,
+                                                       const std::string& description) {
+  if (model.empty()) return absl::InvalidArgumentError("model is empty");
+  RETURN_IF_ERROR(ValidateVectorName(name, "name"));
+  if (description.size() > kMaxDescriptionBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("description is ", description.size(),
+                                                   " bytes; the maximum is 1024"));
+  }
+  ASSIGN_OR_RETURN(ServedModel * served, FindModel(model));
+  VectorTarget target;
+  target.model = model;
+  target.fingerprint = served->info.fingerprint;
+  target.num_layers = served->info.num_layers;
+  target.hidden_size = served->info.hidden_size;
+  ASSIGN_OR_RETURN(ValidatedVector validated,
+                   ValidateVectorUpload(std::move(safetensors), target));
+  StoredVector metadata;
+  metadata.tenant = tenant;
+  metadata.name = name;
+  metadata.model = model;
+  metadata.model_fingerprint = target.fingerprint;
+  metadata.num_layers = target.num_layers;
+  metadata.hidden_size = target.hidden_size;
+  metadata.dtype = validated.dtype;
+  metadata.sha256 = validated.sha256;
+  metadata.size_bytes = validated.safetensors.size();
+  metadata.layer_norms = validated.layer_norms;
+  metadata.source = StoredVector::Source::kUpload;
+  metadata.description = description;
+  return store_->Create(metadata, validated.safetensors, max_stored_vectors);
+}
+
+absl::StatusOr<StoredVector> ServingCore::GetVector(const std::string& tenant,
+                                                    const std::string& ref) {
+  ASSIGN_OR_RETURN(VectorReference parsed, ParseVectorReference(ref, "name"));
+  return store_->Get(tenant, parsed.name, parsed.version);
+}
+
+absl::StatusOr<VectorPage> ServingCore::ListVectors(const VectorListQuery& query) {
+  if (!query.name.empty()) RETURN_IF_ERROR(ValidateVectorName(query.name, "name filter"));
+  if (!query.model.empty()) RETURN_IF_ERROR(FindModel(query.model).status());
+  return store_->List(query);
+}
+
+absl::StatusOr<std::pair<StoredVector, std::string>> ServingCore::ExportVector(
+    const std::string& tenant, const std::string& ref) {
+  ASSIGN_OR_RETURN(StoredVector vector, GetVector(tenant, ref));
+  ASSIGN_OR_RETURN(std::string bytes, store_->ReadBytes(tenant, vector.name, vector.version));
+  return std::make_pair(std::move(vector), std::move(bytes));
+}
+
+absl::StatusOr<std::vector<StoredVector>> ServingCore::DeleteVector(const std::string& tenant,
+                                                                    const std::string& ref) {
+  ASSIGN_OR_RETURN(VectorReference parsed, ParseVectorReference(ref, "name"));
+  return store_->Delete(tenant, parsed.name, parsed.version);
+}
+
+absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
+    const std::string& tenant, int64_t tenant_max_new_tokens, const GenerateParams& params,
+    std::shared_ptr<GenerationObserver> observer) {
+  RETURN_IF_ERROR(ValidateParams(params));
+  std::optional<VectorReference> ref;
+  if (!params.vector.empty()) {
+    ASSIGN_OR_RETURN(ref, ParseVectorReference(params.vector, "steering.vector"));
+  }
+  ASSIGN_OR_RETURN(ServedModel * served, FindModel(params.model));
+  const ModelInfo& info = served->info;
+  const int64_t context = info.max_context;
+  if (params.max_new_tokens > context) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.max_new_tokens ",
+                                                   params.max_new_tokens,
+                                                   " exceeds model \"", info.name,
+                                                   "\"'s context of ", context, " tokens"));
+  }
+  if (options_.max_new_tokens > 0 && params.max_new_tokens > options_.max_new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.max_new_tokens ", params.max_new_tokens,
+        " exceeds this server's maximum of ", options_.max_new_tokens));
+  }
+  if (tenant_max_new_tokens > 0 && params.max_new_tokens > tenant_max_new_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "sampling.max_new_tokens ", params.max_new_tokens, " is over the tenant's limit of ",
+        tenant_max_new_tokens, " (max_new_tokens)"));
+  }
+  int64_t max_new = params.max_new_tokens > 0 ? params.max_new_tokens
+                                              : options_.default_max_new_tokens;
+  if (options_.max_new_tokens > 0) max_new = std::min(max_new, options_.max_new_tokens);
+  if (tenant_max_new_tokens > 0) max_new = std::min(max_new, tenant_max_new_tokens);
+
+  // The text the model continues.
+  std::string text;
+  if (params.messages.has_value()) {
+    if (!served->chat_template.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model \"", info.name,
+          "\" has no chat template steerd recognises; send a raw prompt instead of messages"));
+    }
+    ASSIGN_OR_RETURN(text, served->chat_template->Render(*params.messages));
+  } else {
+    text = *params.prompt;
+  }
+  // A rendered conversation carries its own special tokens (BOS included), as Hugging
+  // Face's apply_chat_template tokenizes it.
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
+                   served->tokenizer->Encode(text, /*add_special_tokens=*/!params.messages));
+  const int64_t prompt_tokens = prompt.size();
+  if (prompt_tokens == 0) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  if (prompt_tokens >= context) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt is ", prompt_tokens, " tokens; model \"", info.name, "\"'s context is ",
+        context, " tokens, which leaves no room to generate"));
+  }
+  if (options_.max_prompt_tokens > 0 && prompt_tokens > options_.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt is ", prompt_tokens,
+                                                   " tokens; this server accepts at most ",
+                                                   options_.max_prompt_tokens));
+  }
+
+  EngineRequest request;
+  AdmittedGeneration admitted;
+  admitted.prompt_tokens = prompt_tokens;
+  if (ref.has_value()) {
+    ASSIGN_OR_RETURN(StoredVector vector, store_->Get(tenant, ref->name, ref->version));
+    if (vector.model_fingerprint != info.fingerprint) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "vector \"", vector.name, "@", vector.version, "\" was made for model fingerprint \"",
+          vector.model_fingerprint, "\" but model \"", info.name, "\" has \"",
+          info.fingerprint, "\""));
+    }
+    const std::string source = absl::StrCat("vector \"", vector.name, "@", vector.version, "\"");
+    auto load = [&]() -> absl::StatusOr<std::vector<float>> {
+      ASSIGN_OR_RETURN(std::string bytes, store_->ReadBytes(tenant, vector.name, vector.version));
+      return ReadVectorValues(std::move(bytes), source);
+    };
+    ASSIGN_OR_RETURN(request.vector, served->vectors->Acquire(vector.sha256, load));
+    request.steering_scale = params.scale;
+    admitted.vector_name = vector.name;
+    admitted.vector_version = vector.version;
+  }
+  admitted.seed = params.seed.has_value() ? *params.seed : std::random_device()();
+  if (!params.seed.has_value()) {
+    admitted.seed = (admitted.seed << 32) ^ std::random_device()();
+  }
+
+  GenerationRequest& generation = request.generation;
+  generation.prompt = std::move(prompt);
+  generation.sampling.temperature = params.temperature;
+  generation.sampling.top_p = params.top_p == 0.0 ? 1.0 : params.top_p;
+  generation.sampling.top_k = params.top_k >= info.vocab_size ? 0 : params.top_k;
+  generation.sampling.seed = admitted.seed;
+  generation.max_new_tokens = std::min(max_new, context - prompt_tokens);
+  generation.stop_strings = params.stop;
+  generation.ignore_eos = params.ignore_eos;
+  generation.return_logprobs = params.return_logprobs;
+  RETURN_IF_ERROR(ValidateGenerationRequest(generation, served->model->config(),
+                                            served->tokenizer.get()));
+  observer->OnAdmitted(admitted);
+  request.observer = std::move(observer);
+  return served->engine->Submit(std::move(request));
+}
+
+}  // namespace steerd

@@ -1,0 +1,63 @@
+#include "server/engine/vector_ref.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace steerd {
+
+std::string VectorReference::ToString() const {
+  return version.has_value() ? absl::StrCat(name, "@", *version) : name;
+}
+
+absl::Status ValidateVectorName(absl::string_view name, absl::string_view field) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+  if (name.size() > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", name.size(), " characters long; the maximum is 64"));
+  }
+  if (!absl::ascii_isalnum(static_cast<unsigned char>(name[0]))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must start with a letter or a digit"));
+  }
+  for (char c : name) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (!absl::ascii_isalnum(u) && c != '.' && c != '_' && c != '-') {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s contains the character %s; allowed are A-Z a-z 0-9 . _ -", field,
+          absl::ascii_isprint(u) ? absl::StrCat("'", std::string(1, c), "'")
+                                 : absl::StrFormat("0x%02x", u)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text,
+                                                     absl::string_view field) {
+  VectorReference ref;
+  const size_t at = text.find('@');
+  const absl::string_view name = text.substr(0, at);
+  {
+    absl::Status status = ValidateVectorName(name, absl::StrCat(field, " name"));
+    if (!status.ok()) return status;
+  }
+  ref.name = std::string(name);
+  if (at == absl::string_view::npos) return ref;
+  const absl::string_view version = text.substr(at + 1);
+  int64_t number = 0;
+  const bool digits_only =
+      !version.empty() && version.size() <= 18 &&
+      std::all_of(version.begin(), version.end(),
+                  [](char c) { return absl::ascii_isdigit(static_cast<unsigned char>(c)); });
+  if (!digits_only || !absl::SimpleAtoi(version, &number) || number < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " \"", text, "\" has a malformed version; use name@N with N a positive integer"));
+  }
+  ref.version = number;
+  return ref;
+}
+
+}  // namespace steerd
