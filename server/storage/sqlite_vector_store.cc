@@ -1,0 +1,634 @@
+#include "server/storage/sqlite_vector_store.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "server/tenancy/sha256.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+// One migration per schema version: kMigrations[v - 1] takes a database from version
+// v - 1 to v. The schema_version table is shared with any other store that keeps its
+// tables in the same file, one row per component.
+constexpr absl::string_view kComponent = "vectors";
+constexpr const char* kMigrations[] = {
+    // Version 1.
+    // vector_names: one row per (tenant, name) ever created, never deleted, so the
+    //   version counter survives deleting every version of a name.
+    // vectors: the metadata; the unique index is the listing order (name ASC, version
+    //   DESC) within a tenant, and serves "latest of a name" lookups.
+    // vector_files: the safetensors bytes, apart so that scans of `vectors` stay small.
+    R"sql(
+      CREATE TABLE vector_names (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        last_version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+      ) WITHOUT ROWID;
+      CREATE TABLE vectors (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        model TEXT NOT NULL,
+        model_fingerprint TEXT NOT NULL,
+        num_layers INTEGER NOT NULL,
+        hidden_size INTEGER NOT NULL,
+        dtype TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        layer_norms BLOB NOT NULL,  -- num_layers little-endian float32 values.
+        create_time_us INTEGER NOT NULL,  -- Microseconds since the Unix epoch.
+        source TEXT NOT NULL CHECK (source IN ('upload', 'training')),
+        job_id TEXT NOT NULL,
+        description TEXT NOT NULL
+      );
+      CREATE UNIQUE INDEX vectors_listing ON vectors (tenant, name, version DESC);
+      CREATE TABLE vector_files (
+        vector_id INTEGER PRIMARY KEY REFERENCES vectors (id),
+        safetensors BLOB NOT NULL
+      );
+    )sql",
+};
+static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == SqliteVectorStore::kSchemaVersion,
+              "one migration per schema version");
+
+// The metadata columns, in the order ReadVector() expects.
+constexpr absl::string_view kColumns =
+    "v.name, v.version, v.model, v.model_fingerprint, v.num_layers, v.hidden_size, "
+    "v.dtype, v.sha256, v.size_bytes, v.layer_norms, v.create_time_us, v.source, "
+    "v.job_id, v.description";
+
+// Maps an SQLite result code to a status: transient conditions (locks, a full disk,
+// I/O errors) are UNAVAILABLE so callers may retry; corruption and anything else is
+// INTERNAL. The message carries SQLite's own text.
+absl::Status SqliteStatus(sqlite3* db, int code, absl::string_view what) {
+  const char* detail = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(code);
+  const std::string message =
+      absl::StrCat("vector store: ", what, ": ", detail, " (sqlite code ", code, ")");
+  switch (code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN:
+    case SQLITE_NOMEM:
+    case SQLITE_PROTOCOL:
+    case SQLITE_READONLY:
+    case SQLITE_NOLFS:
+      return absl::UnavailableError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+absl::Status CorruptRow(absl::string_view what) {
+  return absl::InternalError(absl::StrCat("vector store: corrupt row: ", what));
+}
+
+// A prepared statement; finalized on destruction.
+class Statement {
+ public:
+  Statement(sqlite3* db, absl::string_view what) : db_(db), what_(what) {}
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  absl::Status Prepare(absl::string_view sql) {
+    const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt_,
+                                      /*pzTail=*/nullptr);
+    if (rc != SQLITE_OK) return SqliteStatus(db_, rc, what_);
+    return absl::OkStatus();
+  }
+
+  // Bind* take 1-based parameter indexes, as SQLite does. The bound bytes must outlive
+  // the statement's steps (SQLITE_STATIC avoids copying a whole safetensors file).
+  absl::Status BindInt(int index, int64_t value) {
+    return Check(sqlite3_bind_int64(stmt_, index, value));
+  }
+  absl::Status BindText(int index, absl::string_view value) {
+    return Check(
+        sqlite3_bind_text64(stmt_, index, value.data(), value.size(), SQLITE_STATIC, SQLITE_UTF8));
+  }
+  absl::Status BindBlob(int index, absl::string_view value) {
+    // A zero-length blob needs a non-null pointer or it is bound as NULL.
+    static const char kEmpty = 0;
+    return Check(sqlite3_bind_blob64(stmt_, index, value.empty() ? &kEmpty : value.data(),
+                                     value.size(), SQLITE_STATIC));
+  }
+
+  // Advances to the next row: true when there is one, false when done.
+  absl::StatusOr<bool> Step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqliteStatus(db_, rc, what_);
+  }
+  // Runs a statement that returns no rows.
+  absl::Status Run() {
+    ASSIGN_OR_RETURN(bool row, Step());
+    (void)row;
+    return absl::OkStatus();
+  }
+
+  int64_t Int(int column) const { return sqlite3_column_int64(stmt_, column); }
+  std::string Text(int column) const {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return text == nullptr ? std::string() : std::string(text, static_cast<size_t>(size));
+  }
+  std::string Blob(int column) const {
+    const auto* blob = static_cast<const char*>(sqlite3_column_blob(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return blob == nullptr ? std::string() : std::string(blob, static_cast<size_t>(size));
+  }
+
+ private:
+  absl::Status Check(int rc) {
+    if (rc != SQLITE_OK) return SqliteStatus(db_, rc, what_);
+    return absl::OkStatus();
+  }
+
+  sqlite3* const db_;
+  const std::string what_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+absl::Status Exec(sqlite3* db, const char* sql, absl::string_view what) {
+  const int rc = sqlite3_exec(db, sql, /*callback=*/nullptr, /*arg=*/nullptr,
+                              /*errmsg=*/nullptr);
+  if (rc != SQLITE_OK) return SqliteStatus(db, rc, what);
+  return absl::OkStatus();
+}
+
+// A transaction that rolls back unless committed.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {}
+  ~Transaction() {
+    // SQLite may already have rolled back after an I/O error; then there is nothing
+    // to do (and ROLLBACK would only fail).
+    if (open_ && !sqlite3_get_autocommit(db_)) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  // IMMEDIATE takes the write lock at once, so a read-then-write transaction cannot
+  // fail half-way with SQLITE_BUSY when another process writes the same file.
+  absl::Status BeginImmediate() {
+    RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE", "beginning a transaction"));
+    open_ = true;
+    return absl::OkStatus();
+  }
+  absl::Status Commit() {
+    RETURN_IF_ERROR(Exec(db_, "COMMIT", "committing"));
+    open_ = false;
+    return absl::OkStatus();
+  }
+
+ private:
+  sqlite3* const db_;
+  bool open_ = false;
+};
+
+std::string EncodeNorms(const std::vector<float>& norms) {
+  std::string bytes(norms.size() * 4, '\0');
+  for (size_t i = 0; i < norms.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &norms[i], 4);
+    for (int b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<char>((bits >> (8 * b)) & 0xff);
+  }
+  return bytes;
+}
+
+std::vector<float> DecodeNorms(absl::string_view bytes) {
+  std::vector<float> norms(bytes.size() / 4);
+  for (size_t i = 0; i < norms.size(); ++i) {
+    uint32_t bits = 0;
+    for (int b = 0; b < 4; ++b) {
+      bits |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[4 * i + b])) << (8 * b);
+    }
+    std::memcpy(&norms[i], &bits, 4);
+  }
+  return norms;
+}
+
+absl::string_view SourceName(StoredVector::Source source) {
+  return source == StoredVector::Source::kTraining ? "training" : "upload";
+}
+
+// Reads kColumns from the current row of `stmt`, starting at column 0.
+absl::StatusOr<StoredVector> ReadVector(const Statement& stmt, const std::string& tenant) {
+  StoredVector v;
+  v.tenant = tenant;
+  v.name = stmt.Text(0);
+  v.version = stmt.Int(1);
+  v.model = stmt.Text(2);
+  v.model_fingerprint = stmt.Text(3);
+  v.num_layers = static_cast<int32_t>(stmt.Int(4));
+  v.hidden_size = static_cast<int32_t>(stmt.Int(5));
+  v.dtype = stmt.Text(6);
+  v.sha256 = stmt.Text(7);
+  v.size_bytes = stmt.Int(8);
+  const std::string norms = stmt.Blob(9);
+  if (v.num_layers < 0 || norms.size() != static_cast<size_t>(v.num_layers) * 4) {
+    return CorruptRow(absl::StrCat("layer_norms of vector \"", v.name, "@", v.version, "\" has ",
+                                   norms.size(), " bytes for ", v.num_layers, " layers"));
+  }
+  v.layer_norms = DecodeNorms(norms);
+  v.create_time = absl::FromUnixMicros(stmt.Int(10));
+  const std::string source = stmt.Text(11);
+  if (source == "upload") {
+    v.source = StoredVector::Source::kUpload;
+  } else if (source == "training") {
+    v.source = StoredVector::Source::kTraining;
+  } else {
+    return CorruptRow(absl::StrCat("unknown source \"", source, "\""));
+  }
+  v.job_id = stmt.Text(12);
+  v.description = stmt.Text(13);
+  return v;
+}
+
+std::string Reference(const std::string& name, std::optional<int64_t> version) {
+  return version.has_value() ? absl::StrCat(name, "@", *version) : name;
+}
+
+absl::Status NotFound(const std::string& name, std::optional<int64_t> version) {
+  return absl::NotFoundError(absl::StrCat("vector \"", Reference(name, version), "\" not found"));
+}
+
+absl::Status CheckTenantAndName(const std::string& tenant, const std::string& name) {
+  if (tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
+  if (name.empty()) return absl::InvalidArgumentError("vector store: empty vector name");
+  return absl::OkStatus();
+}
+
+// Applies the pragmas every connection needs. WAL + synchronous=FULL: a commit is
+// fsynced to the WAL before COMMIT returns, which is what makes Create() durable.
+absl::Status ConfigureConnection(sqlite3* db, absl::Duration busy_timeout) {
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(busy_timeout);
+  const int rc = sqlite3_busy_timeout(
+      db, static_cast<int>(std::min<int64_t>(timeout_ms, std::numeric_limits<int>::max())));
+  if (rc != SQLITE_OK) return SqliteStatus(db, rc, "setting the busy timeout");
+  {
+    Statement wal(db, "enabling WAL");
+    RETURN_IF_ERROR(wal.Prepare("PRAGMA journal_mode=WAL"));
+    ASSIGN_OR_RETURN(const bool row, wal.Step());
+    const std::string mode = row ? wal.Text(0) : std::string();
+    if (mode != "wal") {
+      // Happens on file systems without shared-memory support (some network mounts).
+      return absl::FailedPreconditionError(
+          absl::StrCat("vector store: cannot use WAL journaling (journal_mode is \"", mode,
+                       "\"); put the data directory on a local file system"));
+    }
+  }
+  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL", "setting synchronous=FULL"));
+  RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys=ON", "enabling foreign keys"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteVectorStore>> SqliteVectorStore::Create(
+    const Options& options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("vector store: the database path is empty");
+  }
+  const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
+  if (!parent.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(parent, error);
+    if (error) {
+      return absl::UnavailableError(absl::StrCat("vector store: cannot create directory ",
+                                                 parent.string(), ": ", error.message()));
+    }
+  }
+  sqlite3* db = nullptr;
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_EXRESCODE
+  flags |= SQLITE_OPEN_EXRESCODE;
+#endif
+  const int rc = sqlite3_open_v2(options.path.c_str(), &db, flags, /*zVfs=*/nullptr);
+  if (rc != SQLITE_OK) {
+    absl::Status status = SqliteStatus(db, rc, absl::StrCat("opening ", options.path));
+    sqlite3_close_v2(db);  // Allocated even on failure (nullptr is harmless).
+    return status;
+  }
+  sqlite3_extended_result_codes(db, 1);
+  Options resolved = options;
+  if (!resolved.clock) resolved.clock = [] { return absl::Now(); };
+  // From here the store owns `db` and closes it on every path.
+  std::unique_ptr<SqliteVectorStore> store(new SqliteVectorStore(std::move(resolved), db));
+  absl::MutexLock lock(&store->mu_);
+  absl::Status status = ConfigureConnection(db, options.busy_timeout);
+  if (status.ok()) status = store->InitializeSchema();
+  if (!status.ok()) {
+    return absl::Status(status.code(), absl::StrCat(status.message(), " [", options.path, "]"));
+  }
+  return store;
+}
+
+SqliteVectorStore::~SqliteVectorStore() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close_v2(db_);
+}
+
+absl::Status SqliteVectorStore::InitializeSchema() {
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  RETURN_IF_ERROR(Exec(db_,
+                       "CREATE TABLE IF NOT EXISTS schema_version ("
+                       "  component TEXT PRIMARY KEY,"
+                       "  version INTEGER NOT NULL"
+                       ") WITHOUT ROWID",
+                       "creating the schema_version table"));
+  int64_t version = 0;
+  {
+    Statement select(db_, "reading the schema version");
+    RETURN_IF_ERROR(select.Prepare("SELECT version FROM schema_version WHERE component = ?1"));
+    RETURN_IF_ERROR(select.BindText(1, kComponent));
+    ASSIGN_OR_RETURN(const bool row, select.Step());
+    if (row) version = select.Int(0);
+  }
+  if (version > kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "vector store: the database has schema version ", version,
+        ", newer than this build understands (", kSchemaVersion, "); run a newer steerd"));
+  }
+  if (version < 0) return CorruptRow(absl::StrCat("schema version ", version));
+  if (version == kSchemaVersion) return txn.Commit();
+  for (int64_t v = version; v < kSchemaVersion; ++v) {
+    RETURN_IF_ERROR(
+        Exec(db_, kMigrations[v], absl::StrCat("migrating the schema to version ", v + 1)));
+  }
+  Statement update(db_, "writing the schema version");
+  RETURN_IF_ERROR(
+      update.Prepare("INSERT INTO schema_version (component, version) VALUES (?1, ?2) "
+                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version"));
+  RETURN_IF_ERROR(update.BindText(1, kComponent));
+  RETURN_IF_ERROR(update.BindInt(2, kSchemaVersion));
+  RETURN_IF_ERROR(update.Run());
+  return txn.Commit();
+}
+
+absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metadata,
+                                                       const std::string& safetensors,
+                                                       int64_t max_stored_versions) {
+  RETURN_IF_ERROR(CheckTenantAndName(metadata.tenant, metadata.name));
+  if (metadata.num_layers <= 0 || metadata.hidden_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("vector store: bad shape [", metadata.num_layers,
+                                                   ", ", metadata.hidden_size, "]"));
+  }
+  if (metadata.layer_norms.size() != static_cast<size_t>(metadata.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("vector store: ", metadata.layer_norms.size(),
+                                                   " layer norms for ", metadata.num_layers,
+                                                   " layers"));
+  }
+  StoredVector stored = metadata;
+  stored.sha256 = Sha256Hex(safetensors);
+  stored.size_bytes = static_cast<int64_t>(safetensors.size());
+  if (!metadata.sha256.empty() && metadata.sha256 != stored.sha256) {
+    return absl::InvalidArgumentError(
+        "vector store: metadata.sha256 is not the SHA-256 of the bytes to store");
+  }
+  if (metadata.size_bytes != 0 && metadata.size_bytes != stored.size_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("vector store: metadata.size_bytes is ",
+                                                   metadata.size_bytes, " but the file has ",
+                                                   stored.size_bytes, " bytes"));
+  }
+  const std::string norms = EncodeNorms(stored.layer_norms);
+
+  absl::MutexLock lock(&mu_);
+  // Read under the lock so create_time never decreases as versions increase.
+  stored.create_time = absl::FromUnixMicros(absl::ToUnixMicros(options_.clock()));
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  if (max_stored_versions >= 0) {
+    Statement count(db_, "counting stored versions");
+    RETURN_IF_ERROR(count.Prepare("SELECT COUNT(*) FROM vectors WHERE tenant = ?1"));
+    RETURN_IF_ERROR(count.BindText(1, stored.tenant));
+    RETURN_IF_ERROR(count.Step().status());
+    const int64_t stored_versions = count.Int(0);
+    if (stored_versions >= max_stored_versions) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "stored_vectors limit of ", max_stored_versions, " reached (", stored_versions,
+          " vector versions stored); delete versions to store new ones"));
+    }
+  }
+  {
+    Statement next(db_, "assigning a version");
+    RETURN_IF_ERROR(
+        next.Prepare("INSERT INTO vector_names (tenant, name, last_version) VALUES (?1, ?2, 1) "
+                     "ON CONFLICT (tenant, name) DO UPDATE SET last_version = last_version + 1 "
+                     "RETURNING last_version"));
+    RETURN_IF_ERROR(next.BindText(1, stored.tenant));
+    RETURN_IF_ERROR(next.BindText(2, stored.name));
+    ASSIGN_OR_RETURN(const bool row, next.Step());
+    if (!row) return absl::InternalError("vector store: no version assigned");
+    stored.version = next.Int(0);
+    RETURN_IF_ERROR(next.Run());  // Completes the statement (RETURNING yields one row).
+  }
+  {
+    Statement insert(db_, "inserting the vector");
+    RETURN_IF_ERROR(insert.Prepare(
+        "INSERT INTO vectors (tenant, name, version, model, model_fingerprint, num_layers, "
+        "hidden_size, dtype, sha256, size_bytes, layer_norms, create_time_us, source, "
+        "job_id, description) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"));
+    RETURN_IF_ERROR(insert.BindText(1, stored.tenant));
+    RETURN_IF_ERROR(insert.BindText(2, stored.name));
+    RETURN_IF_ERROR(insert.BindInt(3, stored.version));
+    RETURN_IF_ERROR(insert.BindText(4, stored.model));
+    RETURN_IF_ERROR(insert.BindText(5, stored.model_fingerprint));
+    RETURN_IF_ERROR(insert.BindInt(6, stored.num_layers));
+    RETURN_IF_ERROR(insert.BindInt(7, stored.hidden_size));
+    RETURN_IF_ERROR(insert.BindText(8, stored.dtype));
+    RETURN_IF_ERROR(insert.BindText(9, stored.sha256));
+    RETURN_IF_ERROR(insert.BindInt(10, stored.size_bytes));
+    RETURN_IF_ERROR(insert.BindBlob(11, norms));
+    RETURN_IF_ERROR(insert.BindInt(12, absl::ToUnixMicros(stored.create_time)));
+    RETURN_IF_ERROR(insert.BindText(13, SourceName(stored.source)));
+    RETURN_IF_ERROR(insert.BindText(14, stored.job_id));
+    RETURN_IF_ERROR(insert.BindText(15, stored.description));
+    RETURN_IF_ERROR(insert.Run());
+  }
+  {
+    Statement insert(db_, "inserting the vector file");
+    RETURN_IF_ERROR(
+        insert.Prepare("INSERT INTO vector_files (vector_id, safetensors) VALUES (?1, ?2)"));
+    RETURN_IF_ERROR(insert.BindInt(1, sqlite3_last_insert_rowid(db_)));
+    RETURN_IF_ERROR(insert.BindBlob(2, safetensors));
+    RETURN_IF_ERROR(insert.Run());
+  }
+  RETURN_IF_ERROR(txn.Commit());
+  return stored;
+}
+
+absl::StatusOr<StoredVector> SqliteVectorStore::Get(const std::string& tenant,
+                                                    const std::string& name,
+                                                    std::optional<int64_t> version) {
+  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  absl::MutexLock lock(&mu_);
+  Statement select(db_, "reading a vector");
+  RETURN_IF_ERROR(select.Prepare(absl::StrCat(
+      "SELECT ", kColumns, " FROM vectors v WHERE v.tenant = ?1 AND v.name = ?2",
+      version.has_value() ? " AND v.version = ?3" : "", " ORDER BY v.version DESC LIMIT 1")));
+  RETURN_IF_ERROR(select.BindText(1, tenant));
+  RETURN_IF_ERROR(select.BindText(2, name));
+  if (version.has_value()) RETURN_IF_ERROR(select.BindInt(3, *version));
+  ASSIGN_OR_RETURN(const bool row, select.Step());
+  if (!row) return NotFound(name, version);
+  return ReadVector(select, tenant);
+}
+
+absl::StatusOr<std::string> SqliteVectorStore::ReadBytes(const std::string& tenant,
+                                                         const std::string& name, int64_t version) {
+  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  std::string bytes;
+  std::string sha256;
+  {
+    absl::MutexLock lock(&mu_);
+    Statement select(db_, "reading a vector file");
+    RETURN_IF_ERROR(
+        select.Prepare("SELECT f.safetensors, v.sha256 FROM vectors v "
+                       "JOIN vector_files f ON f.vector_id = v.id "
+                       "WHERE v.tenant = ?1 AND v.name = ?2 AND v.version = ?3"));
+    RETURN_IF_ERROR(select.BindText(1, tenant));
+    RETURN_IF_ERROR(select.BindText(2, name));
+    RETURN_IF_ERROR(select.BindInt(3, version));
+    ASSIGN_OR_RETURN(const bool row, select.Step());
+    if (!row) return NotFound(name, version);
+    bytes = select.Blob(0);
+    sha256 = select.Text(1);
+  }
+  // Hashing outside the lock: it is the slow part and needs no database.
+  if (Sha256Hex(bytes) != sha256) {
+    return absl::InternalError(absl::StrCat("vector store: the stored file of vector \"", name, "@",
+                                            version, "\" does not match its sha256 (corrupt)"));
+  }
+  return bytes;
+}
+
+absl::StatusOr<VectorPage> SqliteVectorStore::List(const VectorListQuery& query) {
+  if (query.tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
+  if (query.limit < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vector store: negative list limit ", query.limit));
+  }
+  // The SQL text only varies by which fixed fragments are present; every value is a
+  // bound parameter. Names compare bytewise (SQLite's BINARY collation).
+  std::string sql = absl::StrCat("SELECT ", kColumns, " FROM vectors v WHERE v.tenant = ?1");
+  if (!query.model.empty()) absl::StrAppend(&sql, " AND v.model = ?2");
+  if (!query.name.empty()) absl::StrAppend(&sql, " AND v.name = ?3");
+  if (!query.after_name.empty()) {
+    // "Strictly after (after_name, after_version)" in (name ASC, version DESC) order;
+    // the first conjunct lets the index seek.
+    absl::StrAppend(&sql, " AND v.name >= ?4 AND (v.name > ?4 OR v.version < ?5)");
+  }
+  if (!query.all_versions) {
+    absl::StrAppend(&sql,
+                    " AND v.version = (SELECT MAX(w.version) FROM vectors w"
+                    " WHERE w.tenant = v.tenant AND w.name = v.name",
+                    query.model.empty() ? "" : " AND w.model = ?2", ")");
+  }
+  absl::StrAppend(&sql, " ORDER BY v.name ASC, v.version DESC LIMIT ?6");
+
+  absl::MutexLock lock(&mu_);
+  Statement select(db_, "listing vectors");
+  RETURN_IF_ERROR(select.Prepare(sql));
+  RETURN_IF_ERROR(select.BindText(1, query.tenant));
+  if (!query.model.empty()) RETURN_IF_ERROR(select.BindText(2, query.model));
+  if (!query.name.empty()) RETURN_IF_ERROR(select.BindText(3, query.name));
+  if (!query.after_name.empty()) {
+    RETURN_IF_ERROR(select.BindText(4, query.after_name));
+    RETURN_IF_ERROR(select.BindInt(5, query.after_version));
+  }
+  // One row past the page tells whether more follow.
+  const int64_t limit = std::min(query.limit, std::numeric_limits<int64_t>::max() - 1);
+  RETURN_IF_ERROR(select.BindInt(6, limit + 1));
+  VectorPage page;
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, select.Step());
+    if (!row) break;
+    if (static_cast<int64_t>(page.vectors.size()) == limit) {
+      page.more = true;
+      break;
+    }
+    ASSIGN_OR_RETURN(StoredVector vector, ReadVector(select, query.tenant));
+    page.vectors.push_back(std::move(vector));
+  }
+  return page;
+}
+
+absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
+    const std::string& tenant, const std::string& name, std::optional<int64_t> version) {
+  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  const absl::string_view match = version.has_value() ? "tenant = ?1 AND name = ?2 AND version = ?3"
+                                                      : "tenant = ?1 AND name = ?2";
+  auto bind = [&](Statement& stmt) -> absl::Status {
+    RETURN_IF_ERROR(stmt.BindText(1, tenant));
+    RETURN_IF_ERROR(stmt.BindText(2, name));
+    if (version.has_value()) RETURN_IF_ERROR(stmt.BindInt(3, *version));
+    return absl::OkStatus();
+  };
+
+  absl::MutexLock lock(&mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  std::vector<StoredVector> deleted;
+  {
+    Statement select(db_, "reading vectors to delete");
+    RETURN_IF_ERROR(select.Prepare(absl::StrCat("SELECT ", kColumns, " FROM vectors v WHERE ",
+                                                match, " ORDER BY v.version ASC")));
+    RETURN_IF_ERROR(bind(select));
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, select.Step());
+      if (!row) break;
+      ASSIGN_OR_RETURN(StoredVector vector, ReadVector(select, tenant));
+      deleted.push_back(std::move(vector));
+    }
+  }
+  if (deleted.empty()) return NotFound(name, version);
+  {
+    Statement files(db_, "deleting vector files");
+    RETURN_IF_ERROR(files.Prepare(absl::StrCat(
+        "DELETE FROM vector_files WHERE vector_id IN (SELECT id FROM vectors WHERE ", match, ")")));
+    RETURN_IF_ERROR(bind(files));
+    RETURN_IF_ERROR(files.Run());
+  }
+  {
+    // vector_names keeps its row: the counter must outlive the versions.
+    Statement rows(db_, "deleting vectors");
+    RETURN_IF_ERROR(rows.Prepare(absl::StrCat("DELETE FROM vectors WHERE ", match)));
+    RETURN_IF_ERROR(bind(rows));
+    RETURN_IF_ERROR(rows.Run());
+  }
+  RETURN_IF_ERROR(txn.Commit());
+  return deleted;
+}
+
+absl::StatusOr<int64_t> SqliteVectorStore::CountVersions(const std::string& tenant) {
+  if (tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
+  absl::MutexLock lock(&mu_);
+  Statement count(db_, "counting stored versions");
+  RETURN_IF_ERROR(count.Prepare("SELECT COUNT(*) FROM vectors WHERE tenant = ?1"));
+  RETURN_IF_ERROR(count.BindText(1, tenant));
+  RETURN_IF_ERROR(count.Step().status());
+  return count.Int(0);
+}
+
+}  // namespace steerd
