@@ -1,0 +1,346 @@
+#include "client/steerd_client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace steerd::client {
+namespace {
+
+namespace v1 = ::steerd::v1;
+
+// Exported vectors of large models are megabytes; gRPC's default limit is 4 MiB.
+constexpr int kMaxReceiveMessageBytes = 256 << 20;
+
+// A list RPC whose server keeps returning the same token would loop forever.
+constexpr int kMaxPages = 1 << 20;
+
+std::string Getenv(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? std::string() : std::string(value);
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
+  return text.str();
+}
+
+}  // namespace
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
+                                                const std::string& flag_key,
+                                                const std::string& flag_data_dir) {
+  ClientOptions options;
+  options.address = !flag_addr.empty() ? flag_addr : Getenv("STEERD_ADDR");
+  if (options.address.empty()) options.address = kDefaultAddress;
+
+  options.api_key = !flag_key.empty() ? flag_key : Getenv("STEERD_API_KEY");
+  if (options.api_key.empty()) {
+    std::string data_dir =
+        !flag_data_dir.empty() ? flag_data_dir : Getenv("STEERD_DATA_DIR");
+    if (data_dir.empty()) data_dir = kDefaultDataDir;
+    const std::string key_path = absl::StrCat(data_dir, "/", kApiKeyFileName);
+    std::ifstream in(key_path, std::ios::binary);
+    if (in) {
+      std::stringstream text;
+      text << in.rdbuf();
+      if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", key_path));
+      options.api_key = std::string(absl::StripAsciiWhitespace(text.str()));
+    } else if (errno != ENOENT && errno != ENOTDIR) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot open ", key_path, ": ", std::strerror(errno)));
+    }
+  }
+  return options;
+}
+
+const char* ServingStatusName(ServingStatus status) {
+  switch (status) {
+    case ServingStatus::kServing:
+      return "SERVING";
+    case ServingStatus::kNotServing:
+      return "NOT_SERVING";
+    case ServingStatus::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+    case ServingStatus::kUnknown:
+      break;
+  }
+  return "UNKNOWN";
+}
+
+void StreamCanceller::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+bool StreamCanceller::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+void StreamCanceller::Attach(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  context_ = context;
+  if (cancelled_) context_->TryCancel();
+}
+
+void StreamCanceller::Detach() {
+  absl::MutexLock lock(&mu_);
+  context_ = nullptr;
+}
+
+void AppendChunk(const v1::GenerateChunk& chunk, v1::GenerateResponse* response) {
+  response->mutable_text()->append(chunk.text());
+  response->mutable_token_ids()->MergeFrom(chunk.token_ids());
+  response->mutable_logprobs()->MergeFrom(chunk.logprobs());
+  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    response->set_finish_reason(chunk.finish_reason());
+  }
+  if (chunk.has_usage()) *response->mutable_usage() = chunk.usage();
+  if (chunk.has_vector()) *response->mutable_vector() = chunk.vector();
+  if (chunk.seed() != 0) response->set_seed(chunk.seed());
+}
+
+absl::StatusOr<std::unique_ptr<SteerdClient>> SteerdClient::Create(
+    const ClientOptions& options) {
+  if (options.address.empty()) {
+    return absl::InvalidArgumentError("the server address is empty");
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_ca_file.empty()) {
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    absl::StatusOr<std::string> pem = ReadFile(options.tls_ca_file);
+    if (!pem.ok()) return pem.status();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = *std::move(pem);
+    credentials = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  return CreateWithChannel(
+      grpc::CreateCustomChannel(options.address, credentials, arguments), options);
+}
+
+std::unique_ptr<SteerdClient> SteerdClient::CreateWithChannel(
+    std::shared_ptr<grpc::Channel> channel, const ClientOptions& options) {
+  return std::unique_ptr<SteerdClient>(new SteerdClient(std::move(channel), options));
+}
+
+SteerdClient::SteerdClient(std::shared_ptr<grpc::Channel> channel,
+                           const ClientOptions& options)
+    : options_(options),
+      channel_(std::move(channel)),
+      models_(v1::Models::NewStub(channel_)),
+      vectors_(v1::Vectors::NewStub(channel_)),
+      generation_(v1::Generation::NewStub(channel_)) {}
+
+void SteerdClient::PrepareContext(grpc::ClientContext* context, bool authorize) const {
+  if (options_.timeout > absl::ZeroDuration() &&
+      options_.timeout != absl::InfiniteDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  }
+  if (authorize && !options_.api_key.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.api_key));
+  }
+}
+
+absl::StatusOr<std::vector<v1::Model>> SteerdClient::ListModels() {
+  std::vector<v1::Model> models;
+  v1::ListModelsRequest request;
+  for (int page = 0; page < kMaxPages; ++page) {
+    grpc::ClientContext context;
+    PrepareContext(&context, /*authorize=*/true);
+    v1::ListModelsResponse response;
+    absl::Status status =
+        FromGrpcStatus(models_->ListModels(&context, request, &response));
+    if (!status.ok()) return status;
+    for (v1::Model& model : *response.mutable_models())
+      models.push_back(std::move(model));
+    if (response.next_page_token().empty()) return models;
+    if (response.next_page_token() == request.page_token()) {
+      return absl::InternalError("ListModels returned the same page token twice");
+    }
+    request.set_page_token(response.next_page_token());
+  }
+  return absl::InternalError("ListModels did not end");
+}
+
+absl::StatusOr<v1::Model> SteerdClient::GetModel(const std::string& name) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::GetModelRequest request;
+  request.set_name(name);
+  v1::Model model;
+  absl::Status status = FromGrpcStatus(models_->GetModel(&context, request, &model));
+  if (!status.ok()) return status;
+  return model;
+}
+
+absl::StatusOr<v1::Vector> SteerdClient::CreateVector(const std::string& model,
+                                                      const std::string& name,
+                                                      std::string safetensors,
+                                                      const std::string& description) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::CreateVectorRequest request;
+  request.set_model(model);
+  request.set_name(name);
+  request.set_safetensors(std::move(safetensors));
+  request.set_description(description);
+  v1::Vector vector;
+  absl::Status status =
+      FromGrpcStatus(vectors_->CreateVector(&context, request, &vector));
+  if (!status.ok()) return status;
+  return vector;
+}
+
+absl::StatusOr<v1::Vector> SteerdClient::GetVector(const std::string& ref) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::GetVectorRequest request;
+  request.set_name(ref);
+  v1::Vector vector;
+  absl::Status status = FromGrpcStatus(vectors_->GetVector(&context, request, &vector));
+  if (!status.ok()) return status;
+  return vector;
+}
+
+absl::StatusOr<std::vector<v1::Vector>> SteerdClient::ListVectors(
+    const VectorFilter& filter) {
+  std::vector<v1::Vector> vectors;
+  v1::ListVectorsRequest request;
+  request.set_model(filter.model);
+  request.set_name(filter.name);
+  request.set_all_versions(filter.all_versions);
+  for (int page = 0; page < kMaxPages; ++page) {
+    grpc::ClientContext context;
+    PrepareContext(&context, /*authorize=*/true);
+    v1::ListVectorsResponse response;
+    absl::Status status =
+        FromGrpcStatus(vectors_->ListVectors(&context, request, &response));
+    if (!status.ok()) return status;
+    for (v1::Vector& vector : *response.mutable_vectors()) {
+      vectors.push_back(std::move(vector));
+    }
+    if (response.next_page_token().empty()) return vectors;
+    if (response.next_page_token() == request.page_token()) {
+      return absl::InternalError("ListVectors returned the same page token twice");
+    }
+    request.set_page_token(response.next_page_token());
+  }
+  return absl::InternalError("ListVectors did not end");
+}
+
+absl::StatusOr<v1::ExportVectorResponse> SteerdClient::ExportVector(
+    const std::string& ref) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::ExportVectorRequest request;
+  request.set_name(ref);
+  v1::ExportVectorResponse response;
+  absl::Status status =
+      FromGrpcStatus(vectors_->ExportVector(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::DeleteVectorResponse> SteerdClient::DeleteVector(
+    const std::string& ref) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::DeleteVectorRequest request;
+  request.set_name(ref);
+  v1::DeleteVectorResponse response;
+  absl::Status status =
+      FromGrpcStatus(vectors_->DeleteVector(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::GenerateResponse> SteerdClient::Generate(
+    const v1::GenerateRequest& request) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  v1::GenerateResponse response;
+  absl::Status status =
+      FromGrpcStatus(generation_->Generate(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::Status SteerdClient::GenerateStream(const v1::GenerateRequest& request,
+                                          const ChunkCallback& on_chunk,
+                                          StreamCanceller* canceller) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true);
+  if (canceller != nullptr) canceller->Attach(&context);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader =
+      generation_->GenerateStream(&context, request);
+  v1::GenerateChunk chunk;
+  bool cancelled_by_callback = false;
+  while (reader->Read(&chunk)) {
+    if (!on_chunk(chunk)) {
+      cancelled_by_callback = true;
+      context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (canceller != nullptr) canceller->Detach();
+  // The stream may have ended on its own in the moment the callback declined a chunk.
+  if (cancelled_by_callback && status.ok()) {
+    return absl::CancelledError("cancelled by the client");
+  }
+  return FromGrpcStatus(status);
+}
+
+absl::StatusOr<ServingStatus> SteerdClient::CheckHealth(const std::string& service) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/false);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub =
+      grpc::health::v1::Health::NewStub(channel_);
+  absl::Status status = FromGrpcStatus(stub->Check(&context, request, &response));
+  if (!status.ok()) return status;
+  switch (response.status()) {
+    case grpc::health::v1::HealthCheckResponse::SERVING:
+      return ServingStatus::kServing;
+    case grpc::health::v1::HealthCheckResponse::NOT_SERVING:
+      return ServingStatus::kNotServing;
+    case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN:
+      return ServingStatus::kServiceUnknown;
+    default:
+      return ServingStatus::kUnknown;
+  }
+}
+
+}  // namespace steerd::client

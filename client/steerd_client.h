@@ -1,0 +1,171 @@
+// A small C++ client for a steerd server: one gRPC channel, the API key sent as
+// `authorization: Bearer <key>` metadata on every steerd.v1 call, a deadline on every
+// call, list RPCs followed through all their pages, and gRPC errors returned as
+// absl::Status with the same code and message. It also resolves where to connect from
+// flags, environment and the server's data directory, as steerctl does. A SteerdClient
+// is thread-safe: its methods may be called from several threads at once (each call
+// has its own grpc::ClientContext); a StreamCanceller may be used from any thread.
+#ifndef STEERD_CLIENT_STEERD_CLIENT_H_
+#define STEERD_CLIENT_STEERD_CLIENT_H_
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "steerd/v1/generation.grpc.pb.h"
+#include "steerd/v1/models.grpc.pb.h"
+#include "steerd/v1/vectors.grpc.pb.h"
+
+namespace steerd::client {
+
+// Where and how to connect.
+struct ClientOptions {
+  // host:port of the server.
+  std::string address = "127.0.0.1:50051";
+
+  // The tenant's API key; sent as `authorization: Bearer <key>` on every steerd.v1
+  // call. Empty sends no authorization metadata (the server then answers
+  // UNAUTHENTICATED, except for health checks).
+  std::string api_key;
+
+  // PEM file of the certificate authority that signed the server's certificate. Empty
+  // means an insecure (plaintext) channel.
+  std::string tls_ca_file;
+
+  // Deadline of each call, streams included. absl::InfiniteDuration() (or any value
+  // <= 0) means no deadline.
+  absl::Duration timeout = absl::Seconds(60);
+};
+
+// The defaults ResolveConnection falls back on.
+inline constexpr char kDefaultAddress[] = "127.0.0.1:50051";
+inline constexpr char kDefaultDataDir[] = "./data";
+// The server writes the key of its default tenant to <data dir>/api_key.
+inline constexpr char kApiKeyFileName[] = "api_key";
+
+// Connection settings as a command-line tool finds them. Address: `flag_addr`, else env
+// STEERD_ADDR, else kDefaultAddress. API key: `flag_key`, else env STEERD_API_KEY, else
+// the contents of <data dir>/api_key without surrounding whitespace (as the server reads
+// it), where the data dir is `flag_data_dir`, else env STEERD_DATA_DIR, else
+// kDefaultDataDir; no key file leaves the key empty. Fails only when the key file exists
+// but cannot be read (PERMISSION_DENIED / DATA_LOSS). tls_ca_file and timeout keep their
+// defaults.
+absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
+                                                const std::string& flag_key,
+                                                const std::string& flag_data_dir = "");
+
+// `status` as an absl::Status with the same code and message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// ListVectors filters (see steerd.v1.ListVectorsRequest).
+struct VectorFilter {
+  std::string model;          // only versions created for this model; empty = all
+  std::string name;           // only versions of this name; empty = all
+  bool all_versions = false;  // false: the latest version of each name
+};
+
+// grpc.health.v1 serving status.
+enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
+// "UNKNOWN", "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN".
+const char* ServingStatusName(ServingStatus status);
+
+// Cancels a GenerateStream call from any thread, at any time: before the call starts
+// (the call then ends CANCELLED at once), while it runs, or after it ended (no effect).
+// One canceller serves one call.
+class StreamCanceller {
+ public:
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend class SteerdClient;
+  // Registers the running call's context; cancels it at once if Cancel() came first.
+  void Attach(grpc::ClientContext* context);
+  void Detach();
+
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+// Folds a streamed chunk into the response Generate would have returned: appends text,
+// token_ids and logprobs; copies finish_reason, usage, vector and seed when the chunk
+// carries them (the last chunk).
+void AppendChunk(const steerd::v1::GenerateChunk& chunk,
+                 steerd::v1::GenerateResponse* response);
+
+class SteerdClient {
+ public:
+  // Called with each chunk of GenerateStream, in order; returning false cancels the
+  // call (GenerateStream then returns CANCELLED).
+  using ChunkCallback = std::function<bool(const steerd::v1::GenerateChunk&)>;
+
+  // Opens one channel to options.address (TLS when tls_ca_file is set). Connection
+  // happens lazily, on the first call. Fails with INVALID_ARGUMENT for an empty address
+  // and NOT_FOUND when the CA file cannot be read.
+  static absl::StatusOr<std::unique_ptr<SteerdClient>> Create(
+      const ClientOptions& options);
+
+  // Uses an existing channel (in-process servers, custom credentials); the address and
+  // tls_ca_file of `options` are ignored.
+  static std::unique_ptr<SteerdClient> CreateWithChannel(
+      std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  // Models.ListModels through every page, in the server's order.
+  absl::StatusOr<std::vector<steerd::v1::Model>> ListModels();
+  absl::StatusOr<steerd::v1::Model> GetModel(const std::string& name);
+
+  // Vectors. `ref` is "name" (latest version) or "name@version".
+  absl::StatusOr<steerd::v1::Vector> CreateVector(const std::string& model,
+                                                  const std::string& name,
+                                                  std::string safetensors,
+                                                  const std::string& description = "");
+  absl::StatusOr<steerd::v1::Vector> GetVector(const std::string& ref);
+  // Vectors.ListVectors through every page.
+  absl::StatusOr<std::vector<steerd::v1::Vector>> ListVectors(const VectorFilter& filter);
+  absl::StatusOr<steerd::v1::ExportVectorResponse> ExportVector(const std::string& ref);
+  absl::StatusOr<steerd::v1::DeleteVectorResponse> DeleteVector(const std::string& ref);
+
+  // Generation.
+  absl::StatusOr<steerd::v1::GenerateResponse> Generate(
+      const steerd::v1::GenerateRequest& request);
+  // Calls `on_chunk` for every chunk as it arrives, and returns the call's final
+  // status: OK after the last chunk, CANCELLED when `on_chunk` returned false or
+  // `canceller` was used, else the server's (or the deadline's) error.
+  absl::Status GenerateStream(const steerd::v1::GenerateRequest& request,
+                              const ChunkCallback& on_chunk,
+                              StreamCanceller* canceller = nullptr);
+
+  // grpc.health.v1.Health/Check for `service` ("" = the whole server). Sends no API
+  // key. An unknown service is NOT_FOUND (from the server).
+  absl::StatusOr<ServingStatus> CheckHealth(const std::string& service = "");
+
+  const ClientOptions& options() const { return options_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  SteerdClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  // Sets the deadline and, when `authorize`, the authorization metadata.
+  void PrepareContext(grpc::ClientContext* context, bool authorize) const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<steerd::v1::Models::Stub> models_;
+  std::unique_ptr<steerd::v1::Vectors::Stub> vectors_;
+  std::unique_ptr<steerd::v1::Generation::Stub> generation_;
+};
+
+}  // namespace steerd::client
+
+#endif  // STEERD_CLIENT_STEERD_CLIENT_H_
