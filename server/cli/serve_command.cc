@@ -132,10 +132,12 @@ absl::Status Serve(const std::vector<std::string>& argv) {
 
   ApiContext api(authenticator.get(), limiter.get(), &metrics);
   ASSIGN_OR_RETURN(auto server, ApiServer::Start(server_options, &api));
-  std::printf("listening on %s (port %d)%s; metrics on %s\n",
-              server_options.listen_address.c_str(), server->port(),
-              server_options.tls_cert_file.empty() ? "" : " with TLS",
-              metrics_listen.c_str());
+  std::printf("listening on %s (port %d)%s\n", server_options.listen_address.c_str(),
+              server->port(), server_options.tls_cert_file.empty() ? "" : " with TLS");
+  if (metrics_server != nullptr) {
+    std::printf("metrics on %s (metrics port %d)\n", metrics_listen.c_str(),
+                metrics_server->port());
+  }
   std::fflush(stdout);
 
   ASSIGN_OR_RETURN(auto core, ServingCore::Create(core_options, store.get(), &metrics));
