@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev openssl
   python3
 )
 

@@ -23,6 +23,7 @@
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/model/bpe_trainer.h"
+#include "server/model/chat_template.h"
 #include "server/model/config.h"
 #include "server/model/safetensors.h"
 #include "server/model/tokenizer.h"
@@ -55,14 +56,16 @@ absl::Status WriteFile(const fs::path& path, const std::string& contents) {
   return absl::OkStatus();
 }
 
-// tokenizer.json as given and a tokenizer_config.json naming <|endoftext|> as EOS.
+// tokenizer.json as given and a tokenizer_config.json naming <|endoftext|> as EOS, with
+// `chat_template` when not empty.
 absl::Status WriteTokenizer(const fs::path& out_dir, const std::string& tokenizer_json,
-                            int64_t model_max_length) {
+                            int64_t model_max_length, const std::string& chat_template = "") {
   nlohmann::json config = {{"eos_token", kEndOfText},
                            {"bos_token", nullptr},
                            {"add_bos_token", false},
                            {"model_max_length", model_max_length},
                            {"tokenizer_class", "PreTrainedTokenizerFast"}};
+  if (!chat_template.empty()) config["chat_template"] = chat_template;
   RETURN_IF_ERROR(WriteFile(out_dir / "tokenizer.json", tokenizer_json));
   return WriteFile(out_dir / "tokenizer_config.json", config.dump(2, ' ', false));
 }
@@ -264,7 +267,9 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
       fs::permissions(fs::path(out) / file, fs::perms::owner_write, fs::perm_options::add, error);
     }
   } else if (args.Has("tokenizer-corpus")) {
-    RETURN_IF_ERROR(WriteTokenizer(out, trained_tokenizer, config.max_position_embeddings));
+    // The corpus is question/answer text, so such a model chats in steerd-qa.
+    RETURN_IF_ERROR(WriteTokenizer(out, trained_tokenizer, config.max_position_embeddings,
+                                   kSteerdQaChatTemplate));
   } else {
     RETURN_IF_ERROR(WriteByteTokenizer(out, config.max_position_embeddings));
   }

@@ -14,6 +14,15 @@
 #include "server/util/status_macros.h"
 
 namespace steerd {
+
+// steerd-qa, models/steerd-tiny's template (its tokenizer_config.json holds the same
+// text): the model learned `Q: <problem>\nA:` prompts with completions that start with
+// a space. A user turn is "Q: ...\n", an assistant turn "A: ...\n", and the generation
+// prompt is the bare "A:", so a one-question chat is exactly the training format. Roles
+// the format cannot express raise, as Render refuses them.
+const char kSteerdQaChatTemplate[] =
+    R"jinja({%- for message in messages %}{%- if message['role'] == 'system' and loop.first %}{{- message['content'] + '\n' }}{%- elif message['role'] == 'user' %}{{- 'Q: ' + message['content'] + '\n' }}{%- elif message['role'] == 'assistant' %}{{- 'A: ' + message['content'] + '\n' }}{%- else %}{{- raise_exception('steerd-qa renders an optional first system message, then user and assistant messages') }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- 'A:' }}{%- endif %})jinja";
+
 namespace {
 
 // ---------------------------------------------------------------------------------------
@@ -540,12 +549,6 @@ constexpr char kLlama31[] = R"jinja({{- bos_token }}
 {%- endif %}
 )jinja";
 
-// steerd-qa, models/steerd-tiny's template (its tokenizer_config.json holds the same
-// text): the model learned `Q: <problem>\nA:` prompts with completions that start with
-// a space, so a user turn ends with the assistant's opener "A:" and the generation
-// prompt adds nothing. Roles the format cannot express raise, as Render refuses them.
-constexpr char kSteerdQa[] =
-    R"jinja({%- for message in messages %}{%- if message['role'] == 'system' and loop.first %}{{- message['content'] + '\n' }}{%- elif message['role'] == 'user' %}{{- 'Q: ' + message['content'] + '\nA:' }}{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + '\n' }}{%- else %}{{- raise_exception('steerd-qa renders an optional first system message, then user and assistant messages') }}{%- endif %}{%- endfor %})jinja";
 
 enum class KnownKind { kQwen25, kQwen2, kChatml, kLlama3, kLlama31, kSteerdQa };
 
@@ -558,7 +561,7 @@ const KnownTemplate kKnownTemplates[] = {
     {KnownKind::kQwen25, kQwen25},        {KnownKind::kQwen2, kQwen2},
     {KnownKind::kChatml, kChatml},        {KnownKind::kLlama3, kLlama3},
     {KnownKind::kLlama3, kLlama3Updated}, {KnownKind::kLlama31, kLlama31},
-    {KnownKind::kSteerdQa, kSteerdQa},
+    {KnownKind::kSteerdQa, kSteerdQaChatTemplate},
 };
 
 bool MatchToken(const JinjaToken& known, const JinjaToken& token, Captures* captures) {
@@ -833,13 +836,14 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatTurn>& me
             absl::StrAppend(&out, turn.content, "\n");
             break;
           case ChatTurn::Role::kUser:
-            absl::StrAppend(&out, "Q: ", turn.content, "\nA:");
+            absl::StrAppend(&out, "Q: ", turn.content, "\n");
             break;
           case ChatTurn::Role::kAssistant:
-            absl::StrAppend(&out, " ", turn.content, "\n");
+            absl::StrAppend(&out, "A: ", turn.content, "\n");
             break;
         }
       }
+      absl::StrAppend(&out, "A:");
       break;
   }
   return out;

@@ -22,6 +22,10 @@
 namespace steerd {
 
 // One message of a conversation.
+// The Jinja source of steerd-qa, the question/answer template of models trained on
+// steerd's built-in corpus (`steerd init-model --tokenizer-corpus` writes it).
+extern const char kSteerdQaChatTemplate[];
+
 struct ChatTurn {
   enum class Role { kSystem, kUser, kAssistant };
   Role role = Role::kUser;

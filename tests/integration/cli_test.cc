@@ -221,6 +221,10 @@ TEST(CliTest, InitModelTrainsATokenizerOnACorpus) {
   EXPECT_EQ(written["eos_token_id"], tokenizer["added_tokens"][0]["id"]);
   EXPECT_EQ(ReadJson(dir + "/tokenizer_config.json")["model_max_length"],
             config["max_position_embeddings"]);
+  // A model of the question/answer corpus chats in the embedded model's steerd-qa format.
+  EXPECT_EQ(ReadJson(dir + "/tokenizer_config.json")["chat_template"],
+            ReadJson(std::string(STEERD_SOURCE_DIR) +
+                     "/models/steerd-tiny/tokenizer_config.json")["chat_template"]);
 
   CliRun generate = Steerd("generate --model " + dir +
                            " --prompt 'Q: 12+7=?' --max-new-tokens 4 --ignore-eos --json");

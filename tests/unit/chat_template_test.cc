@@ -423,6 +423,10 @@ TEST(ChatTemplateTest, SteerdQaFromTheEmbeddedModel) {
       RenderOrDie(*qa,
                   {{Role::kUser, "1+1"}, {Role::kAssistant, "\\boxed{2}"}, {Role::kUser, "2+2"}}),
       "Q: 1+1\nA: \\boxed{2}\nQ: 2+2\nA:");
+  // The answer opener belongs to the generation prompt, so consecutive questions stay
+  // readable.
+  EXPECT_EQ(RenderOrDie(*qa, {{Role::kUser, "1+1"}, {Role::kUser, "2+2"}}),
+            "Q: 1+1\nQ: 2+2\nA:");
 }
 
 TEST(ChatTemplateTest, UnknownTemplatesAreFailedPrecondition) {
