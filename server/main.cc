@@ -67,7 +67,12 @@ Commands (offline):
   bench       Benchmarks. `steerd bench decode --model DIR [--batch 1,16]
                 [--new-tokens 32] [--json]`; `steerd bench paper-table --model DIR
                 [--task arith] [--seeds 3] [--steps N] [--prompts-per-step P]
-                [--rollouts G] [--json]` (steering vs LoRA r1/r8 vs full, same RL recipe)
+                [--rollouts G] [--json]` (steering vs LoRA r1/r8 vs full, same RL recipe);
+                `steerd bench serve [--model DIR] [--concurrency 1,8,32] [--seconds 5]
+                [--new-tokens 64] [--threads N] [--max-batch 64] [--dtype ...]
+                [--device ...] [--json]` (the server in-process over localhost gRPC:
+                closed-loop tok/s, TTFT and inter-token latency steered vs unsteered,
+                cold vs resident vector first-token cost)
 )";
 
 }  // namespace

@@ -204,15 +204,24 @@ absl::Status BenchDecodeCommand(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+// `bench serve`, in bench_serve_command.cc.
+int RunBenchServeCommand(const std::vector<std::string>& args);
+
 int RunBenchCommand(const std::vector<std::string>& args) {
   if (!args.empty() && args[0] == "paper-table") {
     return RunPaperTableCommand({args.begin() + 1, args.end()});
+  }
+  if (!args.empty() && args[0] == "serve") {
+    return RunBenchServeCommand({args.begin() + 1, args.end()});
   }
   if (args.empty() || args[0] != "decode") {
     std::fprintf(stderr, "error: usage: steerd bench decode --model DIR [--batch 1,16] "
                          "[--new-tokens 32] [--json]\n"
                          "       steerd bench paper-table --model DIR [--task arith] "
-                         "[--seeds 3] [--steps N] [--json]\n");
+                         "[--seeds 3] [--steps N] [--json]\n"
+                         "       steerd bench serve [--model DIR] [--concurrency 1,8,32] "
+                         "[--seconds 5] [--new-tokens 64] [--threads N] [--max-batch 64] "
+                         "[--json]\n");
     return 2;
   }
   return ExitWithStatus(BenchDecodeCommand({args.begin() + 1, args.end()}));

@@ -21,8 +21,8 @@
 #include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/default_model.h"
+#include "server/cli/server_setup.h"
 #include "server/engine/serving_core.h"
-#include "server/storage/sqlite_vector_store.h"
 #include "server/tenancy/tenants.h"
 #include "server/util/status_macros.h"
 
@@ -116,35 +116,29 @@ absl::Status Serve(const std::vector<std::string>& argv) {
     }
     tenants.push_back(MakeDefaultTenant(key.key));
   }
-  ASSIGN_OR_RETURN(auto authenticator, Authenticator::Create({tenants}));
-  ASSIGN_OR_RETURN(auto limiter, TenantLimiter::Create({}));
-  SqliteVectorStore::Options store_options;
-  store_options.path = (std::filesystem::path(data_dir) / "steerd.db").string();
-  ASSIGN_OR_RETURN(auto store, SqliteVectorStore::Create(store_options));
+  ComposedServer::Options composed_options;
+  composed_options.core = core_options;
+  composed_options.server = server_options;
+  composed_options.tenants = std::move(tenants);
+  composed_options.data_dir = data_dir;
+  ASSIGN_OR_RETURN(auto composed, ComposedServer::Start(composed_options));
+  std::printf("listening on %s (port %d)%s\n", server_options.listen_address.c_str(),
+              composed->port(), server_options.tls_cert_file.empty() ? "" : " with TLS");
 
-  ServingMetrics metrics;
+  // Declared after `composed`, whose metrics it reads, so it stops first.
   std::unique_ptr<MetricsHttpServer> metrics_server;
   if (metrics_listen != "off") {
-    ASSIGN_OR_RETURN(metrics_server, MetricsHttpServer::Start(metrics_listen, [&metrics] {
-                       return metrics.Render();
+    ServingMetrics* metrics = composed->metrics();
+    ASSIGN_OR_RETURN(metrics_server, MetricsHttpServer::Start(metrics_listen, [metrics] {
+                       return metrics->Render();
                      }));
-  }
-
-  ApiContext api(authenticator.get(), limiter.get(), &metrics);
-  ASSIGN_OR_RETURN(auto server, ApiServer::Start(server_options, &api));
-  std::printf("listening on %s (port %d)%s\n", server_options.listen_address.c_str(),
-              server->port(), server_options.tls_cert_file.empty() ? "" : " with TLS");
-  if (metrics_server != nullptr) {
     std::printf("metrics on %s (metrics port %d)\n", metrics_listen.c_str(),
                 metrics_server->port());
   }
   std::fflush(stdout);
 
-  ASSIGN_OR_RETURN(auto core, ServingCore::Create(core_options, store.get(), &metrics));
-  RETURN_IF_ERROR(core->Warmup());
-  api.SetCore(core.get());
-  server->SetServing(true);
-  for (const ModelInfo& info : core->ListModels()) {
+  RETURN_IF_ERROR(composed->LoadModels());
+  for (const ModelInfo& info : composed->core()->ListModels()) {
     std::printf("serving model %s (%s, %d layers x %d, %s on %s, chat template %s)\n",
                 info.name.c_str(), info.architecture.c_str(), info.num_layers,
                 info.hidden_size, info.dtype.c_str(), info.device.c_str(),
@@ -163,11 +157,7 @@ absl::Status Serve(const std::vector<std::string>& argv) {
               signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
               static_cast<long long>(drain_seconds));
   std::fflush(stdout);
-  server->SetServing(false);
-  api.StartDraining();
-  core->Drain(absl::Now() + absl::Seconds(drain_seconds));
-  // Every generation has ended; give the last chunks a moment to reach their clients.
-  server->Shutdown(absl::Now() + absl::Seconds(2));
+  composed->Drain(absl::Now() + absl::Seconds(drain_seconds));
   std::printf("drained; exiting\n");
   std::fflush(stdout);
   return absl::OkStatus();

@@ -3,9 +3,11 @@
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/util/status_macros.h"
 
 namespace steerd {
 
@@ -40,10 +42,7 @@ absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text,
   VectorReference ref;
   const size_t at = text.find('@');
   const absl::string_view name = text.substr(0, at);
-  {
-    absl::Status status = ValidateVectorName(name, absl::StrCat(field, " name"));
-    if (!status.ok()) return status;
-  }
+  RETURN_IF_ERROR(ValidateVectorName(name, field));
   ref.name = std::string(name);
   if (at == absl::string_view::npos) return ref;
   const absl::string_view version = text.substr(at + 1);
@@ -54,7 +53,8 @@ absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text,
                   [](char c) { return absl::ascii_isdigit(static_cast<unsigned char>(c)); });
   if (!digits_only || !absl::SimpleAtoi(version, &number) || number < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        field, " \"", text, "\" has a malformed version; use name@N with N a positive integer"));
+        field, " \"", absl::CHexEscape(text.substr(0, 96)),
+        "\" has a malformed version; use name@N with N a positive integer"));
   }
   ref.version = number;
   return ref;

@@ -1,0 +1,521 @@
+// `steerd bench serve`: the whole server as clients see it. Starts steerd in-process
+// (the composition `steerd serve` uses, on 127.0.0.1:0 over a temporary data directory)
+// and drives it with the client library over real gRPC on localhost TCP, so every
+// number includes tokenization, admission, the vector store, the engine's batching,
+// protobuf and the network stack. Two measurements:
+//  - Closed-loop throughput and latency: at each concurrency c, c client threads issue
+//    GenerateStream requests back to back, each stream steered by its own vector or all
+//    unsteered; tokens/s over a fixed window, time to first token (TTFT) and
+//    inter-token latency (ITL) percentiles.
+//  - The first-token cost of a vector that is not yet resident on the device (read
+//    from SQLite, validated, uploaded) against one that is.
+// Prints aligned lines and a last JSON line (only the JSON line with --json).
+#include <ATen/Parallel.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/steerd_client.h"
+#include "nlohmann/json.hpp"
+#include "prometheus/metric_family.h"
+#include "server/cli/args.h"
+#include "server/cli/commands.h"
+#include "server/cli/default_model.h"
+#include "server/cli/process_info.h"
+#include "server/cli/server_setup.h"
+#include "server/model/safetensors.h"
+#include "server/util/status_macros.h"
+#include "server/util/stopwatch.h"
+
+namespace steerd {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The name the benchmark serves its model under; requests and vectors use it.
+constexpr char kServedName[] = "bench";
+// Each run's warm-up before its window opens: every stream has started (and, steered,
+// its vector is in the batch), so the window sees the steady state of the closed loop.
+constexpr double kWarmupSeconds = 1.0;
+// Fresh vectors whose first use is timed against a resident one.
+constexpr int kColdVectors = 20;
+// Spread of the random vectors' values: N(0, 0.5^2), like a trained vector's size.
+constexpr float kVectorSigma = 0.5f;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+// Nearest-rank percentile (q in [0, 1]) of `values`; 0 when empty.
+double Percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const size_t rank = static_cast<size_t>(std::ceil(q * values.size()));
+  return values[std::min(values.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+double Median(const std::vector<double>& values) { return Percentile(values, 0.5); }
+
+// A question in the format the default model was trained on ("Q: (12+7)*3-5\nA:"),
+// with varied numbers and shapes so prompts are real text of realistic length.
+std::string ArithmeticPrompt(std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> number(2, 99), shape(0, 3);
+  const int a = number(rng), b = number(rng), c = number(rng) % 12 + 2, d = number(rng);
+  switch (shape(rng)) {
+    case 0:
+      return absl::StrCat("Q: (", a, "+", b, ")*", c, "-", d, "\nA:");
+    case 1:
+      return absl::StrCat("Q: ", a, "*", c, "+", b, "-", d, "\nA:");
+    case 2:
+      return absl::StrCat("Q: ", a, "+", b, "*", c, "\nA:");
+    default:
+      return absl::StrCat("Q: (", a, "-", b, ")*(", c, "+", d % 10, ")\nA:");
+  }
+}
+
+// A steering file [layers, hidden] of N(0, sigma^2) values: random values give every
+// vector its own sha256, so none is resident before its first use.
+absl::StatusOr<std::string> RandomVectorFile(std::mt19937_64& rng, int64_t layers, int64_t hidden) {
+  std::normal_distribution<float> normal(0.0f, kVectorSigma);
+  std::vector<float> values(layers * hidden);
+  for (float& v : values) v = normal(rng);
+  return SerializeSafetensors({{"steering", DType::kF32, {layers, hidden}, values.data()}},
+                              {{"format", "steerd.steering.v1"}});
+}
+
+v1::GenerateRequest MakeRequest(const std::string& prompt, const std::string& vector,
+                                int64_t new_tokens) {
+  v1::GenerateRequest request;
+  request.set_model(kServedName);
+  request.set_prompt(prompt);
+  request.set_ignore_eos(true);
+  request.mutable_sampling()->set_max_new_tokens(static_cast<int32_t>(new_tokens));
+  if (!vector.empty()) request.mutable_steering()->set_vector(vector);
+  return request;
+}
+
+// The server's decode-step histogram (rows per step), read in-process: how full the
+// batch really was, which tells a client-side limit from a server-side one.
+struct BatchCounters {
+  double rows = 0.0;   // Sum of rows over decode steps.
+  double steps = 0.0;  // Decode steps.
+  double cache_hits = 0.0;
+  double cache_misses = 0.0;
+};
+
+BatchCounters ReadCounters(ServingMetrics& metrics) {
+  BatchCounters counters;
+  for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      if (family.name == "steerd_batch_size") {
+        counters.rows += metric.histogram.sample_sum;
+        counters.steps += static_cast<double>(metric.histogram.sample_count);
+      } else if (family.name == "steerd_vector_cache_hits_total") {
+        counters.cache_hits += metric.counter.value;
+      } else if (family.name == "steerd_vector_cache_misses_total") {
+        counters.cache_misses += metric.counter.value;
+      }
+    }
+  }
+  return counters;
+}
+
+// What one closed-loop run measured.
+struct RunResult {
+  double window_seconds = 0.0;
+  int64_t tokens = 0;           // Tokens whose chunk arrived inside the window.
+  int64_t requests = 0;         // Requests started inside the window.
+  std::vector<double> ttft_ms;  // Requests started inside the window.
+  std::vector<double> itl_ms;   // Tokens whose chunk arrived inside the window.
+  double mean_batch = 0.0;      // Server side: rows per decode step in the window.
+  double tok_s() const { return tokens / window_seconds; }
+};
+
+// One client thread's share of a run.
+struct StreamSamples {
+  int64_t tokens = 0;
+  int64_t requests = 0;
+  std::vector<double> ttft_ms;
+  std::vector<double> itl_ms;
+  absl::Status status;
+};
+
+// `concurrency` threads issue streams back to back until the window closes; thread i
+// steers with vectors[i] (no steering when `vectors` is empty). Requests started in the
+// window run to completion, so latencies are never cut short; tokens count when their
+// chunk arrives inside the window.
+absl::StatusOr<RunResult> RunClosedLoop(client::SteerdClient& client, ServingMetrics& metrics,
+                                        const std::vector<std::string>& vectors, int concurrency,
+                                        int64_t new_tokens, double seconds, uint64_t seed) {
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point window_start = start + std::chrono::duration_cast<Clock::duration>(
+                                                     std::chrono::duration<double>(kWarmupSeconds));
+  const Clock::time_point window_end = window_start + std::chrono::duration_cast<Clock::duration>(
+                                                          std::chrono::duration<double>(seconds));
+  std::vector<StreamSamples> samples(concurrency);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < concurrency; ++i) {
+    threads.emplace_back([&, i] {
+      StreamSamples& mine = samples[i];
+      std::mt19937_64 rng(seed * 1000003 + i);
+      const std::string vector = vectors.empty() ? "" : vectors[i];
+      while (true) {
+        const Clock::time_point call_start = Clock::now();
+        if (call_start >= window_end) return;
+        const bool started_in_window = call_start >= window_start;
+        const v1::GenerateRequest request = MakeRequest(ArithmeticPrompt(rng), vector, new_tokens);
+        bool first = true;
+        Clock::time_point previous;
+        mine.status = client.GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
+          const Clock::time_point now = Clock::now();
+          const int tokens = chunk.token_ids_size();
+          if (tokens == 0) return true;  // The last chunk may carry only the summary.
+          const bool in_window = now >= window_start && now < window_end;
+          if (in_window) mine.tokens += tokens;
+          if (first) {
+            if (started_in_window) mine.ttft_ms.push_back(Ms(now - call_start));
+            first = false;
+          } else if (in_window) {
+            // Chunks coalesce the tokens produced while the previous write was in
+            // flight: each of them gets an equal share of the gap.
+            const double gap = Ms(now - previous) / tokens;
+            mine.itl_ms.insert(mine.itl_ms.end(), tokens, gap);
+          }
+          previous = now;
+          return true;
+        });
+        if (!mine.status.ok()) return;
+        if (started_in_window) ++mine.requests;
+      }
+    });
+  }
+  std::this_thread::sleep_until(window_start);
+  const BatchCounters before = ReadCounters(metrics);
+  std::this_thread::sleep_until(window_end);
+  const BatchCounters after = ReadCounters(metrics);
+  for (std::thread& t : threads) t.join();
+
+  RunResult result;
+  result.window_seconds = seconds;
+  for (StreamSamples& s : samples) {
+    if (!s.status.ok()) {
+      return absl::Status(s.status.code(),
+                          absl::StrCat("a benchmark stream failed: ", s.status.message()));
+    }
+    result.tokens += s.tokens;
+    result.requests += s.requests;
+    result.ttft_ms.insert(result.ttft_ms.end(), s.ttft_ms.begin(), s.ttft_ms.end());
+    result.itl_ms.insert(result.itl_ms.end(), s.itl_ms.begin(), s.itl_ms.end());
+  }
+  const double steps = after.steps - before.steps;
+  result.mean_batch = steps > 0 ? (after.rows - before.rows) / steps : 0.0;
+  return result;
+}
+
+// One configuration (concurrency, steered or not) over its runs.
+struct ConfigResult {
+  std::vector<double> tok_s_runs;
+  std::vector<double> ttft_ms, itl_ms;  // Pooled over the runs.
+  int64_t requests = 0;
+  double mean_batch = 0.0;  // Mean over the runs.
+  double tok_s() const {
+    double sum = 0.0;
+    for (double v : tok_s_runs) sum += v;
+    return tok_s_runs.empty() ? 0.0 : sum / tok_s_runs.size();
+  }
+  void Add(const RunResult& run) {
+    tok_s_runs.push_back(run.tok_s());
+    ttft_ms.insert(ttft_ms.end(), run.ttft_ms.begin(), run.ttft_ms.end());
+    itl_ms.insert(itl_ms.end(), run.itl_ms.begin(), run.itl_ms.end());
+    requests += run.requests;
+    mean_batch += (run.mean_batch - mean_batch) / tok_s_runs.size();
+  }
+};
+
+// Time to the first chunk carrying a token of one stream on an otherwise idle server.
+absl::StatusOr<double> TimeToFirstToken(client::SteerdClient& client,
+                                        const v1::GenerateRequest& request) {
+  const Clock::time_point start = Clock::now();
+  double ttft_ms = -1.0;
+  RETURN_IF_ERROR(client.GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
+    if (ttft_ms < 0 && chunk.token_ids_size() > 0) ttft_ms = Ms(Clock::now() - start);
+    return true;
+  }));
+  if (ttft_ms < 0) return absl::InternalError("a stream ended without a token");
+  return ttft_ms;
+}
+
+struct ColdResult {
+  std::vector<double> cold_ms, warm_ms, unsteered_ms;
+  BatchCounters cache;  // Hits and misses during the measurement.
+};
+
+// For fresh vectors one at a time on the idle server: the TTFT of the first request
+// using it (a cache miss: store read, validation, device upload on the RPC thread),
+// then of a second (resident), then of an unsteered one, all with the same prompt.
+absl::StatusOr<ColdResult> MeasureColdVectors(client::SteerdClient& client, ServingMetrics& metrics,
+                                              int64_t layers, int64_t hidden,
+                                              std::mt19937_64& rng) {
+  ColdResult result;
+  const BatchCounters before = ReadCounters(metrics);
+  constexpr int64_t kTokens = 4;  // TTFT is what is timed; a few tokens keep it a stream.
+  for (int k = 0; k < kColdVectors; ++k) {
+    ASSIGN_OR_RETURN(std::string bytes, RandomVectorFile(rng, layers, hidden));
+    const std::string name = absl::StrCat("cold-", k);
+    RETURN_IF_ERROR(client.CreateVector(kServedName, name, std::move(bytes)).status());
+    const std::string prompt = ArithmeticPrompt(rng);
+    ASSIGN_OR_RETURN(double cold, TimeToFirstToken(client, MakeRequest(prompt, name, kTokens)));
+    ASSIGN_OR_RETURN(double warm, TimeToFirstToken(client, MakeRequest(prompt, name, kTokens)));
+    ASSIGN_OR_RETURN(double plain, TimeToFirstToken(client, MakeRequest(prompt, "", kTokens)));
+    result.cold_ms.push_back(cold);
+    result.warm_ms.push_back(warm);
+    result.unsteered_ms.push_back(plain);
+  }
+  const BatchCounters after = ReadCounters(metrics);
+  result.cache.cache_hits = after.cache_hits - before.cache_hits;
+  result.cache.cache_misses = after.cache_misses - before.cache_misses;
+  return result;
+}
+
+// A temporary data directory, removed with everything in it when this goes away.
+class TempDir {
+ public:
+  static absl::StatusOr<TempDir> Create() {
+    std::string pattern = (fs::temp_directory_path() / "steerd-bench-serve-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::InternalError(absl::StrCat("cannot create a temporary directory ", pattern));
+    }
+    return TempDir(pattern);
+  }
+  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) fs::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TempDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+absl::Status BenchServe(const std::vector<std::string>& argv) {
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
+                                          {"model", "concurrency", "seconds", "new-tokens",
+                                           "threads", "max-batch", "dtype", "device"},
+                                          {"json"}));
+  std::string model_dir = args.GetString("model", "");
+  if (model_dir.empty()) {
+    ASSIGN_OR_RETURN(model_dir, FindDefaultModel());
+  }
+  std::vector<int64_t> concurrencies = {1, 8, 32};
+  if (args.Has("concurrency")) {
+    ASSIGN_OR_RETURN(concurrencies, args.GetIntList("concurrency"));
+  }
+  ASSIGN_OR_RETURN(double seconds, args.GetDouble("seconds", 5.0));
+  ASSIGN_OR_RETURN(int64_t new_tokens, args.GetInt("new-tokens", 64));
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  ASSIGN_OR_RETURN(int64_t max_batch, args.GetInt("max-batch", 64));
+  const bool json_only = args.Flag("json");
+  if (concurrencies.empty()) return absl::InvalidArgumentError("--concurrency is empty");
+  for (int64_t c : concurrencies) {
+    if (c < 1 || c > 1024) {
+      return absl::InvalidArgumentError("--concurrency values must be in [1, 1024]");
+    }
+  }
+  if (!(seconds > 0.0) || new_tokens < 1 || threads < 0 || max_batch < 1) {
+    return absl::InvalidArgumentError(
+        "--seconds > 0, --new-tokens >= 1, --threads >= 0, --max-batch >= 1");
+  }
+  const int64_t max_concurrency = *std::max_element(concurrencies.begin(), concurrencies.end());
+  // One distinct vector per stream at the highest concurrency, at least 32.
+  const int64_t num_vectors = std::max<int64_t>(32, max_concurrency);
+
+  ASSIGN_OR_RETURN(TempDir data_dir, TempDir::Create());
+  ASSIGN_OR_RETURN(DefaultKey key, LoadOrCreateDefaultKey(data_dir.path()));
+  Tenant tenant = MakeDefaultTenant(key.key);
+  // The tenant's concurrency limit must not be what the benchmark measures.
+  tenant.limits.concurrent_generations = std::max<int64_t>(64, max_concurrency);
+  tenant.limits.stored_vectors = num_vectors + kColdVectors + 16;
+
+  ComposedServer::Options options;
+  options.core.models = {{kServedName, model_dir}};
+  options.core.dtype = args.GetString("dtype", "auto");
+  options.core.device = args.GetString("device", "auto");
+  options.core.num_threads = static_cast<int>(threads);
+  options.core.max_batch_size = max_batch;
+  options.core.max_waiting = std::max<int64_t>(256, max_concurrency);
+  // Room for every vector the benchmark creates: the resident ones stay resident, and
+  // only a vector's first use ever misses.
+  options.core.vector_cache_size = num_vectors + kColdVectors + 16;
+  options.server.listen_address = "127.0.0.1:0";
+  options.tenants = {tenant};
+  options.data_dir = data_dir.path();
+  ASSIGN_OR_RETURN(auto server, ComposedServer::Start(options));
+  RETURN_IF_ERROR(server->LoadModels());
+  ASSIGN_OR_RETURN(ModelInfo info, server->core()->GetModel(kServedName));
+  const int num_threads = at::get_num_threads();
+  const unsigned cores = std::thread::hardware_concurrency();
+
+  client::ClientOptions client_options;
+  client_options.address = absl::StrCat("127.0.0.1:", server->port());
+  client_options.api_key = key.key;
+  client_options.timeout = absl::Seconds(300);
+  ASSIGN_OR_RETURN(auto client, client::SteerdClient::Create(client_options));
+
+  if (!json_only) {
+    std::printf("steerd bench serve: %s (%s, %d layers x %d, %s on %s), %d threads, %u cores, %s\n",
+                model_dir.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size,
+                info.dtype.c_str(), info.device.c_str(), num_threads, cores, CpuModel().c_str());
+    std::printf(
+        "  in-process server on 127.0.0.1:%d, client over gRPC (one channel); "
+        "greedy, ignore_eos, %lld new tokens, max batch %lld\n",
+        server->port(), static_cast<long long>(new_tokens), static_cast<long long>(max_batch));
+    std::fflush(stdout);
+  }
+
+  // The steering vectors, uploaded and made resident before anything is timed.
+  std::mt19937_64 rng(20240601);
+  std::vector<std::string> vectors;
+  for (int64_t i = 0; i < num_vectors; ++i) {
+    ASSIGN_OR_RETURN(std::string bytes, RandomVectorFile(rng, info.num_layers, info.hidden_size));
+    const std::string name = absl::StrCat("stream-", i);
+    RETURN_IF_ERROR(client->CreateVector(kServedName, name, std::move(bytes)).status());
+    RETURN_IF_ERROR(client->Generate(MakeRequest(ArithmeticPrompt(rng), name, 1)).status());
+    vectors.push_back(name);
+  }
+
+  // Each concurrency runs unsteered, steered, steered, unsteered: a linear drift in the
+  // machine's speed then weighs both alike, and each reports the mean of its two runs.
+  std::map<std::pair<int64_t, bool>, ConfigResult> results;
+  uint64_t run_seed = 1;
+  for (int64_t c : concurrencies) {
+    for (bool steered : {false, true, true, false}) {
+      const std::vector<std::string> run_vectors =
+          steered ? std::vector<std::string>(vectors.begin(), vectors.begin() + c)
+                  : std::vector<std::string>();
+      ASSIGN_OR_RETURN(RunResult run,
+                       RunClosedLoop(*client, *server->metrics(), run_vectors, static_cast<int>(c),
+                                     new_tokens, seconds, run_seed++));
+      if (!json_only) {
+        std::fprintf(stderr, "  run c=%lld %-9s %10.1f tok/s, mean batch %.1f\n",
+                     static_cast<long long>(c), steered ? "steered" : "unsteered", run.tok_s(),
+                     run.mean_batch);
+      }
+      results[{c, steered}].Add(run);
+    }
+  }
+
+  ASSIGN_OR_RETURN(ColdResult cold, MeasureColdVectors(*client, *server->metrics(), info.num_layers,
+                                                       info.hidden_size, rng));
+  const double cold_ms = Median(cold.cold_ms);
+  const double warm_ms = Median(cold.warm_ms);
+  const double idle_unsteered_ms = Median(cold.unsteered_ms);
+
+  nlohmann::json result;
+  for (int64_t c : concurrencies) {
+    for (bool steered : {false, true}) {
+      const ConfigResult& r = results[{c, steered}];
+      const std::string suffix = absl::StrCat("_c", c, steered ? "_steered" : "");
+      result["tok_s" + suffix] = r.tok_s();
+      if (!steered) result[absl::StrCat("tok_s_c", c, "_unsteered")] = r.tok_s();
+      result["tok_s_runs" + suffix] = r.tok_s_runs;
+      result["p50_ttft_ms" + suffix] = Percentile(r.ttft_ms, 0.5);
+      result["p99_ttft_ms" + suffix] = Percentile(r.ttft_ms, 0.99);
+      result["p50_itl_ms" + suffix] = Percentile(r.itl_ms, 0.5);
+      result["p99_itl_ms" + suffix] = Percentile(r.itl_ms, 0.99);
+      result["mean_batch" + suffix] = r.mean_batch;
+      result["requests" + suffix] = r.requests;
+    }
+    result[absl::StrCat("steered_over_unsteered_c", c)] =
+        results[{c, true}].tok_s() / results[{c, false}].tok_s();
+  }
+  const int64_t min_c = *std::min_element(concurrencies.begin(), concurrencies.end());
+  const std::string scaling_key = absl::StrCat("c", max_concurrency, "_over_c", min_c);
+  const double scaling =
+      results[{max_concurrency, false}].tok_s() / results[{min_c, false}].tok_s();
+  if (max_concurrency != min_c) result[scaling_key] = scaling;
+  result["cold_vector_extra_ms"] = cold_ms - warm_ms;
+  result["cold_ttft_ms"] = cold_ms;
+  result["warm_ttft_ms"] = warm_ms;
+  result["unsteered_idle_ttft_ms"] = idle_unsteered_ms;
+  result["cold_vectors"] = kColdVectors;
+  result["cold_cache_misses"] = cold.cache.cache_misses;
+  result["cold_cache_hits"] = cold.cache.cache_hits;
+  result["tok_s_aggregation"] = "mean of 2 runs, order unsteered-steered-steered-unsteered";
+  result["latency_aggregation"] = "percentiles over both runs' samples pooled";
+  result["seconds"] = seconds;
+  result["warmup_seconds"] = kWarmupSeconds;
+  result["new_tokens"] = new_tokens;
+  result["max_batch"] = max_batch;
+  result["model"] = model_dir;
+  result["dtype"] = info.dtype;
+  result["device"] = info.device;
+  result["threads"] = num_threads;
+  result["cores"] = cores;
+  result["cpu"] = CpuModel();
+
+  if (!json_only) {
+    std::printf(
+        "  each configuration: %.0f s warm-up + %g s window, run twice in the order "
+        "unsteered, steered, steered, unsteered;\n"
+        "  tok/s = mean of the two runs; latency percentiles over both runs' samples; "
+        "batch = server rows per decode step\n",
+        kWarmupSeconds, seconds);
+    std::printf("  %11s  %-9s  %10s  %9s  %9s  %8s  %8s  %8s  %5s\n", "concurrency", "vectors",
+                "tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99", "requests", "batch");
+    for (int64_t c : concurrencies) {
+      for (bool steered : {false, true}) {
+        const ConfigResult& r = results[{c, steered}];
+        std::printf("  %11lld  %-9s  %10.1f  %9.2f  %9.2f  %8.3f  %8.3f  %8lld  %5.1f\n",
+                    static_cast<long long>(c), steered ? "own each" : "none", r.tok_s(),
+                    Percentile(r.ttft_ms, 0.5), Percentile(r.ttft_ms, 0.99),
+                    Percentile(r.itl_ms, 0.5), Percentile(r.itl_ms, 0.99),
+                    static_cast<long long>(r.requests), r.mean_batch);
+      }
+    }
+    std::printf("  (latencies in ms)\n");
+    std::vector<std::pair<std::string, std::string>> table;
+    table.push_back({absl::StrCat("steered / unsteered tok/s, c", max_concurrency),
+                     absl::StrFormat("%.3f", results[{max_concurrency, true}].tok_s() /
+                                                 results[{max_concurrency, false}].tok_s())});
+    if (max_concurrency != min_c) {
+      table.push_back({absl::StrCat("c", max_concurrency, " / c", min_c, " tok/s, unsteered"),
+                       absl::StrFormat("%.2f", scaling)});
+    }
+    table.push_back({absl::StrCat("cold vector TTFT, median of ", kColdVectors, " (ms)"),
+                     absl::StrFormat("%.2f", cold_ms)});
+    table.push_back({"resident vector TTFT (ms)", absl::StrFormat("%.2f", warm_ms)});
+    table.push_back(
+        {"unsteered TTFT, idle server (ms)", absl::StrFormat("%.2f", idle_unsteered_ms)});
+    table.push_back({"cold vector extra (ms)", absl::StrFormat("%.2f", cold_ms - warm_ms)});
+    table.push_back(
+        {"vector cache in the cold test",
+         absl::StrFormat("%.0f misses, %.0f hits (expected %d and %d)", cold.cache.cache_misses,
+                         cold.cache.cache_hits, kColdVectors, kColdVectors)});
+    for (const auto& [name, value] : table) {
+      std::printf("  %-36s %s\n", name.c_str(), value.c_str());
+    }
+  }
+  std::cout << result.dump() << std::endl;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunBenchServeCommand(const std::vector<std::string>& args) {
+  return ExitWithStatus(BenchServe(args));
+}
+
+}  // namespace steerd

@@ -1,0 +1,67 @@
+// The composition of a steerd server, shared by `steerd serve` (flags, signals, metrics
+// HTTP around it) and `steerd bench serve` (the same server in-process, driven over
+// localhost gRPC): tenants' authentication and limits, the SQLite vector store in the
+// data directory, the gRPC port and the serving core. Start-up is split in two so the
+// port answers health checks (NOT_SERVING) while the models load.
+// Thread-safety: Start, LoadModels, Drain and destruction from one thread; the
+// accessors from any thread once the corresponding step is done.
+#ifndef STEERD_SERVER_CLI_SERVER_SETUP_H_
+#define STEERD_SERVER_CLI_SERVER_SETUP_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/api/api_server.h"
+#include "server/api/services.h"
+#include "server/engine/metrics.h"
+#include "server/engine/serving_core.h"
+#include "server/storage/sqlite_vector_store.h"
+#include "server/tenancy/tenants.h"
+
+namespace steerd {
+
+class ComposedServer {
+ public:
+  struct Options {
+    ServingCore::Options core;
+    ApiServer::Options server;
+    std::vector<Tenant> tenants;  // At least one.
+    std::string data_dir;         // Holds the vector store, steerd.db.
+  };
+
+  // Builds authentication, limits and the store, and starts the gRPC port with health
+  // NOT_SERVING (the steerd.v1 RPCs answer UNAVAILABLE until LoadModels()).
+  static absl::StatusOr<std::unique_ptr<ComposedServer>> Start(const Options& options);
+  // Shuts the port down, cancelling calls still running, before the core they use goes.
+  ~ComposedServer();
+
+  // Loads and warms every model, then makes them visible to RPCs and reports SERVING.
+  absl::Status LoadModels();
+  // Health NOT_SERVING, no new generations, in-flight ones finish or are ended at
+  // `deadline`; then the port closes (after a short grace for the last chunks).
+  void Drain(absl::Time deadline);
+
+  int port() const { return server_->port(); }
+  ServingMetrics* metrics() { return metrics_.get(); }
+  ServingCore* core() { return core_.get(); }  // Null before LoadModels().
+
+ private:
+  explicit ComposedServer(const Options& options) : options_(options) {}
+
+  const Options options_;
+  // Declared in construction order: destroyed in reverse, each after its users.
+  std::unique_ptr<Authenticator> authenticator_;
+  std::unique_ptr<TenantLimiter> limiter_;
+  std::unique_ptr<SqliteVectorStore> store_;
+  std::unique_ptr<ServingMetrics> metrics_;
+  std::unique_ptr<ApiContext> api_;
+  std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<ServingCore> core_;
+};
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_CLI_SERVER_SETUP_H_
