@@ -145,7 +145,8 @@ class UnaryGeneration final : public GenerationCall {
       if (status.ok()) FillFinal(summary, response_);
     }
     RecordEnd(status, summary.completion_tokens);
-    reactor_->Finish(status);
+    // Off the engine thread: Finish serialises and sends the whole response.
+    api()->pump()->Post([reactor = reactor_, status] { reactor->Finish(status); });
   }
 
  private:
@@ -174,23 +175,29 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
 
 // GenerateStream: one write in flight at a time; tokens produced meanwhile are merged
 // into the next chunk.
-class StreamGeneration final : public GenerationCall {
+class StreamGeneration final : public GenerationCall,
+                               public std::enable_shared_from_this<StreamGeneration> {
  public:
   StreamGeneration(ApiContext* api, grpc::ServerWriteReactor<v1::GenerateChunk>* reactor)
       : GenerationCall(api, "GenerateStream"), reactor_(reactor) {}
 
+  // On the engine thread: only merge into the pending chunk; the write (or finish) is
+  // started from the pump thread, or by OnWriteDone when a write is in flight.
   void OnTokens(TokenDelta delta) override {
+    bool post;
     {
       absl::MutexLock lock(&mu_);
       pending_.mutable_text()->append(delta.text);
       for (int32_t id : delta.token_ids) pending_.add_token_ids(id);
       for (float lp : delta.logprobs) pending_.add_logprobs(lp);
       has_pending_ = true;
+      post = NeedsPumpLocked();
     }
-    Pump();
+    if (post) PostPump();
   }
 
   void OnFinished(const GenerationSummary& summary) override {
+    bool post;
     {
       absl::MutexLock lock(&mu_);
       finished_ = true;
@@ -200,8 +207,9 @@ class StreamGeneration final : public GenerationCall {
         FillFinal(summary, &pending_);
         has_pending_ = true;
       }
+      post = NeedsPumpLocked();
     }
-    Pump();
+    if (post) PostPump();
   }
 
   void OnWriteDone(bool ok) {
@@ -224,6 +232,24 @@ class StreamGeneration final : public GenerationCall {
   }
 
  private:
+  // Whether the pump thread must be asked to act: nothing is writing (OnWriteDone will
+  // pump otherwise) and no request to the pump is outstanding.
+  bool NeedsPumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || pump_posted_ || finish_called_) return false;
+    pump_posted_ = true;
+    return true;
+  }
+
+  void PostPump() {
+    api()->pump()->Post([self = shared_from_this()] {
+      {
+        absl::MutexLock lock(&self->mu_);
+        self->pump_posted_ = false;
+      }
+      self->Pump();
+    });
+  }
+
   // Starts the next write or the finish, whichever is due; gRPC calls happen outside
   // the lock.
   void Pump() {
@@ -262,6 +288,7 @@ class StreamGeneration final : public GenerationCall {
   v1::GenerateChunk in_flight_;  // Owned by the write in flight.
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool pump_posted_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_called_ ABSL_GUARDED_BY(mu_) = false;

@@ -18,6 +18,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "server/api/reactor_pump.h"
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
 #include "server/tenancy/tenants.h"
@@ -47,11 +48,14 @@ class ApiContext {
 
   TenantLimiter* limiter() { return limiter_; }
   ServingMetrics* metrics() { return metrics_; }
+  // Runs reactor operations requested from the engine thread.
+  ReactorPump* pump() { return &pump_; }
 
  private:
   const Authenticator* authenticator_;
   TenantLimiter* limiter_;
   ServingMetrics* metrics_;
+  ReactorPump pump_;
   std::atomic<ServingCore*> core_{nullptr};
   std::atomic<bool> draining_{false};
 };

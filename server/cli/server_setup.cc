@@ -39,8 +39,9 @@ void ComposedServer::Drain(absl::Time deadline) {
   server_->SetServing(false);
   api_->StartDraining();
   if (core_ != nullptr) core_->Drain(deadline);
-  // Every generation has ended; give the last chunks a moment to reach their clients.
-  server_->Shutdown(absl::Now() + absl::Seconds(2));
+  // Every generation has ended; give the last chunks a moment to reach their clients
+  // (gRPC waits the whole grace while any client keeps an idle connection open).
+  server_->Shutdown(absl::Now() + absl::Milliseconds(500));
 }
 
 }  // namespace steerd

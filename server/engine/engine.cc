@@ -215,35 +215,52 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
   }
   const std::vector<int64_t> keep = AcceptTokens(rows, *sampled);
   if (keep.empty()) return;
-  absl::Status status = absl::OkStatus();
-  if (static_cast<int64_t>(keep.size()) < n) status = cache.SelectRows(keep);
+  const bool some_finished = static_cast<int64_t>(keep.size()) < n;
+  absl::Status status = some_finished ? cache.SelectRows(keep) : absl::OkStatus();
   if (status.ok()) status = cache_.AppendRows(std::move(cache));
+  // The joiners' steering rows were built for the prefill: the batch's grow by them.
+  if (status.ok()) {
+    status = AppendSteering(some_finished ? SelectSteering(input.steering, keep) : input.steering,
+                            keep.size());
+  }
   if (!status.ok()) {
     for (int64_t row : keep) FinishSequence(*joining[row], absl::InternalError(status.message()));
+    FailAll(absl::InternalError(status.message()));
     return;
   }
   for (int64_t row : keep) running_.push_back(std::move(joining[row]));
   running_count_.store(running_.size());
-  steering_dirty_ = true;
   if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+}
+
+at::Tensor Engine::SelectSteering(const at::Tensor& steering, const std::vector<int64_t>& rows) {
+  if (!steering.defined()) return steering;
+  return steering.index_select(
+      1, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(steering.device()));
+}
+
+absl::Status Engine::AppendSteering(const at::Tensor& joined, int64_t joined_rows) {
+  if (!joined.defined() && !steering_batch_.defined()) return absl::OkStatus();
+  return CatchTorchErrors("extending the steering batch", [&]() -> absl::Status {
+    const ModelConfig& config = model_->config();
+    const int64_t old_rows = running_.size();
+    auto zeros = [&](int64_t rows) {  // [L, rows, 1, d]: rows without a vector
+      return at::zeros({config.num_layers, rows, 1, config.hidden_size},
+                       at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
+    };
+    at::Tensor right = joined.defined() ? joined : zeros(joined_rows);
+    if (old_rows == 0) {
+      steering_batch_ = right;
+    } else {
+      at::Tensor left = steering_batch_.defined() ? steering_batch_ : zeros(old_rows);
+      steering_batch_ = at::cat({left, right}, /*dim=*/1);  // [L, old + joined, 1, d]
+    }
+    return absl::OkStatus();
+  });
 }
 
 void Engine::DecodeStep() {
   const int64_t rows = running_.size();
-  if (steering_dirty_) {
-    std::vector<SteeringRow> steering;
-    for (const auto& s : running_) {
-      steering.push_back({s->request.vector ? s->request.vector->vector : at::Tensor(),
-                          s->request.steering_scale});
-    }
-    absl::StatusOr<at::Tensor> batch = model_->MakeSteeringBatch(steering);
-    if (!batch.ok()) {
-      FailAll(absl::InternalError(batch.status().message()));
-      return;
-    }
-    steering_batch_ = *batch;  // [L, rows, 1, d] or undefined
-    steering_dirty_ = false;
-  }
   std::vector<int64_t> next(rows);
   std::vector<Sequence*> sequences;
   std::vector<SequenceSampler*> samplers;
@@ -341,11 +358,21 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
   } else {
     absl::Status status = cache_.SelectRows(keep);
     std::vector<std::unique_ptr<Sequence>> kept;
-    for (int64_t row : keep) kept.push_back(std::move(running_[row]));
+    bool any_steered = false;
+    for (int64_t row : keep) {
+      any_steered |= running_[row]->request.vector != nullptr;
+      kept.push_back(std::move(running_[row]));
+    }
     running_ = std::move(kept);
+    // Unsteered batches skip the additions altogether.
+    if (status.ok() && steering_batch_.defined()) {
+      status = CatchTorchErrors("selecting steering rows", [&]() -> absl::Status {
+        steering_batch_ = any_steered ? SelectSteering(steering_batch_, keep) : at::Tensor();
+        return absl::OkStatus();
+      });
+    }
     if (!status.ok()) FailAll(absl::InternalError(status.message()));
   }
-  steering_dirty_ = true;
   running_count_.store(running_.size());
   if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
 }
@@ -366,7 +393,6 @@ void Engine::FailAll(const absl::Status& status) {
   running_.clear();
   cache_ = KvCache();
   steering_batch_ = at::Tensor();
-  steering_dirty_ = true;
   running_count_.store(0);
   if (metrics_.running_sequences) metrics_.running_sequences->Set(0);
 }

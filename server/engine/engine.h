@@ -85,6 +85,11 @@ class Engine {
   // Drops running rows that were cancelled; with `end_all`, ends every row.
   void DropCancelled(bool end_all);
   void KeepRows(const std::vector<int64_t>& keep);
+  // Rows `rows` of a steering batch ([L, B, 1, d] or undefined).
+  static at::Tensor SelectSteering(const at::Tensor& steering, const std::vector<int64_t>& rows);
+  // Appends `joined_rows` rows (their steering [L, joined_rows, 1, d], or undefined when
+  // none is steered) to the batch's steering, before they join running_.
+  absl::Status AppendSteering(const at::Tensor& joined, int64_t joined_rows);
   void FinishSequence(Sequence& sequence, absl::Status status);
   void FailAll(const absl::Status& status);
 
@@ -103,8 +108,9 @@ class Engine {
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> running_;
   KvCache cache_;
+  // Row b steers running_[b]; kept in step with the cache's rows as sequences join
+  // and leave, so a decode step never rebuilds it.
   at::Tensor steering_batch_;  // [L, running, 1, d] or undefined when no row is steered
-  bool steering_dirty_ = true;
 
   std::thread thread_;
 };

@@ -1,7 +1,9 @@
 #include "server/engine/serving_core.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -133,7 +135,10 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     model_options.model_dir = spec.dir;
     model_options.dtype = options.dtype;
     model_options.device = options.device;
-    model_options.num_threads = options.num_threads;
+    model_options.num_threads =
+        options.num_threads > 0
+            ? options.num_threads
+            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
     model_options.weights = options.weights;
     auto model = Transformer::Create(model_options);
     if (!model.ok()) {

@@ -69,7 +69,10 @@ class ServingCore {
     std::vector<ModelSpec> models;
     std::string dtype = "auto";      // auto | f32 | bf16
     std::string device = "auto";     // auto | cpu | cuda
-    int num_threads = 0;             // CPU intra-op threads; 0 = all cores.
+    // CPU intra-op threads of each model's engine; 0 = all cores but one (at least
+    // one). The engine's OpenMP team spins at its barriers: a team as large as the
+    // machine collapses (50x slower steps, measured) as soon as gRPC threads need a core.
+    int num_threads = 0;
     std::string weights = "mapped";  // mapped | hugepages
     int64_t max_batch_size = 64;     // Running sequences per model.
     int64_t max_waiting = 256;       // Queued requests per model before RESOURCE_EXHAUSTED.
