@@ -32,6 +32,8 @@ std::string Getenv(const char* name) {
   return value == nullptr ? std::string() : std::string(value);
 }
 
+}  // namespace
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -43,8 +45,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
   return text.str();
 }
-
-}  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();

@@ -64,6 +64,10 @@ absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
                                                 const std::string& flag_key,
                                                 const std::string& flag_data_dir = "");
 
+// The bytes of the file at `path`: NOT_FOUND naming it when it cannot be opened,
+// DATA_LOSS when reading fails.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+
 // `status` as an absl::Status with the same code and message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
