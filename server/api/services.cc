@@ -124,7 +124,7 @@ class GenerationCall : public GenerationObserver {
   AdmittedGeneration admitted_ ABSL_GUARDED_BY(mu_);
 };
 
-// Generate: accumulates the whole response, finishes the RPC from the engine thread.
+// Generate: accumulates the whole response; the pump thread finishes the RPC.
 class UnaryGeneration final : public GenerationCall {
  public:
   UnaryGeneration(ApiContext* api, grpc::ServerUnaryReactor* reactor,

@@ -1,8 +1,9 @@
 // The steerd.v1 gRPC services (Models, Vectors, Generation) over the serving core, on
 // gRPC's callback API. Each handler authenticates the call, applies the tenant's rate
 // limit, converts the request and calls the core: transport only, no serving logic.
-// Generate and GenerateStream are answered from the engine thread through an observer;
-// streamed tokens are coalesced while a write is in flight, so a slow client costs the
+// Generate and GenerateStream receive their tokens from the engine thread through an
+// observer that only buffers them; a pump thread (reactor_pump.h) starts the writes.
+// Streamed tokens are coalesced while a write is in flight, so a slow client costs the
 // engine nothing and receives everything produced since its previous chunk. A client
 // cancel or deadline cancels the engine sequence, which frees its row before the next
 // decode step.
