@@ -1,5 +1,7 @@
 #include "server/api/reactor_pump.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace steerd {
@@ -20,6 +22,7 @@ void ReactorPump::Post(std::function<void()> task) {
 }
 
 void ReactorPump::Run() {
+  pthread_setname_np(pthread_self(), "steerd-pump");
   while (true) {
     std::deque<std::function<void()>> batch;
     {

@@ -168,6 +168,261 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
   return y;
 }
 
+// ---------------------------------------------------------------------------------------
+// Float32 small-batch linear.
+
+namespace {
+
+bool CpuHasAvx512FVl() {
+  static const bool supported = __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512vl");
+  return supported;
+}
+
+// Lane i of the result is the sum of the 16 lanes of v[i], every one by the same tree:
+// lanes j and j + 8, then j and j + 4, j and j + 2, j and j + 1 (the tree of
+// _mm512_reduce_add_ps). Sixteen horizontal sums cost 45 instructions this way instead
+// of ~130 one by one.
+__attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 SumEachOfSixteen(
+    const __m512 (&v)[16]) {
+  // The transpose below leaves the sum of input slot t + {0, 8, 4, 12}[b] in lane
+  // 4b + t; feeding v[4..7] and v[8..11] in swapped slots puts v[i] in lane i.
+  const __m512* s[16] = {&v[0], &v[1], &v[2],  &v[3],  &v[8],  &v[9],  &v[10], &v[11],
+                         &v[4], &v[5], &v[6],  &v[7],  &v[12], &v[13], &v[14], &v[15]};
+  __m512 u[8], w[4], z[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // Lanes j and j + 8: [slot i | slot i + 8], 8 lanes each.
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(*s[i], *s[i + 8], 0x44),
+                         _mm512_shuffle_f32x4(*s[i], *s[i + 8], 0xEE));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // And j + 4: 128-bit blocks [i, i + 8, i + 4, i + 12].
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[i], u[i + 4], 0x88),
+                         _mm512_shuffle_f32x4(u[i], u[i + 4], 0xDD));
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // And j + 2: per block [w_2i x2, w_2i+1 x2].
+    const __m512d a = _mm512_castps_pd(w[2 * i]), b = _mm512_castps_pd(w[2 * i + 1]);
+    z[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // And j + 1: per block [w0, w1, w2, w3].
+  return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+}
+
+// Outputs y[m0 + b][n0 + a] for a < rows (<= NR), b < MR: NR * MR = 16 dot products of
+// length K, one accumulator each, 16-wide chunks of K added in order from k = 0 (the
+// tail chunk masked), then summed across lanes by SumEachOfSixteen and the bias added.
+// Every output takes exactly these steps whatever the tile shape, so its value does not
+// depend on M or on the other rows of the call.
+template <int NR, int MR>
+__attribute__((target("avx512f,avx512vl"))) void F32Tile(const float* x, const float* w,
+                                                         const float* bias, float* y,
+                                                         int64_t N, int64_t K, int64_t n0,
+                                                         int rows, int64_t m0) {
+  static_assert(NR * MR == 16, "one accumulator per lane of the reduction");
+  __m512 acc[NR][MR];
+  const float* w_row[NR];
+  const float* x_row[MR];
+#pragma GCC unroll 16
+  for (int a = 0; a < NR; ++a) {
+    // A short last tile repeats its first row; those sums are computed, not stored.
+    w_row[a] = w + (n0 + (a < rows ? a : 0)) * K;
+#pragma GCC unroll 16
+    for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < MR; ++b) x_row[b] = x + (m0 + b) * K;
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MR];
+#pragma GCC unroll 16
+    for (int b = 0; b < MR; ++b) xv[b] = _mm512_loadu_ps(x_row[b] + k);
+#pragma GCC unroll 16
+    for (int a = 0; a < NR; ++a) {
+      const __m512 wv = _mm512_loadu_ps(w_row[a] + k);
+#pragma GCC unroll 16
+      for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 xv[MR];
+#pragma GCC unroll 16
+    for (int b = 0; b < MR; ++b) xv[b] = _mm512_maskz_loadu_ps(tail, x_row[b] + k);
+#pragma GCC unroll 16
+    for (int a = 0; a < NR; ++a) {
+      const __m512 wv = _mm512_maskz_loadu_ps(tail, w_row[a] + k);
+#pragma GCC unroll 16
+      for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);
+    }
+  }
+  // Lane b * NR + a holds output (b, a).
+  __m512 v[16];
+#pragma GCC unroll 16
+  for (int b = 0; b < MR; ++b) {
+#pragma GCC unroll 16
+    for (int a = 0; a < NR; ++a) v[b * NR + a] = acc[a][b];
+  }
+  __m512 sums = SumEachOfSixteen(v);
+  const __mmask16 row_mask = static_cast<__mmask16>((1u << rows) - 1);
+  if (bias != nullptr) {
+    // The tile's NR biases repeated in each group of NR lanes.
+    const __m512 b_vec =
+        NR == 16 ? _mm512_maskz_loadu_ps(row_mask, bias + n0)
+        : NR == 8
+            ? _mm512_castpd_ps(_mm512_broadcast_f64x4(
+                  _mm256_castps_pd(_mm256_maskz_loadu_ps(static_cast<__mmask8>(row_mask),
+                                                         bias + n0))))
+            : _mm512_broadcast_f32x4(_mm_maskz_loadu_ps(static_cast<__mmask8>(row_mask),
+                                                         bias + n0));
+    sums = _mm512_add_ps(sums, b_vec);
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < MR; ++b) {
+    float* out = y + (m0 + b) * N + n0;
+    if (NR == 16) {
+      _mm512_mask_storeu_ps(out, row_mask, sums);
+    } else if (NR == 8) {
+      const __m256 half = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sums), b));
+      _mm256_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), half);
+    } else {
+      _mm_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), _mm512_extractf32x4_ps(sums, b));
+    }
+  }
+}
+
+// Weight rows [first, last) against all M token rows: 4 x 4 tiles for each group of four
+// token rows, then 8 x 2 and 16 x 1 tiles for the last one to three.
+__attribute__((target("avx512f,avx512vl"))) void F32RowRange(const float* x, const float* w,
+                                                             const float* bias, float* y,
+                                                             int64_t M, int64_t N, int64_t K,
+                                                             int64_t first, int64_t last) {
+  const int64_t full = M / 4 * 4;
+  for (int64_t n0 = first; n0 < last; n0 += 16) {
+    const int64_t block_end = std::min(last, n0 + 16);
+    if (full > 0) {
+      // Four weight rows stay in L1 while every token row passes them.
+      for (int64_t n = n0; n < block_end; n += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, block_end - n));
+        for (int64_t m = 0; m < full; m += 4) F32Tile<4, 4>(x, w, bias, y, N, K, n, rows, m);
+      }
+    }
+    int64_t m = full;
+    if (M - m >= 2) {
+      for (int64_t n = n0; n < block_end; n += 8) {
+        F32Tile<8, 2>(x, w, bias, y, N, K, n, static_cast<int>(std::min<int64_t>(8, block_end - n)), m);
+      }
+      m += 2;
+    }
+    if (M - m >= 1) {
+      F32Tile<16, 1>(x, w, bias, y, N, K, n0, static_cast<int>(block_end - n0), m);
+    }
+  }
+}
+
+}  // namespace
+
+bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+  if (!CpuHasAvx512FVl()) return false;
+  if (!x.defined() || !weight.defined() || !x.device().is_cpu() ||
+      !weight.device().is_cpu() || x.scalar_type() != at::kFloat ||
+      weight.scalar_type() != at::kFloat || weight.dim() != 2 || x.dim() < 1 ||
+      x.size(-1) != weight.size(1) || x.size(-1) == 0 || !x.is_contiguous() ||
+      !weight.is_contiguous()) {
+    return false;
+  }
+  if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != at::kFloat ||
+                         !bias.is_contiguous() || bias.numel() != weight.size(0))) {
+    return false;
+  }
+  // Autograd never goes through the kernel (the trainer's forward).
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()))) {
+    return false;
+  }
+  const int64_t rows = x.numel() / x.size(-1);
+  return rows <= kSmallBatchF32LinearMaxRows ||
+         (rows <= kSmallBatchF32LinearMaxPrefillRows &&
+          rows * x.size(-1) * static_cast<int64_t>(sizeof(float)) <=
+              kSmallBatchF32LinearMaxBytes);
+}
+
+at::Tensor SmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+  const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty(out_shape, x.options());  // [..., N]
+  if (M == 0 || N == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // Threads split the weight rows in blocks of 16; a block is 16 * M * K multiply-adds,
+  // and a thread is worth waking for ~64K of them (~1.5 us; measured: batch-1 decode of
+  // steerd-tiny on 2 threads 160 -> 127 us per step against 256K, larger batches the
+  // same). The split does not change a value.
+  const int64_t blocks = (N + 15) / 16;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 16 * M * K));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    F32RowRange(xp, wp, bp, yp, M, N, K, begin * 16, std::min(N, end * 16));
+  });
+  return y;
+}
+
+bool CanUseF32RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+  return CpuHasAvx512FVl() && x.defined() && weight.defined() && x.device().is_cpu() &&
+         weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         weight.scalar_type() == at::kFloat && x.is_contiguous() && weight.is_contiguous() &&
+         x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0) && x.size(-1) > 0 &&
+         !(at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad()));
+}
+
+namespace {
+
+// One row: weight * (x * (1 / sqrt(mean(x^2) + eps))), the sum of squares in 16 lanes
+// (chunks in order from the row's start) then summed across lanes.
+__attribute__((target("avx512f,avx512vl"))) void F32RmsNormRow(const float* in, const float* w,
+                                                               float* out, int64_t d,
+                                                               float eps) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int64_t i = 0; i < d; i += 16) {
+    const __mmask16 lanes = d - i >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (d - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, in + i);
+    squares = _mm512_fmadd_ps(v, v, squares);
+  }
+  const float mean = _mm512_reduce_add_ps(squares) / static_cast<float>(d);
+  const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+  for (int64_t i = 0; i < d; i += 16) {
+    const __mmask16 lanes = d - i >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (d - i)) - 1);
+    const __m512 normed = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, in + i), inverse_rms);
+    _mm512_mask_storeu_ps(out + i, lanes,
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, w + i), normed));
+  }
+}
+
+}  // namespace
+
+at::Tensor F32RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float epsilon = static_cast<float>(eps);
+  at::parallel_for(0, rows, /*grain_size=*/std::max<int64_t>(1, 65536 / d),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) {
+                       F32RmsNormRow(xp + r * d, wp, yp + r * d, d, epsilon);
+                     }
+                   });
+  return y;
+}
+
 bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
   return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 &&
          weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() &&
@@ -296,6 +551,353 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
                    scores.data(), op + b * H * hd + h * hd);
       }
     }
+  });
+  return out;
+}
+
+namespace {
+
+// exp(x) in 16 lanes (Cephes' expf: 2^n * p(r), r = x - n ln 2, within 2 ulp),
+// flushing below e^-87 to ~1e-38 (which neither a softmax nor 1 + exp(x) can tell from
+// 0) and overflowing to infinity above ~88.7.
+__attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 Exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.8f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+// kHeads query heads of one KV head (consecutive in q and out, hd apart) against its
+// keys/values [first, last], in float32; the heads share loads and run side by side.
+// Each head's steps are fixed and relative to `first` (scores 16 positions at a time,
+// each the same lane tree of the same per-lane products; the softmax sum block by
+// block; values in kSets interleaved chains added pairwise), so a head's result depends
+// only on its own query and columns (kHeads and kSets depend only on the model's
+// shape). `scores` has room for kHeads rows of `score_stride` >= last - first + 16.
+// kChunks >= ceil(hd / 16).
+template <int kChunks, int kHeads>
+__attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
+    const float* q, const float* keys, const float* values, int64_t first, int64_t last,
+    int64_t hd, float scale, float* scores, int64_t score_stride, float* out) {
+  __mmask16 lanes[kChunks];
+#pragma GCC unroll 16
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t left = hd - 16 * c;
+    lanes[c] = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+               : left > 0 ? static_cast<__mmask16>((1u << left) - 1)
+                          : static_cast<__mmask16>(0);
+  }
+  const int64_t n = last - first + 1;
+  const __m512 scale_v = _mm512_set1_ps(scale);
+  __m512 max_v[kHeads];
+#pragma GCC unroll 8
+  for (int g = 0; g < kHeads; ++g) max_v[g] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t s0 = 0; s0 < n; s0 += 16) {
+    const __mmask16 valid = n - s0 >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                         : static_cast<__mmask16>((1u << (n - s0)) - 1);
+#pragma GCC unroll 8
+    for (int g = 0; g < kHeads; ++g) {
+      const float* query = q + g * hd;
+      __m512 dots[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        // Positions past `last` repeat it; their scores are never used.
+        const float* key = keys + (first + std::min<int64_t>(s0 + i, n - 1)) * hd;
+        __m512 dot = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes[0], query),
+                                   _mm512_maskz_loadu_ps(lanes[0], key));
+#pragma GCC unroll 16
+        for (int c = 1; c < kChunks; ++c) {
+          dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes[c], query + 16 * c),
+                                _mm512_maskz_loadu_ps(lanes[c], key + 16 * c), dot);
+        }
+        dots[i] = dot;
+      }
+      const __m512 block = _mm512_mul_ps(SumEachOfSixteen(dots), scale_v);
+      max_v[g] = _mm512_mask_max_ps(max_v[g], valid, max_v[g], block);
+      _mm512_storeu_ps(scores + g * score_stride + s0, block);
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < kHeads; ++g) {
+    float* row = scores + g * score_stride;
+    const __m512 max_score = _mm512_set1_ps(_mm512_reduce_max_ps(max_v[g]));
+    __m512 total_v = _mm512_setzero_ps();
+    for (int64_t s0 = 0; s0 < n; s0 += 16) {
+      const __mmask16 valid = n - s0 >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (n - s0)) - 1);
+      const __m512 e =
+          _mm512_maskz_mov_ps(valid, Exp(_mm512_sub_ps(_mm512_loadu_ps(row + s0), max_score)));
+      total_v = _mm512_add_ps(total_v, e);
+      _mm512_storeu_ps(row + s0, e);
+    }
+    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(total_v));
+    for (int64_t s0 = 0; s0 < n; s0 += 16) {
+      _mm512_storeu_ps(row + s0, _mm512_div_ps(_mm512_loadu_ps(row + s0), total));
+    }
+  }
+  // The weighted sum of values: kSets interleaved chains per head and chunk (position s
+  // feeds chain s % kSets), added pairwise at the end.
+  constexpr int kChains = kHeads * kChunks;
+  constexpr int kSets = kChains <= 4 ? 4 : kChains <= 8 ? 2 : 1;
+  __m512 sum[kSets][kHeads][kChunks];
+#pragma GCC unroll 4
+  for (int j = 0; j < kSets; ++j) {
+#pragma GCC unroll 8
+    for (int g = 0; g < kHeads; ++g) {
+#pragma GCC unroll 16
+      for (int c = 0; c < kChunks; ++c) sum[j][g][c] = _mm512_setzero_ps();
+    }
+  }
+  const float* value = values + first * hd;
+  int64_t s = 0;
+  for (; s + kSets <= n; s += kSets, value += kSets * hd) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kSets; ++j) {
+      __m512 v[kChunks];
+#pragma GCC unroll 16
+      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], value + j * hd + 16 * c);
+#pragma GCC unroll 8
+      for (int g = 0; g < kHeads; ++g) {
+        const __m512 p = _mm512_set1_ps(scores[g * score_stride + s + j]);
+#pragma GCC unroll 16
+        for (int c = 0; c < kChunks; ++c) sum[j][g][c] = _mm512_fmadd_ps(p, v[c], sum[j][g][c]);
+      }
+    }
+  }
+  if (s < n) {
+    // The last positions: chains past the end add 0 * (the last value), which leaves
+    // them as they are (the probabilities past n are stored as 0).
+#pragma GCC unroll 4
+    for (int j = 0; j < kSets; ++j) {
+      const float* row = values + (first + std::min<int64_t>(s + j, n - 1)) * hd;
+      __m512 v[kChunks];
+#pragma GCC unroll 16
+      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], row + 16 * c);
+#pragma GCC unroll 8
+      for (int g = 0; g < kHeads; ++g) {
+        const __m512 p = _mm512_set1_ps(scores[g * score_stride + s + j]);
+#pragma GCC unroll 16
+        for (int c = 0; c < kChunks; ++c) sum[j][g][c] = _mm512_fmadd_ps(p, v[c], sum[j][g][c]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < kHeads; ++g) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChunks; ++c) {
+      __m512 total_c = sum[0][g][c];
+      if (kSets == 4) {
+        total_c = _mm512_add_ps(_mm512_add_ps(sum[0][g][c], sum[1][g][c]),
+                                _mm512_add_ps(sum[2][g][c], sum[3][g][c]));
+      } else if (kSets == 2) {
+        total_c = _mm512_add_ps(sum[0][g][c], sum[1][g][c]);
+      }
+      _mm512_mask_storeu_ps(out + g * hd + 16 * c, lanes[c], total_c);
+    }
+  }
+}
+
+using F32AttendGroupFn = void (*)(const float*, const float*, const float*, int64_t, int64_t,
+                                  int64_t, float, float*, int64_t, float*);
+
+template <int kChunks>
+F32AttendGroupFn GroupFn(int heads) {
+  switch (heads) {
+    case 1: return &F32AttendGroup<kChunks, 1>;
+    case 2: return &F32AttendGroup<kChunks, 2>;
+    case 3: return &F32AttendGroup<kChunks, 3>;
+    default: return &F32AttendGroup<kChunks, 4>;
+  }
+}
+
+// How a KV head's G query heads run: groups of at most four, as even as possible.
+struct AttendPlan {
+  int64_t hd = 0, G = 0;
+  std::vector<int64_t> group_first;  // First head of each group, then G.
+  std::vector<F32AttendGroupFn> fns;
+
+  AttendPlan(int64_t head_dim, int64_t heads_per_kv) : hd(head_dim), G(heads_per_kv) {
+    const int64_t groups = (G + 3) / 4;
+    for (int64_t i = 0, h = 0; i < groups; ++i) {
+      const int64_t size = (G - h) / (groups - i);  // Larger groups last.
+      group_first.push_back(h);
+      const int heads = static_cast<int>(size);
+      fns.push_back(hd <= 32    ? GroupFn<2>(heads)
+                    : hd <= 64  ? GroupFn<4>(heads)
+                    : hd <= 128 ? GroupFn<8>(heads)
+                                : GroupFn<16>(heads));
+      h += size;
+    }
+    group_first.push_back(G);
+  }
+
+  // All G heads of one KV head: q and out hold them consecutively (hd apart).
+  void Run(const float* q, const float* keys, const float* values, int64_t first,
+           int64_t last, float scale, float* scores, int64_t score_stride, float* out) const {
+    for (size_t i = 0; i + 1 < group_first.size(); ++i) {
+      const int64_t h = group_first[i];
+      fns[i](q + h * hd, keys, values, first, last, hd, scale, scores, score_stride,
+             out + h * hd);
+    }
+  }
+};
+
+}  // namespace
+
+bool CanUseF32DecodeAttention(const at::Tensor& keys, int64_t query_len) {
+  return CpuHasAvx512FVl() && keys.defined() && keys.device().is_cpu() &&
+         keys.scalar_type() == at::kFloat && keys.dim() == 4 && keys.size(3) > 0 &&
+         keys.size(3) <= kMaxAttentionHeadDim && query_len == 1;
+}
+
+at::Tensor F32DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
+                              const at::Tensor& values, const std::vector<int64_t>& first,
+                              const std::vector<int64_t>& last, double scale) {
+  const at::Tensor query = q.contiguous();  // [B, H, 1, hd]
+  const at::Tensor k = keys.contiguous(), v = values.contiguous();
+  const int64_t B = query.size(0), H = query.size(1), hd = query.size(3);
+  const int64_t KVH = k.size(1), S = k.size(2), G = H / KVH;
+  at::Tensor out = at::empty({B, 1, H * hd}, query.options());
+  const float* qp = query.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float scale_f = static_cast<float>(scale);
+  const AttendPlan plan(hd, G);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, G * S * hd));
+  at::parallel_for(0, B * KVH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(4 * (S + 16));
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / KVH, kv = pair % KVH;
+      plan.Run(qp + (b * H + kv * G) * hd, kp + (b * KVH + kv) * S * hd,
+               vp + (b * KVH + kv) * S * hd, first[b], last[b], scale_f, scores.data(), S + 16,
+               op + b * H * hd + kv * G * hd);
+    }
+  });
+  return out;
+}
+
+namespace {
+
+// Hugging Face's RoPE on one head vector: x * cos + rotate_half(x) * sin, where
+// rotate_half(x) = [-x[h:], x[:h]], h = hd / 2 (even hd); one fused multiply-add per
+// value.
+__attribute__((target("avx512f,avx512vl"))) void RopeHead(const float* x, const float* cos,
+                                                          const float* sin, int64_t hd,
+                                                          float* out) {
+  const int64_t half = hd / 2;
+  for (int64_t c = 0; c < half; c += 16) {
+    const __mmask16 lanes = half - c >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (half - c)) - 1);
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes, x + c);
+    const __m512 hi = _mm512_maskz_loadu_ps(lanes, x + half + c);
+    const __m512 neg_hi = _mm512_sub_ps(_mm512_setzero_ps(), hi);
+    _mm512_mask_storeu_ps(
+        out + c, lanes,
+        _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(lanes, cos + c),
+                        _mm512_mul_ps(neg_hi, _mm512_maskz_loadu_ps(lanes, sin + c))));
+    _mm512_mask_storeu_ps(
+        out + half + c, lanes,
+        _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(lanes, cos + half + c),
+                        _mm512_mul_ps(lo, _mm512_maskz_loadu_ps(lanes, sin + half + c))));
+  }
+}
+
+}  // namespace
+
+bool CanUseF32RopeDecodeAttention(const at::Tensor& keys, int64_t query_len) {
+  return CanUseF32DecodeAttention(keys, query_len) && keys.is_contiguous() &&
+         keys.size(3) % 2 == 0;
+}
+
+at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cos, const at::Tensor& sin,
+                                  at::Tensor& cache_k, at::Tensor& cache_v,
+                                  const std::vector<int64_t>& first,
+                                  const std::vector<int64_t>& write_at, double scale) {
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor cos_c = cos.contiguous(), sin_c = sin.contiguous();
+  const int64_t B = cache_k.size(0), KVH = cache_k.size(1), S = cache_k.size(2);
+  const int64_t hd = cache_k.size(3), H = qc.numel() / (B * hd), G = H / KVH;
+  at::Tensor out = at::empty({B, 1, H * hd}, qc.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = kc.data_ptr<float>();
+  const float* vp = vc.data_ptr<float>();
+  const float* cp = cos_c.data_ptr<float>();
+  const float* sp = sin_c.data_ptr<float>();
+  float* ckp = cache_k.data_ptr<float>();
+  float* cvp = cache_v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float scale_f = static_cast<float>(scale);
+  const AttendPlan plan(hd, G);
+  // A (row, KV head) pair is G heads over its visible columns: worth a thread only in
+  // numbers.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, G * S * hd));
+  at::parallel_for(0, B * KVH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(4 * (S + 16));
+    std::vector<float> rotated(G * hd);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / KVH, kv = pair % KVH;
+      const float* row_cos = cp + b * hd;
+      const float* row_sin = sp + b * hd;
+      float* k_head = ckp + (b * KVH + kv) * S * hd;
+      float* v_head = cvp + (b * KVH + kv) * S * hd;
+      // The new position's key (rotated) and value go to column write_at[b].
+      RopeHead(kp + (b * KVH + kv) * hd, row_cos, row_sin, hd, k_head + write_at[b] * hd);
+      std::copy(vp + (b * KVH + kv) * hd, vp + (b * KVH + kv + 1) * hd,
+                v_head + write_at[b] * hd);
+      for (int64_t g = 0; g < G; ++g) {
+        RopeHead(qp + (b * H + kv * G + g) * hd, row_cos, row_sin, hd, rotated.data() + g * hd);
+      }
+      plan.Run(rotated.data(), k_head, v_head, first[b], write_at[b], scale_f, scores.data(),
+               S + 16, op + b * H * hd + kv * G * hd);
+    }
+  });
+  return out;
+}
+
+bool CanUseF32SiluMul(const at::Tensor& gate_up) {
+  return CpuHasAvx512FVl() && gate_up.defined() && gate_up.device().is_cpu() &&
+         gate_up.scalar_type() == at::kFloat && gate_up.is_contiguous() && gate_up.dim() >= 1 &&
+         gate_up.size(-1) % 2 == 0 &&
+         !(at::GradMode::is_enabled() && gate_up.requires_grad());
+}
+
+namespace {
+
+__attribute__((target("avx512f,avx512vl"))) void SiluMulRow(const float* gate, const float* up,
+                                                            float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(lanes, gate + i);
+    const __m512 silu = _mm512_div_ps(
+        g, _mm512_add_ps(_mm512_set1_ps(1.0f), Exp(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(out + i, lanes, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(lanes, up + i)));
+  }
+}
+
+}  // namespace
+
+at::Tensor F32SiluMul(const at::Tensor& gate_up) {
+  const int64_t I = gate_up.size(-1) / 2, rows = gate_up.numel() / std::max<int64_t>(1, 2 * I);
+  std::vector<int64_t> out_shape(gate_up.sizes().begin(), gate_up.sizes().end());
+  out_shape.back() = I;
+  at::Tensor out = at::empty(out_shape, gate_up.options());
+  if (I == 0) return out;
+  const float* gp = gate_up.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / I), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) SiluMulRow(gp + r * 2 * I, gp + r * 2 * I + I, op + r * I, I);
   });
   return out;
 }

@@ -50,6 +50,82 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
                                const at::Tensor& values, const std::vector<int64_t>& first,
                                const std::vector<int64_t>& last, double scale);
 
+// Float32 counterparts for generation with float32 models, where OpenBLAS repacks the
+// weight matrix on every call (as much time as the multiply at 32 rows), ATen runs
+// attention as loops of tiny batched GEMMs, and RoPE, the cache write, RMSNorm and
+// SwiGLU are a dozen small tensor ops per layer. They need AVX-512F/VL and carry no
+// autograd: the CanUse checks refuse inputs that require grad while grad mode is on,
+// and the transformer uses them only for forwards that fill a KV cache without grad.
+//
+// Numerics: unlike the bf16 matmul, every output of SmallBatchF32Linear takes the same
+// steps whatever M is and whichever rows share the call (one 16-lane accumulator over
+// K in order, one fixed lane-sum tree, then the bias), so a token row's result is
+// bitwise independent of its batch. The attention kernels likewise depend only on the
+// row's own query and cache columns (wherever they sit in its slot), and RMSNorm and
+// SwiGLU work row by row. They differ from the tensor ops by float rounding only.
+
+// Token rows up to which SmallBatchF32Linear is always used: beyond the serving batch
+// (decode is one row per sequence; the engine's default is 64 rows), so that a decoding
+// sequence's numbers never depend on the batch it shares. It beats OpenBLAS up to 64
+// rows on every measured shape (1.3-3x at 8-32 rows) and stays within 3% at 128.
+inline constexpr int64_t kSmallBatchF32LinearMaxRows = 128;
+// Beyond that it is used while the token rows fit in ~1 MiB (x re-read from L2 for
+// every four weight rows), up to 512 rows, where it still beats OpenBLAS by 3-20%.
+inline constexpr int64_t kSmallBatchF32LinearMaxBytes = 1 << 20;
+inline constexpr int64_t kSmallBatchF32LinearMaxPrefillRows = 512;
+
+// True when SmallBatchF32Linear can compute linear(x, weight, bias): CPU with
+// AVX-512F/VL, float32 contiguous tensors, rows within the limits above, no grad
+// needed.
+bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias);
+
+// y = x * weight^T + bias. x: [..., K] float32, weight: [N, K], bias: [N] or undefined.
+at::Tensor SmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias);
+
+// True when F32RmsNorm applies: AVX-512F, CPU, float32 contiguous x and weight, no grad.
+bool CanUseF32RmsNorm(const at::Tensor& x, const at::Tensor& weight);
+
+// Hugging Face's RMSNorm for float32 in one pass per row:
+// weight * (x * (1 / sqrt(mean(x^2) + eps))). x: [..., d], weight: [d].
+at::Tensor F32RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// True when F32DecodeAttention applies to `query_len` new positions per row against
+// the cache tensor `keys`: AVX-512F, CPU, float32, one position.
+bool CanUseF32DecodeAttention(const at::Tensor& keys, int64_t query_len);
+
+// As Bf16DecodeAttention, all float32: q [B, H, 1, hd]; keys, values [B, KVH, S, hd];
+// row b sees columns [first[b], last[b]]. Returns [B, 1, H * hd].
+at::Tensor F32DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
+                              const at::Tensor& values, const std::vector<int64_t>& first,
+                              const std::vector<int64_t>& last, double scale);
+
+// True when F32RopeDecodeAttention applies: as CanUseF32DecodeAttention, with a
+// contiguous cache and an even head_dim.
+bool CanUseF32RopeDecodeAttention(const at::Tensor& keys, int64_t query_len);
+
+// The float32 decode step's attention in one call, instead of ~15 small tensor ops per
+// layer: Hugging Face's RoPE (x * cos + rotate_half(x) * sin, as one fused multiply-add
+// per value) on the new position's query and key, the key and value written to column
+// write_at[b] of row b's cache, then attention as F32DecodeAttention over columns
+// [first[b], write_at[b]]. q: [B, 1, H * hd], k, v: [B, 1, KVH * hd] (projections);
+// cos, sin: [B, ..., hd] (one position per row); cache_k, cache_v: [B, KVH, S, hd],
+// written. Returns [B, 1, H * hd].
+at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cos, const at::Tensor& sin,
+                                  at::Tensor& cache_k, at::Tensor& cache_v,
+                                  const std::vector<int64_t>& first,
+                                  const std::vector<int64_t>& write_at, double scale);
+
+// True when F32SiluMul applies: AVX-512F, CPU, float32 contiguous, even last dim, no
+// grad.
+bool CanUseF32SiluMul(const at::Tensor& gate_up);
+
+// SwiGLU's silu(gate) * up in one pass, gate_up = [..., gate (I) | up (I)]:
+// gate / (1 + exp(-gate)) * up. Returns [..., I].
+at::Tensor F32SiluMul(const at::Tensor& gate_up);
+
 }  // namespace steerd
 
 #endif  // STEERD_SERVER_MODEL_CPU_KERNELS_H_

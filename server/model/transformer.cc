@@ -19,16 +19,21 @@
 namespace steerd {
 namespace {
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+// `f32_kernels`: the forward may use the float32 CPU kernels (see ForwardImpl).
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                  bool f32_kernels) {
   // Decode-time bf16 rows on CPU: the hand-written kernel streams weights faster.
   if (CanUseSmallBatchBf16Linear(x, w, b)) return SmallBatchBf16Linear(x, w, b);
+  // Float32 rows: no per-call weight repacking, and each row's result is bitwise
+  // independent of the batch.
+  if (f32_kernels && CanUseSmallBatchF32Linear(x, w, b)) return SmallBatchF32Linear(x, w, b);
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
 // A projection plus its LoRA delta, when the adapter has one for it.
 at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                   const LoraAdapter* lora, int64_t layer, LoraTarget target) {
-  at::Tensor y = Linear(x, w, b);
+                   const LoraAdapter* lora, int64_t layer, LoraTarget target, bool f32_kernels) {
+  at::Tensor y = Linear(x, w, b, f32_kernels);
   if (lora == nullptr) return y;
   at::Tensor delta = lora->Delta(x, layer, target);
   return delta.defined() ? y + delta : y;
@@ -253,8 +258,12 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCac
   });
 }
 
-at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight,
+                                bool f32_kernels) const {
   if (CanUseBf16RmsNorm(x, weight)) return Bf16RmsNorm(x, weight, config_.rms_norm_eps);
+  if (f32_kernels && CanUseF32RmsNorm(x, weight)) {
+    return F32RmsNorm(x, weight, config_.rms_norm_eps);
+  }
   // Hugging Face: normalise in float32, cast back, then scale in the input dtype.
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
@@ -267,21 +276,27 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
                                   int64_t layer_index, KvCache* cache,
                                   const std::vector<int64_t>& start,
                                   const std::vector<int64_t>& write_at, int64_t key_len,
-                                  const LoraAdapter* lora) const {
+                                  const LoraAdapter* lora, bool f32_kernels) const {
   const int64_t B = h.size(0), T = h.size(1);
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
   const int64_t G = H / KVH;
   // [B, T, heads, hd] -> [B, heads, T, hd]; biases (Qwen2) come before RoPE.
   const int64_t l = layer_index;
-  at::Tensor q = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ)
-                     .view({B, T, H, hd})
-                     .transpose(1, 2);
-  at::Tensor k = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK)
-                     .view({B, T, KVH, hd})
-                     .transpose(1, 2);
-  at::Tensor v = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV)
-                     .view({B, T, KVH, hd})
-                     .transpose(1, 2);
+  at::Tensor q_proj = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ, f32_kernels);
+  at::Tensor k_proj = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK, f32_kernels);
+  at::Tensor v_proj = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV, f32_kernels);
+  if (cache != nullptr && !mask.defined() && f32_kernels &&
+      CanUseF32RopeDecodeAttention(cache->keys(layer_index), T)) {
+    // The float32 decode step: RoPE, the cache write and attention in one kernel.
+    return Project(F32RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin,
+                                          cache->keys(layer_index), cache->values(layer_index),
+                                          start, write_at,
+                                          1.0 / std::sqrt(static_cast<double>(hd))),
+                   layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+  }
+  at::Tensor q = q_proj.view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = k_proj.view({B, T, KVH, hd}).transpose(1, 2);
+  at::Tensor v = v_proj.view({B, T, KVH, hd}).transpose(1, 2);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
 
@@ -308,9 +323,11 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
     if (!mask.defined()) {
       // The fused decode path. Row b's new token sees columns start[b] through its own,
       // write_at[b].
-      return Project(Bf16DecodeAttention(q, cache_k, cache_v, start, write_at,
-                                         1.0 / std::sqrt(static_cast<double>(hd))),
-                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+      at::Tensor attended = cache_k.scalar_type() == at::kFloat
+                                ? F32DecodeAttention(q, cache_k, cache_v, start, write_at, scale)
+                                : Bf16DecodeAttention(q, cache_k, cache_v, start, write_at, scale);
+      return Project(attended, layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
     }
     keys = cache_k.narrow(2, 0, key_len);
     values = cache_v.narrow(2, 0, key_len);
@@ -325,20 +342,31 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   at::Tensor out = at::matmul(probs.view({B, KVH, G * T, S}), values);  // [B, KVH, G*T, hd]
   out = out.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
-  return Project(out, layer.o_w, layer.o_b, lora, l, LoraTarget::kO);  // [B, T, d]
+  return Project(out, layer.o_w, layer.o_b, lora, l, LoraTarget::kO,
+                 f32_kernels);  // [B, T, d]
 }
 
 at::Tensor Transformer::Mlp(const Layer& layer, const at::Tensor& h, int64_t l,
-                            const LoraAdapter* lora) const {
+                            const LoraAdapter* lora, bool f32_kernels) const {
   const int64_t I = config_.intermediate_size;
-  at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b);  // [B, T, 2I]
+  at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b, f32_kernels);  // [B, T, 2I]
   at::Tensor gate = gate_up.narrow(-1, 0, I), up = gate_up.narrow(-1, I, I);
+  bool adapted = false;
   if (lora != nullptr) {
-    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kGate); d.defined()) gate = gate + d;
-    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kUp); d.defined()) up = up + d;
+    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kGate); d.defined()) {
+      gate = gate + d;
+      adapted = true;
+    }
+    if (at::Tensor d = lora->Delta(h, l, LoraTarget::kUp); d.defined()) {
+      up = up + d;
+      adapted = true;
+    }
   }
-  return Project(at::silu(gate) * up, layer.down_w, layer.down_b, lora, l,
-                 LoraTarget::kDown);  // [B, T, d]
+  const at::Tensor hidden = !adapted && f32_kernels && CanUseF32SiluMul(gate_up)
+                                ? F32SiluMul(gate_up)  // One pass instead of three.
+                                : at::silu(gate) * up;
+  return Project(hidden, layer.down_w, layer.down_b, lora, l, LoraTarget::kDown,
+                 f32_kernels);  // [B, T, d]
 }
 
 at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) const {
@@ -370,10 +398,11 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   cos = cos.to(dtype_).unsqueeze(1);
   sin = sin.to(dtype_).unsqueeze(1);
 
-  // A cached bf16 decode step on CPU takes the fused attention kernel, which reads the
-  // visible range from start/write_at; autograd never goes through it.
+  // A cached bf16 or float32 decode step on CPU takes the fused attention kernel, which
+  // reads the visible range from start/write_at; autograd never goes through it.
   const bool fused_decode = cache != nullptr && !at::GradMode::is_enabled() &&
-                            CanUseBf16DecodeAttention(cache->keys(0), T);
+                            (CanUseBf16DecodeAttention(cache->keys(0), T) ||
+                             CanUseF32DecodeAttention(cache->keys(0), T));
   // Otherwise an additive mask [B, T, S]: query t of row b sees column j iff
   // start_b <= j <= write_b + t. The dtype's lowest value rather than -inf, as Hugging
   // Face does, so a fully masked pad row stays finite.
@@ -392,12 +421,17 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
                .to(device_);
   }
 
+  // The float32 kernels serve generation: forwards that fill a KV cache (prefill and
+  // decode steps) without autograd. Cacheless forwards (the trainer's scoring and
+  // gradient passes, logit dumps) keep libtorch's ops, so that a forward without grad
+  // matches the same forward with grad bit for bit.
+  const bool f32_kernels = cache != nullptr && !at::GradMode::is_enabled();
   at::Tensor x = at::embedding(embed_, tokens);  // [B, T, d]
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    x = x + Attention(layer, RmsNorm(x, layer.input_norm), cos, sin, mask, l, cache, start,
-                      write_at, key_len, input.lora);
-    x = x + Mlp(layer, RmsNorm(x, layer.post_norm), l, input.lora);
+    x = x + Attention(layer, RmsNorm(x, layer.input_norm, f32_kernels), cos, sin, mask, l, cache,
+                      start, write_at, key_len, input.lora, f32_kernels);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_norm, f32_kernels), l, input.lora, f32_kernels);
     if (input.steering.defined()) x = x + input.steering[l];  // [B, 1, d] broadcast
     if (input.layer_outputs != nullptr) input.layer_outputs->push_back(x);
   }
@@ -408,7 +442,8 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
     }
   }
   if (input.logits == ForwardInput::Logits::kLast) x = x.select(1, T - 1);  // [B, d]
-  return Linear(RmsNorm(x, final_norm_), lm_head_, at::Tensor()).to(at::kFloat);
+  return Linear(RmsNorm(x, final_norm_, f32_kernels), lm_head_, at::Tensor(), f32_kernels)
+      .to(at::kFloat);
 }
 
 absl::StatusOr<at::Tensor> Transformer::LogitLens(const at::Tensor& vectors) const {

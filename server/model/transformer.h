@@ -108,15 +108,16 @@ class Transformer {
 
   Transformer() = default;
   absl::Status Validate(const ForwardInput& input, const KvCache* cache) const;
-  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
-  // `mask` is [B, T, S], or undefined for the fused bf16 decode path.
+  // `f32_kernels`: whether the float32 CPU kernels may be used (see ForwardImpl).
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, bool f32_kernels) const;
+  // `mask` is [B, T, S], or undefined for the fused bf16 / float32 decode path.
   at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
                        KvCache* cache, const std::vector<int64_t>& start,
                        const std::vector<int64_t>& write_at, int64_t key_len,
-                       const LoraAdapter* lora) const;
+                       const LoraAdapter* lora, bool f32_kernels) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& h, int64_t layer_index,
-                 const LoraAdapter* lora) const;
+                 const LoraAdapter* lora, bool f32_kernels) const;
   at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
 
   ModelConfig config_;

@@ -1,7 +1,12 @@
-// The bf16 decode kernel: same numbers as a float32 reference (one rounding), row
+// The bf16 decode kernels: same numbers as a float32 reference (one rounding), row
 // results independent of the other rows in the call, odd shapes (K not a multiple of
 // 32, N not a multiple of the tile), and a dispatch decision that follows the CPU.
+// The float32 kernels: close to at::linear / softmax attention, and each token row's
+// result bitwise independent of M and of the rows sharing the call.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "server/model/cpu_kernels.h"
 
@@ -116,6 +121,283 @@ TEST(CpuKernelsTest, DecodeAttentionMatchesMaskedSoftmaxAttention) {
   }
   EXPECT_FALSE(CanUseBf16DecodeAttention(keys, /*query_len=*/2));
   EXPECT_FALSE(CanUseBf16DecodeAttention(keys.to(at::kFloat), /*query_len=*/1));
+}
+
+// ---- Float32 kernels ----
+
+bool CpuHasAvx512F() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+}
+
+TEST(CpuKernelsTest, F32DispatchFollowsTheCpuTheShapeAndAutograd) {
+  const at::Tensor w = at::randn({40, 64});
+  EXPECT_EQ(CanUseSmallBatchF32Linear(at::randn({1, 64}), w, at::Tensor()), CpuHasAvx512F());
+  EXPECT_EQ(CanUseSmallBatchF32Linear(at::randn({kSmallBatchF32LinearMaxRows, 64}), w,
+                                      at::randn({40})),
+            CpuHasAvx512F());
+  // Short rows may go up to the prefill limit, long ones only to the row limit.
+  EXPECT_EQ(CanUseSmallBatchF32Linear(at::randn({kSmallBatchF32LinearMaxPrefillRows, 64}), w,
+                                      at::Tensor()),
+            CpuHasAvx512F());
+  EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({kSmallBatchF32LinearMaxPrefillRows + 1, 64}),
+                                         w, at::Tensor()));
+  const at::Tensor long_w = at::randn({8, 4096});
+  EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({kSmallBatchF32LinearMaxRows + 1, 4096}),
+                                         long_w, at::Tensor()));
+  // Other dtypes, non-contiguous input, a mismatched bias: the library path.
+  EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({1, 64}).to(at::kBFloat16),
+                                         w.to(at::kBFloat16), at::Tensor()));
+  EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({64, 2}).t(), w, at::Tensor()));
+  EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({1, 64}), w, at::randn({41})));
+  // Autograd never goes through the kernel.
+  {
+    at::AutoGradMode grad(true);
+    const at::Tensor trainable = w.clone().set_requires_grad(true);
+    EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({1, 64}), trainable, at::Tensor()));
+    EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({1, 64}).set_requires_grad(true), w,
+                                           at::Tensor()));
+    EXPECT_FALSE(CanUseF32RmsNorm(at::randn({1, 64}).set_requires_grad(true), at::randn({64})));
+  }
+  EXPECT_FALSE(CanUseF32RmsNorm(at::randn({1, 64}).to(at::kBFloat16),
+                                at::randn({64}).to(at::kBFloat16)));
+  EXPECT_EQ(CanUseF32RmsNorm(at::randn({3, 64}), at::randn({64})), CpuHasAvx512F());
+}
+
+TEST(CpuKernelsTest, F32LinearMatchesAtLinearOnOddShapes) {
+  if (!CpuHasAvx512F()) {
+    EXPECT_FALSE(CanUseSmallBatchF32Linear(at::randn({1, 8}), at::randn({8, 8}), at::Tensor()));
+    return;
+  }
+  at::manual_seed(7);
+  for (int64_t K : {1, 5, 16, 45, 192, 512, 896}) {
+    for (int64_t N : {1, 5, 16, 17, 64, 130}) {
+      for (int64_t M : {1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 64, 128}) {
+        for (bool with_bias : {false, true}) {
+          const at::Tensor x = at::randn({M, 1, K});
+          const at::Tensor w = at::randn({N, K});
+          const at::Tensor b = with_bias ? at::randn({N}) : at::Tensor();
+          ASSERT_TRUE(CanUseSmallBatchF32Linear(x, w, b));
+          const at::Tensor got = SmallBatchF32Linear(x, w, b);  // [M, 1, N]
+          ASSERT_EQ(got.sizes(), (std::vector<int64_t>{M, 1, N}));
+          const at::Tensor expected = with_bias ? at::linear(x, w, b) : at::linear(x, w);
+          // Float32 sums in another order: a few ulp of the terms' magnitude.
+          const double tolerance =
+              1e-6 * std::sqrt(static_cast<double>(K)) * (1 + std::sqrt(static_cast<double>(K)));
+          EXPECT_LE((got - expected).abs().max().item<double>(), tolerance)
+              << "M=" << M << " N=" << N << " K=" << K << " bias=" << with_bias;
+        }
+      }
+    }
+  }
+}
+
+// The property the serving batch relies on: a token row's output is the same bits
+// whatever M is, wherever the row sits and whichever rows share the call (every tile
+// shape, 4x4, 8x2 and 16x1, and the thread split take the same steps per output).
+TEST(CpuKernelsTest, F32LinearRowsAreBitwiseIndependentOfTheBatch) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(8);
+  const int64_t threads = at::get_num_threads();
+  for (int64_t K : {45, 192, 512}) {
+    const at::Tensor w = at::randn({130, K});
+    const at::Tensor b = at::randn({130});
+    const at::Tensor rows = at::randn({140, K});
+    std::vector<at::Tensor> alone;
+    for (int64_t r = 0; r < rows.size(0); ++r) {
+      alone.push_back(SmallBatchF32Linear(rows.narrow(0, r, 1).contiguous(), w, b)[0]);
+    }
+    for (int num_threads : {1, 2}) {
+      at::set_num_threads(num_threads);
+      for (int64_t M : {1, 2, 3, 5, 6, 7, 8, 9, 13, 16, 31, 32, 33, 64, 127, 128}) {
+        for (int64_t offset : {int64_t{0}, int64_t{3}, 140 - M}) {
+          const at::Tensor x = rows.narrow(0, offset, M).contiguous();
+          ASSERT_TRUE(CanUseSmallBatchF32Linear(x, w, b));
+          const at::Tensor got = SmallBatchF32Linear(x, w, b);
+          for (int64_t r = 0; r < M; ++r) {
+            ASSERT_TRUE(at::equal(got[r], alone[offset + r]))
+                << "K=" << K << " M=" << M << " offset=" << offset << " row " << r
+                << " threads=" << num_threads;
+          }
+        }
+      }
+    }
+  }
+  at::set_num_threads(static_cast<int>(threads));
+}
+
+TEST(CpuKernelsTest, F32RmsNormMatchesTheTensorFormula) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(9);
+  for (int64_t d : {1, 15, 64, 192, 200}) {
+    const at::Tensor x = at::randn({3, 5, d}) * 3;
+    const at::Tensor weight = 1 + 0.1 * at::randn({d});
+    ASSERT_TRUE(CanUseF32RmsNorm(x, weight));
+    const at::Tensor got = F32RmsNorm(x, weight, 1e-6);
+    const at::Tensor expected = weight * (x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-6));
+    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-5) << "d=" << d;
+    // Row by row the same bits.
+    for (int64_t r = 0; r < 5; ++r) {
+      EXPECT_TRUE(at::equal(F32RmsNorm(x[1][r].contiguous(), weight, 1e-6), got[1][r]));
+    }
+  }
+}
+
+// Reference attention for one head of row b in float64.
+at::Tensor ReferenceHead(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                         int64_t b, int64_t h, int64_t kv, int64_t first, int64_t last,
+                         double scale) {
+  const int64_t n = last - first + 1;
+  const at::Tensor k = keys[b][kv].narrow(0, first, n).to(at::kDouble);
+  const at::Tensor v = values[b][kv].narrow(0, first, n).to(at::kDouble);
+  const at::Tensor p = at::softmax(at::matmul(k, q[b][h][0].to(at::kDouble)) * scale, 0);
+  return at::matmul(p, v);
+}
+
+TEST(CpuKernelsTest, F32DecodeAttentionMatchesSoftmaxAttention) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(10);
+  for (int64_t hd : {8, 16, 32, 40, 64, 128, 200}) {
+    const int64_t B = 4, H = 6, KVH = 2, S = 45, G = H / KVH;
+    const at::Tensor q = at::randn({B, H, 1, hd});
+    const at::Tensor keys = at::randn({B, KVH, S, hd}) * 2;
+    const at::Tensor values = at::randn({B, KVH, S, hd});
+    // Ragged rows: one column, a partial block, exactly 16, a long one.
+    const std::vector<int64_t> first = {7, 2, 0, 3}, last = {7, 12, 15, 44};
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    ASSERT_TRUE(CanUseF32DecodeAttention(keys, /*query_len=*/1));
+    const at::Tensor got = F32DecodeAttention(q, keys, values, first, last, scale);
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{B, 1, H * hd}));
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        const at::Tensor expected =
+            ReferenceHead(q, keys, values, b, h, h / G, first[b], last[b], scale);
+        const at::Tensor row = got[b][0].narrow(0, h * hd, hd).to(at::kDouble);
+        EXPECT_LE((row - expected).abs().max().item<double>(), 1e-5)
+            << "hd=" << hd << " b=" << b << " h=" << h;
+      }
+    }
+  }
+  EXPECT_FALSE(CanUseF32DecodeAttention(at::randn({1, 1, 4, 8}), /*query_len=*/2));
+  EXPECT_FALSE(CanUseF32DecodeAttention(at::randn({1, 1, 4, 8}).to(at::kBFloat16), 1));
+}
+
+// A row's attention is the same bits alone or in a batch, and wherever its columns sit
+// in its cache slot (a continuous batch places rows at unrelated columns).
+TEST(CpuKernelsTest, F32DecodeAttentionRowsAreBitwiseIndependent) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(11);
+  const int64_t B = 5, H = 6, KVH = 2, S = 70, hd = 32;
+  const at::Tensor q = at::randn({B, H, 1, hd});
+  const at::Tensor keys = at::randn({B, KVH, S, hd});
+  const at::Tensor values = at::randn({B, KVH, S, hd});
+  const std::vector<int64_t> first = {0, 5, 9, 1, 30}, last = {40, 5, 50, 16, 69};
+  const at::Tensor batch = F32DecodeAttention(q, keys, values, first, last, 0.2);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = last[b] - first[b] + 1;
+    // The row alone, its columns moved to start at 3 of a longer slot.
+    const at::Tensor k = at::zeros({1, KVH, n + 10, hd}), v = at::zeros({1, KVH, n + 10, hd});
+    k.narrow(2, 3, n).copy_(keys.narrow(0, b, 1).narrow(2, first[b], n));
+    v.narrow(2, 3, n).copy_(values.narrow(0, b, 1).narrow(2, first[b], n));
+    const at::Tensor alone =
+        F32DecodeAttention(q.narrow(0, b, 1), k, v, {3}, {3 + n - 1}, 0.2);
+    EXPECT_TRUE(at::equal(alone[0], batch[b])) << "row " << b;
+  }
+}
+
+// The fused decode step against the tensor ops it replaces: RoPE as Hugging Face writes
+// it, the cache write, then attention; rows at unrelated lengths.
+TEST(CpuKernelsTest, F32RopeDecodeAttentionMatchesTheTensorOps) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(12);
+  for (int64_t hd : {8, 32, 40, 64, 128}) {
+    const int64_t B = 3, H = 6, KVH = 2, S = 40;
+    const std::vector<int64_t> first = {0, 4, 10}, write_at = {20, 4, 39};
+    const at::Tensor q = at::randn({B, 1, H * hd}), k = at::randn({B, 1, KVH * hd});
+    const at::Tensor v = at::randn({B, 1, KVH * hd});
+    const at::Tensor angles = at::rand({B, 1, 1, hd / 2}) * 50;
+    const at::Tensor emb = at::cat({angles, angles}, -1);
+    const at::Tensor cos = emb.cos(), sin = emb.sin();  // [B, 1, 1, hd]
+    at::Tensor cache_k = at::randn({B, KVH, S, hd}), cache_v = at::randn({B, KVH, S, hd});
+    at::Tensor expected_k = cache_k.clone(), expected_v = cache_v.clone();
+    ASSERT_TRUE(CanUseF32RopeDecodeAttention(cache_k, 1));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const at::Tensor got =
+        F32RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale);
+
+    auto rope = [&](const at::Tensor& x) {  // [B, heads, 1, hd]
+      const int64_t half = hd / 2;
+      const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+      return x * cos + rotated * sin;
+    };
+    const at::Tensor q_rot = rope(q.view({B, 1, H, hd}).transpose(1, 2));
+    const at::Tensor k_rot = rope(k.view({B, 1, KVH, hd}).transpose(1, 2));
+    for (int64_t b = 0; b < B; ++b) {
+      expected_k[b].narrow(1, write_at[b], 1).copy_(k_rot[b]);
+      expected_v[b].narrow(1, write_at[b], 1).copy_(v.view({B, 1, KVH, hd}).transpose(1, 2)[b]);
+    }
+    // The cache now holds the rotated key (one fused multiply-add from the formula's
+    // two products and a sum) and the value as given; nothing else moved.
+    EXPECT_LE((cache_k - expected_k).abs().max().item<double>(), 1e-5) << "hd=" << hd;
+    EXPECT_TRUE(at::equal(cache_v, expected_v)) << "hd=" << hd;
+    const at::Tensor reference =
+        F32DecodeAttention(q_rot, expected_k, expected_v, first, write_at, scale);
+    EXPECT_LE((got - reference).abs().max().item<double>(), 1e-5) << "hd=" << hd;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        const at::Tensor exact =
+            ReferenceHead(q_rot, expected_k, expected_v, b, h, h / (H / KVH), first[b],
+                          write_at[b], scale);
+        EXPECT_LE((got[b][0].narrow(0, h * hd, hd).to(at::kDouble) - exact).abs().max()
+                      .item<double>(),
+                  1e-5);
+      }
+    }
+  }
+  EXPECT_FALSE(CanUseF32RopeDecodeAttention(at::randn({1, 1, 4, 7}), 1));  // Odd head_dim.
+}
+
+TEST(CpuKernelsTest, F32RopeDecodeAttentionRowsAreBitwiseIndependent) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(13);
+  const int64_t B = 4, H = 6, KVH = 2, S = 50, hd = 32;
+  const at::Tensor q = at::randn({B, 1, H * hd}), k = at::randn({B, 1, KVH * hd});
+  const at::Tensor v = at::randn({B, 1, KVH * hd});
+  const at::Tensor cos = at::randn({B, 1, 1, hd}), sin = at::randn({B, 1, 1, hd});
+  const at::Tensor keys = at::randn({B, KVH, S, hd}), values = at::randn({B, KVH, S, hd});
+  const std::vector<int64_t> first = {0, 7, 30, 2}, write_at = {33, 7, 49, 20};
+  at::Tensor batch_k = keys.clone(), batch_v = values.clone();
+  const at::Tensor batch =
+      F32RopeDecodeAttention(q, k, v, cos, sin, batch_k, batch_v, first, write_at, 0.2);
+  for (int64_t b = 0; b < B; ++b) {
+    // Alone, its visible columns moved to start at column 1.
+    const int64_t n = write_at[b] - first[b];  // Cached columns before the new one.
+    at::Tensor k1 = at::zeros({1, KVH, n + 5, hd}), v1 = at::zeros({1, KVH, n + 5, hd});
+    k1.narrow(2, 1, n).copy_(keys.narrow(0, b, 1).narrow(2, first[b], n));
+    v1.narrow(2, 1, n).copy_(values.narrow(0, b, 1).narrow(2, first[b], n));
+    const at::Tensor alone =
+        F32RopeDecodeAttention(q.narrow(0, b, 1), k.narrow(0, b, 1), v.narrow(0, b, 1),
+                               cos.narrow(0, b, 1), sin.narrow(0, b, 1), k1, v1, {1}, {1 + n}, 0.2);
+    EXPECT_TRUE(at::equal(alone[0], batch[b])) << "row " << b;
+    EXPECT_TRUE(at::equal(k1[0].narrow(1, 1 + n, 1), batch_k[b].narrow(1, write_at[b], 1)));
+  }
+}
+
+TEST(CpuKernelsTest, F32SiluMulMatchesTheTensorOps) {
+  if (!CpuHasAvx512F()) return;
+  at::manual_seed(14);
+  for (int64_t I : {1, 16, 45, 512}) {
+    at::Tensor gate_up = at::randn({3, 2, 2 * I}) * 6;
+    gate_up[0][0][0] = 95.0f;   // exp(-x) underflows: silu(x) = x.
+    if (I > 1) gate_up[0][0][1] = -95.0f;  // exp(-x) overflows: silu(x) = -0.
+    ASSERT_TRUE(CanUseF32SiluMul(gate_up));
+    const at::Tensor got = F32SiluMul(gate_up);
+    const at::Tensor expected = at::silu(gate_up.narrow(-1, 0, I)) * gate_up.narrow(-1, I, I);
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    EXPECT_TRUE(at::allclose(got, expected, /*rtol=*/1e-6, /*atol=*/1e-6)) << "I=" << I;
+    EXPECT_FALSE(at::isnan(got).any().item<bool>());
+  }
+  EXPECT_FALSE(CanUseF32SiluMul(at::randn({2, 5})));  // Odd width.
+  EXPECT_FALSE(CanUseF32SiluMul(at::randn({2, 6}).to(at::kBFloat16)));
 }
 
 }  // namespace

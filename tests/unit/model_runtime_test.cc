@@ -290,6 +290,98 @@ TEST_F(ModelRuntimeTest, Bf16CachedDecodeAgreesWithFullForward) {
   }
 }
 
+// The float32 generation path (CPU kernels for the linears, RMSNorm and the cached
+// step's attention): a decoding row's logits are the same bits alone or in a
+// continuous batch of rows at other lengths, steered or not, and agree with a full
+// cacheless forward over the whole sequence.
+TEST_F(ModelRuntimeTest, F32CachedDecodeRowsAreBitwiseIndependentOfTheBatch) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) {
+    GTEST_SKIP() << "no AVX-512: generation uses libtorch's ops, which promise no such thing";
+  }
+  const std::vector<std::vector<int32_t>> prompts = {
+      {5, 17, 33, 2, 9}, {100, 7}, {44, 45, 46}, {3},          {8, 9, 10, 11, 12, 13, 14},
+      {60, 61},          {70},     {1, 2, 3, 4}, {90, 91, 92}, {20, 21, 22, 23, 24, 25}};
+  const int64_t rows = static_cast<int64_t>(prompts.size());
+  auto steering_for = [&](int64_t row) { return row == 2 ? steering_ : at::Tensor(); };
+  auto prefill = [&](int64_t row) {
+    KvCache cache = model_->NewCache(1, 4);
+    ForwardInput input;
+    input.tokens = IdsTensor(prompts[row]);
+    auto steering = model_->MakeSteeringBatch({{steering_for(row), 1.0}});
+    EXPECT_TRUE(steering.ok());
+    input.steering = *steering;
+    auto logits = model_->Forward(input, &cache);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return cache;
+  };
+  auto step = [&](KvCache& cache, const std::vector<int64_t>& batch_rows,
+                  const std::vector<int64_t>& tokens) {
+    ForwardInput input;
+    input.tokens = at::tensor(tokens, at::TensorOptions().dtype(at::kLong))
+                       .view({static_cast<int64_t>(tokens.size()), 1});
+    std::vector<SteeringRow> steering;
+    for (int64_t r : batch_rows) steering.push_back({steering_for(r), 1.0});
+    auto batch = model_->MakeSteeringBatch(steering);
+    EXPECT_TRUE(batch.ok());
+    input.steering = *batch;
+    auto logits = model_->Forward(input, &cache);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return *logits;  // [rows, V]
+  };
+  // Each row decoded alone for three steps of fixed tokens.
+  const std::vector<std::vector<int64_t>> tokens = {
+      {41, 42, 43, 44, 45, 46, 47, 48, 49, 50},
+      {51, 52, 53, 54, 55, 56, 57, 58, 59, 60},
+      {61, 62, 63, 64, 65, 66, 67, 68, 69, 70}};
+  std::vector<std::vector<at::Tensor>> alone(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    KvCache cache = prefill(r);
+    for (const auto& step_tokens : tokens) {
+      alone[r].push_back(step(cache, {r}, {step_tokens[r]})[0]);
+    }
+  }
+  // The same rows in batches of every size from 2 to all of them (the matmul kernel's
+  // 4x4, 8x2 and 16x1 tiles), each row at its own length.
+  for (int64_t batch_size = 2; batch_size <= rows; ++batch_size) {
+    std::vector<int64_t> batch_rows;
+    KvCache batch = prefill(rows - 1);
+    batch_rows.push_back(rows - 1);
+    for (int64_t r = 0; r + 1 < batch_size; ++r) {
+      ASSERT_TRUE(batch.AppendRows(prefill(r)).ok());
+      batch_rows.push_back(r);
+    }
+    for (size_t s = 0; s < tokens.size(); ++s) {
+      std::vector<int64_t> step_tokens;
+      for (int64_t r : batch_rows) step_tokens.push_back(tokens[s][r]);
+      const at::Tensor logits = step(batch, batch_rows, step_tokens);
+      for (size_t i = 0; i < batch_rows.size(); ++i) {
+        EXPECT_TRUE(at::equal(logits[i], alone[batch_rows[i]][s]))
+            << "row " << batch_rows[i] << " in a batch of " << batch_size << ", step " << s;
+      }
+    }
+  }
+  // And the cached steps agree with a cacheless forward over the whole sequence.
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<int32_t> full = prompts[r];
+    for (const auto& step_tokens : tokens) full.push_back(static_cast<int32_t>(step_tokens[r]));
+    ForwardInput whole;
+    whole.tokens = IdsTensor(full);
+    whole.logits = ForwardInput::Logits::kAll;
+    auto steering = model_->MakeSteeringBatch({{steering_for(r), 1.0}});
+    ASSERT_TRUE(steering.ok());
+    whole.steering = *steering;
+    auto logits = model_->Forward(whole, nullptr);  // [1, T, V]
+    ASSERT_TRUE(logits.ok());
+    // Step s fed the token at position prompt length + s.
+    const int64_t prompt_length = static_cast<int64_t>(prompts[r].size());
+    for (size_t s = 0; s < tokens.size(); ++s) {
+      EXPECT_LE(MaxAbsDiff(alone[r][s], (*logits)[0][prompt_length + static_cast<int64_t>(s)]),
+                1e-4)
+          << "row " << r << ", step " << s;
+    }
+  }
+}
+
 TEST_F(ModelRuntimeTest, SteeringFileRoundTripsAndChecksTheModel) {
   const std::string path = ::testing::TempDir() + "/steerd_vector.safetensors";
   ASSERT_TRUE(SaveSteeringFile(path, steering_, model_->config(), "qwen2-tiny", {}).ok());
