@@ -293,11 +293,10 @@ TEST_F(ModelRuntimeTest, Bf16CachedDecodeAgreesWithFullForward) {
 // The float32 generation path (CPU kernels for the linears, RMSNorm and the cached
 // step's attention): a decoding row's logits are the same bits alone or in a
 // continuous batch of rows at other lengths, steered or not, and agree with a full
-// cacheless forward over the whole sequence.
+// cacheless forward over the whole sequence. Without AVX-512 generation uses
+// libtorch's ops, which promise only closeness, and that is what is checked there.
 TEST_F(ModelRuntimeTest, F32CachedDecodeRowsAreBitwiseIndependentOfTheBatch) {
-  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) {
-    GTEST_SKIP() << "no AVX-512: generation uses libtorch's ops, which promise no such thing";
-  }
+  const bool kernels = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   const std::vector<std::vector<int32_t>> prompts = {
       {5, 17, 33, 2, 9}, {100, 7}, {44, 45, 46}, {3},          {8, 9, 10, 11, 12, 13, 14},
       {60, 61},          {70},     {1, 2, 3, 4}, {90, 91, 92}, {20, 21, 22, 23, 24, 25}};
@@ -355,8 +354,13 @@ TEST_F(ModelRuntimeTest, F32CachedDecodeRowsAreBitwiseIndependentOfTheBatch) {
       for (int64_t r : batch_rows) step_tokens.push_back(tokens[s][r]);
       const at::Tensor logits = step(batch, batch_rows, step_tokens);
       for (size_t i = 0; i < batch_rows.size(); ++i) {
-        EXPECT_TRUE(at::equal(logits[i], alone[batch_rows[i]][s]))
-            << "row " << batch_rows[i] << " in a batch of " << batch_size << ", step " << s;
+        if (kernels) {
+          EXPECT_TRUE(at::equal(logits[i], alone[batch_rows[i]][s]))
+              << "row " << batch_rows[i] << " in a batch of " << batch_size << ", step " << s;
+        } else {
+          EXPECT_LE(MaxAbsDiff(logits[i], alone[batch_rows[i]][s]), 1e-4)
+              << "row " << batch_rows[i] << " in a batch of " << batch_size << ", step " << s;
+        }
       }
     }
   }
