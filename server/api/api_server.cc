@@ -12,7 +12,7 @@ namespace steerd {
 namespace {
 
 constexpr const char* kServiceNames[] = {"steerd.v1.Models", "steerd.v1.Vectors",
-                                         "steerd.v1.Generation"};
+                                         "steerd.v1.Generation", "steerd.v1.Training"};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -47,6 +47,7 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Start(const Options& optio
   server->models_ = std::make_unique<ModelsService>(api);
   server->vectors_ = std::make_unique<VectorsService>(api);
   server->generation_ = std::make_unique<GenerationService>(api);
+  server->training_ = std::make_unique<TrainingService>(api);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -57,6 +58,7 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Start(const Options& optio
   builder.RegisterService(server->models_.get());
   builder.RegisterService(server->vectors_.get());
   builder.RegisterService(server->generation_.get());
+  builder.RegisterService(server->training_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(

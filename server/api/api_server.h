@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/api/services.h"
+#include "server/api/training_service.h"
 
 namespace steerd {
 
@@ -44,6 +45,7 @@ class ApiServer {
   std::unique_ptr<ModelsService> models_;
   std::unique_ptr<VectorsService> vectors_;
   std::unique_ptr<GenerationService> generation_;
+  std::unique_ptr<TrainingService> training_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };

@@ -23,22 +23,15 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Runs a unary RPC that completes on the calling thread: admission, the handler, the
-// status and the metrics.
+// A unary RPC of the Models and Vectors services: admission, the core, the handler.
 template <typename Handler>
 grpc::ServerUnaryReactor* RunUnary(ApiContext* api, grpc::CallbackServerContext* context,
                                    const char* rpc, Handler&& handler) {
-  const Clock::time_point start = Clock::now();
-  const absl::Status status = [&]() -> absl::Status {
+  return api->RunUnary(context, rpc, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(const Tenant* tenant, api->Admit(context));
     ASSIGN_OR_RETURN(ServingCore * core, api->Core(/*for_generation=*/false));
     return handler(*tenant, *core);
-  }();
-  const grpc::Status result = ToGrpcStatus(status);
-  api->metrics()->RecordRpc(rpc, GrpcCodeName(result.error_code()), SecondsSince(start));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(result);
-  return reactor;
+  });
 }
 
 // The observer side of one Generate / GenerateStream call, shared by the RPC's reactor
@@ -323,6 +316,22 @@ absl::StatusOr<ServingCore*> ApiContext::Core(bool for_generation) const {
     return absl::UnavailableError("the server is shutting down; retry elsewhere");
   }
   return core;
+}
+
+void ApiContext::RecordRpc(const char* rpc, const absl::Status& status,
+                           std::chrono::steady_clock::time_point start) {
+  metrics_->RecordRpc(rpc, GrpcCodeName(ToGrpcStatus(status).error_code()), SecondsSince(start));
+}
+
+absl::StatusOr<TrainingManager*> ApiContext::Training() const {
+  TrainingManager* training = training_.load();
+  if (training == nullptr) {
+    return absl::UnavailableError("the server is starting: models are still loading");
+  }
+  if (draining_.load()) {
+    return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  }
+  return training;
 }
 
 absl::StatusOr<const Tenant*> ApiContext::Admit(const grpc::CallbackServerContext* context) {

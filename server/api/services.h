@@ -13,15 +13,18 @@
 #define STEERD_SERVER_API_SERVICES_H_
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "server/api/grpc_status.h"
 #include "server/api/reactor_pump.h"
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
+#include "server/engine/training_manager.h"
 #include "server/tenancy/tenants.h"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
@@ -39,6 +42,10 @@ class ApiContext {
 
   // Makes the core visible to RPCs (after loading and warm-up).
   void SetCore(ServingCore* core) { core_.store(core); }
+  // Makes the training manager visible to RPCs (after the core).
+  void SetTraining(TrainingManager* training) { training_.store(training); }
+  // The training manager, or UNAVAILABLE while starting or draining.
+  absl::StatusOr<TrainingManager*> Training() const;
   // From now on, new generations fail with UNAVAILABLE.
   void StartDraining() { draining_.store(true); }
 
@@ -47,17 +54,34 @@ class ApiContext {
   // The caller's tenant after authentication and the rate limit.
   absl::StatusOr<const Tenant*> Admit(const grpc::CallbackServerContext* context);
 
+  // Runs a unary RPC that completes on the calling thread: `body` (admission and the
+  // handler), then the status and the metrics. Every service's unary RPCs go through it.
+  template <typename Body>
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, const char* rpc,
+                                     Body&& body) {
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status status = body();
+    RecordRpc(rpc, status, start);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+
   TenantLimiter* limiter() { return limiter_; }
   ServingMetrics* metrics() { return metrics_; }
   // Runs reactor operations requested from the engine thread.
   ReactorPump* pump() { return &pump_; }
 
  private:
+  void RecordRpc(const char* rpc, const absl::Status& status,
+                 std::chrono::steady_clock::time_point start);
+
   const Authenticator* authenticator_;
   TenantLimiter* limiter_;
   ServingMetrics* metrics_;
   ReactorPump pump_;
   std::atomic<ServingCore*> core_{nullptr};
+  std::atomic<TrainingManager*> training_{nullptr};
   std::atomic<bool> draining_{false};
 };
 

@@ -9,6 +9,10 @@
 //    inter-token latency (ITL) percentiles.
 //  - The first-token cost of a vector that is not yet resident on the device (read
 //    from SQLite, validated, uploaded) against one that is.
+//  - Serving under training (--training-concurrency c, default 8; 0 skips it): the
+//    unsteered closed loop at c with and without a training job (built-in arith task)
+//    running on the same model, interleaved without/with/with/without, and the job's
+//    seconds per step with that traffic and without any.
 // Prints aligned lines and a last JSON line (only the JSON line with --json).
 #include <ATen/Parallel.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -310,10 +315,57 @@ class TempDir {
   std::string path_;
 };
 
+// A long training job on the served model (it runs until cancelled), RUNNING with at
+// least one step done when this returns.
+absl::StatusOr<JobRecord> StartTrainingJob(TrainingManager& training, const std::string& tenant) {
+  CreateJobParams params;
+  params.spec.model = kServedName;
+  params.spec.output_vector = "bench-training";
+  params.spec.task = "arith";
+  params.spec.hyperparameters.steps = 100000;
+  params.spec.hyperparameters.seed = 1;
+  ASSIGN_OR_RETURN(JobRecord job, training.CreateJob(tenant, JobLimits{}, std::move(params)));
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  while (job.state == JobState::kQueued || job.step < 1) {
+    if (IsTerminal(job.state)) {
+      return absl::InternalError(absl::StrCat("the training job ended: ", job.error));
+    }
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("the job did not start");
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSIGN_OR_RETURN(job, training.GetJob(tenant, job.id));
+  }
+  return job;
+}
+
+// Cancels the job and waits until it has ended.
+absl::Status StopTrainingJob(TrainingManager& training, const std::string& tenant,
+                             const std::string& id) {
+  ASSIGN_OR_RETURN(JobRecord job, training.CancelJob(tenant, id));
+  while (!IsTerminal(job.state)) {
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSIGN_OR_RETURN(job, training.GetJob(tenant, id));
+  }
+  return absl::OkStatus();
+}
+
+// Seconds per step of a running job over `seconds` of wall time, from its progress.
+absl::StatusOr<double> SecondsPerStep(TrainingManager& training, const std::string& tenant,
+                                      const std::string& id,
+                                      const std::function<absl::Status()>& during) {
+  ASSIGN_OR_RETURN(JobRecord before, training.GetJob(tenant, id));
+  const auto started = Clock::now();
+  RETURN_IF_ERROR(during());
+  const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
+  ASSIGN_OR_RETURN(JobRecord after, training.GetJob(tenant, id));
+  const int steps = after.step - before.step;
+  return steps > 0 ? elapsed / steps : elapsed;
+}
+
 absl::Status BenchServe(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
                                           {"model", "concurrency", "seconds", "new-tokens",
-                                           "threads", "max-batch", "dtype", "device"},
+                                           "threads", "max-batch", "dtype", "device",
+                                           "training-concurrency"},
                                           {"json"}));
   std::string model_dir = args.GetString("model", "");
   if (model_dir.empty()) {
@@ -327,6 +379,7 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(int64_t new_tokens, args.GetInt("new-tokens", 64));
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   ASSIGN_OR_RETURN(int64_t max_batch, args.GetInt("max-batch", 64));
+  ASSIGN_OR_RETURN(int64_t training_c, args.GetInt("training-concurrency", 8));
   const bool json_only = args.Flag("json");
   if (concurrencies.empty()) return absl::InvalidArgumentError("--concurrency is empty");
   for (int64_t c : concurrencies) {
@@ -334,9 +387,11 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
       return absl::InvalidArgumentError("--concurrency values must be in [1, 1024]");
     }
   }
-  if (!(seconds > 0.0) || new_tokens < 1 || threads < 0 || max_batch < 1) {
+  if (!(seconds > 0.0) || new_tokens < 1 || threads < 0 || max_batch < 1 || training_c < 0 ||
+      training_c > 1024) {
     return absl::InvalidArgumentError(
-        "--seconds > 0, --new-tokens >= 1, --threads >= 0, --max-batch >= 1");
+        "--seconds > 0, --new-tokens >= 1, --threads >= 0, --max-batch >= 1, "
+        "--training-concurrency in [0, 1024]");
   }
   const int64_t max_concurrency = *std::max_element(concurrencies.begin(), concurrencies.end());
   // One distinct vector per stream at the highest concurrency, at least 32.
@@ -419,6 +474,44 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
 
   ASSIGN_OR_RETURN(ColdResult cold, MeasureColdVectors(*client, *server->metrics(), info.num_layers,
                                                        info.hidden_size, rng));
+  // Serving under training: without, with, with, without (a fresh job each time).
+  ConfigResult without_training, with_training;
+  std::vector<double> step_seconds_loaded, step_seconds_idle;
+  if (training_c > 0) {
+    TrainingManager& training = *server->training();
+    for (bool with_job : {false, true, true, false}) {
+      auto run_once = [&]() -> absl::StatusOr<RunResult> {
+        return RunClosedLoop(*client, *server->metrics(), {}, static_cast<int>(training_c),
+                             new_tokens, seconds, run_seed++);
+      };
+      if (!with_job) {
+        ASSIGN_OR_RETURN(RunResult run, run_once());
+        without_training.Add(run);
+        continue;
+      }
+      ASSIGN_OR_RETURN(JobRecord job, StartTrainingJob(training, tenant.name));
+      RunResult run;
+      ASSIGN_OR_RETURN(double loaded, SecondsPerStep(training, tenant.name, job.id,
+                                                     [&]() -> absl::Status {
+                                                       ASSIGN_OR_RETURN(run, run_once());
+                                                       return absl::OkStatus();
+                                                     }));
+      ASSIGN_OR_RETURN(double idle, SecondsPerStep(training, tenant.name, job.id,
+                                                   [&]() -> absl::Status {
+                                                     absl::SleepFor(absl::Seconds(seconds));
+                                                     return absl::OkStatus();
+                                                   }));
+      RETURN_IF_ERROR(StopTrainingJob(training, tenant.name, job.id));
+      with_training.Add(run);
+      step_seconds_loaded.push_back(loaded);
+      step_seconds_idle.push_back(idle);
+      if (!json_only) {
+        std::fprintf(stderr, "  run c=%lld with training %10.1f tok/s, %.3f s/step (idle %.3f)\n",
+                     static_cast<long long>(training_c), run.tok_s(), loaded, idle);
+      }
+    }
+  }
+
   const double cold_ms = Median(cold.cold_ms);
   const double warm_ms = Median(cold.warm_ms);
   const double idle_unsteered_ms = Median(cold.unsteered_ms);
@@ -446,6 +539,20 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
   const double scaling =
       results[{max_concurrency, false}].tok_s() / results[{min_c, false}].tok_s();
   if (max_concurrency != min_c) result[scaling_key] = scaling;
+  if (training_c > 0) {
+    const std::string c = absl::StrCat("_c", training_c);
+    const double p99_without = Percentile(without_training.itl_ms, 0.99);
+    const double p99_with = Percentile(with_training.itl_ms, 0.99);
+    result["p99_itl_ms" + c + "_without_training"] = p99_without;
+    result["p99_itl_ms" + c + "_with_training"] = p99_with;
+    result["p50_itl_ms" + c + "_without_training"] = Percentile(without_training.itl_ms, 0.5);
+    result["p50_itl_ms" + c + "_with_training"] = Percentile(with_training.itl_ms, 0.5);
+    result["itl_p99_training_ratio"] = p99_with / p99_without;
+    result["tok_s" + c + "_without_training"] = without_training.tok_s();
+    result["tok_s" + c + "_with_training"] = with_training.tok_s();
+    result["training_seconds_per_step_under_load"] = Median(step_seconds_loaded);
+    result["training_seconds_per_step_idle"] = Median(step_seconds_idle);
+  }
   result["cold_vector_extra_ms"] = cold_ms - warm_ms;
   result["cold_ttft_ms"] = cold_ms;
   result["warm_ttft_ms"] = warm_ms;
@@ -504,6 +611,19 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
         {"vector cache in the cold test",
          absl::StrFormat("%.0f misses, %.0f hits (expected %d and %d)", cold.cache.cache_misses,
                          cold.cache.cache_hits, kColdVectors, kColdVectors)});
+    if (training_c > 0) {
+      const double p99_without = Percentile(without_training.itl_ms, 0.99);
+      const double p99_with = Percentile(with_training.itl_ms, 0.99);
+      table.push_back({absl::StrCat("itl p99 c", training_c, " without / with training (ms)"),
+                       absl::StrFormat("%.3f / %.3f (x%.2f)", p99_without, p99_with,
+                                       p99_with / p99_without)});
+      table.push_back({absl::StrCat("tok/s c", training_c, " without / with training"),
+                       absl::StrFormat("%.1f / %.1f", without_training.tok_s(),
+                                       with_training.tok_s())});
+      table.push_back({"training s/step under load / idle",
+                       absl::StrFormat("%.3f / %.3f", Median(step_seconds_loaded),
+                                       Median(step_seconds_idle))});
+    }
     for (const auto& [name, value] : table) {
       std::printf("  %-36s %s\n", name.c_str(), value.c_str());
     }

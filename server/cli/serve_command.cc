@@ -34,7 +34,8 @@ const std::set<std::string> kValueFlags = {
     "data-dir",      "tenants",       "tls-cert",          "tls-key",
     "drain-seconds", "max-batch",     "max-waiting",       "vector-cache-size",
     "max-prompt-tokens", "max-new-tokens", "max-message-bytes", "dtype",
-    "device",        "threads",       "weights"};
+    "device",        "threads",       "weights",           "max-training-jobs",
+    "checkpoint-every", "training-rows"};
 
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
@@ -81,6 +82,8 @@ absl::Status Serve(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(core_options.vector_cache_size, args.GetInt("vector-cache-size", 256));
   ASSIGN_OR_RETURN(core_options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(core_options.max_new_tokens, args.GetInt("max-new-tokens", 0));
+  ASSIGN_OR_RETURN(core_options.max_background_rows,
+                   args.GetInt("training-rows", core_options.max_background_rows));
   ASSIGN_OR_RETURN(int64_t drain_seconds, args.GetInt("drain-seconds", 30));
   ApiServer::Options server_options;
   server_options.listen_address = args.GetString("listen", "127.0.0.1:50051");
@@ -118,6 +121,11 @@ absl::Status Serve(const std::vector<std::string>& argv) {
   }
   ComposedServer::Options composed_options;
   composed_options.core = core_options;
+  TrainingManager::Options& training = composed_options.training;
+  ASSIGN_OR_RETURN(training.max_running_jobs_per_model,
+                   args.GetInt("max-training-jobs", training.max_running_jobs_per_model));
+  ASSIGN_OR_RETURN(training.checkpoint_every,
+                   args.GetInt("checkpoint-every", training.checkpoint_every));
   composed_options.server = server_options;
   composed_options.tenants = std::move(tenants);
   composed_options.data_dir = data_dir;

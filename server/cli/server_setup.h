@@ -1,7 +1,7 @@
 // The composition of a steerd server, shared by `steerd serve` (flags, signals, metrics
 // HTTP around it) and `steerd bench serve` (the same server in-process, driven over
-// localhost gRPC): tenants' authentication and limits, the SQLite vector store in the
-// data directory, the gRPC port and the serving core. Start-up is split in two so the
+// localhost gRPC): tenants' authentication and limits, the SQLite vector and job stores
+// in the data directory, the gRPC port, the serving core and the training manager. Start-up is split in two so the
 // port answers health checks (NOT_SERVING) while the models load.
 // Thread-safety: Start, LoadModels, Drain and destruction from one thread; the
 // accessors from any thread once the corresponding step is done.
@@ -18,6 +18,8 @@
 #include "server/api/services.h"
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
+#include "server/engine/training_manager.h"
+#include "server/storage/sqlite_job_store.h"
 #include "server/storage/sqlite_vector_store.h"
 #include "server/tenancy/tenants.h"
 
@@ -27,6 +29,7 @@ class ComposedServer {
  public:
   struct Options {
     ServingCore::Options core;
+    TrainingManager::Options training;
     ApiServer::Options server;
     std::vector<Tenant> tenants;  // At least one.
     std::string data_dir;         // Holds the vector store, steerd.db.
@@ -38,15 +41,18 @@ class ComposedServer {
   // Shuts the port down, cancelling calls still running, before the core they use goes.
   ~ComposedServer();
 
-  // Loads and warms every model, then makes them visible to RPCs and reports SERVING.
+  // Loads and warms every model, resumes the training jobs a previous process left,
+  // then makes them visible to RPCs and reports SERVING.
   absl::Status LoadModels();
-  // Health NOT_SERVING, no new generations, in-flight ones finish or are ended at
-  // `deadline`; then the port closes (after a short grace for the last chunks).
+  // Health NOT_SERVING, training stops after its current steps (jobs resume on the next
+  // start), no new generations, in-flight ones finish or are ended at `deadline`; then
+  // the port closes (after a short grace for the last chunks).
   void Drain(absl::Time deadline);
 
   int port() const { return server_->port(); }
   ServingMetrics* metrics() { return metrics_.get(); }
   ServingCore* core() { return core_.get(); }  // Null before LoadModels().
+  TrainingManager* training() { return training_.get(); }  // Null before LoadModels().
 
  private:
   explicit ComposedServer(const Options& options) : options_(options) {}
@@ -56,10 +62,12 @@ class ComposedServer {
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<TenantLimiter> limiter_;
   std::unique_ptr<SqliteVectorStore> store_;
+  std::unique_ptr<SqliteJobStore> job_store_;
   std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<ApiContext> api_;
   std::unique_ptr<ApiServer> server_;
   std::unique_ptr<ServingCore> core_;
+  std::unique_ptr<TrainingManager> training_;  // Uses the core: goes first.
 };
 
 }  // namespace steerd

@@ -31,11 +31,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
                                                        const Tokenizer* tokenizer,
                                                        ModelMetrics metrics) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine needs a model");
-  if (options.max_batch_size < 1 || options.max_waiting < 0 || options.max_prefill_tokens < 1) {
+  if (options.max_batch_size < 1 || options.max_waiting < 0 || options.max_prefill_tokens < 1 ||
+      options.max_background_rows < 0 || options.max_background_prefill_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine limits must be positive: max_batch_size ", options.max_batch_size,
         ", max_waiting ", options.max_waiting, ", max_prefill_tokens ",
-        options.max_prefill_tokens));
+        options.max_prefill_tokens, ", max_background_rows ", options.max_background_rows));
   }
   std::unique_ptr<Engine> engine(new Engine(options, model, tokenizer, metrics));
   const int threads = at::get_num_threads();
@@ -77,6 +78,10 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> Engine::Submit(EngineRequest r
   std::shared_ptr<GenerationHandle> handle = sequence->handle;
   absl::MutexLock lock(&mu_);
   if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  if (sequence->request.background) {
+    background_waiting_.push_back(std::move(sequence));
+    return handle;
+  }
   if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server is overloaded: ", waiting_.size(),
@@ -92,7 +97,7 @@ void Engine::Drain(absl::Time deadline) {
     absl::MutexLock lock(&mu_);
     draining_ = true;
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return waiting_.empty() && running_count_.load() == 0;
+      return waiting_.empty() && background_waiting_.empty() && running_count_.load() == 0;
     };
     // The engine thread takes mu_ every iteration, which re-evaluates the condition.
     mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
@@ -119,6 +124,8 @@ void Engine::Loop() {
       {
         absl::MutexLock lock(&mu_);
         waiting.swap(waiting_);
+        for (auto& sequence : background_waiting_) waiting.push_back(std::move(sequence));
+        background_waiting_.clear();
       }
       for (auto& sequence : waiting) {
         sequence->state->Cancel();
@@ -139,28 +146,46 @@ std::vector<std::unique_ptr<Engine::Sequence>> Engine::TakeWork(bool have_runnin
     absl::MutexLock lock(&mu_);
     if (!have_running) {
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || !waiting_.empty();
+        return stop_ || !waiting_.empty() || !background_waiting_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stop_) return taken;
     }
-    // Cancelled requests leave the queue at once, wherever they are in it.
-    for (auto it = waiting_.begin(); it != waiting_.end();) {
-      if ((*it)->handle->cancelled()) {
-        cancelled.push_back(std::move(*it));
-        it = waiting_.erase(it);
-      } else {
-        ++it;
+    // Cancelled requests leave the queues at once, wherever they are in them.
+    for (auto* queue : {&waiting_, &background_waiting_}) {
+      for (auto it = queue->begin(); it != queue->end();) {
+        if ((*it)->handle->cancelled()) {
+          cancelled.push_back(std::move(*it));
+          it = queue->erase(it);
+        } else {
+          ++it;
+        }
       }
     }
     int64_t tokens = 0;
-    while (!waiting_.empty() &&
-           static_cast<int64_t>(running_.size() + taken.size()) < options_.max_batch_size) {
-      const int64_t n = waiting_.front()->request.generation.prompt.size();
-      if (!taken.empty() && tokens + n > options_.max_prefill_tokens) break;
-      tokens += n;
-      taken.push_back(std::move(waiting_.front()));
-      waiting_.pop_front();
+    // Takes the front of `queue` while rows and the prefill budget allow and `room`
+    // says yes (at least one request when nothing else joins).
+    auto admit = [&](std::deque<std::unique_ptr<Sequence>>& queue, int64_t budget, auto room)
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      while (!queue.empty() &&
+             static_cast<int64_t>(running_.size() + taken.size()) < options_.max_batch_size &&
+             room()) {
+        const int64_t n = queue.front()->request.generation.prompt.size();
+        if (!taken.empty() && tokens + n > budget) break;
+        tokens += n;
+        taken.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+    };
+    admit(waiting_, options_.max_prefill_tokens, [] { return true; });
+    if (waiting_.empty() && !background_waiting_.empty()) {
+      // Background prefill is metered in small slices: a long prefill is a long pause
+      // for every running serving row.
+      int64_t background_rows = 0;
+      for (const auto& sequence : running_) background_rows += sequence->request.background;
+      admit(background_waiting_,
+            std::min(options_.max_prefill_tokens, tokens + options_.max_background_prefill_tokens),
+            [&] { return background_rows++ < options_.max_background_rows; });
     }
     if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());
   }

@@ -7,6 +7,8 @@
 // different steering vectors (or none) in the same batch: the batch's steering tensor
 // is rebuilt only when the set of rows changes. The waiting queue is bounded, so an
 // overloaded server answers RESOURCE_EXHAUSTED at once instead of growing latency.
+// Background requests (training) wait in a queue of their own and take rows only when
+// no serving request waits, so serving comes first.
 // Thread-safety: Submit(), Drain(), Cancel() and the accessors may be called from any
 // thread; observers are called on the engine thread and must not block.
 #ifndef STEERD_SERVER_ENGINE_ENGINE_H_
@@ -38,6 +40,10 @@ struct EngineRequest {
   std::shared_ptr<const ResidentVector> vector;  // Pinned for the request's life; or null.
   double steering_scale = 1.0;
   std::shared_ptr<GenerationObserver> observer;
+  // Background work (training rollouts and evaluations): admitted only when no serving
+  // request waits, into at most Options::max_background_rows rows, and never refused
+  // for a full queue (its producer bounds how much it submits).
+  bool background = false;
 };
 
 class Engine {
@@ -47,6 +53,8 @@ class Engine {
     int64_t max_waiting = 256;       // Admitted requests waiting for a row.
     int64_t max_prefill_tokens = 4096;  // Prompt tokens prefilled per iteration (at
                                         // least one request is always admitted).
+    int64_t max_background_rows = 32;   // Rows background requests may hold at once.
+    int64_t max_background_prefill_tokens = 256;  // Background prompt tokens per iteration.
   };
 
   // `model` and `tokenizer` must outlive the engine. Starts the engine thread.
@@ -101,6 +109,7 @@ class Engine {
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Sequence>> waiting_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<Sequence>> background_waiting_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;  // End everything now and exit.
   std::atomic<int64_t> running_count_{0};

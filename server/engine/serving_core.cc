@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/engine/engine.h"
+#include "server/engine/served_model.h"
 #include "server/engine/vector_cache.h"
 #include "server/engine/vector_ref.h"
 #include "server/engine/vector_upload.h"
@@ -97,15 +98,6 @@ class BlockingObserver : public GenerationObserver {
 
 }  // namespace
 
-struct ServingCore::ServedModel {
-  ModelInfo info;
-  std::unique_ptr<Transformer> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::optional<ChatTemplate> chat_template;
-  std::unique_ptr<VectorCache> vectors;
-  std::unique_ptr<Engine> engine;  // Last: stops before what it uses goes away.
-};
-
 ServingCore::ServingCore(const Options& options, VectorStore* store, ServingMetrics* metrics)
     : options_(options), store_(store), metrics_(metrics) {}
 
@@ -180,6 +172,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     engine_options.max_batch_size = options.max_batch_size;
     engine_options.max_waiting = options.max_waiting;
     engine_options.max_prefill_tokens = options.max_prefill_tokens;
+    engine_options.max_background_rows = options.max_background_rows;
     ASSIGN_OR_RETURN(served->engine,
                      Engine::Create(engine_options, served->model.get(),
                                     served->tokenizer.get(), model_metrics));
@@ -260,6 +253,25 @@ absl::StatusOr<StoredVector> ServingCore::CreateVector(const std::string& tenant
                                                        const std::string& name,
                                                        std::string safetensors,
                                                        const std::string& description) {
+  return StoreVector(tenant, max_stored_vectors, model, name, std::move(safetensors),
+                     description, /*job_id=*/"");
+}
+
+absl::StatusOr<StoredVector> ServingCore::PublishTrainedVector(
+    const std::string& tenant, int64_t max_stored_vectors, const std::string& model,
+    const std::string& name, std::string safetensors, const std::string& description,
+    const std::string& job_id) {
+  return StoreVector(tenant, max_stored_vectors, model, name, std::move(safetensors),
+                     description, job_id);
+}
+
+absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
+                                                      int64_t max_stored_vectors,
+                                                      const std::string& model,
+                                                      const std::string& name,
+                                                      std::string safetensors,
+                                                      const std::string& description,
+                                                      const std::string& job_id) {
   if (model.empty()) return absl::InvalidArgumentError("model is empty");
   RETURN_IF_ERROR(ValidateVectorName(name, "name"));
   if (description.size() > kMaxDescriptionBytes) {
@@ -285,7 +297,9 @@ absl::StatusOr<StoredVector> ServingCore::CreateVector(const std::string& tenant
   metadata.sha256 = validated.sha256;
   metadata.size_bytes = validated.safetensors.size();
   metadata.layer_norms = validated.layer_norms;
-  metadata.source = StoredVector::Source::kUpload;
+  metadata.source =
+      job_id.empty() ? StoredVector::Source::kUpload : StoredVector::Source::kTraining;
+  metadata.job_id = job_id;
   metadata.description = description;
   return store_->Create(metadata, validated.safetensors, max_stored_vectors);
 }

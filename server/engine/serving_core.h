@@ -77,6 +77,7 @@ class ServingCore {
     int64_t max_batch_size = 64;     // Running sequences per model.
     int64_t max_waiting = 256;       // Queued requests per model before RESOURCE_EXHAUSTED.
     int64_t max_prefill_tokens = 4096;
+    int64_t max_background_rows = 32;  // Rows training rollouts may hold per model.
     int64_t vector_cache_size = 256;  // Unused vectors kept resident per model.
     int64_t max_prompt_tokens = 0;    // 0 = the model's context minus one.
     int64_t max_new_tokens = 0;       // Global cap; 0 = the model's context.
@@ -103,6 +104,15 @@ class ServingCore {
                                             const std::string& model, const std::string& name,
                                             std::string safetensors,
                                             const std::string& description);
+  // CreateVector for a vector a training job produced: stored with source TRAINING and
+  // the job's id.
+  absl::StatusOr<StoredVector> PublishTrainedVector(const std::string& tenant,
+                                                    int64_t max_stored_vectors,
+                                                    const std::string& model,
+                                                    const std::string& name,
+                                                    std::string safetensors,
+                                                    const std::string& description,
+                                                    const std::string& job_id);
   absl::StatusOr<StoredVector> GetVector(const std::string& tenant, const std::string& ref);
   // `query.model` is checked to name a loaded model when set.
   absl::StatusOr<VectorPage> ListVectors(const VectorListQuery& query);
@@ -118,10 +128,18 @@ class ServingCore {
       const std::string& tenant, int64_t tenant_max_new_tokens, const GenerateParams& params,
       std::shared_ptr<GenerationObserver> observer);
 
- private:
+  // A loaded model with its engine, for in-process users of the engine (the training
+  // manager); defined in served_model.h, which needs torch. NOT_FOUND when not loaded.
   struct ServedModel;
-  ServingCore(const Options& options, VectorStore* store, ServingMetrics* metrics);
   absl::StatusOr<ServedModel*> FindModel(const std::string& name) const;
+
+ private:
+  ServingCore(const Options& options, VectorStore* store, ServingMetrics* metrics);
+  absl::StatusOr<StoredVector> StoreVector(const std::string& tenant, int64_t max_stored_vectors,
+                                           const std::string& model, const std::string& name,
+                                           std::string safetensors,
+                                           const std::string& description,
+                                           const std::string& job_id);
 
   const Options options_;
   VectorStore* store_;

@@ -1,14 +1,11 @@
 #include "server/storage/sqlite_vector_store.h"
 
-#include <sqlite3.h>
-
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <limits>
-#include <system_error>
 #include <utility>
 
+#include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
@@ -17,6 +14,9 @@
 
 namespace steerd {
 namespace {
+
+using sqlite::Statement;
+using sqlite::Transaction;
 
 // One migration per schema version: kMigrations[v - 1] takes a database from version
 // v - 1 to v. The schema_version table is shared with any other store that keeps its
@@ -70,139 +70,9 @@ constexpr absl::string_view kColumns =
     "v.dtype, v.sha256, v.size_bytes, v.layer_norms, v.create_time_us, v.source, "
     "v.job_id, v.description";
 
-// Maps an SQLite result code to a status: transient conditions (locks, a full disk,
-// I/O errors) are UNAVAILABLE so callers may retry; corruption and anything else is
-// INTERNAL. The message carries SQLite's own text.
-absl::Status SqliteStatus(sqlite3* db, int code, absl::string_view what) {
-  const char* detail = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(code);
-  const std::string message =
-      absl::StrCat("vector store: ", what, ": ", detail, " (sqlite code ", code, ")");
-  switch (code & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-    case SQLITE_FULL:
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-    case SQLITE_NOMEM:
-    case SQLITE_PROTOCOL:
-    case SQLITE_READONLY:
-    case SQLITE_NOLFS:
-      return absl::UnavailableError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
 absl::Status CorruptRow(absl::string_view what) {
   return absl::InternalError(absl::StrCat("vector store: corrupt row: ", what));
 }
-
-// A prepared statement; finalized on destruction.
-class Statement {
- public:
-  Statement(sqlite3* db, absl::string_view what) : db_(db), what_(what) {}
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  absl::Status Prepare(absl::string_view sql) {
-    const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt_,
-                                      /*pzTail=*/nullptr);
-    if (rc != SQLITE_OK) return SqliteStatus(db_, rc, what_);
-    return absl::OkStatus();
-  }
-
-  // Bind* take 1-based parameter indexes, as SQLite does. The bound bytes must outlive
-  // the statement's steps (SQLITE_STATIC avoids copying a whole safetensors file).
-  absl::Status BindInt(int index, int64_t value) {
-    return Check(sqlite3_bind_int64(stmt_, index, value));
-  }
-  absl::Status BindText(int index, absl::string_view value) {
-    return Check(
-        sqlite3_bind_text64(stmt_, index, value.data(), value.size(), SQLITE_STATIC, SQLITE_UTF8));
-  }
-  absl::Status BindBlob(int index, absl::string_view value) {
-    // A zero-length blob needs a non-null pointer or it is bound as NULL.
-    static const char kEmpty = 0;
-    return Check(sqlite3_bind_blob64(stmt_, index, value.empty() ? &kEmpty : value.data(),
-                                     value.size(), SQLITE_STATIC));
-  }
-
-  // Advances to the next row: true when there is one, false when done.
-  absl::StatusOr<bool> Step() {
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return SqliteStatus(db_, rc, what_);
-  }
-  // Runs a statement that returns no rows.
-  absl::Status Run() {
-    ASSIGN_OR_RETURN(bool row, Step());
-    (void)row;
-    return absl::OkStatus();
-  }
-
-  int64_t Int(int column) const { return sqlite3_column_int64(stmt_, column); }
-  std::string Text(int column) const {
-    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
-    const int size = sqlite3_column_bytes(stmt_, column);
-    return text == nullptr ? std::string() : std::string(text, static_cast<size_t>(size));
-  }
-  std::string Blob(int column) const {
-    const auto* blob = static_cast<const char*>(sqlite3_column_blob(stmt_, column));
-    const int size = sqlite3_column_bytes(stmt_, column);
-    return blob == nullptr ? std::string() : std::string(blob, static_cast<size_t>(size));
-  }
-
- private:
-  absl::Status Check(int rc) {
-    if (rc != SQLITE_OK) return SqliteStatus(db_, rc, what_);
-    return absl::OkStatus();
-  }
-
-  sqlite3* const db_;
-  const std::string what_;
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-absl::Status Exec(sqlite3* db, const char* sql, absl::string_view what) {
-  const int rc = sqlite3_exec(db, sql, /*callback=*/nullptr, /*arg=*/nullptr,
-                              /*errmsg=*/nullptr);
-  if (rc != SQLITE_OK) return SqliteStatus(db, rc, what);
-  return absl::OkStatus();
-}
-
-// A transaction that rolls back unless committed.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* db) : db_(db) {}
-  ~Transaction() {
-    // SQLite may already have rolled back after an I/O error; then there is nothing
-    // to do (and ROLLBACK would only fail).
-    if (open_ && !sqlite3_get_autocommit(db_)) {
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    }
-  }
-  Transaction(const Transaction&) = delete;
-  Transaction& operator=(const Transaction&) = delete;
-
-  // IMMEDIATE takes the write lock at once, so a read-then-write transaction cannot
-  // fail half-way with SQLITE_BUSY when another process writes the same file.
-  absl::Status BeginImmediate() {
-    RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE", "beginning a transaction"));
-    open_ = true;
-    return absl::OkStatus();
-  }
-  absl::Status Commit() {
-    RETURN_IF_ERROR(Exec(db_, "COMMIT", "committing"));
-    open_ = false;
-    return absl::OkStatus();
-  }
-
- private:
-  sqlite3* const db_;
-  bool open_ = false;
-};
 
 std::string EncodeNorms(const std::vector<float>& norms) {
   std::string bytes(norms.size() * 4, '\0');
@@ -277,113 +147,23 @@ absl::Status CheckTenantAndName(const std::string& tenant, const std::string& na
   return absl::OkStatus();
 }
 
-// Applies the pragmas every connection needs. WAL + synchronous=FULL: a commit is
-// fsynced to the WAL before COMMIT returns, which is what makes Create() durable.
-absl::Status ConfigureConnection(sqlite3* db, absl::Duration busy_timeout) {
-  const int64_t timeout_ms = absl::ToInt64Milliseconds(busy_timeout);
-  const int rc = sqlite3_busy_timeout(
-      db, static_cast<int>(std::min<int64_t>(timeout_ms, std::numeric_limits<int>::max())));
-  if (rc != SQLITE_OK) return SqliteStatus(db, rc, "setting the busy timeout");
-  {
-    Statement wal(db, "enabling WAL");
-    RETURN_IF_ERROR(wal.Prepare("PRAGMA journal_mode=WAL"));
-    ASSIGN_OR_RETURN(const bool row, wal.Step());
-    const std::string mode = row ? wal.Text(0) : std::string();
-    if (mode != "wal") {
-      // Happens on file systems without shared-memory support (some network mounts).
-      return absl::FailedPreconditionError(
-          absl::StrCat("vector store: cannot use WAL journaling (journal_mode is \"", mode,
-                       "\"); put the data directory on a local file system"));
-    }
-  }
-  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL", "setting synchronous=FULL"));
-  RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys=ON", "enabling foreign keys"));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteVectorStore>> SqliteVectorStore::Create(
     const Options& options) {
-  if (options.path.empty()) {
-    return absl::InvalidArgumentError("vector store: the database path is empty");
-  }
-  const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
-  if (!parent.empty()) {
-    std::error_code error;
-    std::filesystem::create_directories(parent, error);
-    if (error) {
-      return absl::UnavailableError(absl::StrCat("vector store: cannot create directory ",
-                                                 parent.string(), ": ", error.message()));
-    }
-  }
-  sqlite3* db = nullptr;
-  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-#ifdef SQLITE_OPEN_EXRESCODE
-  flags |= SQLITE_OPEN_EXRESCODE;
-#endif
-  const int rc = sqlite3_open_v2(options.path.c_str(), &db, flags, /*zVfs=*/nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = SqliteStatus(db, rc, absl::StrCat("opening ", options.path));
-    sqlite3_close_v2(db);  // Allocated even on failure (nullptr is harmless).
-    return status;
-  }
-  sqlite3_extended_result_codes(db, 1);
+  sqlite::Database::Options open;
+  open.path = options.path;
+  open.busy_timeout = options.busy_timeout;
+  open.label = "vector store";
+  open.component = std::string(kComponent);
+  open.migrations = kMigrations;
+  ASSIGN_OR_RETURN(std::unique_ptr<sqlite::Database> db, sqlite::Database::Open(open));
   Options resolved = options;
   if (!resolved.clock) resolved.clock = [] { return absl::Now(); };
-  // From here the store owns `db` and closes it on every path.
-  std::unique_ptr<SqliteVectorStore> store(new SqliteVectorStore(std::move(resolved), db));
-  absl::MutexLock lock(&store->mu_);
-  absl::Status status = ConfigureConnection(db, options.busy_timeout);
-  if (status.ok()) status = store->InitializeSchema();
-  if (!status.ok()) {
-    return absl::Status(status.code(), absl::StrCat(status.message(), " [", options.path, "]"));
-  }
-  return store;
+  return absl::WrapUnique(new SqliteVectorStore(std::move(resolved), std::move(db)));
 }
 
-SqliteVectorStore::~SqliteVectorStore() {
-  absl::MutexLock lock(&mu_);
-  sqlite3_close_v2(db_);
-}
-
-absl::Status SqliteVectorStore::InitializeSchema() {
-  Transaction txn(db_);
-  RETURN_IF_ERROR(txn.BeginImmediate());
-  RETURN_IF_ERROR(Exec(db_,
-                       "CREATE TABLE IF NOT EXISTS schema_version ("
-                       "  component TEXT PRIMARY KEY,"
-                       "  version INTEGER NOT NULL"
-                       ") WITHOUT ROWID",
-                       "creating the schema_version table"));
-  int64_t version = 0;
-  {
-    Statement select(db_, "reading the schema version");
-    RETURN_IF_ERROR(select.Prepare("SELECT version FROM schema_version WHERE component = ?1"));
-    RETURN_IF_ERROR(select.BindText(1, kComponent));
-    ASSIGN_OR_RETURN(const bool row, select.Step());
-    if (row) version = select.Int(0);
-  }
-  if (version > kSchemaVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "vector store: the database has schema version ", version,
-        ", newer than this build understands (", kSchemaVersion, "); run a newer steerd"));
-  }
-  if (version < 0) return CorruptRow(absl::StrCat("schema version ", version));
-  if (version == kSchemaVersion) return txn.Commit();
-  for (int64_t v = version; v < kSchemaVersion; ++v) {
-    RETURN_IF_ERROR(
-        Exec(db_, kMigrations[v], absl::StrCat("migrating the schema to version ", v + 1)));
-  }
-  Statement update(db_, "writing the schema version");
-  RETURN_IF_ERROR(
-      update.Prepare("INSERT INTO schema_version (component, version) VALUES (?1, ?2) "
-                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version"));
-  RETURN_IF_ERROR(update.BindText(1, kComponent));
-  RETURN_IF_ERROR(update.BindInt(2, kSchemaVersion));
-  RETURN_IF_ERROR(update.Run());
-  return txn.Commit();
-}
+SqliteVectorStore::~SqliteVectorStore() = default;
 
 absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metadata,
                                                        const std::string& safetensors,
@@ -415,10 +195,10 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
   absl::MutexLock lock(&mu_);
   // Read under the lock so create_time never decreases as versions increase.
   stored.create_time = absl::FromUnixMicros(absl::ToUnixMicros(options_.clock()));
-  Transaction txn(db_);
+  Transaction txn(*db_);
   RETURN_IF_ERROR(txn.BeginImmediate());
   if (max_stored_versions >= 0) {
-    Statement count(db_, "counting stored versions");
+    Statement count(*db_, "counting stored versions");
     RETURN_IF_ERROR(count.Prepare("SELECT COUNT(*) FROM vectors WHERE tenant = ?1"));
     RETURN_IF_ERROR(count.BindText(1, stored.tenant));
     RETURN_IF_ERROR(count.Step().status());
@@ -430,7 +210,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     }
   }
   {
-    Statement next(db_, "assigning a version");
+    Statement next(*db_, "assigning a version");
     RETURN_IF_ERROR(
         next.Prepare("INSERT INTO vector_names (tenant, name, last_version) VALUES (?1, ?2, 1) "
                      "ON CONFLICT (tenant, name) DO UPDATE SET last_version = last_version + 1 "
@@ -443,7 +223,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(next.Run());  // Completes the statement (RETURNING yields one row).
   }
   {
-    Statement insert(db_, "inserting the vector");
+    Statement insert(*db_, "inserting the vector");
     RETURN_IF_ERROR(insert.Prepare(
         "INSERT INTO vectors (tenant, name, version, model, model_fingerprint, num_layers, "
         "hidden_size, dtype, sha256, size_bytes, layer_norms, create_time_us, source, "
@@ -467,10 +247,10 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(insert.Run());
   }
   {
-    Statement insert(db_, "inserting the vector file");
+    Statement insert(*db_, "inserting the vector file");
     RETURN_IF_ERROR(
         insert.Prepare("INSERT INTO vector_files (vector_id, safetensors) VALUES (?1, ?2)"));
-    RETURN_IF_ERROR(insert.BindInt(1, sqlite3_last_insert_rowid(db_)));
+    RETURN_IF_ERROR(insert.BindInt(1, db_->LastInsertRowId()));
     RETURN_IF_ERROR(insert.BindBlob(2, safetensors));
     RETURN_IF_ERROR(insert.Run());
   }
@@ -483,7 +263,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Get(const std::string& tenant,
                                                     std::optional<int64_t> version) {
   RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
   absl::MutexLock lock(&mu_);
-  Statement select(db_, "reading a vector");
+  Statement select(*db_, "reading a vector");
   RETURN_IF_ERROR(select.Prepare(absl::StrCat(
       "SELECT ", kColumns, " FROM vectors v WHERE v.tenant = ?1 AND v.name = ?2",
       version.has_value() ? " AND v.version = ?3" : "", " ORDER BY v.version DESC LIMIT 1")));
@@ -502,7 +282,7 @@ absl::StatusOr<std::string> SqliteVectorStore::ReadBytes(const std::string& tena
   std::string sha256;
   {
     absl::MutexLock lock(&mu_);
-    Statement select(db_, "reading a vector file");
+    Statement select(*db_, "reading a vector file");
     RETURN_IF_ERROR(
         select.Prepare("SELECT f.safetensors, v.sha256 FROM vectors v "
                        "JOIN vector_files f ON f.vector_id = v.id "
@@ -548,7 +328,7 @@ absl::StatusOr<VectorPage> SqliteVectorStore::List(const VectorListQuery& query)
   absl::StrAppend(&sql, " ORDER BY v.name ASC, v.version DESC LIMIT ?6");
 
   absl::MutexLock lock(&mu_);
-  Statement select(db_, "listing vectors");
+  Statement select(*db_, "listing vectors");
   RETURN_IF_ERROR(select.Prepare(sql));
   RETURN_IF_ERROR(select.BindText(1, query.tenant));
   if (!query.model.empty()) RETURN_IF_ERROR(select.BindText(2, query.model));
@@ -587,11 +367,11 @@ absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
   };
 
   absl::MutexLock lock(&mu_);
-  Transaction txn(db_);
+  Transaction txn(*db_);
   RETURN_IF_ERROR(txn.BeginImmediate());
   std::vector<StoredVector> deleted;
   {
-    Statement select(db_, "reading vectors to delete");
+    Statement select(*db_, "reading vectors to delete");
     RETURN_IF_ERROR(select.Prepare(absl::StrCat("SELECT ", kColumns, " FROM vectors v WHERE ",
                                                 match, " ORDER BY v.version ASC")));
     RETURN_IF_ERROR(bind(select));
@@ -604,7 +384,7 @@ absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
   }
   if (deleted.empty()) return NotFound(name, version);
   {
-    Statement files(db_, "deleting vector files");
+    Statement files(*db_, "deleting vector files");
     RETURN_IF_ERROR(files.Prepare(absl::StrCat(
         "DELETE FROM vector_files WHERE vector_id IN (SELECT id FROM vectors WHERE ", match, ")")));
     RETURN_IF_ERROR(bind(files));
@@ -612,7 +392,7 @@ absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
   }
   {
     // vector_names keeps its row: the counter must outlive the versions.
-    Statement rows(db_, "deleting vectors");
+    Statement rows(*db_, "deleting vectors");
     RETURN_IF_ERROR(rows.Prepare(absl::StrCat("DELETE FROM vectors WHERE ", match)));
     RETURN_IF_ERROR(bind(rows));
     RETURN_IF_ERROR(rows.Run());
@@ -624,7 +404,7 @@ absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
 absl::StatusOr<int64_t> SqliteVectorStore::CountVersions(const std::string& tenant) {
   if (tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
   absl::MutexLock lock(&mu_);
-  Statement count(db_, "counting stored versions");
+  Statement count(*db_, "counting stored versions");
   RETURN_IF_ERROR(count.Prepare("SELECT COUNT(*) FROM vectors WHERE tenant = ?1"));
   RETURN_IF_ERROR(count.BindText(1, tenant));
   RETURN_IF_ERROR(count.Step().status());

@@ -25,8 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/engine/vector_store.h"
-
-struct sqlite3;
+#include "server/storage/sqlite_util.h"
 
 namespace steerd {
 
@@ -77,13 +76,12 @@ class SqliteVectorStore : public VectorStore {
   static constexpr int64_t kSchemaVersion = 1;
 
  private:
-  SqliteVectorStore(Options options, sqlite3* db) : options_(std::move(options)), db_(db) {}
-
-  absl::Status InitializeSchema() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  SqliteVectorStore(Options options, std::unique_ptr<sqlite::Database> db)
+      : options_(std::move(options)), db_(std::move(db)) {}
 
   const Options options_;
   absl::Mutex mu_;
-  sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+  const std::unique_ptr<sqlite::Database> db_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 }  // namespace steerd

@@ -145,6 +145,10 @@ absl::StatusOr<TenantLimits> ParseLimits(const json& value, const std::string& w
       ASSIGN_OR_RETURN(limits.max_new_tokens, ParseCount(field, field_where));
     } else if (key == "queued_jobs") {
       ASSIGN_OR_RETURN(limits.queued_jobs, ParseCount(field, field_where));
+    } else if (key == "max_job_steps") {
+      ASSIGN_OR_RETURN(limits.max_job_steps, ParseCount(field, field_where));
+    } else if (key == "max_job_examples") {
+      ASSIGN_OR_RETURN(limits.max_job_examples, ParseCount(field, field_where));
     } else if (key == "requests_per_second") {
       if (!field.is_number()) {
         return absl::InvalidArgumentError(
@@ -160,7 +164,7 @@ absl::StatusOr<TenantLimits> ParseLimits(const json& value, const std::string& w
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": unknown field \"", key,
                        "\" (known: concurrent_generations, requests_per_second, stored_vectors, "
-                       "max_new_tokens, queued_jobs)"));
+                       "max_new_tokens, queued_jobs, max_job_steps, max_job_examples)"));
     }
   }
   return limits;

@@ -31,8 +31,8 @@ namespace steerd {
 // naming the limit by the field name used here, in the tenants file and in
 // common.proto. Counts are enforced by whoever owns what is counted: TenantLimiter
 // (below) for `requests_per_second` and `concurrent_generations`, the vector store for
-// `stored_vectors`, the job manager for `queued_jobs`, the generation path for
-// `max_new_tokens`.
+// `stored_vectors`, the job manager for `queued_jobs`, `max_job_steps` and
+// `max_job_examples`, the generation path for `max_new_tokens`.
 struct TenantLimits {
   // Generate / GenerateStream calls of the tenant running at once (admitted and not yet
   // finished). 0 forbids generation.
@@ -48,6 +48,13 @@ struct TenantLimits {
   int64_t max_new_tokens = 0;
   // Training jobs QUEUED or RUNNING at once. 0 forbids training.
   int64_t queued_jobs = 4;
+  // Upper bound on a training job's hyperparameters.steps (a request asking for more is
+  // rejected). 0 means only the server's cap applies.
+  int64_t max_job_steps = 0;
+  // Upper bound on each dataset of a training job: inline training or evaluation
+  // examples beyond it are rejected; a built-in task's datasets, whose size the server
+  // picks, are drawn no larger. 0 means only the server's cap applies.
+  int64_t max_job_examples = 0;
 };
 
 struct Tenant {
@@ -67,7 +74,8 @@ inline constexpr absl::string_view kDefaultTenantName = "default";
 //   {"tenants": [{"name": "acme", "api_key_sha256": "<64 hex>",
 //                 "limits": {"concurrent_generations": 8, "requests_per_second": 50,
 //                            "stored_vectors": 100, "max_new_tokens": 512,
-//                            "queued_jobs": 2}}]}
+//                            "queued_jobs": 2, "max_job_steps": 1000,
+//                            "max_job_examples": 10000}}]}
 // "limits" and each of its fields are optional (defaults as in TenantLimits). The hex
 // digest may use either case and is returned lowercase. Any mistake is
 // INVALID_ARGUMENT naming `source`, the tenant (index and name) and the field: invalid

@@ -140,7 +140,8 @@ absl::Status ValidateTrainerOptions(const TrainerOptions& o, const ModelConfig& 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
                                                          Transformer* model,
                                                          const Tokenizer* tokenizer,
-                                                         std::vector<Example> train) {
+                                                         std::vector<Example> train,
+                                                         RolloutBackend* rollouts) {
   const ModelConfig& config = model->config();
   RETURN_IF_ERROR(ValidateTrainerOptions(options, config));
   std::unique_ptr<Trainer> t(new Trainer());
@@ -165,7 +166,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& o
     if (e.answer.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("example ", i, " has no answer"));
     }
-    absl::StatusOr<std::vector<int32_t>> encoded = tokenizer->Encode(e.prompt);
+    absl::StatusOr<std::vector<int32_t>> encoded =
+        tokenizer->Encode(e.prompt, options.add_special_tokens);
     if (!encoded.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("example ", i, ": ", encoded.status().message()));
@@ -241,7 +243,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& o
     }
     return absl::OkStatus();
   }));
+  if (rollouts == nullptr) {
+    t->local_rollouts_ = std::make_unique<LocalRollouts>(model, tokenizer, t->lora());
+    rollouts = t->local_rollouts_.get();
+  }
+  t->rollouts_ = rollouts;
   return t;
+}
+
+absl::StatusOr<std::vector<GenerationResult>> LocalRollouts::Generate(
+    std::vector<GenerationRequest> requests) {
+  Generator generator(model_, tokenizer_, lora_);
+  return generator.Generate(requests);
 }
 
 std::vector<const Example*> Trainer::ExamplesForStep(int64_t step, int64_t count) {
@@ -500,8 +513,7 @@ absl::StatusOr<StepMetrics> Trainer::RlStep(std::vector<Sequence>* sequences,
       requests.push_back(std::move(r));
     }
   }
-  Generator generator(model_, tokenizer_, lora());
-  ASSIGN_OR_RETURN(std::vector<GenerationResult> results, generator.Generate(requests));
+  ASSIGN_OR_RETURN(std::vector<GenerationResult> results, rollouts_->Generate(requests));
   metrics.rollout_seconds = SecondsSince(started);
 
   std::vector<double> rewards(results.size());
@@ -638,13 +650,15 @@ absl::StatusOr<EvalResult> Evaluate(const Transformer& model, const Tokenizer& t
   if (examples.empty()) return absl::InvalidArgumentError("the evaluation dataset is empty");
   if (options.batch_size < 1) return absl::InvalidArgumentError("batch_size must be >= 1");
   EvalResult out;
-  Generator generator(&model, &tokenizer, lora);
+  LocalRollouts local(&model, &tokenizer, lora);
+  RolloutBackend* rollouts = options.rollouts != nullptr ? options.rollouts : &local;
   for (size_t first = 0; first < examples.size(); first += options.batch_size) {
     const size_t last = std::min(examples.size(), first + options.batch_size);
     std::vector<GenerationRequest> requests;
     for (size_t i = first; i < last; ++i) {
       GenerationRequest r;
-      absl::StatusOr<std::vector<int32_t>> prompt = tokenizer.Encode(examples[i].prompt);
+      absl::StatusOr<std::vector<int32_t>> prompt =
+          tokenizer.Encode(examples[i].prompt, options.add_special_tokens);
       if (!prompt.ok()) {
         return absl::InvalidArgumentError(
             absl::StrCat("example ", i, ": ", prompt.status().message()));
@@ -663,7 +677,8 @@ absl::StatusOr<EvalResult> Evaluate(const Transformer& model, const Tokenizer& t
       }
       requests.push_back(std::move(r));
     }
-    ASSIGN_OR_RETURN(std::vector<GenerationResult> results, generator.Generate(requests));
+    ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
+                     rollouts->Generate(std::move(requests)));
     for (size_t i = first; i < last; ++i) {
       const std::string& text = results[i - first].text;
       out.correct += verifier.IsCorrect(text, examples[i].answer) ? 1 : 0;

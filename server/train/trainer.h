@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/model/generator.h"
 #include "server/model/lora.h"
 #include "server/model/tokenizer.h"
 #include "server/model/transformer.h"
@@ -76,6 +77,36 @@ struct TrainerOptions {
 
   uint64_t seed = 0;
   RewardOptions reward;
+  // Whether prompts are encoded with the tokenizer's post-processor (a BOS token, when
+  // it has one), as the server encodes a raw prompt; false for text that already
+  // carries its special tokens (a rendered chat template) and for the offline CLI.
+  bool add_special_tokens = false;
+};
+
+// Generates a batch of requests (each with its own steering, sampling and seed) and
+// returns the results in order: where a trainer's rollouts and an evaluation's
+// completions come from. LocalRollouts generates in-process on the calling thread; the
+// server sends them to the serving engine, into the batch with live traffic.
+class RolloutBackend {
+ public:
+  virtual ~RolloutBackend() = default;
+  virtual absl::StatusOr<std::vector<GenerationResult>> Generate(
+      std::vector<GenerationRequest> requests) = 0;
+};
+
+// A Generator over the model on the calling thread.
+class LocalRollouts : public RolloutBackend {
+ public:
+  // `model`, `tokenizer` and `lora` (may be null) must outlive this.
+  LocalRollouts(const Transformer* model, const Tokenizer* tokenizer, const LoraAdapter* lora)
+      : model_(model), tokenizer_(tokenizer), lora_(lora) {}
+  absl::StatusOr<std::vector<GenerationResult>> Generate(
+      std::vector<GenerationRequest> requests) override;
+
+ private:
+  const Transformer* model_;
+  const Tokenizer* tokenizer_;
+  const LoraAdapter* lora_;
 };
 
 // Per-method defaults, tuned on steerd-tiny (BENCHMARKS.md): steering 1e-2 (relative to
@@ -99,14 +130,17 @@ struct StepMetrics {
 
 class Trainer {
  public:
-  // `model` and `tokenizer` must outlive the trainer. `train` is validated here: an
-  // empty dataset, an example without an answer (or, for SFT, nothing to learn), or a
-  // prompt that leaves no room for max_new_tokens in the context is INVALID_ARGUMENT
-  // naming the example. `full` makes the model's weights trainable.
+  // `model`, `tokenizer` and `rollouts` (null: LocalRollouts over the model) must
+  // outlive the trainer. `train` is validated here: an empty dataset, an example
+  // without an answer (or, for SFT, nothing to learn), or a prompt that leaves no room
+  // for max_new_tokens in the context is INVALID_ARGUMENT naming the example. `full`
+  // makes the model's weights trainable; `steering` never writes to the model, so the
+  // model may serve other threads meanwhile (Forward is const).
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options,
                                                          Transformer* model,
                                                          const Tokenizer* tokenizer,
-                                                         std::vector<Example> train);
+                                                         std::vector<Example> train,
+                                                         RolloutBackend* rollouts = nullptr);
 
   // One optimizer step. A non-finite loss, gradient or parameter ends the run with
   // ABORTED ("training diverged ...") and leaves the parameters of the last good step.
@@ -157,6 +191,8 @@ class Trainer {
   Transformer* model_ = nullptr;
   const Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<Verifier> verifier_;
+  std::unique_ptr<RolloutBackend> local_rollouts_;  // When Create() was given none.
+  RolloutBackend* rollouts_ = nullptr;
   std::vector<Example> train_;
   std::vector<std::vector<int32_t>> prompt_ids_;      // Per training example.
   std::vector<std::vector<int32_t>> completion_ids_;  // SFT targets (with eos).
@@ -179,6 +215,8 @@ struct EvalOptions {
   int64_t batch_size = 128;   // Sequences generated together.
   double temperature = 0.0;   // 0 = greedy (the held-out metric); > 0 samples.
   uint64_t seed = 0;          // Example i samples with seed + i.
+  bool add_special_tokens = false;  // As TrainerOptions::add_special_tokens.
+  RolloutBackend* rollouts = nullptr;  // Null: LocalRollouts over the model.
 };
 
 struct EvalResult {

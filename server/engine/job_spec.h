@@ -1,0 +1,43 @@
+// Validation of a training job request, and its defaults: everything CreateJob can
+// reject without the stores, with the codes and messages training.proto documents
+// (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION for a chat template the model
+// lacks, RESOURCE_EXHAUSTED for a tenant's per-job limits). On success every default is
+// filled in (hyperparameters, reward type and values, the built-in task's datasets), so
+// the stored job says exactly what it runs with. Torch-free and stateless.
+#ifndef STEERD_SERVER_ENGINE_JOB_SPEC_H_
+#define STEERD_SERVER_ENGINE_JOB_SPEC_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "server/engine/job_store.h"
+#include "server/engine/serving_core.h"
+#include "server/engine/training_manager.h"
+#include "server/train/rewards.h"
+
+namespace steerd {
+
+// What the server allows (TrainingManager::Options' caps and built-in task sizes).
+struct JobSpecCaps {
+  int64_t max_examples = 100000;
+  int64_t max_steps = 100000;
+  int64_t task_train_examples = 5000;
+  int64_t task_eval_examples = 500;
+};
+
+// Checks `params` for `model` and the tenant's `limits`, fills every default in
+// `params->spec` and returns the job's datasets (inline examples, or the built-in task's
+// train split and evaluation split, drawn with data seed 0 like the offline CLI's
+// `steerd train --task` and `steerd eval`, so offline and API accuracies are measured on
+// the same problems). `params->spec.model` must
+// already name `model` (the caller resolves NOT_FOUND). The job's seed is drawn here
+// when the request leaves it unset.
+absl::StatusOr<JobDatasets> NormalizeJobSpec(const ModelInfo& model, const JobLimits& limits,
+                                             const JobSpecCaps& caps, CreateJobParams* params);
+
+// The reward of a normalized spec as the verifier's options.
+train::RewardOptions RewardOptionsOf(const JobSpec& spec);
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_ENGINE_JOB_SPEC_H_

@@ -1,0 +1,91 @@
+// The storage training jobs need: each job's record (spec, state, progress, latest
+// metrics), its datasets, and the latest checkpoint of its trainer, so that a job
+// survives a crash of the process: after a restart the manager finds every job that
+// was QUEUED or RUNNING and resumes it from its checkpoint. The engine declares this
+// interface; server/storage implements it (SQLite, in the same database file as the
+// vectors, by default). Every write is atomic and durable once it returns.
+// Thread-safety: implementations are safe to call from any number of threads.
+#ifndef STEERD_SERVER_ENGINE_JOB_STORE_H_
+#define STEERD_SERVER_ENGINE_JOB_STORE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/engine/training_types.h"
+#include "server/train/tasks.h"
+
+namespace steerd {
+
+// A job's examples. Built-in tasks store theirs too, so a job never depends on a
+// generator that a later build might change.
+struct JobDatasets {
+  std::vector<train::Example> train;
+  std::vector<train::Example> eval;  // Empty when the job has no evaluation.
+};
+
+struct JobCheckpoint {
+  int32_t step = 0;   // Optimizer steps the checkpoint holds.
+  std::string bytes;  // Trainer::SaveCheckpoint's safetensors file.
+  // The JobRecord's metrics when the checkpoint was taken, so a resumed job reports
+  // where it was.
+  std::optional<JobMetrics> metrics;
+};
+
+struct JobListQuery {
+  std::string tenant;
+  std::optional<JobState> state;  // Only jobs in this state; unset = all.
+  int64_t limit = 50;             // At most this many jobs.
+  // Resume strictly after this job in the listing order (create_time newest first, then
+  // id descending); empty = from the start.
+  std::string after_id;
+};
+
+struct JobPage {
+  std::vector<JobRecord> jobs;  // Newest first: create_time descending, then id descending.
+  bool more = false;            // Whether jobs follow the last one.
+};
+
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+
+  // Stores a new job (its record, with state QUEUED, and its datasets) in one
+  // transaction. When `max_active_jobs` >= 0 and the tenant already has that many jobs
+  // QUEUED or RUNNING, fails with RESOURCE_EXHAUSTED naming `queued_jobs`; the check
+  // and the insert are one transaction. ALREADY_EXISTS for a duplicate id.
+  virtual absl::Status Create(const JobRecord& job, const JobDatasets& datasets,
+                              int64_t max_active_jobs) = 0;
+
+  // NOT_FOUND when the tenant has no job with this id.
+  virtual absl::StatusOr<JobRecord> Get(const std::string& tenant, const std::string& id) = 0;
+
+  virtual absl::StatusOr<JobPage> List(const JobListQuery& query) = 0;
+
+  // Replaces the mutable part of a stored job (state, step, metrics, error,
+  // vector_version, start_time, end_time); the spec, tenant and create_time never
+  // change. NOT_FOUND when no such job exists.
+  virtual absl::Status Update(const JobRecord& job) = 0;
+
+  // NOT_FOUND when no such job exists.
+  virtual absl::StatusOr<JobDatasets> ReadDatasets(const std::string& id) = 0;
+
+  // Replaces the job's checkpoint. NOT_FOUND when no such job exists.
+  virtual absl::Status SaveCheckpoint(const std::string& id, const JobCheckpoint& checkpoint) = 0;
+  // The latest checkpoint, or nullopt when the job has none.
+  virtual absl::StatusOr<std::optional<JobCheckpoint>> LoadCheckpoint(const std::string& id) = 0;
+  // Drops the checkpoint (a job that ended needs none). OK when there is none.
+  virtual absl::Status DeleteCheckpoint(const std::string& id) = 0;
+
+  // Every job of every tenant that is QUEUED or RUNNING, oldest first (create_time,
+  // then id): what a restart must pick up.
+  virtual absl::StatusOr<std::vector<JobRecord>> ListUnfinished() = 0;
+};
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_ENGINE_JOB_STORE_H_

@@ -1,0 +1,897 @@
+#include "server/engine/training_manager.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include <ATen/Parallel.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
+#include "server/engine/engine.h"
+#include "server/engine/job_spec.h"
+#include "server/engine/served_model.h"
+#include "server/model/steering_file.h"
+#include "server/model/torch_util.h"
+#include "server/train/trainer.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Collects one background request's output for EngineRollouts.
+class CollectingObserver : public GenerationObserver {
+ public:
+  explicit CollectingObserver(absl::BlockingCounter* done) : done_(done) {}
+  void OnAdmitted(const AdmittedGeneration&) override {}
+  void OnTokens(TokenDelta delta) override {
+    result_.tokens.insert(result_.tokens.end(), delta.token_ids.begin(), delta.token_ids.end());
+    result_.text += delta.text;
+  }
+  void OnFinished(const GenerationSummary& summary) override {
+    status_ = summary.status;
+    result_.finish_reason = summary.finish_reason;
+    done_->DecrementCount();
+  }
+  // Valid once the counter reached zero (the engine thread wrote these before).
+  const absl::Status& status() const { return status_; }
+  GenerationResult& result() { return result_; }
+
+ private:
+  absl::BlockingCounter* done_;
+  absl::Status status_;
+  GenerationResult result_;
+};
+
+// A job's rollouts and evaluations as background requests of the model's engine: the
+// job's current vector is one more row of the serving batch.
+class EngineRollouts : public train::RolloutBackend {
+ public:
+  explicit EngineRollouts(ServingCore::ServedModel* served) : served_(served) {}
+
+  absl::StatusOr<std::vector<GenerationResult>> Generate(
+      std::vector<GenerationRequest> requests) override {
+    const size_t n = requests.size();
+    absl::BlockingCounter done(static_cast<int>(n));
+    std::vector<std::shared_ptr<CollectingObserver>> observers;
+    // Requests of one step share their steering tensor; it becomes one resident vector.
+    std::map<const void*, std::shared_ptr<const ResidentVector>> vectors;
+    absl::Status submit_error;
+    size_t submitted = 0;
+    for (; submitted < n; ++submitted) {
+      GenerationRequest& r = requests[submitted];
+      EngineRequest request;
+      request.background = true;
+      request.steering_scale = r.steering_scale;
+      if (r.steering.defined()) {
+        auto& vector = vectors[r.steering.data_ptr()];
+        if (vector == nullptr) {
+          auto resident = std::make_shared<ResidentVector>();
+          submit_error = CatchTorchErrors("preparing the job's vector", [&]() -> absl::Status {
+            resident->vector = r.steering.detach()
+                                   .to(served_->model->device(), served_->model->dtype())
+                                   .contiguous();  // [L, d]
+            return absl::OkStatus();
+          });
+          if (!submit_error.ok()) break;
+          vector = std::move(resident);
+        }
+        request.vector = vector;
+      }
+      r.steering = at::Tensor();
+      request.generation = std::move(r);
+      observers.push_back(std::make_shared<CollectingObserver>(&done));
+      request.observer = observers.back();
+      absl::StatusOr<std::shared_ptr<GenerationHandle>> handle =
+          served_->engine->Submit(std::move(request));
+      if (!handle.ok()) {
+        observers.pop_back();
+        submit_error = handle.status();
+        break;
+      }
+      absl::MutexLock lock(&mu_);
+      handles_.push_back(*std::move(handle));
+      if (cancelled_) handles_.back()->Cancel();
+    }
+    // Whatever was submitted ends (or is cancelled) before this returns: the observers
+    // live on this stack.
+    if (!submit_error.ok()) CancelInFlight();
+    for (size_t i = submitted; i < n; ++i) done.DecrementCount();
+    done.Wait();
+    {
+      absl::MutexLock lock(&mu_);
+      handles_.clear();
+      if (cancelled_) return absl::CancelledError("the job's rollouts were cancelled");
+    }
+    RETURN_IF_ERROR(submit_error);
+    std::vector<GenerationResult> results;
+    results.reserve(n);
+    for (auto& observer : observers) {
+      RETURN_IF_ERROR(observer->status());
+      if (observer->result().finish_reason == FinishReason::kCancelled) {
+        return absl::UnavailableError("the engine ended the job's rollouts (shutting down)");
+      }
+      results.push_back(std::move(observer->result()));
+    }
+    return results;
+  }
+
+  // Ends the current and every later Generate() with CANCELLED.
+  void Cancel() {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    for (auto& handle : handles_) handle->Cancel();
+  }
+
+ private:
+  void CancelInFlight() {
+    absl::MutexLock lock(&mu_);
+    for (auto& handle : handles_) handle->Cancel();
+  }
+
+  ServingCore::ServedModel* served_;
+  absl::Mutex mu_;
+  std::vector<std::shared_ptr<GenerationHandle>> handles_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+std::string NewJobId() {
+  std::random_device random;
+  const uint64_t high = (static_cast<uint64_t>(random()) << 32) ^ random();
+  const uint64_t low = (static_cast<uint64_t>(random()) << 32) ^ random();
+  char buffer[40];
+  std::snprintf(buffer, sizeof(buffer), "job-%016llx%08llx",
+                static_cast<unsigned long long>(high),
+                static_cast<unsigned long long>(low & 0xffffffffULL));
+  return buffer;
+}
+
+// The trainer's options for a normalized spec.
+train::TrainerOptions TrainerOptionsOf(const JobSpec& spec) {
+  const JobHyperparameters& h = spec.hyperparameters;
+  train::TrainerOptions o;
+  o.method = train::TrainableSet::kSteering;
+  o.objective = spec.algorithm == JobAlgorithm::kSft ? train::Objective::kSft
+                                                     : train::Objective::kRl;
+  o.algorithm = spec.algorithm == JobAlgorithm::kGrpo ? train::RlAlgorithm::kGrpo
+                                                      : train::RlAlgorithm::kRloo;
+  o.steering_layers.assign(h.layers.begin(), h.layers.end());
+  o.steps = h.steps;
+  o.prompts_per_step = h.prompts_per_step;
+  o.rollouts_per_prompt = h.rollouts_per_prompt;
+  o.batch_size = h.prompts_per_step;
+  o.learning_rate = h.learning_rate;
+  o.max_new_tokens = h.max_new_tokens;
+  o.temperature = h.temperature.value_or(1.0);
+  o.seed = h.seed.value_or(0);
+  o.grpo_clip = h.clip_epsilon;
+  o.grpo_epochs = h.inner_epochs;
+  o.reward = RewardOptionsOf(spec);
+  // A raw prompt is encoded as Generate encodes one (with BOS where the tokenizer adds
+  // it); a rendered conversation already carries its special tokens.
+  o.add_special_tokens = !spec.apply_chat_template;
+  return o;
+}
+
+// Runs `f` with a file holding `bytes` (or an empty path to write), for the trainer's
+// file-based checkpoints.
+std::string TempCheckpointPath(const std::string& job_id) {
+  return (fs::temp_directory_path() /
+          absl::StrCat("steerd-", ::getpid(), "-", job_id, ".ckpt.safetensors"))
+      .string();
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InternalError(absl::StrCat(path, ": cannot open"));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+absl::Status WriteWholeFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat(path, ": cannot write"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class TrainingManager::Impl {
+ public:
+  Impl(const Options& options, ServingCore* core, JobStore* jobs, VectorStore* vectors)
+      : options_(options), core_(core), jobs_(jobs), vectors_(vectors) {}
+  ~Impl() { Shutdown(); }
+
+  absl::Status Start();
+  void Shutdown();
+  absl::StatusOr<JobRecord> CreateJob(const std::string& tenant, const JobLimits& limits,
+                                      CreateJobParams params);
+  absl::StatusOr<JobRecord> GetJob(const std::string& tenant, const std::string& id);
+  absl::StatusOr<JobRecord> CancelJob(const std::string& tenant, const std::string& id);
+  absl::StatusOr<std::unique_ptr<Watch>> WatchJob(const std::string& tenant,
+                                                  const std::string& id,
+                                                  std::shared_ptr<JobWatcher> watcher);
+  JobStore* jobs() { return jobs_; }
+
+ private:
+  // A job that is QUEUED or RUNNING.
+  struct LiveJob {
+    JobRecord record;                  // Guarded by Impl::mu_.
+    bool cancel_requested = false;     // Guarded by Impl::mu_.
+    std::map<int64_t, std::shared_ptr<JobWatcher>> watchers;  // Guarded by Impl::mu_.
+    // The trainer thread's alone.
+    std::unique_ptr<EngineRollouts> rollouts;  // Also Cancel()ed by other threads.
+    std::unique_ptr<train::Verifier> verifier;
+    std::unique_ptr<train::Trainer> trainer;
+    std::vector<train::Example> eval;
+    absl::Time last_step_end = absl::InfinitePast();
+    double seconds_per_step = 0.0;  // Moving average of this job's wall time per step.
+  };
+  // The jobs of one model and the thread that trains them.
+  struct ModelWorker {
+    std::string model;
+    ServingCore::ServedModel* served = nullptr;
+    std::deque<std::shared_ptr<LiveJob>> queued;    // Guarded by Impl::mu_. Oldest first.
+    std::vector<std::shared_ptr<LiveJob>> running;  // Guarded by Impl::mu_.
+    size_t next = 0;                                // Guarded by Impl::mu_. Round robin.
+    std::thread thread;
+  };
+  class WatchHandle : public Watch {
+   public:
+    WatchHandle(Impl* impl, std::string job_id, int64_t watch_id)
+        : impl_(impl), job_id_(std::move(job_id)), watch_id_(watch_id) {}
+    ~WatchHandle() override {
+      if (impl_ != nullptr) impl_->Unsubscribe(job_id_, watch_id_);
+    }
+
+   private:
+    Impl* impl_;
+    std::string job_id_;
+    int64_t watch_id_;
+  };
+
+  ModelWorker* WorkerFor(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unsubscribe(const std::string& job_id, int64_t watch_id);
+  void WorkerLoop(ModelWorker* worker);
+  // The next job to step, promoting queued jobs into free slots; null to stop.
+  std::shared_ptr<LiveJob> NextJob(ModelWorker* worker);
+  // Loads datasets, builds the trainer (from the checkpoint when there is one) and
+  // marks the job RUNNING.
+  absl::Status StartJob(ModelWorker* worker, LiveJob* job);
+  // One step (with its evaluation, checkpoint and, at the end, publication).
+  absl::Status StepJob(ModelWorker* worker, LiveJob* job);
+  absl::Status SaveCheckpoint(LiveJob* job);
+  // Applies `change` to the job's record, stores it (outside mu_: only the trainer
+  // thread changes a running job's record, and RPC threads must not wait on an fsync)
+  // and then tells the watchers: a state change when `previous` is set, else metrics.
+  absl::Status Record(LiveJob* job, std::optional<JobState> previous,
+                      const std::function<void(JobRecord&)>& change);
+  absl::StatusOr<double> Evaluate(ModelWorker* worker, LiveJob* job);
+  // Moves a job to a terminal state, stores it, tells its watchers and forgets it.
+  void Finish(const std::shared_ptr<LiveJob>& job, JobState state, const std::string& error,
+              int64_t vector_version);
+  // Sends an event with the job's record to its watchers (a state change when
+  // `previous` is set, metrics otherwise).
+  void Publish(LiveJob* job, std::optional<JobState> previous)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static JobEvent MakeEvent(const JobRecord& record, std::optional<JobState> previous,
+                            bool state_change);
+
+  const Options options_;
+  ServingCore* const core_;
+  JobStore* const jobs_;
+  VectorStore* const vectors_;
+
+  absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, std::unique_ptr<ModelWorker>> workers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<LiveJob>> live_ ABSL_GUARDED_BY(mu_);
+  int64_t next_watch_id_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+JobEvent TrainingManager::Impl::MakeEvent(const JobRecord& record,
+                                          std::optional<JobState> previous, bool state_change) {
+  JobEvent event;
+  event.time = absl::Now();
+  event.job = record;
+  event.kind = state_change ? JobEvent::Kind::kStateChange : JobEvent::Kind::kMetrics;
+  event.previous_state = previous;
+  if (record.metrics.has_value()) event.metrics = *record.metrics;
+  return event;
+}
+
+void TrainingManager::Impl::Publish(LiveJob* job, std::optional<JobState> previous) {
+  const bool state_change = previous.has_value();
+  const JobEvent event = MakeEvent(job->record, previous, state_change);
+  for (auto& [id, watcher] : job->watchers) watcher->OnEvent(event);
+}
+
+TrainingManager::Impl::ModelWorker* TrainingManager::Impl::WorkerFor(const std::string& model) {
+  auto it = workers_.find(model);
+  if (it != workers_.end()) return it->second.get();
+  absl::StatusOr<ServingCore::ServedModel*> served = core_->FindModel(model);
+  if (!served.ok()) return nullptr;
+  auto worker = std::make_unique<ModelWorker>();
+  worker->model = model;
+  worker->served = *served;
+  ModelWorker* raw = worker.get();
+  workers_[model] = std::move(worker);
+  if (started_) raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
+  return raw;
+}
+
+absl::Status TrainingManager::Impl::Start() {
+  ASSIGN_OR_RETURN(std::vector<JobRecord> unfinished, jobs_->ListUnfinished());
+  for (JobRecord& record : unfinished) {
+    auto job = std::make_shared<LiveJob>();
+    job->record = std::move(record);
+    JobRecord& r = job->record;
+    absl::MutexLock lock(&mu_);
+    ModelWorker* worker = WorkerFor(r.spec.model);
+    std::string error;
+    if (worker == nullptr) {
+      error = absl::StrCat("model \"", r.spec.model,
+                           "\" is not loaded on this server since its restart");
+    } else if (r.state == JobState::kRunning) {
+      // A crash between publishing the vector and recording SUCCEEDED: the vector
+      // names its job, so the job ends as it did.
+      VectorListQuery query;
+      query.tenant = r.tenant;
+      query.name = r.spec.output_vector;
+      query.all_versions = true;
+      query.limit = 1000;
+      ASSIGN_OR_RETURN(VectorPage page, vectors_->List(query));
+      for (const StoredVector& v : page.vectors) {
+        if (v.job_id == r.id) r.vector_version = std::max(r.vector_version, v.version);
+      }
+    }
+    if (!error.empty() || r.vector_version > 0) {
+      r.state = error.empty() ? JobState::kSucceeded : JobState::kFailed;
+      r.error = error;
+      r.end_time = absl::Now();
+      RETURN_IF_ERROR(jobs_->Update(r));
+      RETURN_IF_ERROR(jobs_->DeleteCheckpoint(r.id));
+      continue;
+    }
+    // RUNNING jobs resume first (from their checkpoints), then the queue in order.
+    if (r.state == JobState::kRunning) {
+      worker->running.push_back(job);
+    } else {
+      worker->queued.push_back(job);
+    }
+    live_[r.id] = job;
+  }
+  absl::MutexLock lock(&mu_);
+  started_ = true;
+  for (auto& [model, worker] : workers_) {
+    ModelWorker* raw = worker.get();
+    raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
+  }
+  return absl::OkStatus();
+}
+
+void TrainingManager::Impl::Shutdown() {
+  std::vector<ModelWorker*> workers;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [model, worker] : workers_) {
+      workers.push_back(worker.get());
+      for (auto& job : worker->running) {
+        if (job->rollouts != nullptr) job->rollouts->Cancel();
+      }
+    }
+  }
+  for (ModelWorker* worker : workers) {
+    if (worker->thread.joinable()) worker->thread.join();
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, job] : live_) {
+    for (auto& [watch_id, watcher] : job->watchers) {
+      watcher->OnEnd(absl::UnavailableError(
+          "the server is shutting down; the job continues after its restart: watch again"));
+    }
+    job->watchers.clear();
+  }
+}
+
+absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& tenant,
+                                                           const JobLimits& limits,
+                                                           CreateJobParams params) {
+  if (params.spec.model.empty()) return absl::InvalidArgumentError("model is empty");
+  ASSIGN_OR_RETURN(ModelInfo info, core_->GetModel(params.spec.model));
+  JobSpecCaps caps;
+  caps.max_examples = options_.max_examples;
+  caps.max_steps = options_.max_steps;
+  caps.task_train_examples = options_.task_train_examples;
+  caps.task_eval_examples = options_.task_eval_examples;
+  ASSIGN_OR_RETURN(JobDatasets datasets, NormalizeJobSpec(info, limits, caps, &params));
+  const JobSpec& spec = params.spec;
+  {
+    ServingCore::ServedModel* served;
+    ASSIGN_OR_RETURN(served, core_->FindModel(spec.model));
+    // Every prompt must leave room for max_new_tokens, as the trainer requires.
+    const int64_t context = info.max_context;
+    const int64_t new_tokens = spec.hyperparameters.max_new_tokens;
+    auto check = [&](const std::vector<train::Example>& examples,
+                     const char* field) -> absl::Status {
+      for (size_t i = 0; i < examples.size(); ++i) {
+        std::string text = examples[i].prompt;
+        if (spec.apply_chat_template) {
+          ASSIGN_OR_RETURN(text, served->chat_template->Render({{ChatTurn::Role::kUser, text}}));
+        }
+        absl::StatusOr<std::vector<int32_t>> ids =
+            served->tokenizer->Encode(text, !spec.apply_chat_template);
+        if (!ids.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, "[", i, "].prompt: ", ids.status().message()));
+        }
+        if (static_cast<int64_t>(ids->size()) + new_tokens > context) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              field, "[", i, "].prompt is ", ids->size(), " tokens; with max_new_tokens ",
+              new_tokens, " it needs more than model \"", info.name, "\"'s context of ",
+              context));
+        }
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(check(datasets.train, "examples"));
+    RETURN_IF_ERROR(check(datasets.eval, "eval.examples"));
+  }
+  if (limits.max_stored_vectors >= 0) {
+    ASSIGN_OR_RETURN(int64_t stored, vectors_->CountVersions(tenant));
+    if (stored >= limits.max_stored_vectors) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the tenant stores ", stored, " vector versions, its limit (stored_vectors); ",
+          "delete some before training another"));
+    }
+  }
+  if (spec.apply_chat_template) {
+    // The stored dataset holds the prompts as the model sees them.
+    ServingCore::ServedModel* served;
+    ASSIGN_OR_RETURN(served, core_->FindModel(spec.model));
+    for (auto* examples : {&datasets.train, &datasets.eval}) {
+      for (train::Example& e : *examples) {
+        ASSIGN_OR_RETURN(e.prompt, served->chat_template->Render({{ChatTurn::Role::kUser, e.prompt}}));
+      }
+    }
+  }
+  auto job = std::make_shared<LiveJob>();
+  JobRecord& record = job->record;
+  record.id = NewJobId();
+  record.tenant = tenant;
+  record.spec = spec;
+  record.state = JobState::kQueued;
+  record.create_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  }
+  RETURN_IF_ERROR(jobs_->Create(record, datasets, limits.max_active_jobs));
+  absl::MutexLock lock(&mu_);
+  ModelWorker* worker = WorkerFor(spec.model);
+  if (worker == nullptr) return absl::InternalError("the model went away");
+  worker->queued.push_back(job);
+  live_[record.id] = job;
+  return record;
+}
+
+absl::StatusOr<JobRecord> TrainingManager::Impl::GetJob(const std::string& tenant,
+                                                        const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it != live_.end() && it->second->record.tenant == tenant) return it->second->record;
+  }
+  return jobs_->Get(tenant, id);
+}
+
+absl::StatusOr<JobRecord> TrainingManager::Impl::CancelJob(const std::string& tenant,
+                                                           const std::string& id) {
+  ASSIGN_OR_RETURN(JobRecord record, GetJob(tenant, id));
+  std::shared_ptr<LiveJob> queued_job;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) {
+      if (record.state == JobState::kCancelled) return record;
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " already ended ", JobStateName(record.state), "; only a QUEUED or "
+          "RUNNING job can be cancelled"));
+    }
+    std::shared_ptr<LiveJob> job = it->second;
+    ModelWorker* worker = workers_[job->record.spec.model].get();
+    auto& queue = worker->queued;
+    auto queued = std::find(queue.begin(), queue.end(), job);
+    if (queued == queue.end()) {
+      // Running (or about to start): the trainer thread ends it at its next check,
+      // within about one step.
+      job->cancel_requested = true;
+      if (job->rollouts != nullptr) job->rollouts->Cancel();
+      return job->record;
+    }
+    queue.erase(queued);
+    queued_job = job;
+  }
+  Finish(queued_job, JobState::kCancelled, "", 0);
+  return GetJob(tenant, id);
+}
+
+absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::Impl::WatchJob(
+    const std::string& tenant, const std::string& id, std::shared_ptr<JobWatcher> watcher) {
+  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it != live_.end() && it->second->record.tenant == tenant) {
+      if (stopping_) {
+        return absl::UnavailableError("the server is shutting down; watch again after restart");
+      }
+      LiveJob* job = it->second.get();
+      watcher->OnEvent(MakeEvent(job->record, std::nullopt, /*state_change=*/true));
+      const int64_t watch_id = next_watch_id_++;
+      job->watchers[watch_id] = std::move(watcher);
+      return std::unique_ptr<Watch>(new WatchHandle(this, id, watch_id));
+    }
+  }
+  // An ended job (live jobs are in live_ from before CreateJob returns until after
+  // their terminal state is stored).
+  ASSIGN_OR_RETURN(JobRecord record, jobs_->Get(tenant, id));
+  watcher->OnEvent(MakeEvent(record, std::nullopt, /*state_change=*/true));
+  watcher->OnEnd(absl::OkStatus());
+  return std::unique_ptr<Watch>(new WatchHandle(nullptr, id, 0));
+}
+
+void TrainingManager::Impl::Unsubscribe(const std::string& job_id, int64_t watch_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(job_id);
+  if (it != live_.end()) it->second->watchers.erase(watch_id);
+}
+
+void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState state,
+                                   const std::string& error, int64_t vector_version) {
+  JobRecord record;
+  {
+    absl::MutexLock lock(&mu_);
+    record = job->record;
+  }
+  const JobState previous = record.state;
+  record.state = state;
+  record.error = error;
+  record.vector_version = vector_version;
+  record.end_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
+  if (record.metrics.has_value()) record.metrics->eta_seconds = 0.0;
+  absl::Status stored = jobs_->Update(record);
+  if (!stored.ok()) {
+    std::fprintf(stderr, "steerd: job %s: cannot store its end: %s\n", record.id.c_str(),
+                 stored.ToString().c_str());
+  }
+  (void)jobs_->DeleteCheckpoint(record.id);
+  absl::MutexLock lock(&mu_);
+  job->record = record;
+  Publish(job.get(), previous);
+  for (auto& [id, watcher] : job->watchers) watcher->OnEnd(absl::OkStatus());
+  job->watchers.clear();
+  live_.erase(record.id);
+}
+
+std::shared_ptr<TrainingManager::Impl::LiveJob> TrainingManager::Impl::NextJob(
+    ModelWorker* worker) {
+  absl::MutexLock lock(&mu_);
+  auto has_work = [this, worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !worker->queued.empty() || !worker->running.empty();
+  };
+  mu_.Await(absl::Condition(&has_work));
+  if (stopping_) return nullptr;
+  // A free slot goes to the oldest queued job of the tenant with the fewest running
+  // jobs, so one tenant's backlog cannot keep another's job waiting.
+  while (static_cast<int64_t>(worker->running.size()) < options_.max_running_jobs_per_model &&
+         !worker->queued.empty()) {
+    std::map<std::string, int> running_per_tenant;
+    for (const auto& job : worker->running) ++running_per_tenant[job->record.tenant];
+    auto best = worker->queued.begin();
+    for (auto it = worker->queued.begin(); it != worker->queued.end(); ++it) {
+      if (running_per_tenant[(*it)->record.tenant] <
+          running_per_tenant[(*best)->record.tenant]) {
+        best = it;
+      }
+    }
+    worker->running.push_back(*best);
+    worker->queued.erase(best);
+  }
+  // Round robin by step.
+  std::shared_ptr<LiveJob> job = worker->running[worker->next % worker->running.size()];
+  worker->next = (worker->next + 1) % worker->running.size();
+  return job;
+}
+
+void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
+  const std::string name = absl::StrCat("steerd-train");
+  pthread_setname_np(pthread_self(), name.c_str());
+  if (options_.idle_priority) {
+    // Serving first: the OS runs this thread only on CPU time the engine and the RPC
+    // threads leave. Linux applies nice values per thread.
+    setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 19);
+  }
+  at::set_num_threads(1);
+  while (true) {
+    std::shared_ptr<LiveJob> job = NextJob(worker);
+    if (job == nullptr) break;
+    bool cancel, stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      cancel = job->cancel_requested;
+      stopping = stopping_;
+    }
+    absl::Status status = absl::OkStatus();
+    if (!cancel && !stopping) {
+      status = job->trainer == nullptr ? StartJob(worker, job.get()) : absl::OkStatus();
+      if (status.ok()) status = StepJob(worker, job.get());
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      cancel = job->cancel_requested;
+      stopping = stopping_;
+    }
+    bool done = false;
+    int64_t version = 0;
+    if (status.ok()) {
+      absl::MutexLock lock(&mu_);
+      done = job->record.vector_version > 0;
+      version = job->record.vector_version;
+    }
+    auto remove = [&] {
+      absl::MutexLock lock(&mu_);
+      auto& running = worker->running;
+      running.erase(std::remove(running.begin(), running.end(), job), running.end());
+      if (worker->next >= running.size()) worker->next = 0;
+    };
+    if (done) {
+      remove();
+      Finish(job, JobState::kSucceeded, "", version);
+    } else if (cancel) {
+      remove();
+      Finish(job, JobState::kCancelled, "", 0);
+    } else if (stopping) {
+      // Left RUNNING: the next start resumes it from this checkpoint.
+      if (job->trainer != nullptr) (void)SaveCheckpoint(job.get());
+      break;
+    } else if (!status.ok()) {
+      remove();
+      Finish(job, JobState::kFailed, std::string(status.message()), 0);
+    }
+  }
+}
+
+absl::Status TrainingManager::Impl::StartJob(ModelWorker* worker, LiveJob* job) {
+  JobRecord record;
+  {
+    absl::MutexLock lock(&mu_);
+    record = job->record;
+  }
+  const JobSpec& spec = record.spec;
+  ServingCore::ServedModel* served = worker->served;
+  ASSIGN_OR_RETURN(JobDatasets datasets, jobs_->ReadDatasets(record.id));
+  ASSIGN_OR_RETURN(std::optional<JobCheckpoint> checkpoint, jobs_->LoadCheckpoint(record.id));
+  job->eval = std::move(datasets.eval);
+  ASSIGN_OR_RETURN(job->verifier, train::Verifier::Create(RewardOptionsOf(spec)));
+  job->rollouts = std::make_unique<EngineRollouts>(served);
+  {
+    // Cancel() may have come before the rollouts existed.
+    absl::MutexLock lock(&mu_);
+    if (job->cancel_requested || stopping_) job->rollouts->Cancel();
+  }
+  ASSIGN_OR_RETURN(job->trainer,
+                   train::Trainer::Create(TrainerOptionsOf(spec), served->model.get(),
+                                          served->tokenizer.get(), std::move(datasets.train),
+                                          job->rollouts.get()));
+  if (checkpoint.has_value()) {
+    const std::string path = TempCheckpointPath(record.id);
+    RETURN_IF_ERROR(WriteWholeFile(path, checkpoint->bytes));
+    absl::Status loaded = job->trainer->LoadCheckpoint(path);
+    std::error_code ignored;
+    fs::remove(path, ignored);
+    RETURN_IF_ERROR(loaded);
+  }
+  const JobState previous = record.state;
+  return Record(job, previous != JobState::kRunning ? std::optional<JobState>(previous)
+                                                    : std::nullopt,
+                [&](JobRecord& r) {
+                  r.step = static_cast<int32_t>(job->trainer->step());
+                  if (checkpoint.has_value() && checkpoint->metrics.has_value()) {
+                    r.metrics = checkpoint->metrics;
+                  }
+                  if (r.state != JobState::kRunning) {
+                    r.state = JobState::kRunning;
+                    r.start_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
+                  }
+                });
+}
+
+absl::Status TrainingManager::Impl::Record(LiveJob* job, std::optional<JobState> previous,
+                                           const std::function<void(JobRecord&)>& change) {
+  JobRecord copy;
+  {
+    absl::MutexLock lock(&mu_);
+    change(job->record);
+    copy = job->record;
+  }
+  RETURN_IF_ERROR(jobs_->Update(copy));
+  absl::MutexLock lock(&mu_);
+  Publish(job, previous);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> TrainingManager::Impl::Evaluate(ModelWorker* worker, LiveJob* job) {
+  train::EvalOptions options;
+  options.max_new_tokens = job->record.spec.hyperparameters.max_new_tokens;
+  options.temperature = 0.0;
+  options.add_special_tokens = !job->record.spec.apply_chat_template;
+  options.rollouts = job->rollouts.get();
+  ASSIGN_OR_RETURN(train::EvalResult result,
+                   train::Evaluate(*worker->served->model, *worker->served->tokenizer, job->eval,
+                                   *job->verifier, job->trainer->SteeringVector(), nullptr,
+                                   options));
+  return result.accuracy;
+}
+
+absl::Status TrainingManager::Impl::SaveCheckpoint(LiveJob* job) {
+  const std::string path = TempCheckpointPath(job->record.id);
+  RETURN_IF_ERROR(job->trainer->SaveCheckpoint(path));
+  absl::StatusOr<std::string> bytes = ReadWholeFile(path);
+  std::error_code ignored;
+  fs::remove(path, ignored);
+  RETURN_IF_ERROR(bytes.status());
+  JobCheckpoint checkpoint;
+  checkpoint.step = static_cast<int32_t>(job->trainer->step());
+  checkpoint.bytes = *std::move(bytes);
+  {
+    absl::MutexLock lock(&mu_);
+    checkpoint.metrics = job->record.metrics;
+  }
+  return jobs_->SaveCheckpoint(job->record.id, checkpoint);
+}
+
+absl::Status TrainingManager::Impl::StepJob(ModelWorker* worker, LiveJob* job) {
+  const JobSpec& spec = job->record.spec;  // Immutable after creation.
+  const int32_t total = spec.hyperparameters.steps;
+  ASSIGN_OR_RETURN(train::StepMetrics step, job->trainer->Step());
+  const absl::Time now = absl::Now();
+  // Wall time per step of this job, its turns among other jobs included, for the ETA.
+  const double wall = job->last_step_end == absl::InfinitePast()
+                          ? step.seconds
+                          : absl::ToDoubleSeconds(now - job->last_step_end);
+  job->last_step_end = now;
+  job->seconds_per_step = job->seconds_per_step == 0.0
+                              ? wall
+                              : 0.8 * job->seconds_per_step + 0.2 * wall;
+  JobMetrics metrics;
+  metrics.step = static_cast<int32_t>(step.step);
+  metrics.reward_mean = step.reward_mean;
+  metrics.accuracy = step.accuracy;
+  metrics.loss = step.loss;
+  metrics.tokens_per_second = step.seconds > 0 ? step.tokens / step.seconds : 0.0;
+  metrics.eta_seconds = job->seconds_per_step * (total - metrics.step);
+  RETURN_IF_ERROR(Record(job, std::nullopt, [&](JobRecord& r) {
+    if (r.metrics.has_value()) metrics.eval_accuracy = r.metrics->eval_accuracy;
+    r.step = metrics.step;
+    r.metrics = metrics;
+  }));
+  const bool last = metrics.step >= total;
+  const int32_t every = spec.hyperparameters.eval_every;
+  if (!job->eval.empty() && (last || (every > 0 && metrics.step % every == 0))) {
+    ASSIGN_OR_RETURN(double accuracy, Evaluate(worker, job));
+    RETURN_IF_ERROR(
+        Record(job, std::nullopt, [&](JobRecord& r) { r.metrics->eval_accuracy = accuracy; }));
+  }
+  if (!last) {
+    if (options_.checkpoint_every > 0 && metrics.step % options_.checkpoint_every == 0) {
+      RETURN_IF_ERROR(SaveCheckpoint(job));
+    }
+    return absl::OkStatus();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    // A cancel that came during the last step wins: nothing is published.
+    if (job->cancel_requested) return absl::OkStatus();
+  }
+  const ModelConfig& config = worker->served->model->config();
+  ASSIGN_OR_RETURN(std::string bytes,
+                   SerializeSteeringFile(job->trainer->SteeringVector(), config, spec.model,
+                                         {{"job_id", job->record.id}}));
+  ASSIGN_OR_RETURN(StoredVector published,
+                   core_->PublishTrainedVector(job->record.tenant, /*max_stored_vectors=*/-1,
+                                               spec.model, spec.output_vector,
+                                               std::move(bytes), spec.description,
+                                               job->record.id));
+  // The worker loop then stores SUCCEEDED (Finish); a crash before that is recovered
+  // by Start() from the vector's job id.
+  absl::MutexLock lock(&mu_);
+  job->record.vector_version = published.version;
+  return absl::OkStatus();
+}
+
+TrainingManager::TrainingManager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TrainingManager::~TrainingManager() = default;
+
+absl::StatusOr<std::unique_ptr<TrainingManager>> TrainingManager::Create(
+    const Options& options, ServingCore* core, JobStore* jobs, VectorStore* vectors) {
+  if (core == nullptr || jobs == nullptr || vectors == nullptr) {
+    return absl::InvalidArgumentError("TrainingManager needs the serving core and both stores");
+  }
+  if (options.max_running_jobs_per_model < 1 || options.checkpoint_every < 0 ||
+      options.task_train_examples < 1 || options.task_eval_examples < 1 ||
+      options.max_examples < 1 || options.max_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training limits must be positive: max_running_jobs_per_model ",
+        options.max_running_jobs_per_model, ", checkpoint_every ", options.checkpoint_every));
+  }
+  return std::unique_ptr<TrainingManager>(
+      new TrainingManager(std::make_unique<Impl>(options, core, jobs, vectors)));
+}
+
+absl::Status TrainingManager::Start() { return impl_->Start(); }
+void TrainingManager::Shutdown() { impl_->Shutdown(); }
+absl::StatusOr<JobRecord> TrainingManager::CreateJob(const std::string& tenant,
+                                                     const JobLimits& limits,
+                                                     CreateJobParams params) {
+  return impl_->CreateJob(tenant, limits, std::move(params));
+}
+absl::StatusOr<JobRecord> TrainingManager::GetJob(const std::string& tenant,
+                                                  const std::string& id) {
+  return impl_->GetJob(tenant, id);
+}
+absl::StatusOr<JobPage> TrainingManager::ListJobs(const JobListQuery& query) {
+  return impl_->jobs()->List(query);
+}
+absl::StatusOr<JobRecord> TrainingManager::CancelJob(const std::string& tenant,
+                                                     const std::string& id) {
+  return impl_->CancelJob(tenant, id);
+}
+absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::WatchJob(
+    const std::string& tenant, const std::string& id, std::shared_ptr<JobWatcher> watcher) {
+  return impl_->WatchJob(tenant, id, std::move(watcher));
+}
+
+const char* JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kQueued: return "QUEUED";
+    case JobState::kRunning: return "RUNNING";
+    case JobState::kSucceeded: return "SUCCEEDED";
+    case JobState::kFailed: return "FAILED";
+    case JobState::kCancelled: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+bool IsTerminal(JobState state) {
+  return state == JobState::kSucceeded || state == JobState::kFailed ||
+         state == JobState::kCancelled;
+}
+
+}  // namespace steerd

@@ -1,0 +1,128 @@
+// Training jobs on the serving engine: tenants' jobs are queued, scheduled, trained and
+// published here, beside live traffic and on the same model. A job's rollouts and
+// evaluations are ordinary steered generation requests in the model's engine (its
+// current vector is one more row of the batch, admitted after every waiting serving
+// request and holding at most `max_training_rows` rows), so there is no second copy of
+// the model and no weight sync. The backward pass runs on one trainer thread per model
+// at idle CPU priority (SCHED_IDLE): the OS gives it only the time serving leaves, so
+// serving latency stays bounded whatever the jobs do. That thread runs at most
+// `max_running_jobs_per_model` jobs, one step each in turn, alternating between tenants
+// (round robin by step). A job checkpoints its trainer every `checkpoint_every` steps;
+// after a crash Start() resumes every job that was RUNNING from its checkpoint (and
+// marks SUCCEEDED a job whose vector was published just before the crash). A
+// successful job publishes its vector as the next version of its output name, with the
+// job recorded as its source.
+// Thread-safety: every method may be called from any thread once Create() returned;
+// watchers are called on the manager's threads and must not block.
+// The header is torch-free.
+#ifndef STEERD_SERVER_ENGINE_TRAINING_MANAGER_H_
+#define STEERD_SERVER_ENGINE_TRAINING_MANAGER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/engine/job_store.h"
+#include "server/engine/serving_core.h"
+#include "server/engine/training_types.h"
+#include "server/engine/vector_store.h"
+#include "server/train/tasks.h"
+
+namespace steerd {
+
+// One event of a watched job (the proto's JobEvent).
+struct JobEvent {
+  enum class Kind { kStateChange, kMetrics };
+  absl::Time time;
+  JobRecord job;  // The job right after the event.
+  Kind kind = Kind::kStateChange;
+  // kStateChange: the state before; nullopt in the first event of a watch.
+  std::optional<JobState> previous_state;
+  JobMetrics metrics;  // kMetrics: equal to job.metrics.
+};
+
+// Hears a watched job's events. Called on the manager's threads; must not block.
+class JobWatcher {
+ public:
+  virtual ~JobWatcher() = default;
+  virtual void OnEvent(const JobEvent& event) = 0;
+  // The watch is over: OK after the event of a terminal state, UNAVAILABLE when the
+  // server shuts down. Called once; no event follows.
+  virtual void OnEnd(const absl::Status& status) = 0;
+};
+
+// A tenant's limits on training (from its TenantLimits).
+struct JobLimits {
+  int64_t max_active_jobs = 4;        // QUEUED + RUNNING; `queued_jobs`.
+  int64_t max_stored_vectors = 1000;  // `stored_vectors`, checked at creation.
+  int64_t max_steps = 0;              // Per job; 0 = only the server's cap.
+  int64_t max_examples = 0;           // Per dataset; 0 = only the server's cap.
+};
+
+// CreateJob's input: the spec as requested (zeros for defaults) and inline examples.
+struct CreateJobParams {
+  JobSpec spec;
+  std::vector<train::Example> examples;       // Inline training examples (no task).
+  std::vector<train::Example> eval_examples;  // Inline evaluation examples.
+};
+
+class TrainingManager {
+ public:
+  struct Options {
+    int64_t max_running_jobs_per_model = 2;
+    int64_t checkpoint_every = 5;     // Steps between checkpoints.
+    int64_t max_training_rows = 32;   // Engine rows a model's training rollouts hold.
+    int64_t task_train_examples = 5000;  // Problems drawn from a built-in task's train split.
+    int64_t task_eval_examples = 500;    // ... and from its evaluation split.
+    int64_t max_examples = 100000;    // Server cap per dataset.
+    int64_t max_steps = 100000;       // Server cap per job.
+    bool idle_priority = true;        // Trainer threads at SCHED_IDLE.
+  };
+
+  // `core`, `jobs` and `vectors` must outlive the manager. Starts nothing yet.
+  static absl::StatusOr<std::unique_ptr<TrainingManager>> Create(const Options& options,
+                                                                 ServingCore* core,
+                                                                 JobStore* jobs,
+                                                                 VectorStore* vectors);
+  ~TrainingManager();  // Shutdown().
+
+  // Recovers the jobs a previous process left QUEUED or RUNNING and starts the trainer
+  // threads.
+  absl::Status Start();
+  // Stops the trainer threads after their current step. Jobs left RUNNING stay so in the
+  // store (with a fresh checkpoint) and resume on the next Start(); watches end with
+  // UNAVAILABLE. CreateJob fails with UNAVAILABLE afterwards.
+  void Shutdown();
+
+  // Validates (codes as training.proto documents), stores the job QUEUED and returns it.
+  absl::StatusOr<JobRecord> CreateJob(const std::string& tenant, const JobLimits& limits,
+                                      CreateJobParams params);
+  absl::StatusOr<JobRecord> GetJob(const std::string& tenant, const std::string& id);
+  absl::StatusOr<JobPage> ListJobs(const JobListQuery& query);
+  absl::StatusOr<JobRecord> CancelJob(const std::string& tenant, const std::string& id);
+
+  // Subscribes `watcher` to the job; the first event (a state change with no previous
+  // state) is delivered before this returns. Destroying the returned handle
+  // unsubscribes (no call to the watcher follows its destruction).
+  class Watch {
+   public:
+    virtual ~Watch() = default;
+  };
+  absl::StatusOr<std::unique_ptr<Watch>> WatchJob(const std::string& tenant,
+                                                  const std::string& id,
+                                                  std::shared_ptr<JobWatcher> watcher);
+
+ private:
+  class Impl;
+  explicit TrainingManager(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace steerd
+
+#endif  // STEERD_SERVER_ENGINE_TRAINING_MANAGER_H_
