@@ -1,8 +1,14 @@
 #include "client/steerctl_commands.h"
 
+#include <fcntl.h>
+#include <google/protobuf/descriptor.h>
 #include <google/protobuf/util/json_util.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -10,20 +16,27 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <string>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/command_line.h"
+#include "client/job_progress.h"
 #include "client/steerd_client.h"
+#include "server/train/dataset.h"
 #include "server/util/status_macros.h"
 
 namespace steerd::client {
@@ -47,6 +60,18 @@ Commands:
            [--top-k K] [--seed S] [--max-new-tokens N] [--stop S ...] [--logprobs]
            [--ignore-eos] [--no-stream] [--json] [--verbose]
       Generate text, printed as it streams in.
+  jobs create --model M --output NAME (--task TASK | --data F.jsonl) [training flags]
+              [--json]
+      Queue a job that trains a vector and publishes it as the next version of NAME.
+  jobs get ID [--json]
+  jobs list [--state S] [--page-size N] [--all] [--json]
+      The newest jobs first: one page (N jobs, default 50) unless --all. S: queued,
+      running, succeeded, failed or cancelled.
+  jobs cancel ID [--json]
+  jobs watch ID [--json]
+      Follow a job until it ends; print its vector as NAME@VERSION when it succeeds.
+  train --model M --output NAME (--task TASK | --data F.jsonl) [training flags] [--json]
+      jobs create, then jobs watch.
   health [--service S] [--json]
       Print the server's serving status (exit 0 only when SERVING).
   help
@@ -60,7 +85,8 @@ Common flags:
                       $STEERD_DATA_DIR, else ./data)
   --tls-ca FILE       PEM certificate of the CA that signed the server's certificate:
                       connect with TLS (default: plaintext)
-  --timeout SECONDS   deadline of each call (default 60; 0 means none)
+  --timeout SECONDS   deadline of each call (default 60; 0 means none); watching a
+                      job has none (Ctrl-C stops watching, the job goes on)
 
 Generation flags:
   --message ROLE:TEXT   one chat turn (ROLE: system, user or assistant); repeatable
@@ -72,8 +98,32 @@ Generation flags:
   --json                print the whole response as JSON when generation ends
   --verbose             print finish reason, token counts, vector and seed to stderr
 
+Training flags (unset ones take the server's defaults; proto/steerd/v1/training.proto):
+  --task TASK             train on a built-in task's train split (arith, arith-words,
+                          hops)
+  --data F.jsonl          train on these examples: {"prompt": ..., "answer": ...} per
+                          line
+  --eval-split SPLIT      evaluate on the task's SPLIT (e.g. test); needs --task
+  --eval-data F.jsonl     evaluate on these examples
+  --eval-max N            evaluate on the first N examples only
+  --eval-every N          evaluate every N steps too (default: after the last step)
+  --algorithm A           rloo (default), grpo or sft
+  --reward R              exact, numeric, boxed or regex (default: the task's own,
+                          else boxed)
+  --pattern P             the regular expression of --reward regex
+  --correct-reward X  --incorrect-reward X  --format-reward X     in [-100, 100]
+  --steps N  --prompts-per-step N  --rollouts N  --lr X  --max-new-tokens N
+  --temperature X  --seed N
+  --layers 0,1,2          train these layers' rows only (default: all)
+  --clip-epsilon X  --inner-epochs N      grpo only
+  --chat                  give each prompt to the model through its chat template
+  --description TEXT      description of the published vector version
+On a terminal, watch and train redraw one progress line; otherwise they print a line
+per state change and per step. With --json they print each event as one JSON line.
+
 --json prints protobuf JSON with the proto field names (e.g. "token_ids").
-Exit status: 0 success; 1 error, printed as "steerctl: CODE: message"; 2 usage error.
+Exit status: 0 success; 1 error, printed as "steerctl: CODE: message", or a watched job
+that FAILED or was CANCELLED; 2 usage error; 130 Ctrl-C while watching a job.
 )";
 
 namespace {
@@ -81,7 +131,12 @@ namespace {
 namespace v1 = ::steerd::v1;
 
 constexpr char kUsagePayloadUrl[] = "type.steerd/steerctl.UsageError";
+constexpr char kExitCodePayloadUrl[] = "type.steerd/steerctl.ExitCode";
 constexpr double kDefaultTimeoutSeconds = 60;
+constexpr int kInterruptedExitCode = 130;  // 128 + SIGINT, as shells report it
+// InlineDataset's documented maximum.
+constexpr size_t kMaxInlineExamples = 100000;
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 // A usage error: RunSteerctl prints the usage text after it and exits 2.
 absl::Status UsageError(absl::string_view message) {
@@ -94,6 +149,15 @@ bool IsUsageError(const absl::Status& status) {
   return status.GetPayload(kUsagePayloadUrl).has_value();
 }
 
+// A failure that is no RPC's (a watched job that FAILED, a watch stopped by Ctrl-C):
+// RunSteerctl prints "steerctl: <message>", without a code name, and exits with
+// `exit_code`.
+absl::Status CommandFailure(absl::string_view message, int exit_code) {
+  absl::Status status = absl::AbortedError(message);
+  status.SetPayload(kExitCodePayloadUrl, absl::Cord(absl::StrCat(exit_code)));
+  return status;
+}
+
 // Parse errors of flags are usage errors.
 template <typename T>
 absl::StatusOr<T> AsUsage(absl::StatusOr<T> value) {
@@ -101,16 +165,32 @@ absl::StatusOr<T> AsUsage(absl::StatusOr<T> value) {
   return value;
 }
 
+// The flags that describe a training job (jobs create, train); all take a value
+// except --chat.
+std::set<std::string> JobSpecFlags() {
+  std::set<std::string> flags = {"model", "output", "task",
+                                 "data",  "chat",   "description"};
+  flags.insert({"eval-split", "eval-data", "eval-max", "eval-every"});
+  flags.insert({"algorithm", "reward", "pattern", "correct-reward", "incorrect-reward",
+                "format-reward"});
+  flags.insert({"steps", "prompts-per-step", "rollouts", "lr", "max-new-tokens",
+                "temperature", "seed", "layers", "clip-epsilon", "inner-epochs"});
+  return flags;
+}
+
 FlagSpec AllFlags() {
   FlagSpec spec;
-  spec.value_flags = {"addr",        "api-key", "tls-ca",         "timeout",
-                      "data-dir",    "model",   "name",           "file",
-                      "description", "out",     "prompt",         "messages-file",
-                      "vector",      "scale",   "temperature",    "top-p",
-                      "top-k",       "seed",    "max-new-tokens", "service"};
+  spec.value_flags = {
+      "addr",           "api-key", "tls-ca",      "timeout",  "data-dir", "model",
+      "name",           "file",    "description", "out",      "prompt",   "messages-file",
+      "vector",         "scale",   "temperature", "top-p",    "top-k",    "seed",
+      "max-new-tokens", "service", "state",       "page-size"};
+  for (const std::string& name : JobSpecFlags()) {
+    if (name != "chat") spec.value_flags.insert(name);
+  }
   spec.repeated_flags = {"message", "stop"};
-  spec.bool_flags = {"json",      "all-versions", "logprobs", "ignore-eos",
-                     "no-stream", "verbose",      "help"};
+  spec.bool_flags = {"json",    "all-versions", "logprobs", "ignore-eos", "no-stream",
+                     "verbose", "help",         "chat",     "all"};
   return spec;
 }
 
@@ -124,6 +204,7 @@ struct Command {
   const CommandLine& line;
   std::ostream& out;
   std::ostream& err;
+  bool out_is_terminal;
 };
 
 absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const CommandLine& line) {
@@ -138,7 +219,6 @@ absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const CommandLine& line) {
   return SteerdClient::Create(options);
 }
 
-
 absl::Status WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) {
@@ -151,9 +231,12 @@ absl::Status WriteFile(const std::string& path, const std::string& bytes) {
   return absl::OkStatus();
 }
 
-absl::Status PrintJson(const google::protobuf::Message& message, std::ostream& out) {
+// `message` as proto3 JSON with the proto field names, indented, or on one line when
+// `one_line` (a stream of events, one JSON document per line).
+absl::Status PrintJson(const google::protobuf::Message& message, std::ostream& out,
+                       bool one_line = false) {
   google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
+  options.add_whitespace = !one_line;
   options.always_print_primitive_fields = true;
   options.preserve_proto_field_names = true;
   std::string json;
@@ -202,10 +285,6 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
   if (time.seconds() == 0 && time.nanos() == 0) return "-";
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(time.seconds()),
                           absl::UTCTimeZone());
-}
-
-std::string VectorRefString(const v1::VectorRef& ref) {
-  return absl::StrCat(ref.name(), "@", ref.version());
 }
 
 std::vector<std::string> VectorHeader() {
@@ -258,6 +337,55 @@ absl::Status NoPositional(const CommandLine& line, size_t words) {
     return UsageError(
         absl::StrCat("unexpected argument '", line.positional()[words], "'"));
   }
+  return absl::OkStatus();
+}
+
+// --name's value, in any case, as a value of the proto enum `Enum` other than its
+// UNSPECIFIED zero; the error lists the choices.
+template <typename Enum>
+absl::StatusOr<Enum> ParseEnumFlag(const CommandLine& line, const std::string& name) {
+  const google::protobuf::EnumDescriptor* descriptor =
+      google::protobuf::GetEnumDescriptor<Enum>();
+  const std::string text = line.Get(name);
+  const google::protobuf::EnumValueDescriptor* value =
+      descriptor->FindValueByName(absl::AsciiStrToUpper(text));
+  if (value != nullptr && value->number() != 0) return static_cast<Enum>(value->number());
+  std::vector<std::string> choices;
+  for (int i = 0; i < descriptor->value_count(); ++i) {
+    if (descriptor->value(i)->number() != 0) {
+      choices.push_back(absl::AsciiStrToLower(descriptor->value(i)->name()));
+    }
+  }
+  return UsageError(absl::StrCat("flag --", name, ": unknown value '", text, "' (",
+                                 absl::StrJoin(choices, ", "), ")"));
+}
+
+// Calls `set` with --name when it is given: an integer in [min, max].
+template <typename Set>
+absl::Status SetIntFlag(const CommandLine& line, const std::string& name, int64_t min,
+                        int64_t max, const Set& set) {
+  if (!line.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int64_t value, AsUsage(line.GetInt(name, 0)));
+  if (value < min || value > max) {
+    return UsageError(
+        absl::StrCat("flag --", name, ": ", value, " is not in [", min, ", ", max, "]"));
+  }
+  set(static_cast<int32_t>(value));
+  return absl::OkStatus();
+}
+
+// Calls `set` with --name when it is given: a number in [min, max], or in (min, max]
+// when `min_excluded`.
+template <typename Set>
+absl::Status SetFloatFlag(const CommandLine& line, const std::string& name, double min,
+                          bool min_excluded, double max, const Set& set) {
+  if (!line.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(double value, AsUsage(line.GetDouble(name, 0)));
+  if (value < min || (min_excluded && value == min) || value > max) {
+    return UsageError(absl::StrCat("flag --", name, ": ", line.Get(name), " is not in ",
+                                   min_excluded ? "(" : "[", min, ", ", max, "]"));
+  }
+  set(static_cast<float>(value));
   return absl::OkStatus();
 }
 
@@ -364,7 +492,7 @@ absl::Status RunVectorsDelete(const Command& c) {
   ASSIGN_OR_RETURN(v1::DeleteVectorResponse response, client->DeleteVector(ref));
   if (c.line.Bool("json")) return PrintJson(response, c.out);
   for (const v1::VectorRef& deleted : response.deleted()) {
-    c.out << "deleted " << VectorRefString(deleted) << "\n";
+    c.out << "deleted " << FormatVectorRef(deleted) << "\n";
   }
   return absl::OkStatus();
 }
@@ -428,12 +556,10 @@ absl::Status ReadMessagesFile(const std::string& path, v1::ChatMessages* message
 }
 
 absl::StatusOr<int32_t> GetInt32(const CommandLine& line, const std::string& name) {
-  ASSIGN_OR_RETURN(int64_t value, AsUsage(line.GetInt(name, 0)));
-  if (value < std::numeric_limits<int32_t>::min() ||
-      value > std::numeric_limits<int32_t>::max()) {
-    return UsageError(absl::StrCat("flag --", name, ": ", value, " is out of range"));
-  }
-  return static_cast<int32_t>(value);
+  int32_t value = 0;
+  RETURN_IF_ERROR(SetIntFlag(line, name, std::numeric_limits<int32_t>::min(), kInt32Max,
+                             [&](int32_t given) { value = given; }));
+  return value;
 }
 
 absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const CommandLine& line) {
@@ -506,7 +632,7 @@ void PrintSummary(const v1::GenerateResponse& response, std::ostream& err) {
   err << "finish_reason=" << FinishReasonName(response.finish_reason())
       << " prompt_tokens=" << response.usage().prompt_tokens()
       << " completion_tokens=" << response.usage().completion_tokens()
-      << " vector=" << (response.has_vector() ? VectorRefString(response.vector()) : "-")
+      << " vector=" << (response.has_vector() ? FormatVectorRef(response.vector()) : "-")
       << " seed=" << response.seed() << "\n";
 }
 
@@ -548,6 +674,407 @@ absl::Status RunGenerate(const Command& c) {
   return absl::OkStatus();
 }
 
+// ------------------------------------------------------------------------------ jobs
+
+// "0,1,2": distinct layer indices.
+absl::Status ParseLayers(const std::string& text, v1::Hyperparameters* hyperparameters) {
+  std::set<int32_t> seen;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int32_t layer = 0;
+    if (!absl::SimpleAtoi(part, &layer) || layer < 0) {
+      return UsageError(absl::StrCat("flag --layers: '", part,
+                                     "' is not a layer index (a list like 0,1,2)"));
+    }
+    if (!seen.insert(layer).second) {
+      return UsageError(absl::StrCat("flag --layers: layer ", layer, " is given twice"));
+    }
+    hyperparameters->add_layers(layer);
+  }
+  return absl::OkStatus();
+}
+
+// The examples of a JSONL file, in the format (and with the checks, errors naming
+// file:line) the server's own datasets use.
+absl::Status LoadDataset(const std::string& path, v1::InlineDataset* dataset) {
+  ASSIGN_OR_RETURN(std::vector<train::Example> examples, train::LoadJsonl(path));
+  if (examples.size() > kMaxInlineExamples) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", examples.size(),
+                                                   " examples; a job takes at most ",
+                                                   kMaxInlineExamples));
+  }
+  for (train::Example& example : examples) {
+    v1::Example* added = dataset->add_examples();
+    added->set_prompt(std::move(example.prompt));
+    added->set_answer(std::move(example.answer));
+  }
+  return absl::OkStatus();
+}
+
+// The request of `jobs create` and `train`. Every malformed or out-of-bounds value (the
+// bounds training.proto documents) is a usage error here, before any RPC; the dataset
+// files are read last, so a usage error is not hidden behind a slow read.
+absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& line) {
+  v1::CreateJobRequest request;
+  ASSIGN_OR_RETURN(*request.mutable_model(), AsUsage(line.Required("model")));
+  ASSIGN_OR_RETURN(*request.mutable_output_vector(), AsUsage(line.Required("output")));
+  if (line.Has("task") == line.Has("data")) {
+    return UsageError("give exactly one of --task or --data");
+  }
+  if (line.Has("task")) request.set_task(line.Get("task"));
+
+  if (line.Has("eval-split") && line.Has("eval-data")) {
+    return UsageError("give at most one of --eval-split or --eval-data");
+  }
+  if (line.Has("eval-split")) {
+    if (!line.Has("task")) {
+      return UsageError("--eval-split needs --task (with --data, use --eval-data)");
+    }
+    request.mutable_eval()->set_split(line.Get("eval-split"));
+  }
+  const bool has_eval = line.Has("eval-split") || line.Has("eval-data");
+  for (const char* flag : {"eval-max", "eval-every"}) {
+    if (line.Has(flag) && !has_eval) {
+      return UsageError(absl::StrCat("--", flag, " needs --eval-split or --eval-data"));
+    }
+  }
+  RETURN_IF_ERROR(SetIntFlag(line, "eval-max", 0, kInt32Max, [&](int32_t value) {
+    request.mutable_eval()->set_max_examples(value);
+  }));
+
+  v1::Algorithm algorithm = v1::RLOO;  // the server's default
+  if (line.Has("algorithm")) {
+    ASSIGN_OR_RETURN(algorithm, ParseEnumFlag<v1::Algorithm>(line, "algorithm"));
+    request.set_algorithm(algorithm);
+  }
+  // Flags the algorithm ignores are mistakes worth naming, not silently dropped.
+  if (algorithm != v1::GRPO) {
+    for (const char* flag : {"clip-epsilon", "inner-epochs"}) {
+      if (line.Has(flag)) {
+        return UsageError(absl::StrCat("--", flag, " is for --algorithm grpo only"));
+      }
+    }
+  }
+  if (algorithm == v1::SFT) {
+    for (const char* flag : {"rollouts", "temperature"}) {
+      if (line.Has(flag)) {
+        return UsageError(
+            absl::StrCat("--", flag, " is not used by --algorithm sft (no rollouts)"));
+      }
+    }
+  }
+
+  v1::RewardSpec* reward = request.mutable_reward();
+  if (line.Has("reward")) {
+    ASSIGN_OR_RETURN(v1::RewardSpec::Type type,
+                     ParseEnumFlag<v1::RewardSpec::Type>(line, "reward"));
+    reward->set_type(type);
+  }
+  if (reward->type() == v1::RewardSpec::REGEX) {
+    if (!line.Has("pattern")) return UsageError("--reward regex needs --pattern");
+    reward->set_pattern(line.Get("pattern"));
+  } else if (line.Has("pattern")) {
+    return UsageError("--pattern needs --reward regex");
+  }
+  RETURN_IF_ERROR(SetFloatFlag(line, "correct-reward", -100, false, 100,
+                               [&](float value) { reward->set_correct_reward(value); }));
+  RETURN_IF_ERROR(
+      SetFloatFlag(line, "incorrect-reward", -100, false, 100,
+                   [&](float value) { reward->set_incorrect_reward(value); }));
+  RETURN_IF_ERROR(SetFloatFlag(line, "format-reward", -100, false, 100,
+                               [&](float value) { reward->set_format_reward(value); }));
+  if (reward->ByteSizeLong() == 0) request.clear_reward();
+
+  v1::Hyperparameters* hp = request.mutable_hyperparameters();
+  RETURN_IF_ERROR(
+      SetIntFlag(line, "steps", 1, 100000, [&](int32_t value) { hp->set_steps(value); }));
+  RETURN_IF_ERROR(SetIntFlag(line, "prompts-per-step", 1, 1024,
+                             [&](int32_t value) { hp->set_prompts_per_step(value); }));
+  RETURN_IF_ERROR(SetIntFlag(line, "rollouts", 2, 256,
+                             [&](int32_t value) { hp->set_rollouts_per_prompt(value); }));
+  RETURN_IF_ERROR(SetFloatFlag(line, "lr", 0, true, 1,
+                               [&](float value) { hp->set_learning_rate(value); }));
+  RETURN_IF_ERROR(SetIntFlag(line, "max-new-tokens", 1, kInt32Max,
+                             [&](int32_t value) { hp->set_max_new_tokens(value); }));
+  RETURN_IF_ERROR(SetFloatFlag(line, "temperature", 0, true, 2,
+                               [&](float value) { hp->set_temperature(value); }));
+  if (line.Has("seed")) {
+    ASSIGN_OR_RETURN(uint64_t seed, AsUsage(line.GetUint("seed", 0)));
+    hp->set_seed(seed);
+  }
+  if (line.Has("layers")) RETURN_IF_ERROR(ParseLayers(line.Get("layers"), hp));
+  RETURN_IF_ERROR(SetIntFlag(line, "eval-every", 0, kInt32Max,
+                             [&](int32_t value) { hp->set_eval_every(value); }));
+  RETURN_IF_ERROR(SetFloatFlag(line, "clip-epsilon", 0, true, 1,
+                               [&](float value) { hp->set_clip_epsilon(value); }));
+  RETURN_IF_ERROR(SetIntFlag(line, "inner-epochs", 1, 16,
+                             [&](int32_t value) { hp->set_inner_epochs(value); }));
+  if (hp->ByteSizeLong() == 0) request.clear_hyperparameters();
+
+  request.set_apply_chat_template(line.Bool("chat"));
+  request.set_description(line.Get("description"));
+
+  if (line.Has("data")) {
+    RETURN_IF_ERROR(LoadDataset(line.Get("data"), request.mutable_examples()));
+  }
+  if (line.Has("eval-data")) {
+    RETURN_IF_ERROR(
+        LoadDataset(line.Get("eval-data"), request.mutable_eval()->mutable_examples()));
+  }
+  return request;
+}
+
+// The vector a SUCCEEDED job published, or why a FAILED one failed.
+std::string JobResult(const v1::Job& job) {
+  if (job.state() == v1::Job::SUCCEEDED) return FormatVectorRef(job.vector());
+  if (job.state() == v1::Job::FAILED) return OneLine(job.error());
+  return "-";
+}
+
+void PrintJobs(const std::vector<v1::Job>& jobs, std::ostream& out) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "STATE", "STEP", "MODEL", "OUTPUT", "CREATED", "RESULT"}};
+  for (const v1::Job& job : jobs) {
+    rows.push_back(
+        {job.id(), v1::Job::State_Name(job.state()),
+         absl::StrCat(job.progress().step(), "/", job.progress().total_steps()),
+         OrDash(job.model()), OrDash(job.output_vector()),
+         FormatTimestamp(job.create_time()), JobResult(job)});
+  }
+  PrintTable(rows, out);
+}
+
+// Written by the SIGINT handler, read by CancelOnInterrupt's thread; -1 when none.
+std::atomic<int> interrupt_pipe_fd{-1};
+
+void WriteInterrupt(int /*signal*/) {
+  const int saved_errno = errno;
+  const int fd = interrupt_pipe_fd.load();
+  const char byte = 1;
+  if (fd >= 0 && write(fd, &byte, 1) < 0) {
+    // Nothing to do in a signal handler; the pipe is never full.
+  }
+  errno = saved_errno;
+}
+
+// While alive, Ctrl-C (SIGINT) cancels a watch instead of killing the process, so the
+// watch can end its progress line and say that the job goes on: the handler only writes
+// to a pipe (all a signal handler may safely do) and a thread calls Cancel. A process
+// that ignores SIGINT (a script's background job) keeps ignoring it.
+class CancelOnInterrupt {
+ public:
+  explicit CancelOnInterrupt(StreamCanceller* canceller) {
+    struct sigaction current {};
+    if (sigaction(SIGINT, nullptr, &current) != 0 || current.sa_handler == SIG_IGN) {
+      return;
+    }
+    if (pipe2(pipe_, O_CLOEXEC) != 0) return;
+    interrupt_pipe_fd = pipe_[1];
+    thread_ = std::thread([this, canceller] {
+      char byte;
+      ssize_t n;
+      do {
+        n = read(pipe_[0], &byte, 1);
+      } while (n < 0 && errno == EINTR);
+      if (n == 1) {
+        interrupted_ = true;
+        canceller->Cancel();
+      }
+    });
+    struct sigaction action {};
+    action.sa_handler = WriteInterrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &action, &previous_);
+    installed_ = true;
+  }
+
+  ~CancelOnInterrupt() {
+    if (!installed_) return;
+    sigaction(SIGINT, &previous_, nullptr);
+    interrupt_pipe_fd = -1;
+    close(pipe_[1]);  // the thread's read sees the end of the pipe
+    thread_.join();
+    close(pipe_[0]);
+  }
+
+  CancelOnInterrupt(const CancelOnInterrupt&) = delete;
+  CancelOnInterrupt& operator=(const CancelOnInterrupt&) = delete;
+
+  bool interrupted() const { return interrupted_; }
+
+ private:
+  int pipe_[2] = {-1, -1};
+  bool installed_ = false;
+  struct sigaction previous_ {};
+  std::atomic<bool> interrupted_{false};
+  std::thread thread_;
+};
+
+// Shows job `id`'s events until it ends: JSON lines with --json, else JobWatchPrinter's
+// lines. OK when the job SUCCEEDED (its vector is printed last, as NAME@VERSION, unless
+// --json); a FAILED or CANCELLED job, a stream error or Ctrl-C is an error. `created`:
+// this command created the job, so an error must say that it goes on.
+absl::Status WatchUntilDone(SteerdClient& client, const std::string& id, bool created,
+                            const Command& c) {
+  const bool json = c.line.Bool("json");
+  JobWatchPrinter printer(c.out, c.out_is_terminal);
+  v1::Job job;
+  bool seen = false;
+  absl::Status print_status;
+  StreamCanceller canceller;
+  absl::Status status;
+  bool interrupted = false;
+  {
+    CancelOnInterrupt interrupt(&canceller);
+    status = client.WatchJob(
+        id,
+        [&](const v1::JobEvent& event) {
+          seen = true;
+          job = event.job();
+          if (!json) {
+            printer.Print(event);
+            return true;
+          }
+          print_status = PrintJson(event, c.out, /*one_line=*/true);
+          c.out.flush();
+          return print_status.ok();
+        },
+        &canceller);
+    interrupted = interrupt.interrupted();
+  }
+  printer.Finish();
+  RETURN_IF_ERROR(print_status);
+  if (interrupted && status.code() == absl::StatusCode::kCancelled) {
+    return CommandFailure(
+        absl::StrCat("stopped watching job ", id, "; it goes on (steerctl jobs cancel ",
+                     id, " stops it)"),
+        kInterruptedExitCode);
+  }
+  if (!status.ok()) {
+    if (!seen && !created) return status;
+    return absl::Status(status.code(), absl::StrCat(status.message(), " (job ", id,
+                                                    " goes on; steerctl jobs watch ", id,
+                                                    " watches it again)"));
+  }
+  switch (job.state()) {
+    case v1::Job::SUCCEEDED:
+      if (!json) c.out << FormatVectorRef(job.vector()) << "\n";
+      return absl::OkStatus();
+    case v1::Job::FAILED:
+      return CommandFailure(absl::StrCat("job ", id, " FAILED: ", OrDash(job.error())),
+                            1);
+    case v1::Job::CANCELLED:
+      return CommandFailure(absl::StrCat("job ", id, " was CANCELLED"), 1);
+    default:
+      return absl::InternalError(absl::StrCat("the watch of job ", id,
+                                              " ended while it is ",
+                                              v1::Job::State_Name(job.state())));
+  }
+}
+
+absl::Status RunJobsCreate(const Command& c) {
+  std::set<std::string> allowed = JobSpecFlags();
+  allowed.insert("json");
+  RETURN_IF_ERROR(CheckFlags(c.line, With(allowed), "jobs create"));
+  RETURN_IF_ERROR(NoPositional(c.line, 2));
+  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.line));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::Job job, client->CreateJob(request));
+  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  PrintJobs({job}, c.out);
+  return absl::OkStatus();
+}
+
+absl::Status RunJobsGet(const Command& c) {
+  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs get"));
+  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::Job job, client->GetJob(id));
+  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  PrintJobs({job}, c.out);
+  return absl::OkStatus();
+}
+
+absl::Status RunJobsList(const Command& c) {
+  RETURN_IF_ERROR(
+      CheckFlags(c.line, With({"state", "page-size", "all", "json"}), "jobs list"));
+  RETURN_IF_ERROR(NoPositional(c.line, 2));
+  JobFilter filter;
+  if (c.line.Has("state")) {
+    ASSIGN_OR_RETURN(filter.state, ParseEnumFlag<v1::Job::State>(c.line, "state"));
+  }
+  RETURN_IF_ERROR(SetIntFlag(c.line, "page-size", 0, kInt32Max,
+                             [&](int32_t value) { filter.page_size = value; }));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  v1::ListJobsResponse response;
+  if (c.line.Bool("all")) {
+    ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, client->ListJobs(filter));
+    for (v1::Job& job : jobs) *response.add_jobs() = std::move(job);
+  } else {
+    v1::ListJobsRequest request;
+    request.set_state(filter.state);
+    request.set_page_size(filter.page_size);
+    ASSIGN_OR_RETURN(response, client->ListJobsPage(request));
+  }
+  if (c.line.Bool("json")) return PrintJson(response, c.out);
+  if (response.jobs().empty()) {
+    c.err << "no jobs\n";
+  } else {
+    PrintJobs({response.jobs().begin(), response.jobs().end()}, c.out);
+  }
+  if (!response.next_page_token().empty()) {
+    c.err << "more jobs: steerctl jobs list --all\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunJobsCancel(const Command& c) {
+  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs cancel"));
+  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::Job job, client->CancelJob(id));
+  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  PrintJobs({job}, c.out);
+  // A running job stops only after its current step.
+  if (job.state() == v1::Job::RUNNING) {
+    c.err << "job " << id << " stops after its current step (steerctl jobs watch " << id
+          << " shows the end)\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunJobsWatch(const Command& c) {
+  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs watch"));
+  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  return WatchUntilDone(*client, id, /*created=*/false, c);
+}
+
+absl::Status RunJobs(const Command& c) {
+  const auto& positional = c.line.positional();
+  if (positional.size() < 2) {
+    return UsageError("missing jobs subcommand (create, get, list, cancel, watch)");
+  }
+  const std::string& sub = positional[1];
+  if (sub == "create") return RunJobsCreate(c);
+  if (sub == "get") return RunJobsGet(c);
+  if (sub == "list") return RunJobsList(c);
+  if (sub == "cancel") return RunJobsCancel(c);
+  if (sub == "watch") return RunJobsWatch(c);
+  return UsageError(absl::StrCat("unknown jobs subcommand '", sub, "'"));
+}
+
+absl::Status RunTrain(const Command& c) {
+  std::set<std::string> allowed = JobSpecFlags();
+  allowed.insert("json");
+  RETURN_IF_ERROR(CheckFlags(c.line, With(allowed), "train"));
+  RETURN_IF_ERROR(NoPositional(c.line, 1));
+  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.line));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::Job job, client->CreateJob(request));
+  return WatchUntilDone(*client, job.id(), /*created=*/true, c);
+}
+
 // ---------------------------------------------------------------------------- health
 
 // Returns whether the server is SERVING.
@@ -572,7 +1099,7 @@ int PrintUsageError(const absl::Status& status, std::ostream& err) {
 }  // namespace
 
 int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
-                std::ostream& err) {
+                std::ostream& err, bool out_is_terminal) {
   std::vector<std::string> argv = args;
   for (std::string& arg : argv) {
     if (arg == "-h") arg = "--help";
@@ -586,7 +1113,7 @@ int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
   }
   if (positional.empty()) return PrintUsageError(UsageError("missing command"), err);
 
-  const Command command{*line, out, err};
+  const Command command{*line, out, err, out_is_terminal};
   const std::string& name = positional[0];
   absl::Status status;
   if (name == "models") {
@@ -595,6 +1122,10 @@ int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
     status = RunVectors(command);
   } else if (name == "generate") {
     status = RunGenerate(command);
+  } else if (name == "jobs") {
+    status = RunJobs(command);
+  } else if (name == "train") {
+    status = RunTrain(command);
   } else if (name == "health") {
     absl::StatusOr<bool> serving = RunHealth(command);
     status = serving.status();
@@ -604,6 +1135,11 @@ int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
   }
   if (status.ok()) return 0;
   if (IsUsageError(status)) return PrintUsageError(status, err);
+  if (const auto exit_code = status.GetPayload(kExitCodePayloadUrl)) {
+    err << "steerctl: " << status.message() << "\n";
+    int code = 1;
+    return absl::SimpleAtoi(std::string(*exit_code), &code) ? code : 1;
+  }
   err << "steerctl: " << absl::StatusCodeToString(status.code()) << ": "
       << status.message() << "\n";
   return 1;

@@ -1,10 +1,12 @@
 // steerctl, the command-line client of a steerd server, as a function: it parses the
 // arguments, runs one command through SteerdClient and writes what a terminal shows.
-// Output goes to `out` (generated text is flushed chunk by chunk as it streams in),
-// errors to `err` as "steerctl: <GRPC_CODE_NAME>: <message>". The exit code is 0 on
-// success, 1 when the command failed (an RPC error, an unreadable file, a server that
-// is not SERVING) and 2 for a usage error (after the message, the usage text). The
-// steerctl binary is a thin main() over RunSteerctl; tests may call it in-process.
+// Output goes to `out` (generated text is flushed chunk by chunk as it streams in, a
+// watched job's progress event by event), errors to `err` as "steerctl:
+// <GRPC_CODE_NAME>: <message>". The exit code is 0 on success, 1 when the command
+// failed (an RPC error, an unreadable file, a server that is not SERVING, a watched job
+// that FAILED or was CANCELLED), 2 for a usage error (after the message, the usage
+// text) and 130 when Ctrl-C stopped a watch. The steerctl binary is a thin main() over
+// RunSteerctl; tests may call it in-process.
 #ifndef STEERD_CLIENT_STEERCTL_COMMANDS_H_
 #define STEERD_CLIENT_STEERCTL_COMMANDS_H_
 
@@ -17,9 +19,10 @@ namespace steerd::client {
 // The text of `steerctl help`.
 extern const char kSteerctlUsage[];
 
-// `args` excludes the program name.
+// `args` excludes the program name. `out_is_terminal`: `out` is a terminal, where a
+// watched job's progress line is redrawn in place instead of printed line by line.
 int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
-                std::ostream& err);
+                std::ostream& err, bool out_is_terminal = false);
 
 }  // namespace steerd::client
 

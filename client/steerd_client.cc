@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/util/status_macros.h"
 
 namespace steerd::client {
 namespace {
@@ -30,6 +31,25 @@ constexpr int kMaxPages = 1 << 20;
 std::string Getenv(const char* name) {
   const char* value = std::getenv(name);
   return value == nullptr ? std::string() : std::string(value);
+}
+
+// Follows a list RPC through every page: `fetch` gets the page `request` names, `take`
+// moves the items out of it; the next request differs only in its page token, as
+// AIP-158 requires.
+template <typename Request, typename Fetch, typename Take>
+absl::Status FollowPages(absl::string_view rpc, Request request, const Fetch& fetch,
+                         const Take& take) {
+  for (int page = 0; page < kMaxPages; ++page) {
+    ASSIGN_OR_RETURN(auto response, fetch(request));
+    take(response);
+    if (response.next_page_token().empty()) return absl::OkStatus();
+    if (response.next_page_token() == request.page_token()) {
+      return absl::InternalError(
+          absl::StrCat(rpc, " returned the same page token twice"));
+    }
+    request.set_page_token(response.next_page_token());
+  }
+  return absl::InternalError(absl::StrCat(rpc, " did not end"));
 }
 
 }  // namespace
@@ -159,77 +179,94 @@ SteerdClient::SteerdClient(std::shared_ptr<grpc::Channel> channel,
       channel_(std::move(channel)),
       models_(v1::Models::NewStub(channel_)),
       vectors_(v1::Vectors::NewStub(channel_)),
-      generation_(v1::Generation::NewStub(channel_)) {}
+      generation_(v1::Generation::NewStub(channel_)),
+      training_(v1::Training::NewStub(channel_)) {}
 
-void SteerdClient::PrepareContext(grpc::ClientContext* context, bool authorize) const {
-  if (options_.timeout > absl::ZeroDuration() &&
-      options_.timeout != absl::InfiniteDuration()) {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+void SteerdClient::PrepareContext(grpc::ClientContext* context, bool authorize,
+                                  absl::Duration timeout) const {
+  if (timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   }
   if (authorize && !options_.api_key.empty()) {
     context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.api_key));
   }
 }
 
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> SteerdClient::Call(
+    Stub* stub,
+    grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request) const {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true, options_.timeout);
+  Response response;
+  RETURN_IF_ERROR(FromGrpcStatus((stub->*method)(&context, request, &response)));
+  return response;
+}
+
+template <typename Item, typename Open, typename OnItem>
+absl::Status SteerdClient::ReadStream(const Open& open, const OnItem& on_item,
+                                      absl::Duration timeout,
+                                      StreamCanceller* canceller) const {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*authorize=*/true, timeout);
+  if (canceller != nullptr) canceller->Attach(&context);
+  std::unique_ptr<grpc::ClientReader<Item>> reader = open(&context);
+  Item item;
+  bool cancelled_by_callback = false;
+  while (reader->Read(&item)) {
+    if (!on_item(item)) {
+      cancelled_by_callback = true;
+      context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (canceller != nullptr) canceller->Detach();
+  // The stream may have ended on its own in the moment the callback declined an item.
+  if (cancelled_by_callback && status.ok()) {
+    return absl::CancelledError("cancelled by the client");
+  }
+  return FromGrpcStatus(status);
+}
+
 absl::StatusOr<std::vector<v1::Model>> SteerdClient::ListModels() {
   std::vector<v1::Model> models;
-  v1::ListModelsRequest request;
-  for (int page = 0; page < kMaxPages; ++page) {
-    grpc::ClientContext context;
-    PrepareContext(&context, /*authorize=*/true);
-    v1::ListModelsResponse response;
-    absl::Status status =
-        FromGrpcStatus(models_->ListModels(&context, request, &response));
-    if (!status.ok()) return status;
-    for (v1::Model& model : *response.mutable_models())
-      models.push_back(std::move(model));
-    if (response.next_page_token().empty()) return models;
-    if (response.next_page_token() == request.page_token()) {
-      return absl::InternalError("ListModels returned the same page token twice");
-    }
-    request.set_page_token(response.next_page_token());
-  }
-  return absl::InternalError("ListModels did not end");
+  RETURN_IF_ERROR(FollowPages(
+      "ListModels", v1::ListModelsRequest(),
+      [this](const v1::ListModelsRequest& request) {
+        return Call(models_.get(), &v1::Models::Stub::ListModels, request);
+      },
+      [&models](v1::ListModelsResponse& response) {
+        for (v1::Model& model : *response.mutable_models()) {
+          models.push_back(std::move(model));
+        }
+      }));
+  return models;
 }
 
 absl::StatusOr<v1::Model> SteerdClient::GetModel(const std::string& name) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
   v1::GetModelRequest request;
   request.set_name(name);
-  v1::Model model;
-  absl::Status status = FromGrpcStatus(models_->GetModel(&context, request, &model));
-  if (!status.ok()) return status;
-  return model;
+  return Call(models_.get(), &v1::Models::Stub::GetModel, request);
 }
 
 absl::StatusOr<v1::Vector> SteerdClient::CreateVector(const std::string& model,
                                                       const std::string& name,
                                                       std::string safetensors,
                                                       const std::string& description) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
   v1::CreateVectorRequest request;
   request.set_model(model);
   request.set_name(name);
   request.set_safetensors(std::move(safetensors));
   request.set_description(description);
-  v1::Vector vector;
-  absl::Status status =
-      FromGrpcStatus(vectors_->CreateVector(&context, request, &vector));
-  if (!status.ok()) return status;
-  return vector;
+  return Call(vectors_.get(), &v1::Vectors::Stub::CreateVector, request);
 }
 
 absl::StatusOr<v1::Vector> SteerdClient::GetVector(const std::string& ref) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
   v1::GetVectorRequest request;
   request.set_name(ref);
-  v1::Vector vector;
-  absl::Status status = FromGrpcStatus(vectors_->GetVector(&context, request, &vector));
-  if (!status.ok()) return status;
-  return vector;
+  return Call(vectors_.get(), &v1::Vectors::Stub::GetVector, request);
 }
 
 absl::StatusOr<std::vector<v1::Vector>> SteerdClient::ListVectors(
@@ -239,91 +276,98 @@ absl::StatusOr<std::vector<v1::Vector>> SteerdClient::ListVectors(
   request.set_model(filter.model);
   request.set_name(filter.name);
   request.set_all_versions(filter.all_versions);
-  for (int page = 0; page < kMaxPages; ++page) {
-    grpc::ClientContext context;
-    PrepareContext(&context, /*authorize=*/true);
-    v1::ListVectorsResponse response;
-    absl::Status status =
-        FromGrpcStatus(vectors_->ListVectors(&context, request, &response));
-    if (!status.ok()) return status;
-    for (v1::Vector& vector : *response.mutable_vectors()) {
-      vectors.push_back(std::move(vector));
-    }
-    if (response.next_page_token().empty()) return vectors;
-    if (response.next_page_token() == request.page_token()) {
-      return absl::InternalError("ListVectors returned the same page token twice");
-    }
-    request.set_page_token(response.next_page_token());
-  }
-  return absl::InternalError("ListVectors did not end");
+  RETURN_IF_ERROR(FollowPages(
+      "ListVectors", std::move(request),
+      [this](const v1::ListVectorsRequest& page_request) {
+        return Call(vectors_.get(), &v1::Vectors::Stub::ListVectors, page_request);
+      },
+      [&vectors](v1::ListVectorsResponse& response) {
+        for (v1::Vector& vector : *response.mutable_vectors()) {
+          vectors.push_back(std::move(vector));
+        }
+      }));
+  return vectors;
 }
 
 absl::StatusOr<v1::ExportVectorResponse> SteerdClient::ExportVector(
     const std::string& ref) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
   v1::ExportVectorRequest request;
   request.set_name(ref);
-  v1::ExportVectorResponse response;
-  absl::Status status =
-      FromGrpcStatus(vectors_->ExportVector(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(vectors_.get(), &v1::Vectors::Stub::ExportVector, request);
 }
 
 absl::StatusOr<v1::DeleteVectorResponse> SteerdClient::DeleteVector(
     const std::string& ref) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
   v1::DeleteVectorRequest request;
   request.set_name(ref);
-  v1::DeleteVectorResponse response;
-  absl::Status status =
-      FromGrpcStatus(vectors_->DeleteVector(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(vectors_.get(), &v1::Vectors::Stub::DeleteVector, request);
 }
 
 absl::StatusOr<v1::GenerateResponse> SteerdClient::Generate(
     const v1::GenerateRequest& request) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
-  v1::GenerateResponse response;
-  absl::Status status =
-      FromGrpcStatus(generation_->Generate(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(generation_.get(), &v1::Generation::Stub::Generate, request);
 }
 
 absl::Status SteerdClient::GenerateStream(const v1::GenerateRequest& request,
                                           const ChunkCallback& on_chunk,
                                           StreamCanceller* canceller) {
-  grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/true);
-  if (canceller != nullptr) canceller->Attach(&context);
-  std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader =
-      generation_->GenerateStream(&context, request);
-  v1::GenerateChunk chunk;
-  bool cancelled_by_callback = false;
-  while (reader->Read(&chunk)) {
-    if (!on_chunk(chunk)) {
-      cancelled_by_callback = true;
-      context.TryCancel();
-      break;
-    }
-  }
-  grpc::Status status = reader->Finish();
-  if (canceller != nullptr) canceller->Detach();
-  // The stream may have ended on its own in the moment the callback declined a chunk.
-  if (cancelled_by_callback && status.ok()) {
-    return absl::CancelledError("cancelled by the client");
-  }
-  return FromGrpcStatus(status);
+  return ReadStream<v1::GenerateChunk>(
+      [&](grpc::ClientContext* context) {
+        return generation_->GenerateStream(context, request);
+      },
+      on_chunk, options_.timeout, canceller);
+}
+
+absl::StatusOr<v1::Job> SteerdClient::CreateJob(const v1::CreateJobRequest& request) {
+  return Call(training_.get(), &v1::Training::Stub::CreateJob, request);
+}
+
+absl::StatusOr<v1::Job> SteerdClient::GetJob(const std::string& id) {
+  v1::GetJobRequest request;
+  request.set_id(id);
+  return Call(training_.get(), &v1::Training::Stub::GetJob, request);
+}
+
+absl::StatusOr<v1::ListJobsResponse> SteerdClient::ListJobsPage(
+    const v1::ListJobsRequest& request) {
+  return Call(training_.get(), &v1::Training::Stub::ListJobs, request);
+}
+
+absl::StatusOr<std::vector<v1::Job>> SteerdClient::ListJobs(const JobFilter& filter) {
+  std::vector<v1::Job> jobs;
+  v1::ListJobsRequest request;
+  request.set_state(filter.state);
+  request.set_page_size(filter.page_size);
+  RETURN_IF_ERROR(FollowPages(
+      "ListJobs", std::move(request),
+      [this](const v1::ListJobsRequest& page_request) {
+        return ListJobsPage(page_request);
+      },
+      [&jobs](v1::ListJobsResponse& response) {
+        for (v1::Job& job : *response.mutable_jobs()) jobs.push_back(std::move(job));
+      }));
+  return jobs;
+}
+
+absl::StatusOr<v1::Job> SteerdClient::CancelJob(const std::string& id) {
+  v1::CancelJobRequest request;
+  request.set_id(id);
+  return Call(training_.get(), &v1::Training::Stub::CancelJob, request);
+}
+
+absl::Status SteerdClient::WatchJob(const std::string& id,
+                                    const JobEventCallback& on_event,
+                                    StreamCanceller* canceller) {
+  v1::WatchJobRequest request;
+  request.set_id(id);
+  return ReadStream<v1::JobEvent>(
+      [&](grpc::ClientContext* context) { return training_->WatchJob(context, request); },
+      on_event, options_.watch_timeout, canceller);
 }
 
 absl::StatusOr<ServingStatus> SteerdClient::CheckHealth(const std::string& service) {
   grpc::ClientContext context;
-  PrepareContext(&context, /*authorize=*/false);
+  PrepareContext(&context, /*authorize=*/false, options_.timeout);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;

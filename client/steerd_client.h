@@ -1,6 +1,7 @@
 // A small C++ client for a steerd server: one gRPC channel, the API key sent as
 // `authorization: Bearer <key>` metadata on every steerd.v1 call, a deadline on every
-// call, list RPCs followed through all their pages, and gRPC errors returned as
+// call (training-job watches have their own, none by default, since they last as long
+// as the job), list RPCs followed through all their pages, and gRPC errors returned as
 // absl::Status with the same code and message. It also resolves where to connect from
 // flags, environment and the server's data directory, as steerctl does. A SteerdClient
 // is thread-safe: its methods may be called from several threads at once (each call
@@ -12,6 +13,7 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,6 +26,7 @@
 #include "absl/time/time.h"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
+#include "steerd/v1/training.grpc.pb.h"
 #include "steerd/v1/vectors.grpc.pb.h"
 
 namespace steerd::client {
@@ -42,9 +45,13 @@ struct ClientOptions {
   // means an insecure (plaintext) channel.
   std::string tls_ca_file;
 
-  // Deadline of each call, streams included. absl::InfiniteDuration() (or any value
-  // <= 0) means no deadline.
+  // Deadline of each call, GenerateStream included, WatchJob excepted.
+  // absl::InfiniteDuration() (or any value <= 0) means no deadline.
   absl::Duration timeout = absl::Seconds(60);
+
+  // Deadline of each WatchJob stream, which lasts as long as the job (hours for a large
+  // one), so by default there is none; stop a watch with a StreamCanceller instead.
+  absl::Duration watch_timeout = absl::InfiniteDuration();
 };
 
 // The defaults ResolveConnection falls back on.
@@ -78,14 +85,22 @@ struct VectorFilter {
   bool all_versions = false;  // false: the latest version of each name
 };
 
+// ListJobs filters (see steerd.v1.ListJobsRequest).
+struct JobFilter {
+  // Only jobs in this state; STATE_UNSPECIFIED = all.
+  steerd::v1::Job::State state = steerd::v1::Job::STATE_UNSPECIFIED;
+  // Jobs per page; 0 = the server's default (50).
+  int32_t page_size = 0;
+};
+
 // grpc.health.v1 serving status.
 enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
 // "UNKNOWN", "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN".
 const char* ServingStatusName(ServingStatus status);
 
-// Cancels a GenerateStream call from any thread, at any time: before the call starts
-// (the call then ends CANCELLED at once), while it runs, or after it ended (no effect).
-// One canceller serves one call.
+// Cancels a streaming call (GenerateStream, WatchJob) from any thread, at any time:
+// before the call starts (the call then ends CANCELLED at once), while it runs, or after
+// it ended (no effect). One canceller serves one call.
 class StreamCanceller {
  public:
   void Cancel();
@@ -113,6 +128,9 @@ class SteerdClient {
   // Called with each chunk of GenerateStream, in order; returning false cancels the
   // call (GenerateStream then returns CANCELLED).
   using ChunkCallback = std::function<bool(const steerd::v1::GenerateChunk&)>;
+  // Called with each event of WatchJob, in order; returning false cancels the call
+  // (WatchJob then returns CANCELLED).
+  using JobEventCallback = std::function<bool(const steerd::v1::JobEvent&)>;
 
   // Opens one channel to options.address (TLS when tls_ca_file is set). Connection
   // happens lazily, on the first call. Fails with INVALID_ARGUMENT for an empty address
@@ -150,6 +168,24 @@ class SteerdClient {
                               const ChunkCallback& on_chunk,
                               StreamCanceller* canceller = nullptr);
 
+  // Training. Creating a job only queues it: watch it (or poll GetJob) to see it end.
+  absl::StatusOr<steerd::v1::Job> CreateJob(const steerd::v1::CreateJobRequest& request);
+  absl::StatusOr<steerd::v1::Job> GetJob(const std::string& id);
+  // One page of Training.ListJobs, for callers that page themselves.
+  absl::StatusOr<steerd::v1::ListJobsResponse> ListJobsPage(
+      const steerd::v1::ListJobsRequest& request);
+  // Training.ListJobs through every page, newest first.
+  absl::StatusOr<std::vector<steerd::v1::Job>> ListJobs(const JobFilter& filter);
+  absl::StatusOr<steerd::v1::Job> CancelJob(const std::string& id);
+  // Calls `on_event` for every event of the job as it arrives (the first one says
+  // where the job is), and returns the call's final status: OK after the event of a
+  // terminal state (SUCCEEDED, FAILED or CANCELLED: see the last event's job for
+  // which), CANCELLED when `on_event` returned false or `canceller` was used, else the
+  // server's error (UNAVAILABLE while it drains: the job goes on, watch again). Bound by
+  // options().watch_timeout, not options().timeout.
+  absl::Status WatchJob(const std::string& id, const JobEventCallback& on_event,
+                        StreamCanceller* canceller = nullptr);
+
   // grpc.health.v1.Health/Check for `service` ("" = the whole server). Sends no API
   // key. An unknown service is NOT_FOUND (from the server).
   absl::StatusOr<ServingStatus> CheckHealth(const std::string& service = "");
@@ -160,14 +196,32 @@ class SteerdClient {
  private:
   SteerdClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
 
-  // Sets the deadline and, when `authorize`, the authorization metadata.
-  void PrepareContext(grpc::ClientContext* context, bool authorize) const;
+  // Sets the deadline `timeout` from now and, when `authorize`, the authorization
+  // metadata.
+  void PrepareContext(grpc::ClientContext* context, bool authorize,
+                      absl::Duration timeout) const;
+
+  // One authorized unary call of `stub`'s `method` (a generated stub method), with
+  // options_.timeout. Defined and used in steerd_client.cc only.
+  template <typename Stub, typename Request, typename Response>
+  absl::StatusOr<Response> Call(Stub* stub,
+                                grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                             const Request&, Response*),
+                                const Request& request) const;
+
+  // One authorized server-streaming call: `open(context)` starts it, `on_item` sees
+  // every message and may return false to cancel; `canceller` may cancel it from
+  // another thread. Defined and used in steerd_client.cc only.
+  template <typename Item, typename Open, typename OnItem>
+  absl::Status ReadStream(const Open& open, const OnItem& on_item, absl::Duration timeout,
+                          StreamCanceller* canceller) const;
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<steerd::v1::Models::Stub> models_;
   std::unique_ptr<steerd::v1::Vectors::Stub> vectors_;
   std::unique_ptr<steerd::v1::Generation::Stub> generation_;
+  std::unique_ptr<steerd::v1::Training::Stub> training_;
 };
 
 }  // namespace steerd::client

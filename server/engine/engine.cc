@@ -183,9 +183,19 @@ std::vector<std::unique_ptr<Engine::Sequence>> Engine::TakeWork(bool have_runnin
       // for every running serving row.
       int64_t background_rows = 0;
       for (const auto& sequence : running_) background_rows += sequence->request.background;
+      const int64_t serving_rows =
+          static_cast<int64_t>(running_.size() + taken.size()) - background_rows;
+      // While serving rows run, background rows are at most as many (and at least a
+      // few, so training advances): a decode step's cost grows with its rows, so serving
+      // latency at most about doubles.
+      const int64_t cap =
+          serving_rows == 0
+              ? options_.max_background_rows
+              : std::min(options_.max_background_rows,
+                         std::max(serving_rows, options_.min_background_rows));
       admit(background_waiting_,
             std::min(options_.max_prefill_tokens, tokens + options_.max_background_prefill_tokens),
-            [&] { return background_rows++ < options_.max_background_rows; });
+            [&] { return background_rows++ < cap; });
     }
     if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());
   }

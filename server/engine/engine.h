@@ -8,7 +8,7 @@
 // is rebuilt only when the set of rows changes. The waiting queue is bounded, so an
 // overloaded server answers RESOURCE_EXHAUSTED at once instead of growing latency.
 // Background requests (training) wait in a queue of their own and take rows only when
-// no serving request waits, so serving comes first.
+// no serving request waits, and no more rows than serving holds, so serving comes first.
 // Thread-safety: Submit(), Drain(), Cancel() and the accessors may be called from any
 // thread; observers are called on the engine thread and must not block.
 #ifndef STEERD_SERVER_ENGINE_ENGINE_H_
@@ -53,8 +53,11 @@ class Engine {
     int64_t max_waiting = 256;       // Admitted requests waiting for a row.
     int64_t max_prefill_tokens = 4096;  // Prompt tokens prefilled per iteration (at
                                         // least one request is always admitted).
-    int64_t max_background_rows = 32;   // Rows background requests may hold at once.
-    int64_t max_background_prefill_tokens = 256;  // Background prompt tokens per iteration.
+    // Rows background requests may hold at once; while serving rows run, no more than
+    // those (but at least min_background_rows).
+    int64_t max_background_rows = 32;
+    int64_t min_background_rows = 4;
+    int64_t max_background_prefill_tokens = 64;  // Background prompt tokens per iteration.
   };
 
   // `model` and `tokenizer` must outlive the engine. Starts the engine thread.

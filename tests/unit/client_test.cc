@@ -1,17 +1,22 @@
 // The C++ client library and steerctl against an in-process fake steerd: a real gRPC
 // server on a free local port whose steerd.v1 services have canned behaviour (they
-// check the authorization metadata, page their lists, stream chunks, fail with given
-// codes) and gRPC's own grpc.health.v1 service. Covers the metadata sent, pagination,
-// streamed chunks in order, cancellation and deadlines, error codes, connection
-// resolution, and steerctl's output and exit codes as a subprocess.
+// check the authorization metadata, page their lists, stream chunks and scripted job
+// events, fail with given codes) and gRPC's own grpc.health.v1 service. Covers the
+// metadata sent, pagination, streamed chunks and job events in order, cancellation and
+// deadlines, error codes, connection resolution, steerctl's training-job flags and
+// JSONL datasets, its progress output, and its output and exit codes as a subprocess.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -19,15 +24,18 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "client/command_line.h"
+#include "client/job_progress.h"
 #include "client/steerctl_commands.h"
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
+#include "steerd/v1/training.grpc.pb.h"
 #include "steerd/v1/vectors.grpc.pb.h"
 #include "tests/testing/subprocess.h"
 
@@ -39,6 +47,7 @@ namespace v1 = ::steerd::v1;
 using ::steerd::testing::ProcessRun;
 using ::steerd::testing::RunShellCommand;
 using ::steerd::testing::ShellCommand;
+using ::steerd::testing::ShellQuote;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
@@ -72,6 +81,20 @@ struct Observed {
   v1::CreateVectorRequest last_create ABSL_GUARDED_BY(mu);
   v1::GenerateRequest last_generate ABSL_GUARDED_BY(mu);
   int streams_cancelled ABSL_GUARDED_BY(mu) = 0;
+  std::vector<v1::CreateJobRequest> job_creates ABSL_GUARDED_BY(mu);
+  std::vector<v1::ListJobsRequest> job_list_requests ABSL_GUARDED_BY(mu);
+  // The authorization metadata of every Training call, in order.
+  std::vector<std::string> training_authorizations ABSL_GUARDED_BY(mu);
+  // Ids of the endless watches that ended (the client went away). Handlers of an
+  // earlier test may still be winding down, so tests wait for their own ids.
+  std::multiset<std::string> endless_watches_ended ABSL_GUARDED_BY(mu);
+
+  // Waits up to 30 s until `ids` holds `id`.
+  bool AwaitId(const std::multiset<std::string>* ids, const std::string& id) {
+    absl::MutexLock lock(&mu);
+    auto holds = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return ids->count(id) > 0; };
+    return mu.AwaitWithTimeout(absl::Condition(&holds), absl::Seconds(30));
+  }
 
   void Reset() {
     absl::MutexLock lock(&mu);
@@ -80,6 +103,10 @@ struct Observed {
     last_create.Clear();
     last_generate.Clear();
     streams_cancelled = 0;
+    job_creates.clear();
+    job_list_requests.clear();
+    training_authorizations.clear();
+    endless_watches_ended.clear();
   }
 };
 
@@ -321,17 +348,246 @@ class FakeGeneration final : public v1::Generation::Service {
   Observed* observed_;
 };
 
+// Jobs of the fake Training service. WatchJob plays a script per id:
+//   job-ok       QUEUED, RUNNING, steps 1-4 with metrics, SUCCEEDED publishing arith@3
+//   job-fail     QUEUED, RUNNING, step 1, FAILED "out of memory"
+//   job-cancel   QUEUED, CANCELLED
+//   job-endless* RUNNING, then nothing until the client goes (each test its own id)
+//   job-drain    RUNNING, then the stream fails UNAVAILABLE (the server drains)
+//   job-unended  RUNNING, then the stream ends OK (a server bug)
+//   job-slow     QUEUED, RUNNING, SUCCEEDED, 150 ms apart
+//   job-run      RUNNING, then as job-endless (CancelJob leaves it RUNNING)
+// CreateJob answers with the job "job-<output_vector>", so `train --output ok` watches
+// job-ok. ListJobs has kNumJobs other jobs, job-0 ... job-4.
+constexpr int kNumJobs = 5;
+constexpr char kEndless[] = "job-endless";  // a prefix
+
+v1::Job MakeJob(const std::string& id, v1::Job::State state) {
+  v1::Job job;
+  job.set_id(id);
+  job.set_model("m0");
+  job.set_output_vector("arith");
+  job.set_task("arith");
+  job.set_algorithm(v1::RLOO);
+  job.mutable_hyperparameters()->set_steps(4);
+  job.set_state(state);
+  job.mutable_progress()->set_total_steps(4);
+  job.mutable_create_time()->set_seconds(1700000000);
+  return job;
+}
+
+// Builds a scripted event stream, keeping the job snapshot current.
+class JobScript {
+ public:
+  explicit JobScript(const std::string& id) : job_(MakeJob(id, v1::Job::QUEUED)) {}
+
+  JobScript& State(v1::Job::State state) {
+    const v1::Job::State previous =
+        events_.empty() ? v1::Job::STATE_UNSPECIFIED : job_.state();
+    job_.set_state(state);
+    if (state == v1::Job::SUCCEEDED) {
+      job_.mutable_vector()->set_name("arith");
+      job_.mutable_vector()->set_version(3);
+    }
+    if (state == v1::Job::FAILED) job_.set_error("out of memory");
+    v1::JobEvent& event = Add();
+    event.mutable_state_change()->set_previous_state(previous);
+    event.mutable_state_change()->set_state(state);
+    return *this;
+  }
+
+  // Metrics of `step`: reward and accuracy rise with it, an evaluation from step 2.
+  JobScript& Step(int step) {
+    job_.mutable_progress()->set_step(step);
+    v1::JobMetrics* metrics = job_.mutable_metrics();
+    metrics->set_step(step);
+    metrics->set_reward_mean(-0.5f + 0.25f * step);
+    metrics->set_accuracy(0.25f * step);
+    metrics->set_loss(1.0f / step);
+    metrics->set_eta_seconds(10.0f * (4 - step));
+    if (step >= 2) metrics->set_eval_accuracy(0.2f * step);
+    *Add().mutable_step_metrics() = *metrics;
+    return *this;
+  }
+
+  const std::vector<v1::JobEvent>& events() const { return events_; }
+  const v1::Job& job() const { return job_; }
+
+ private:
+  v1::JobEvent& Add() {
+    events_.emplace_back();
+    events_.back().mutable_time()->set_seconds(1700000000 + events_.size());
+    *events_.back().mutable_job() = job_;
+    return events_.back();
+  }
+
+  v1::Job job_;
+  std::vector<v1::JobEvent> events_;
+};
+
+bool IsEndless(const std::string& id) {
+  return id.rfind(kEndless, 0) == 0 || id == "job-run";
+}
+
+// The script of a known job id; nullopt for an unknown one.
+std::optional<JobScript> ScriptOf(const std::string& id) {
+  JobScript script(id);
+  if (id == "job-ok" || id == "job-slow") {
+    script.State(v1::Job::QUEUED).State(v1::Job::RUNNING);
+    if (id == "job-ok") script.Step(1).Step(2).Step(3).Step(4);
+    script.State(v1::Job::SUCCEEDED);
+  } else if (id == "job-fail") {
+    script.State(v1::Job::QUEUED).State(v1::Job::RUNNING).Step(1).State(v1::Job::FAILED);
+  } else if (id == "job-cancel") {
+    script.State(v1::Job::QUEUED).State(v1::Job::CANCELLED);
+  } else if (IsEndless(id) || id == "job-drain" || id == "job-unended") {
+    script.State(v1::Job::RUNNING);
+  } else {
+    return std::nullopt;
+  }
+  return script;
+}
+
+grpc::Status JobNotFound(const std::string& id) {
+  return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                      absl::StrCat("job '", id, "' not found"));
+}
+
+class FakeTraining final : public v1::Training::Service {
+ public:
+  explicit FakeTraining(Observed* observed) : observed_(observed) {}
+
+  grpc::Status CreateJob(grpc::ServerContext* context,
+                         const v1::CreateJobRequest* request,
+                         v1::Job* response) override {
+    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+    {
+      absl::MutexLock lock(&observed_->mu);
+      observed_->job_creates.push_back(*request);
+    }
+    if (request->model() != "m0") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("model '", request->model(), "' is not loaded"));
+    }
+    *response = MakeJob(absl::StrCat("job-", request->output_vector()), v1::Job::QUEUED);
+    response->set_output_vector(request->output_vector());
+    response->set_task(request->task());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
+                      v1::Job* response) override {
+    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+    std::optional<JobScript> script = ScriptOf(request->id());
+    if (!script.has_value()) return JobNotFound(request->id());
+    *response = script->job();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override {
+    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+    {
+      absl::MutexLock lock(&observed_->mu);
+      observed_->job_list_requests.push_back(*request);
+    }
+    // Newest first, no QUEUED job among them.
+    const v1::Job::State states[kNumJobs] = {v1::Job::SUCCEEDED, v1::Job::RUNNING,
+                                             v1::Job::FAILED, v1::Job::CANCELLED,
+                                             v1::Job::SUCCEEDED};
+    std::vector<v1::Job> jobs;
+    for (int i = 0; i < kNumJobs; ++i) {
+      if (request->state() != v1::Job::STATE_UNSPECIFIED && request->state() != states[i])
+        continue;
+      v1::Job job = MakeJob(absl::StrCat("job-", i), states[i]);
+      job.mutable_progress()->set_step(states[i] == v1::Job::RUNNING ? 2 : 4);
+      if (states[i] == v1::Job::SUCCEEDED) {
+        job.mutable_vector()->set_name("arith");
+        job.mutable_vector()->set_version(kNumJobs - i);
+      }
+      if (states[i] == v1::Job::FAILED) job.set_error("out of\nmemory");
+      jobs.push_back(job);
+    }
+    const int size = request->page_size() > 0 ? request->page_size() : 2;
+    const int start = PageStart(request->page_token());
+    for (int i = start; i < std::min<int>(start + size, jobs.size()); ++i) {
+      *response->add_jobs() = jobs[i];
+    }
+    if (start + size < static_cast<int>(jobs.size()))
+      response->set_next_page_token(absl::StrCat("page:", start + size));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const v1::CancelJobRequest* request,
+                         v1::Job* response) override {
+    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+    std::optional<JobScript> script = ScriptOf(request->id());
+    if (!script.has_value()) return JobNotFound(request->id());
+    *response = script->job();
+    if (response->state() == v1::Job::SUCCEEDED || response->state() == v1::Job::FAILED) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("job '", request->id(), "' already ",
+                                       v1::Job::State_Name(response->state())));
+    }
+    // A running job stops after its step: the snapshot still says RUNNING.
+    if (request->id() != "job-run") response->set_state(v1::Job::CANCELLED);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override {
+    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+    const std::string& id = request->id();
+    std::optional<JobScript> script = ScriptOf(id);
+    if (!script.has_value()) return JobNotFound(id);
+    for (const v1::JobEvent& event : script->events()) {
+      if (id == "job-slow") absl::SleepFor(absl::Milliseconds(150));
+      if (!writer->Write(event)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+    }
+    if (IsEndless(id)) {
+      // Until the client cancels or its deadline passes (or a minute, not to hang).
+      for (int i = 0; i < 6000 && !context->IsCancelled(); ++i) {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+      absl::MutexLock lock(&observed_->mu);
+      observed_->endless_watches_ended.insert(id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    }
+    if (id == "job-drain") {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  grpc::Status Authorize(grpc::ServerContext* context) {
+    const auto& metadata = context->client_metadata();
+    auto it = metadata.find("authorization");
+    absl::MutexLock lock(&observed_->mu);
+    observed_->training_authorizations.push_back(
+        it == metadata.end() ? "" : std::string(it->second.data(), it->second.size()));
+    return CheckAuth(context);
+  }
+
+  Observed* observed_;
+};
+
 class FakeServer {
  public:
   explicit FakeServer(std::shared_ptr<grpc::ServerCredentials> credentials =
                           grpc::InsecureServerCredentials())
-      : models_(&observed_), vectors_(&observed_), generation_(&observed_) {
+      : models_(&observed_),
+        vectors_(&observed_),
+        generation_(&observed_),
+        training_(&observed_) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
     builder.RegisterService(&models_);
     builder.RegisterService(&vectors_);
     builder.RegisterService(&generation_);
+    builder.RegisterService(&training_);
     server_ = builder.BuildAndStart();
     server_->GetHealthCheckService()->SetServingStatus("steerd.v1.Generation", false);
   }
@@ -346,6 +602,7 @@ class FakeServer {
   FakeModels models_;
   FakeVectors vectors_;
   FakeGeneration generation_;
+  FakeTraining training_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
@@ -609,6 +866,140 @@ TEST_F(ClientTest, HealthUsesTheStandardService) {
   EXPECT_EQ(client->CheckHealth("no.such.Service").status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_STREQ(ServingStatusName(ServingStatus::kNotServing), "NOT_SERVING");
+}
+
+// ------------------------------------------------------------------------ training
+
+TEST_F(ClientTest, TrainingCallsSendTheKeyAndKeepErrors) {
+  auto client = Connect();
+  v1::CreateJobRequest request;
+  request.set_model("m0");
+  request.set_output_vector("tone");
+  request.set_task("arith");
+  absl::StatusOr<v1::Job> created = client->CreateJob(request);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->id(), "job-tone");
+  EXPECT_EQ(created->state(), v1::Job::QUEUED);
+
+  absl::StatusOr<v1::Job> got = client->GetJob("job-ok");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(got->vector().version(), 3);
+  EXPECT_EQ(client->GetJob("nope").status(), absl::NotFoundError("job 'nope' not found"));
+
+  absl::StatusOr<v1::Job> cancelled = client->CancelJob("job-cancel");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::Job::CANCELLED);
+  EXPECT_EQ(client->CancelJob("job-ok").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  EXPECT_EQ(Connect("")->CreateJob(request).status(),
+            absl::UnauthenticatedError("missing API key"));
+  EXPECT_EQ(
+      Connect("other-key")->WatchJob("job-ok", [](const v1::JobEvent&) { return true; }),
+      absl::UnauthenticatedError("unknown API key"));
+
+  absl::MutexLock lock(&observed().mu);
+  const std::string bearer = absl::StrCat("Bearer ", kKey);
+  EXPECT_THAT(
+      observed().training_authorizations,
+      ElementsAre(bearer, bearer, bearer, bearer, bearer, "", "Bearer other-key"));
+}
+
+TEST_F(ClientTest, ListJobsFollowsEveryPageWithTheSameFilter) {
+  JobFilter filter;
+  absl::StatusOr<std::vector<v1::Job>> jobs = Connect()->ListJobs(filter);
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  std::vector<std::string> ids;
+  for (const v1::Job& job : *jobs) ids.push_back(job.id());
+  EXPECT_THAT(ids, ElementsAre("job-0", "job-1", "job-2", "job-3", "job-4"));
+
+  filter.state = v1::Job::SUCCEEDED;
+  filter.page_size = 1;
+  jobs = Connect()->ListJobs(filter);
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->size(), 2);
+  EXPECT_EQ((*jobs)[1].id(), "job-4");
+
+  absl::MutexLock lock(&observed().mu);
+  const std::vector<v1::ListJobsRequest>& requests = observed().job_list_requests;
+  ASSERT_EQ(requests.size(), 3 + 2);
+  EXPECT_EQ(requests[2].page_token(), "page:4");
+  EXPECT_EQ(requests[3].state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(requests[4].state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(requests[4].page_size(), 1);
+  EXPECT_EQ(requests[4].page_token(), "page:1");
+}
+
+TEST_F(ClientTest, WatchJobDeliversEveryEventInOrder) {
+  std::vector<v1::JobEvent> events;
+  absl::Status status = Connect()->WatchJob("job-ok", [&](const v1::JobEvent& event) {
+    events.push_back(event);
+    return true;
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  std::vector<std::string> kinds;
+  for (const v1::JobEvent& event : events) {
+    kinds.push_back(event.has_state_change()
+                        ? v1::Job::State_Name(event.state_change().state())
+                        : absl::StrCat("step ", event.step_metrics().step()));
+  }
+  EXPECT_THAT(kinds, ElementsAre("QUEUED", "RUNNING", "step 1", "step 2", "step 3",
+                                 "step 4", "SUCCEEDED"));
+  EXPECT_EQ(events[0].state_change().previous_state(), v1::Job::STATE_UNSPECIFIED);
+  EXPECT_EQ(events.back().job().vector().name(), "arith");
+
+  EXPECT_EQ(Connect()->WatchJob("nope", [](const v1::JobEvent&) { return true; }).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Connect()->WatchJob("job-drain", [](const v1::JobEvent&) { return true; }),
+            absl::UnavailableError("the server is draining"));
+}
+
+TEST_F(ClientTest, WatchJobCallbackOrCancellerStopsTheWatch) {
+  int calls = 0;
+  absl::Status status =
+      Connect()->WatchJob("job-endless-callback", [&](const v1::JobEvent&) {
+        ++calls;
+        return false;
+      });
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_EQ(calls, 1);
+
+  StreamCanceller canceller;
+  std::thread cancel_thread;
+  status = Connect()->WatchJob(
+      "job-endless-canceller",
+      [&](const v1::JobEvent&) {
+        cancel_thread = std::thread([&] { canceller.Cancel(); });
+        return true;
+      },
+      &canceller);
+  cancel_thread.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+
+  // The server sees both cancellations.
+  EXPECT_TRUE(
+      observed().AwaitId(&observed().endless_watches_ended, "job-endless-callback"));
+  EXPECT_TRUE(
+      observed().AwaitId(&observed().endless_watches_ended, "job-endless-canceller"));
+}
+
+TEST_F(ClientTest, WatchJobHasItsOwnDeadline) {
+  // job-slow takes 450 ms: past the per-call timeout, which a watch ignores.
+  absl::Status status =
+      Connect(kKey, absl::Milliseconds(200))
+          ->WatchJob("job-slow", [](const v1::JobEvent&) { return true; });
+  EXPECT_TRUE(status.ok()) << status;
+
+  ClientOptions options;
+  options.address = server_->address();
+  options.api_key = kKey;
+  options.watch_timeout = absl::Milliseconds(300);
+  absl::StatusOr<std::unique_ptr<SteerdClient>> client = SteerdClient::Create(options);
+  ASSERT_TRUE(client.ok());
+  status = (*client)->WatchJob("job-endless-deadline",
+                               [](const v1::JobEvent&) { return true; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
 }
 
 // ------------------------------------------------------------ connection resolution
@@ -999,6 +1390,592 @@ TEST_F(SteerctlTest, InProcessGenerateFlushesEveryChunk) {
                                out, err);
   ASSERT_EQ(code, 0) << err.str();
   EXPECT_THAT(buffer.flushes, ElementsAre("t0 ", "t0 t1 ", "t0 t1 t2 ", "t0 t1 t2 \n"));
+}
+
+// ------------------------------------------------------------- steerctl: training
+
+// RunSteerctl in this process with the connection flags and `args`; `terminal` as if
+// stdout were a terminal.
+ProcessRun SteerctlInProcess(const std::string& address,
+                             const std::vector<std::string>& args,
+                             bool terminal = false) {
+  std::vector<std::string> all = {"--addr", address, "--api-key", kKey};
+  all.insert(all.end(), args.begin(), args.end());
+  std::ostringstream out;
+  std::ostringstream err;
+  ProcessRun run;
+  run.exit_code = RunSteerctl(all, out, err, terminal);
+  run.out = out.str();
+  run.err = err.str();
+  return run;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+class SteerctlJobsTest : public SteerctlTest {
+ protected:
+  ProcessRun Run(const std::vector<std::string>& args, bool terminal = false) {
+    return SteerctlInProcess(server_->address(), args, terminal);
+  }
+
+  static std::vector<v1::CreateJobRequest> Creates() {
+    absl::MutexLock lock(&observed().mu);
+    return observed().job_creates;
+  }
+};
+
+TEST_F(SteerctlJobsTest, CreateSendsEveryFlagToItsField) {
+  ProcessRun run = Run({"jobs",
+                        "create",
+                        "--model",
+                        "m0",
+                        "--output",
+                        "arith",
+                        "--task",
+                        "arith",
+                        "--eval-split",
+                        "test",
+                        "--eval-max",
+                        "50",
+                        "--eval-every",
+                        "5",
+                        "--algorithm",
+                        "GRPO",
+                        "--reward",
+                        "regex",
+                        "--pattern",
+                        "answer: (\\d+)",
+                        "--correct-reward",
+                        "2",
+                        "--incorrect-reward",
+                        "0",
+                        "--format-reward",
+                        "0.25",
+                        "--steps",
+                        "20",
+                        "--prompts-per-step",
+                        "4",
+                        "--rollouts",
+                        "8",
+                        "--lr",
+                        "0.01",
+                        "--max-new-tokens",
+                        "64",
+                        "--temperature",
+                        "0.8",
+                        "--seed",
+                        "18446744073709551615",
+                        "--layers",
+                        "0,2,3",
+                        "--clip-epsilon",
+                        "0.3",
+                        "--inner-epochs",
+                        "2",
+                        "--chat",
+                        "--description",
+                        "arith steering"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out,
+            "ID         STATE   STEP  MODEL  OUTPUT  CREATED               RESULT\n"
+            "job-arith  QUEUED  0/4   m0     arith   2023-11-14T22:13:20Z  -\n");
+  std::vector<v1::CreateJobRequest> creates = Creates();
+  ASSERT_EQ(creates.size(), 1);
+  const v1::CreateJobRequest& request = creates[0];
+  EXPECT_EQ(request.model(), "m0");
+  EXPECT_EQ(request.output_vector(), "arith");
+  EXPECT_EQ(request.task(), "arith");
+  EXPECT_EQ(request.eval().split(), "test");
+  EXPECT_EQ(request.eval().max_examples(), 50);
+  EXPECT_EQ(request.algorithm(), v1::GRPO);
+  EXPECT_EQ(request.reward().type(), v1::RewardSpec::REGEX);
+  EXPECT_EQ(request.reward().pattern(), "answer: (\\d+)");
+  EXPECT_FLOAT_EQ(request.reward().correct_reward(), 2);
+  // 0 is a value given, not the default (-1).
+  EXPECT_TRUE(request.reward().has_incorrect_reward());
+  EXPECT_FLOAT_EQ(request.reward().incorrect_reward(), 0);
+  EXPECT_FLOAT_EQ(request.reward().format_reward(), 0.25f);
+  const v1::Hyperparameters& hp = request.hyperparameters();
+  EXPECT_EQ(hp.steps(), 20);
+  EXPECT_EQ(hp.prompts_per_step(), 4);
+  EXPECT_EQ(hp.rollouts_per_prompt(), 8);
+  EXPECT_FLOAT_EQ(hp.learning_rate(), 0.01f);
+  EXPECT_EQ(hp.max_new_tokens(), 64);
+  EXPECT_FLOAT_EQ(hp.temperature(), 0.8f);
+  EXPECT_EQ(hp.seed(), 18446744073709551615ull);
+  EXPECT_THAT(hp.layers(), ElementsAre(0, 2, 3));
+  EXPECT_EQ(hp.eval_every(), 5);
+  EXPECT_FLOAT_EQ(hp.clip_epsilon(), 0.3f);
+  EXPECT_EQ(hp.inner_epochs(), 2);
+  EXPECT_TRUE(request.apply_chat_template());
+  EXPECT_EQ(request.description(), "arith steering");
+}
+
+TEST_F(SteerctlJobsTest, CreateLeavesUnsetFlagsToTheServer) {
+  ProcessRun run = Run({"jobs", "create", "--model", "m0", "--output", "plain", "--task",
+                        "arith", "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const nlohmann::json job = nlohmann::json::parse(run.out);
+  EXPECT_EQ(job["id"], "job-plain");
+  EXPECT_EQ(job["state"], "QUEUED");
+  EXPECT_EQ(job["output_vector"], "plain");
+  const v1::CreateJobRequest request = Creates().at(0);
+  EXPECT_FALSE(request.has_eval());
+  EXPECT_FALSE(request.has_reward());
+  EXPECT_FALSE(request.has_hyperparameters());
+  EXPECT_FALSE(request.hyperparameters().has_temperature());
+  EXPECT_FALSE(request.hyperparameters().has_seed());
+  EXPECT_EQ(request.algorithm(), v1::ALGORITHM_UNSPECIFIED);
+  EXPECT_FALSE(request.apply_chat_template());
+}
+
+TEST_F(SteerctlJobsTest, CreateReadsJsonlDatasets) {
+  const std::string train = TempPath("train.jsonl");
+  const std::string eval = TempPath("eval.jsonl");
+  std::ofstream(train) << "{\"prompt\": \"Q: 2+2\\nA:\", \"answer\": \"4\"}\n"
+                          "\n"
+                          "{\"prompt\": \"Q: 3*3\\nA:\", \"answer\": \"9\", "
+                          "\"solution\": \"3*3 = 9\", \"other\": 1}\n";
+  std::ofstream(eval) << "{\"prompt\": \"Q: 1+1\\nA:\", \"answer\": \"2\"}";
+  ProcessRun run =
+      Run({"jobs", "create", "--model", "m0", "--output", "sft", "--data", train,
+           "--eval-data", eval, "--eval-max", "1", "--algorithm", "sft"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const v1::CreateJobRequest request = Creates().at(0);
+  EXPECT_EQ(request.dataset_case(), v1::CreateJobRequest::kExamples);
+  ASSERT_EQ(request.examples().examples_size(), 2);
+  EXPECT_EQ(request.examples().examples(0).prompt(), "Q: 2+2\nA:");
+  EXPECT_EQ(request.examples().examples(0).answer(), "4");
+  EXPECT_EQ(request.examples().examples(1).answer(), "9");
+  ASSERT_EQ(request.eval().examples().examples_size(), 1);
+  EXPECT_EQ(request.eval().examples().examples(0).answer(), "2");
+  EXPECT_EQ(request.eval().max_examples(), 1);
+  EXPECT_EQ(request.algorithm(), v1::SFT);
+  fs::remove(train);
+  fs::remove(eval);
+}
+
+TEST_F(SteerctlJobsTest, BadDatasetsNameFileAndLineBeforeAnyRpc) {
+  const std::string good = TempPath("good.jsonl");
+  const std::string bad = TempPath("bad.jsonl");
+  std::ofstream(good) << "{\"prompt\": \"p\", \"answer\": \"a\"}\n";
+  std::ofstream(bad) << "{\"prompt\": \"p\", \"answer\": \"a\"}\n{\"prompt\": \"q\"}\n";
+  ProcessRun run =
+      Run({"jobs", "create", "--model", "m0", "--output", "x", "--data", bad});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, absl::StrCat("steerctl: INVALID_ARGUMENT: ", bad,
+                                  ":2: missing \"answer\" (every example needs one)\n"));
+
+  run = Run(
+      {"train", "--model", "m0", "--output", "x", "--data", good, "--eval-data", bad});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err,
+              StartsWith(absl::StrCat("steerctl: INVALID_ARGUMENT: ", bad, ":2: ")));
+
+  std::ofstream(bad) << "\n  \n";
+  run = Run({"jobs", "create", "--model", "m0", "--output", "x", "--data", bad});
+  EXPECT_EQ(run.err, absl::StrCat("steerctl: INVALID_ARGUMENT: ", bad,
+                                  ": the dataset is empty\n"));
+
+  run = Run({"jobs", "create", "--model", "m0", "--output", "x", "--data",
+             "/nonexistent/train.jsonl"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: NOT_FOUND: /nonexistent/train.jsonl: cannot open\n");
+  EXPECT_TRUE(Creates().empty());
+  fs::remove(good);
+  fs::remove(bad);
+}
+
+TEST_F(SteerctlJobsTest, BadValuesAreUsageErrorsBeforeAnyRpc) {
+  const std::vector<std::string> base = {"jobs", "create",   "--model",
+                                         "m0",   "--output", "x"};
+  const std::vector<std::string> task = {"--task", "arith"};
+  struct Case {
+    std::vector<std::string> args;  // after `base` and `task`
+    std::string message;
+    bool with_task = true;
+  };
+  const std::vector<Case> cases = {
+      {{}, "give exactly one of --task or --data", false},
+      {{"--data", "d.jsonl"}, "give exactly one of --task or --data"},
+      {{"--steps", "0"}, "flag --steps: 0 is not in [1, 100000]"},
+      {{"--steps", "ten"}, "flag --steps: 'ten' is not an integer"},
+      {{"--prompts-per-step", "2000"},
+       "flag --prompts-per-step: 2000 is not in [1, 1024]"},
+      {{"--rollouts", "1"}, "flag --rollouts: 1 is not in [2, 256]"},
+      {{"--lr", "0"}, "flag --lr: 0 is not in (0, 1]"},
+      {{"--lr", "nan"}, "flag --lr: 'nan' is not a finite number"},
+      {{"--max-new-tokens", "0"}, "flag --max-new-tokens: 0 is not in [1, 2147483647]"},
+      {{"--max-new-tokens", "3000000000"},
+       "flag --max-new-tokens: 3000000000 is not in [1, 2147483647]"},
+      {{"--temperature", "2.5"}, "flag --temperature: 2.5 is not in (0, 2]"},
+      {{"--seed", "-1"}, "flag --seed: '-1' is not a non-negative integer"},
+      {{"--layers", "0,x"}, "flag --layers: 'x' is not a layer index"},
+      {{"--layers", "0,,1"}, "flag --layers: '' is not a layer index"},
+      {{"--layers", "1,1"}, "flag --layers: layer 1 is given twice"},
+      {{"--algorithm", "ppo"}, "flag --algorithm: unknown value 'ppo' (rloo, grpo, sft)"},
+      {{"--reward", "fuzzy"},
+       "flag --reward: unknown value 'fuzzy' (exact, numeric, boxed, regex)"},
+      {{"--reward", "regex"}, "--reward regex needs --pattern"},
+      {{"--pattern", "x"}, "--pattern needs --reward regex"},
+      {{"--correct-reward", "101"}, "flag --correct-reward: 101 is not in [-100, 100]"},
+      {{"--format-reward", "inf"}, "flag --format-reward: 'inf' is not a finite number"},
+      {{"--data", "d.jsonl", "--eval-split", "test"}, "--eval-split needs --task", false},
+      {{"--eval-split", "test", "--eval-data", "e.jsonl"},
+       "give at most one of --eval-split or --eval-data"},
+      {{"--eval-max", "5"}, "--eval-max needs --eval-split or --eval-data"},
+      {{"--eval-every", "5"}, "--eval-every needs --eval-split or --eval-data"},
+      {{"--eval-split", "test", "--eval-max", "-1"},
+       "flag --eval-max: -1 is not in [0, 2147483647]"},
+      {{"--clip-epsilon", "0.2"}, "--clip-epsilon is for --algorithm grpo only"},
+      {{"--algorithm", "sft", "--inner-epochs", "2"},
+       "--inner-epochs is for --algorithm grpo only"},
+      {{"--algorithm", "grpo", "--inner-epochs", "17"},
+       "flag --inner-epochs: 17 is not in [1, 16]"},
+      {{"--algorithm", "grpo", "--clip-epsilon", "0"},
+       "flag --clip-epsilon: 0 is not in (0, 1]"},
+      {{"--algorithm", "sft", "--rollouts", "4"},
+       "--rollouts is not used by --algorithm sft (no rollouts)"},
+      {{"--algorithm", "sft", "--temperature", "1"},
+       "--temperature is not used by --algorithm sft (no rollouts)"},
+      {{"--all"}, "'jobs create' does not take --all"},
+      {{"extra"}, "unexpected argument 'extra'"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = base;
+    if (c.with_task) args.insert(args.end(), task.begin(), task.end());
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    ProcessRun run = Run(args);
+    const std::string what = absl::StrJoin(c.args, " ");
+    EXPECT_EQ(run.exit_code, 2) << what;
+    EXPECT_THAT(run.err, StartsWith(absl::StrCat("steerctl: ", c.message))) << what;
+    EXPECT_THAT(run.err, HasSubstr("usage: steerctl")) << what;
+  }
+  ProcessRun run = Run({"jobs", "create", "--output", "x", "--task", "arith"});
+  EXPECT_THAT(run.err, StartsWith("steerctl: missing required flag --model\n"));
+  run = Run({"train", "--model", "m0", "--task", "arith"});
+  EXPECT_THAT(run.err, StartsWith("steerctl: missing required flag --output\n"));
+  EXPECT_TRUE(Creates().empty());
+}
+
+TEST_F(SteerctlJobsTest, ListPrintsOnePageOrAllAsATable) {
+  ProcessRun run = Run({"jobs", "list"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out,
+            "ID     STATE      STEP  MODEL  OUTPUT  CREATED               RESULT\n"
+            "job-0  SUCCEEDED  4/4   m0     arith   2023-11-14T22:13:20Z  arith@5\n"
+            "job-1  RUNNING    2/4   m0     arith   2023-11-14T22:13:20Z  -\n");
+  EXPECT_EQ(run.err, "more jobs: steerctl jobs list --all\n");
+
+  run = Run({"jobs", "list", "--all"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  std::vector<std::string> lines = Lines(run.out);
+  ASSERT_EQ(lines.size(), 1 + kNumJobs);
+  EXPECT_EQ(lines[3],
+            "job-2  FAILED     4/4   m0     arith   2023-11-14T22:13:20Z  "
+            "out of memory");
+  EXPECT_EQ(lines[4], "job-3  CANCELLED  4/4   m0     arith   2023-11-14T22:13:20Z  -");
+  EXPECT_EQ(run.err, "");
+
+  run = Run({"jobs", "list", "--state", "Failed", "--page-size", "10"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(Lines(run.out).size(), 2);
+  {
+    absl::MutexLock lock(&observed().mu);
+    const v1::ListJobsRequest& last = observed().job_list_requests.back();
+    EXPECT_EQ(last.state(), v1::Job::FAILED);
+    EXPECT_EQ(last.page_size(), 10);
+  }
+
+  run = Run({"jobs", "list", "--state", "queued"});
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_EQ(run.out, "");
+  EXPECT_EQ(run.err, "no jobs\n");
+
+  run = Run({"jobs", "list", "--all", "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const nlohmann::json json = nlohmann::json::parse(run.out);
+  ASSERT_EQ(json["jobs"].size(), kNumJobs);
+  EXPECT_EQ(json["jobs"][0]["vector"]["name"], "arith");
+
+  run = Run({"jobs", "list", "--state", "done"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err,
+              StartsWith("steerctl: flag --state: unknown value 'done' (queued, running, "
+                         "succeeded, failed, cancelled)"));
+  EXPECT_EQ(Run({"jobs", "list", "--page-size", "-1"}).exit_code, 2);
+}
+
+TEST_F(SteerctlJobsTest, GetAndCancel) {
+  ProcessRun run = Run({"jobs", "get", "job-fail"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(Lines(run.out),
+              ElementsAre(StartsWith("ID        STATE   STEP"),
+                          "job-fail  FAILED  1/4   m0     arith   2023-11-14T22:13:20Z  "
+                          "out of memory"));
+  run = Run({"jobs", "get", "job-ok", "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(nlohmann::json::parse(run.out)["vector"]["version"], "3");
+  run = Run({"jobs", "get", "nope"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: NOT_FOUND: job 'nope' not found\n");
+  EXPECT_EQ(Run({"jobs", "get"}).exit_code, 2);
+  EXPECT_EQ(Run({"jobs", "frobnicate"}).exit_code, 2);
+
+  run = Run({"jobs", "cancel", "job-cancel"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("\njob-cancel  CANCELLED  0/4 "));
+  EXPECT_EQ(run.err, "");
+  run = Run({"jobs", "cancel", "job-run"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.err,
+            "job job-run stops after its current step (steerctl jobs watch job-run shows "
+            "the end)\n");
+  run = Run({"jobs", "cancel", "job-ok"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: FAILED_PRECONDITION: job 'job-ok' already SUCCEEDED\n");
+}
+
+// The plain lines of job-ok's events (stdout is not a terminal).
+constexpr char kJobOkLines[] =
+    "job job-ok: QUEUED\n"
+    "job job-ok: RUNNING\n"
+    "step 1/4  reward -0.25  acc 25.0%  ETA 30s\n"
+    "step 2/4  reward 0.00  acc 50.0%  eval 40.0%  ETA 20s\n"
+    "step 3/4  reward 0.25  acc 75.0%  eval 60.0%  ETA 10s\n"
+    "step 4/4  reward 0.50  acc 100.0%  eval 80.0%\n"
+    "job job-ok: SUCCEEDED\n"
+    "arith@3\n";
+
+TEST_F(SteerctlJobsTest, WatchPrintsPlainLinesAndExitsByOutcome) {
+  // The binary, with stdout a pipe.
+  ProcessRun run = Steerctl({"jobs", "watch", "job-ok"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, kJobOkLines);
+  EXPECT_EQ(run.err, "");
+
+  run = Steerctl({"jobs", "watch", "job-fail"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.out,
+            "job job-fail: QUEUED\n"
+            "job job-fail: RUNNING\n"
+            "step 1/4  reward -0.25  acc 25.0%  ETA 30s\n"
+            "job job-fail: FAILED\n");
+  EXPECT_EQ(run.err, "steerctl: job job-fail FAILED: out of memory\n");
+
+  run = Steerctl({"jobs", "watch", "job-cancel"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.out, "job job-cancel: QUEUED\njob job-cancel: CANCELLED\n");
+  EXPECT_EQ(run.err, "steerctl: job job-cancel was CANCELLED\n");
+
+  run = Steerctl({"jobs", "watch", "job-drain"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err,
+            "steerctl: UNAVAILABLE: the server is draining (job job-drain goes on; "
+            "steerctl jobs watch job-drain watches it again)\n");
+
+  run = Steerctl({"jobs", "watch", "job-unended"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(
+      run.err,
+      "steerctl: INTERNAL: the watch of job job-unended ended while it is RUNNING\n");
+
+  run = Steerctl({"jobs", "watch", "nope"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: NOT_FOUND: job 'nope' not found\n");
+
+  run = Steerctl({"jobs", "watch", "job-ok"}, "wrong-key");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: UNAUTHENTICATED: unknown API key\n");
+}
+
+TEST_F(SteerctlJobsTest, TrainCreatesThenWatches) {
+  ProcessRun run = Steerctl({"train", "--model", "m0", "--task", "arith", "--output",
+                             "ok", "--steps", "4", "--timeout", "0.2"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, kJobOkLines);
+  std::vector<v1::CreateJobRequest> creates = Creates();
+  ASSERT_EQ(creates.size(), 1);
+  EXPECT_EQ(creates[0].hyperparameters().steps(), 4);
+  EXPECT_EQ(creates[0].output_vector(), "ok");
+
+  run = Steerctl({"train", "--model", "m0", "--task", "arith", "--output", "fail"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: job job-fail FAILED: out of memory\n");
+  run = Steerctl({"train", "--model", "m0", "--task", "arith", "--output", "cancel"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: job job-cancel was CANCELLED\n");
+
+  // The job is created but the watch cannot find it: the error says it exists.
+  run = Steerctl({"train", "--model", "m0", "--task", "arith", "--output", "lost"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err,
+            "steerctl: NOT_FOUND: job 'job-lost' not found (job job-lost goes on; "
+            "steerctl jobs watch job-lost watches it again)\n");
+
+  run = Steerctl({"train", "--model", "missing", "--task", "arith", "--output", "ok"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "steerctl: NOT_FOUND: model 'missing' is not loaded\n");
+  EXPECT_EQ(run.out, "");
+}
+
+TEST_F(SteerctlJobsTest, WatchJsonPrintsOneEventPerLine) {
+  ProcessRun run = Run({"jobs", "watch", "job-ok", "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  std::vector<std::string> lines = Lines(run.out);
+  ASSERT_EQ(lines.size(), 7);
+  for (const std::string& line : lines) {
+    EXPECT_TRUE(nlohmann::json::accept(line)) << line;
+  }
+  const nlohmann::json first = nlohmann::json::parse(lines[0]);
+  EXPECT_EQ(first["state_change"]["previous_state"], "STATE_UNSPECIFIED");
+  EXPECT_EQ(first["state_change"]["state"], "QUEUED");
+  EXPECT_EQ(nlohmann::json::parse(lines[2])["step_metrics"]["step"], 1);
+  const nlohmann::json last = nlohmann::json::parse(lines[6]);
+  EXPECT_EQ(last["job"]["state"], "SUCCEEDED");
+  EXPECT_EQ(last["job"]["vector"]["name"], "arith");
+
+  run = Run({"train", "--model", "m0", "--task", "arith", "--output", "fail", "--json"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(Lines(run.out).size(), 4);
+  EXPECT_EQ(run.err, "steerctl: job job-fail FAILED: out of memory\n");
+}
+
+TEST_F(SteerctlJobsTest, WatchOnATerminalRedrawsOneLine) {
+  ProcessRun run = Run({"jobs", "watch", "job-ok"}, /*terminal=*/true);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out,
+            "job job-ok: QUEUED\n"
+            "job job-ok: RUNNING\n"
+            "\r[..........] step 0/4"
+            "\r[##........] step 1/4  reward -0.25  acc 25.0%  ETA 30s"
+            "\r[#####.....] step 2/4  reward 0.00  acc 50.0%  eval 40.0%  ETA 20s"
+            "\r[#######...] step 3/4  reward 0.25  acc 75.0%  eval 60.0%  ETA 10s"
+            // No ETA at the last step: spaces cover the longer line before.
+            "\r[##########] step 4/4  reward 0.50  acc 100.0%  eval 80.0%        "
+            "\r[##########] step 4/4  reward 0.50  acc 100.0%  eval 80.0%\n"
+            "job job-ok: SUCCEEDED\n"
+            "arith@3\n");
+}
+
+TEST_F(SteerctlJobsTest, InterruptStopsWatchingAndSaysTheJobGoesOn) {
+  const std::string pid_file = TempPath("watch.pid");
+  const std::string out_file = TempPath("watch.out");
+  fs::remove(pid_file);
+  fs::remove(out_file);
+  // A foreground shell that writes its pid and becomes steerctl (a background job of a
+  // script would ignore SIGINT, and so would steerctl). stdout goes to a file, to see
+  // when steerctl is watching.
+  const std::string script =
+      absl::StrCat("echo $$ > ", ShellQuote(pid_file),
+                   "; exec env -u STEERD_ADDR -u STEERD_API_KEY -u STEERD_DATA_DIR ",
+                   ShellCommand(std::string(STEERD_BINARY_DIR) + "/bin/steerctl",
+                                {"--addr", server_->address(), "--api-key", kKey, "jobs",
+                                 "watch", "job-endless-sigint"}),
+                   " > ", ShellQuote(out_file));
+  ProcessRun run;
+  std::thread runner([&] { run = RunShellCommand("sh -c " + ShellQuote(script)); });
+  // The first event is printed: steerctl is in the watch, with its SIGINT handler.
+  const std::string first_line = "job job-endless-sigint: RUNNING\n";
+  for (int i = 0; i < 3000 && ReadAll(out_file) != first_line; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  int pid = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(ReadAll(pid_file), &pid));
+  // Without a pid the fake server ends the watch after a minute.
+  if (pid > 0) {
+    EXPECT_EQ(kill(pid, SIGINT), 0);
+  }
+  runner.join();
+  EXPECT_EQ(run.exit_code, 130);
+  EXPECT_EQ(ReadAll(out_file), first_line);
+  EXPECT_EQ(
+      run.err,
+      "steerctl: stopped watching job job-endless-sigint; it goes on (steerctl jobs "
+      "cancel job-endless-sigint stops it)\n");
+  // The watch ended on the server too.
+  EXPECT_TRUE(
+      observed().AwaitId(&observed().endless_watches_ended, "job-endless-sigint"));
+  fs::remove(pid_file);
+  fs::remove(out_file);
+}
+
+// -------------------------------------------------------------- the progress line
+
+v1::Job RunningJob(int step, int total) {
+  v1::Job job;
+  job.set_id("j1");
+  job.set_algorithm(v1::RLOO);
+  job.set_state(v1::Job::RUNNING);
+  job.mutable_progress()->set_step(step);
+  job.mutable_progress()->set_total_steps(total);
+  return job;
+}
+
+TEST(JobProgressTest, ProgressLine) {
+  v1::Job job = RunningJob(0, 100);
+  EXPECT_EQ(FormatProgressLine(job), "[..........] step 0/100");
+
+  job = RunningJob(12, 100);
+  v1::JobMetrics* metrics = job.mutable_metrics();
+  metrics->set_reward_mean(0.41f);
+  metrics->set_accuracy(0.625f);
+  metrics->set_eta_seconds(80);
+  EXPECT_EQ(FormatProgressLine(job),
+            "[#.........] step 12/100  reward 0.41  acc 62.5%  ETA 1m20s");
+  metrics->set_eval_accuracy(0.8f);
+  metrics->set_reward_mean(-1.5f);
+  job.mutable_progress()->set_step(55);
+  EXPECT_EQ(FormatProgressLine(job),
+            "[#####.....] step 55/100  reward -1.50  acc 62.5%  eval 80.0%  ETA 1m20s");
+  EXPECT_EQ(FormatJobProgress(job),
+            "step 55/100  reward -1.50  acc 62.5%  eval 80.0%  ETA 1m20s");
+
+  // Ended: a full bar and no estimate.
+  job.set_state(v1::Job::SUCCEEDED);
+  job.mutable_progress()->set_step(100);
+  EXPECT_EQ(FormatProgressLine(job),
+            "[##########] step 100/100  reward -1.50  acc 62.5%  eval 80.0%");
+
+  // SFT has no rollouts: its loss instead of reward and accuracy.
+  job = RunningJob(3, 4);
+  job.set_algorithm(v1::SFT);
+  job.mutable_metrics()->set_loss(1.23456f);
+  EXPECT_EQ(FormatProgressLine(job), "[#######...] step 3/4  loss 1.235");
+
+  // Nonsense progress neither overflows the bar nor crashes.
+  EXPECT_EQ(FormatProgressLine(RunningJob(7, 0)), "[..........] step 7/0");
+  EXPECT_EQ(FormatProgressLine(RunningJob(9, 4)), "[##########] step 9/4");
+  EXPECT_EQ(FormatProgressLine(RunningJob(-1, 4)), "[..........] step -1/4");
+}
+
+TEST(JobProgressTest, Durations) {
+  EXPECT_EQ(FormatDuration(0), "0s");
+  EXPECT_EQ(FormatDuration(0.4), "0s");
+  EXPECT_EQ(FormatDuration(-5), "0s");
+  EXPECT_EQ(FormatDuration(std::nan("")), "0s");
+  EXPECT_EQ(FormatDuration(45), "45s");
+  EXPECT_EQ(FormatDuration(59.6), "1m00s");
+  EXPECT_EQ(FormatDuration(80), "1m20s");
+  EXPECT_EQ(FormatDuration(3599), "59m59s");
+  EXPECT_EQ(FormatDuration(3600), "1h00m");
+  EXPECT_EQ(FormatDuration(7530), "2h06m");
+  EXPECT_EQ(FormatDuration(1e300), "277777777h47m");
+}
+
+TEST(JobProgressTest, StateLinesAndRefs) {
+  v1::Job job = RunningJob(0, 4);
+  EXPECT_EQ(FormatStateLine(job), "job j1: RUNNING");
+  v1::VectorRef ref;
+  ref.set_name("arith");
+  ref.set_version(12);
+  EXPECT_EQ(FormatVectorRef(ref), "arith@12");
+  EXPECT_TRUE(IsTerminalState(v1::Job::CANCELLED));
+  EXPECT_FALSE(IsTerminalState(v1::Job::QUEUED));
 }
 
 }  // namespace
