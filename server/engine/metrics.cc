@@ -83,6 +83,23 @@ ServingMetrics::ServingMetrics()
                                   .Name("steerd_vector_cache_evictions_total")
                                   .Help("Unused resident vectors evicted to make room")
                                   .Register(*registry_)),
+      training_jobs_(BuildGauge()
+                         .Name("steerd_training_jobs")
+                         .Help("Training jobs waiting (state QUEUED) or training (RUNNING)")
+                         .Register(*registry_)),
+      training_steps_(BuildCounter()
+                          .Name("steerd_training_steps_total")
+                          .Help("Optimizer steps of training jobs")
+                          .Register(*registry_)),
+      training_step_seconds_(BuildHistogram()
+                                 .Name("steerd_training_step_seconds")
+                                 .Help("Wall time of one training step (rollouts, backward, "
+                                       "update)")
+                                 .Register(*registry_)),
+      training_jobs_ended_(BuildCounter()
+                               .Name("steerd_training_jobs_ended_total")
+                               .Help("Training jobs that ended, by final state")
+                               .Register(*registry_)),
       tenant_requests_(BuildCounter()
                            .Name("steerd_tenant_requests_total")
                            .Help("RPCs by tenant")
@@ -107,6 +124,14 @@ ModelMetrics ServingMetrics::ForModel(const std::string& model) {
   m.vector_cache_hits = &vector_cache_hits_.Add(labels);
   m.vector_cache_misses = &vector_cache_misses_.Add(labels);
   m.vector_cache_evictions = &vector_cache_evictions_.Add(labels);
+  m.training_jobs_queued = &training_jobs_.Add({{"model", model}, {"state", "QUEUED"}});
+  m.training_jobs_running = &training_jobs_.Add({{"model", model}, {"state", "RUNNING"}});
+  m.training_steps = &training_steps_.Add(labels);
+  m.training_step_seconds = &training_step_seconds_.Add(
+      labels, prometheus::Histogram::BucketBoundaries{0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100});
+  m.training_jobs_succeeded = &training_jobs_ended_.Add({{"model", model}, {"state", "SUCCEEDED"}});
+  m.training_jobs_failed = &training_jobs_ended_.Add({{"model", model}, {"state", "FAILED"}});
+  m.training_jobs_cancelled = &training_jobs_ended_.Add({{"model", model}, {"state", "CANCELLED"}});
   return m;
 }
 

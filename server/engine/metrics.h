@@ -1,8 +1,8 @@
 // The serving metrics steerd exports to Prometheus: RPCs by method and status code with
 // latency histograms, and, per model, time to first token, inter-token latency, tokens
 // generated, queue depth, batch size, running and waiting sequences, resident steering
-// vectors and the vector cache's hits, misses and evictions; per tenant, requests and
-// tokens. Tenants come from the operator's tenants file, so the tenant label set is
+// vectors and the vector cache's hits, misses and evictions, training jobs (queued,
+// running, ended by state) and their steps; per tenant, requests and tokens. Tenants come from the operator's tenants file, so the tenant label set is
 // bounded. The registry is exposed over HTTP by the server (prometheus-cpp's Exposer);
 // tests read it through Collect().
 // Thread-safety: every method may be called from any thread.
@@ -39,6 +39,14 @@ struct ModelMetrics {
   prometheus::Counter* vector_cache_hits = nullptr;
   prometheus::Counter* vector_cache_misses = nullptr;
   prometheus::Counter* vector_cache_evictions = nullptr;
+  // Training jobs on the model.
+  prometheus::Gauge* training_jobs_queued = nullptr;
+  prometheus::Gauge* training_jobs_running = nullptr;
+  prometheus::Counter* training_steps = nullptr;
+  prometheus::Histogram* training_step_seconds = nullptr;  // wall time of one step
+  prometheus::Counter* training_jobs_succeeded = nullptr;
+  prometheus::Counter* training_jobs_failed = nullptr;
+  prometheus::Counter* training_jobs_cancelled = nullptr;
 };
 
 class ServingMetrics {
@@ -75,6 +83,10 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& vector_cache_hits_;
   prometheus::Family<prometheus::Counter>& vector_cache_misses_;
   prometheus::Family<prometheus::Counter>& vector_cache_evictions_;
+  prometheus::Family<prometheus::Gauge>& training_jobs_;
+  prometheus::Family<prometheus::Counter>& training_steps_;
+  prometheus::Family<prometheus::Histogram>& training_step_seconds_;
+  prometheus::Family<prometheus::Counter>& training_jobs_ended_;
   prometheus::Family<prometheus::Counter>& tenant_requests_;
   prometheus::Family<prometheus::Counter>& tenant_tokens_;
 

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "server/engine/engine.h"
+#include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
 #include "server/engine/vector_cache.h"
 #include "server/model/chat_template.h"
@@ -20,6 +21,7 @@ namespace steerd {
 
 struct ServingCore::ServedModel {
   ModelInfo info;
+  ModelMetrics metrics;
   std::unique_ptr<Transformer> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::optional<ChatTemplate> chat_template;

@@ -162,6 +162,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     info.chat_template = served->chat_template ? served->chat_template->family() : "";
 
     const ModelMetrics model_metrics = metrics->ForModel(spec.name);
+    served->metrics = model_metrics;
     VectorCache::Options cache_options;
     cache_options.capacity = options.vector_cache_size;
     cache_options.dtype = served->model->dtype();

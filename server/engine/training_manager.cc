@@ -273,6 +273,8 @@ class TrainingManager::Impl {
   };
 
   ModelWorker* WorkerFor(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the model's queued and running gauges.
+  static void UpdateGauges(ModelWorker* worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unsubscribe(const std::string& job_id, int64_t watch_id);
   void WorkerLoop(ModelWorker* worker);
   // The next job to step, promoting queued jobs into free slots; null to stop.
@@ -327,6 +329,12 @@ void TrainingManager::Impl::Publish(LiveJob* job, std::optional<JobState> previo
   const bool state_change = previous.has_value();
   const JobEvent event = MakeEvent(job->record, previous, state_change);
   for (auto& [id, watcher] : job->watchers) watcher->OnEvent(event);
+}
+
+void TrainingManager::Impl::UpdateGauges(ModelWorker* worker) {
+  const ModelMetrics& metrics = worker->served->metrics;
+  if (metrics.training_jobs_queued) metrics.training_jobs_queued->Set(worker->queued.size());
+  if (metrics.training_jobs_running) metrics.training_jobs_running->Set(worker->running.size());
 }
 
 TrainingManager::Impl::ModelWorker* TrainingManager::Impl::WorkerFor(const std::string& model) {
@@ -388,6 +396,7 @@ absl::Status TrainingManager::Impl::Start() {
   started_ = true;
   for (auto& [model, worker] : workers_) {
     ModelWorker* raw = worker.get();
+    UpdateGauges(raw);
     raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
   }
   return absl::OkStatus();
@@ -496,6 +505,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
   ModelWorker* worker = WorkerFor(spec.model);
   if (worker == nullptr) return absl::InternalError("the model went away");
   worker->queued.push_back(job);
+  UpdateGauges(worker);
   live_[record.id] = job;
   return record;
 }
@@ -536,6 +546,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CancelJob(const std::string& te
       return job->record;
     }
     queue.erase(queued);
+    UpdateGauges(worker);
     queued_job = job;
   }
   Finish(queued_job, JobState::kCancelled, "", 0);
@@ -593,6 +604,14 @@ void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState
   }
   (void)jobs_->DeleteCheckpoint(record.id);
   absl::MutexLock lock(&mu_);
+  auto worker = workers_.find(record.spec.model);
+  if (worker != workers_.end()) {
+    const ModelMetrics& metrics = worker->second->served->metrics;
+    prometheus::Counter* ended = state == JobState::kSucceeded ? metrics.training_jobs_succeeded
+                                 : state == JobState::kFailed  ? metrics.training_jobs_failed
+                                                               : metrics.training_jobs_cancelled;
+    if (ended) ended->Increment();
+  }
   job->record = record;
   Publish(job.get(), previous);
   for (auto& [id, watcher] : job->watchers) watcher->OnEnd(absl::OkStatus());
@@ -623,6 +642,7 @@ std::shared_ptr<TrainingManager::Impl::LiveJob> TrainingManager::Impl::NextJob(
     }
     worker->running.push_back(*best);
     worker->queued.erase(best);
+    UpdateGauges(worker);
   }
   // Round robin by step.
   std::shared_ptr<LiveJob> job = worker->running[worker->next % worker->running.size()];
@@ -670,6 +690,7 @@ void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
       auto& running = worker->running;
       running.erase(std::remove(running.begin(), running.end(), job), running.end());
       if (worker->next >= running.size()) worker->next = 0;
+      UpdateGauges(worker);
     };
     if (done) {
       remove();
@@ -781,6 +802,9 @@ absl::Status TrainingManager::Impl::StepJob(ModelWorker* worker, LiveJob* job) {
   const JobSpec& spec = job->record.spec;  // Immutable after creation.
   const int32_t total = spec.hyperparameters.steps;
   ASSIGN_OR_RETURN(train::StepMetrics step, job->trainer->Step());
+  const ModelMetrics& model_metrics = worker->served->metrics;
+  if (model_metrics.training_steps) model_metrics.training_steps->Increment();
+  if (model_metrics.training_step_seconds) model_metrics.training_step_seconds->Observe(step.seconds);
   const absl::Time now = absl::Now();
   // Wall time per step of this job, its turns among other jobs included, for the ETA.
   const double wall = job->last_step_end == absl::InfinitePast()

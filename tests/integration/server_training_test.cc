@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -38,6 +39,7 @@
 namespace steerd {
 namespace {
 
+using ::steerd::testing::MetricSum;
 using ::steerd::testing::ServerProcess;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -297,6 +299,8 @@ TEST(ServerTrainingTest, TwoTenantsTrainAtOnceAndTheirVectorsServeByName) {
     ASSERT_TRUE(WriteFile(path, exported->safetensors()));
     auto offline = OfflineAccuracy(run.task, path, kEvalCount);
     ASSERT_TRUE(offline.ok()) << offline.status();
+    std::printf("%s: eval accuracy %.3f via the API, %.3f offline (steerd eval)\n",
+                run.task.c_str(), job.metrics().eval_accuracy(), *offline);
     EXPECT_NEAR(job.metrics().eval_accuracy(), *offline, 0.03) << run.task;
     // Trained, not lucky: well above the base model's 0% (words) and ~31% (digits).
     EXPECT_GT(*offline, 0.5) << run.task;
@@ -355,6 +359,16 @@ TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
   EXPECT_EQ(events.back().job().vector().name(), "watched");
   EXPECT_EQ(events.back().job().vector().version(), 1);
   EXPECT_TRUE(events.back().job().has_end_time());
+  // Prometheus counts the steps and the job's end.
+  const std::string metrics = server_->ScrapeMetrics();
+  const std::map<std::string, std::string> model = {{"model", kModel}};
+  EXPECT_GE(MetricSum(metrics, "steerd_training_steps_total", model).value_or(0), 3.0);
+  EXPECT_GE(MetricSum(metrics, "steerd_training_step_seconds_count", model).value_or(0), 3.0);
+  EXPECT_GE(MetricSum(metrics, "steerd_training_jobs_ended_total",
+                      {{"model", kModel}, {"state", "SUCCEEDED"}})
+                .value_or(0),
+            1.0);
+  EXPECT_TRUE(MetricSum(metrics, "steerd_training_jobs", {{"state", "RUNNING"}}).has_value());
   // Watching an ended job: one event, then OK.
   auto [again, again_status] = alpha.Watch(job->id(), absl::Seconds(10));
   ASSERT_TRUE(again_status.ok()) << again_status;
@@ -406,6 +420,51 @@ TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
     ids.push_back(job.id());
   }
   EXPECT_THAT(ids, ::testing::IsSupersetOf({running->id(), queued->id()}));
+}
+
+TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
+  TrainingCaller alpha(server_->address(), kAlphaKey);
+  // SFT on inline examples: the loss is the mean cross-entropy per answer token.
+  v1::CreateJobRequest sft = QuickJob("sft", 4);
+  sft.clear_task();
+  sft.set_algorithm(v1::SFT);
+  for (int i = 0; i < 8; ++i) {
+    v1::Example* e = sft.mutable_examples()->add_examples();
+    e->set_prompt(absl::StrCat("Q: ", i, "+", i, "\nA:"));
+    e->set_answer(absl::StrCat(" \\boxed{", 2 * i, "}"));
+  }
+  v1::CreateJobRequest grpo = QuickJob("grpo", 3);
+  grpo.set_algorithm(v1::GRPO);
+  grpo.mutable_hyperparameters()->set_inner_epochs(2);
+  grpo.mutable_hyperparameters()->set_clip_epsilon(0.1f);
+  v1::CreateJobRequest chat = QuickJob("chat", 2);
+  chat.set_apply_chat_template(true);
+  chat.set_description("trained on rendered conversations");
+  for (const v1::CreateJobRequest* request : {&sft, &grpo, &chat}) {
+    auto job = alpha.Create(*request);
+    ASSERT_TRUE(job.ok()) << request->output_vector() << ": " << job.status();
+    auto ended = alpha.WaitFor(job->id(), absl::Seconds(120), Ended);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << request->output_vector() << ": "
+                                                  << ended->error();
+    EXPECT_EQ(ended->algorithm(), request->algorithm() == v1::ALGORITHM_UNSPECIFIED
+                                      ? v1::RLOO
+                                      : request->algorithm());
+    ASSERT_TRUE(ended->has_metrics());
+    EXPECT_TRUE(std::isfinite(ended->metrics().loss()));
+    EXPECT_GT(ended->metrics().tokens_per_second(), 0.0f);
+    auto vector = server_->Client(kAlphaKey)->GetVector(request->output_vector());
+    ASSERT_TRUE(vector.ok()) << vector.status();
+    EXPECT_EQ(vector->source(), v1::Vector::TRAINING);
+    EXPECT_EQ(vector->job_id(), job->id());
+    EXPECT_EQ(vector->description(), request->description());
+  }
+  // SFT's loss is a cross-entropy: positive. RL losses may take either sign.
+  auto listed = alpha.List({});
+  ASSERT_TRUE(listed.ok());
+  for (const v1::Job& job : listed->jobs()) {
+    if (job.output_vector() == "sft") EXPECT_GT(job.metrics().loss(), 0.0f);
+  }
 }
 
 TEST_F(TrainingApiTest, JobsAreInvisibleToOtherTenants) {
@@ -623,6 +682,50 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
     ASSERT_TRUE(vector.ok()) << name << ": " << vector.status();
     EXPECT_EQ(vector->version(), 1) << name;  // Published once, never twice.
   }
+}
+
+// SIGTERM while a job runs: watches end UNAVAILABLE, the server exits 0 without waiting
+// for the job, and the job continues after the restart.
+TEST(ServerTrainingFaultTest, SigtermStopsTrainingAndTheJobContinuesAfterRestart) {
+  const std::string dir = testing::MakeTempDir("steerd-train-term");
+  const std::string tenants = WriteTenants(dir);
+  const std::vector<std::string> args = {"--checkpoint-every", "1", "--drain-seconds", "5"};
+  auto server = StartServer(dir + "/data", tenants, args);
+  ASSERT_TRUE(server.ok()) << server.status();
+  TrainingCaller alpha((*server)->address(), kAlphaKey);
+  auto job = alpha.Create(QuickJob("drained", 400));
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_TRUE(alpha.WaitFor(job->id(), absl::Seconds(60), [](const v1::Job& j) {
+                     return j.progress().step() >= 2 || Ended(j);
+                   }).ok());
+  absl::Status watch_status;
+  std::thread watcher([&] { watch_status = alpha.Watch(job->id(), absl::Seconds(60)).second; });
+  absl::SleepFor(absl::Milliseconds(300));
+  (*server)->Signal(SIGTERM);
+  auto exit_code = (*server)->Wait(absl::Seconds(30));
+  watcher.join();
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << (*server)->output();
+  EXPECT_EQ(watch_status.code(), absl::StatusCode::kUnavailable) << watch_status;
+  server->reset();
+
+  auto restarted = StartServer(dir + "/data", tenants, args);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  TrainingCaller again((*restarted)->address(), kAlphaKey);
+  auto resumed = again.Get(job->id());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::Job::RUNNING);
+  EXPECT_GE(resumed->progress().step(), 2);
+  const int before = resumed->progress().step();
+  auto moving = again.WaitFor(job->id(), absl::Seconds(60), [before](const v1::Job& j) {
+    return j.progress().step() > before || Ended(j);
+  });
+  ASSERT_TRUE(moving.ok()) << moving.status();
+  EXPECT_EQ(moving->state(), v1::Job::RUNNING);
+  ASSERT_TRUE(again.Cancel(job->id()).ok());
+  auto ended = again.WaitFor(job->id(), absl::Seconds(30), Ended);
+  ASSERT_TRUE(ended.ok());
+  EXPECT_EQ(ended->state(), v1::Job::CANCELLED);
 }
 
 }  // namespace

@@ -15,10 +15,44 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 
 namespace steerd::testing {
+
+// Parses the Prometheus text format line by line.
+std::optional<double> MetricSum(const std::string& text, const std::string& name,
+                                const std::map<std::string, std::string>& labels) {
+  std::optional<double> sum;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line.substr(0, name.size()) != name) continue;
+    absl::string_view rest = line.substr(name.size());
+    std::map<std::string, std::string> have;
+    if (!rest.empty() && rest[0] == '{') {
+      const size_t close = rest.find('}');
+      if (close == absl::string_view::npos) continue;
+      for (absl::string_view pair : absl::StrSplit(rest.substr(1, close - 1), ',', absl::SkipEmpty())) {
+        const size_t eq = pair.find('=');
+        if (eq == absl::string_view::npos || pair.size() < eq + 3) continue;
+        have[std::string(pair.substr(0, eq))] =
+            std::string(pair.substr(eq + 2, pair.size() - eq - 3));  // Strip the quotes.
+      }
+      rest = rest.substr(close + 1);
+    }
+    if (rest.empty() || rest[0] != ' ') continue;  // Another metric with this prefix.
+    bool match = true;
+    for (const auto& [key, value] : labels) {
+      auto it = have.find(key);
+      match &= it != have.end() && it->second == value;
+    }
+    if (!match) continue;
+    sum = sum.value_or(0.0) + std::stod(std::string(rest.substr(1)));
+  }
+  return sum;
+}
 
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");

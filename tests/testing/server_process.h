@@ -8,7 +8,9 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +22,11 @@
 #include "client/steerd_client.h"
 
 namespace steerd::testing {
+
+// The sum of the samples of `name` whose labels include all of `labels` in Prometheus
+// exposition text; nullopt when there is none.
+std::optional<double> MetricSum(const std::string& text, const std::string& name,
+                                const std::map<std::string, std::string>& labels = {});
 
 // A fresh, empty directory under the test's temporary folder.
 std::string MakeTempDir(const std::string& prefix);
