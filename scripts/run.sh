@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what steerd needs, builds it, and runs the main job on the embedded default
-# model: trains a steering vector with RL on the built-in arith task (once per model;
-# kept in build/vectors/), starts the gRPC server (`steerd serve`: the embedded model on
-# 127.0.0.1:50051, metrics on 127.0.0.1:9090, data in ./data), uploads the vector and
-# generates through the API with and without it, measures both offline on the held-out
-# test split, then drains the server. With --serve the server keeps running afterwards
-# (Ctrl-C drains and stops it).
+# model: starts the gRPC server (`steerd serve`: the embedded model on 127.0.0.1:50051,
+# metrics on 127.0.0.1:9090, data in ./data), trains a steering vector on it with RL on
+# the built-in arith task as a training job (`steerctl train`; once per model: the
+# vector stays in ./data), generates through the API with and without it, measures both
+# offline on the held-out test split, then drains the server. With --serve the server
+# keeps running afterwards (Ctrl-C drains and stops it).
 # Usage: scripts/run.sh [--serve] [PROMPT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +19,6 @@ bash scripts/build.sh steerd steerctl
 steerd=build/bin/steerd
 steerctl=build/bin/steerctl
 model=models/steerd-tiny
-# Named after the model's weights, so a changed model never reuses an old vector.
-vector=build/vectors/arith-$(sha256sum "$model/model.safetensors" | cut -c1-12).safetensors
-mkdir -p build/vectors
-if [ ! -f "$vector" ]; then
-  echo "== training a steering vector for arith on $model (about 30 s on 2 cores)"
-  $steerd train --model "$model" --task arith --out "$vector"
-fi
 prompt=${1:-$'Q: 6*6*2+4+5\nA:'}
 
 echo "== starting the server: $steerd serve"
@@ -55,8 +48,18 @@ run() {
   $steerctl "$@"
 }
 run models
-run vectors create --model steerd-tiny --name arith --file "$vector" \
-    --description "RL-trained on the arith task"
+# Trained once per model weights: the description names them.
+weights=$(sha256sum "$model/model.safetensors" | cut -c1-12)
+if $steerctl vectors get arith 2>/dev/null | grep -q "$weights"; then
+  echo "== arith is already trained for these weights:"
+  run vectors get arith
+else
+  echo "== training a steering vector on the server (RL on arith, about a minute on 2 cores)"
+  run train --model steerd-tiny --task arith --output arith --eval-split test \
+      --description "RL on arith, weights $weights"
+fi
+vector=build/arith.safetensors
+$steerctl vectors export arith --out "$vector" > /dev/null
 echo "== the base model:"
 run generate --model steerd-tiny --prompt "$prompt" --max-new-tokens 64
 echo "== the same model steered by arith (the latest version):"
