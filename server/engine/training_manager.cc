@@ -256,6 +256,9 @@ class TrainingManager::Impl {
     std::deque<std::shared_ptr<LiveJob>> queued;    // Guarded by Impl::mu_. Oldest first.
     std::vector<std::shared_ptr<LiveJob>> running;  // Guarded by Impl::mu_.
     size_t next = 0;                                // Guarded by Impl::mu_. Round robin.
+    // Guarded by Impl::mu_: when each tenant's latest job took a slot (a counter).
+    std::map<std::string, int64_t> last_start;
+    int64_t starts = 0;
     std::thread thread;
   };
   class WatchHandle : public Watch {
@@ -627,19 +630,24 @@ std::shared_ptr<TrainingManager::Impl::LiveJob> TrainingManager::Impl::NextJob(
   };
   mu_.Await(absl::Condition(&has_work));
   if (stopping_) return nullptr;
-  // A free slot goes to the oldest queued job of the tenant with the fewest running
-  // jobs, so one tenant's backlog cannot keep another's job waiting.
+  // A free slot goes to the tenant with the fewest running jobs and, among those, the
+  // one whose last job started longest ago (never first); within a tenant, to its oldest
+  // queued job. So one tenant's backlog never keeps another's job waiting.
   while (static_cast<int64_t>(worker->running.size()) < options_.max_running_jobs_per_model &&
          !worker->queued.empty()) {
     std::map<std::string, int> running_per_tenant;
     for (const auto& job : worker->running) ++running_per_tenant[job->record.tenant];
+    auto rank = [&](const std::shared_ptr<LiveJob>& job) {
+      const std::string& tenant = job->record.tenant;
+      auto last = worker->last_start.find(tenant);
+      return std::make_pair(running_per_tenant[tenant],
+                            last == worker->last_start.end() ? int64_t{0} : last->second);
+    };
     auto best = worker->queued.begin();
     for (auto it = worker->queued.begin(); it != worker->queued.end(); ++it) {
-      if (running_per_tenant[(*it)->record.tenant] <
-          running_per_tenant[(*best)->record.tenant]) {
-        best = it;
-      }
+      if (rank(*it) < rank(*best)) best = it;
     }
+    worker->last_start[(*best)->record.tenant] = ++worker->starts;
     worker->running.push_back(*best);
     worker->queued.erase(best);
     UpdateGauges(worker);

@@ -2,12 +2,13 @@
 // published here, beside live traffic and on the same model. A job's rollouts and
 // evaluations are ordinary steered generation requests in the model's engine (its
 // current vector is one more row of the batch, admitted after every waiting serving
-// request and holding at most `max_training_rows` rows), so there is no second copy of
-// the model and no weight sync. The backward pass runs on one trainer thread per model
-// at idle CPU priority (SCHED_IDLE): the OS gives it only the time serving leaves, so
-// serving latency stays bounded whatever the jobs do. That thread runs at most
-// `max_running_jobs_per_model` jobs, one step each in turn, alternating between tenants
-// (round robin by step). A job checkpoints its trainer every `checkpoint_every` steps;
+// request, holding no more rows than serving does; see Engine::Options), so there is
+// no second copy of the model and no weight sync. The backward pass runs on one trainer
+// thread per model at the lowest CPU priority (nice 19): the OS gives it little more
+// than the time serving leaves, so serving latency stays bounded whatever the jobs do.
+// That thread runs at most `max_running_jobs_per_model` jobs, one step each in turn
+// (round robin by step); a free slot goes to the tenant with the fewest running jobs,
+// the least recently served first. A job checkpoints its trainer every `checkpoint_every` steps;
 // after a crash Start() resumes every job that was RUNNING from its checkpoint (and
 // marks SUCCEEDED a job whose vector was published just before the crash). A
 // successful job publishes its vector as the next version of its output name, with the
@@ -76,12 +77,11 @@ class TrainingManager {
   struct Options {
     int64_t max_running_jobs_per_model = 2;
     int64_t checkpoint_every = 5;     // Steps between checkpoints.
-    int64_t max_training_rows = 32;   // Engine rows a model's training rollouts hold.
     int64_t task_train_examples = 5000;  // Problems drawn from a built-in task's train split.
     int64_t task_eval_examples = 500;    // ... and from its evaluation split.
     int64_t max_examples = 100000;    // Server cap per dataset.
     int64_t max_steps = 100000;       // Server cap per job.
-    bool idle_priority = true;        // Trainer threads at SCHED_IDLE.
+    bool idle_priority = true;        // Trainer threads at nice 19.
   };
 
   // `core`, `jobs` and `vectors` must outlive the manager. Starts nothing yet.

@@ -728,5 +728,48 @@ TEST(ServerTrainingFaultTest, SigtermStopsTrainingAndTheJobContinuesAfterRestart
   EXPECT_EQ(ended->state(), v1::Job::CANCELLED);
 }
 
+// Scheduling: with one training slot, a free slot goes to the tenant with fewer running
+// jobs (not to the next job in creation order); with two slots, two tenants' jobs take
+// steps in turn, so neither waits for the other to finish.
+TEST(ServerTrainingScheduleTest, SlotsGoToTenantsFairlyAndJobsTakeTurns) {
+  const std::string dir = testing::MakeTempDir("steerd-train-fair");
+  const std::string tenants = WriteTenants(dir);
+  {
+    auto server = StartServer(dir + "/one", tenants, {"--max-training-jobs", "1"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    TrainingCaller alpha((*server)->address(), kAlphaKey);
+    TrainingCaller beta((*server)->address(), kBetaKey);
+    auto a1 = alpha.Create(QuickJob("a1", 40));  // Runs while the others queue.
+    auto a2 = alpha.Create(QuickJob("a2", 1));
+    auto b1 = beta.Create(QuickJob("b1", 1));
+    ASSERT_TRUE(a1.ok() && a2.ok() && b1.ok());
+    auto a2_done = alpha.WaitFor(a2->id(), absl::Seconds(60), Ended);
+    auto b1_done = beta.WaitFor(b1->id(), absl::Seconds(60), Ended);
+    ASSERT_TRUE(a2_done.ok() && b1_done.ok());
+    // alpha's second job was queued first, but beta had nothing running.
+    EXPECT_LT(absl::FromUnixMicros(b1_done->start_time().seconds() * 1000000 +
+                                   b1_done->start_time().nanos() / 1000),
+              absl::FromUnixMicros(a2_done->start_time().seconds() * 1000000 +
+                                   a2_done->start_time().nanos() / 1000));
+  }
+  auto server = StartServer(dir + "/two", tenants, {"--max-training-jobs", "2"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  TrainingCaller alpha((*server)->address(), kAlphaKey);
+  TrainingCaller beta((*server)->address(), kBetaKey);
+  auto a = alpha.Create(QuickJob("turns", 12));
+  auto b = beta.Create(QuickJob("turns", 12));
+  ASSERT_TRUE(a.ok() && b.ok());
+  // While both run, each advances: when one has done 6 steps the other has done some.
+  auto halfway = alpha.WaitFor(a->id(), absl::Seconds(60), [](const v1::Job& j) {
+    return j.progress().step() >= 6 || Ended(j);
+  });
+  ASSERT_TRUE(halfway.ok());
+  auto other = beta.Get(b->id());
+  ASSERT_TRUE(other.ok());
+  EXPECT_GE(other->progress().step(), 3) << "beta's job waited for alpha's";
+  EXPECT_TRUE(alpha.WaitFor(a->id(), absl::Seconds(60), Ended).ok());
+  EXPECT_TRUE(beta.WaitFor(b->id(), absl::Seconds(60), Ended).ok());
+}
+
 }  // namespace
 }  // namespace steerd
