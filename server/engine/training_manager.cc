@@ -242,7 +242,7 @@ class TrainingManager::Impl {
     bool cancel_requested = false;     // Guarded by Impl::mu_.
     std::map<int64_t, std::shared_ptr<JobWatcher>> watchers;  // Guarded by Impl::mu_.
     // The trainer thread's alone.
-    std::unique_ptr<EngineRollouts> rollouts;  // Also Cancel()ed by other threads.
+    std::unique_ptr<EngineRollouts> rollouts;  // Set under mu_; Cancel()ed by other threads.
     std::unique_ptr<train::Verifier> verifier;
     std::unique_ptr<train::Trainer> trainer;
     std::vector<train::Example> eval;
@@ -659,8 +659,7 @@ std::shared_ptr<TrainingManager::Impl::LiveJob> TrainingManager::Impl::NextJob(
 }
 
 void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
-  const std::string name = absl::StrCat("steerd-train");
-  pthread_setname_np(pthread_self(), name.c_str());
+  pthread_setname_np(pthread_self(), "steerd-train");  // For top -H and debuggers.
   if (options_.idle_priority) {
     // Serving first: the OS runs this thread only on CPU time the engine and the RPC
     // threads leave. Linux applies nice values per thread.
@@ -729,10 +728,11 @@ absl::Status TrainingManager::Impl::StartJob(ModelWorker* worker, LiveJob* job) 
   ASSIGN_OR_RETURN(std::optional<JobCheckpoint> checkpoint, jobs_->LoadCheckpoint(record.id));
   job->eval = std::move(datasets.eval);
   ASSIGN_OR_RETURN(job->verifier, train::Verifier::Create(RewardOptionsOf(spec)));
-  job->rollouts = std::make_unique<EngineRollouts>(served);
   {
-    // Cancel() may have come before the rollouts existed.
+    // CancelJob and Shutdown reach the rollouts under mu_; a cancel that came before
+    // they existed applies now.
     absl::MutexLock lock(&mu_);
+    job->rollouts = std::make_unique<EngineRollouts>(served);
     if (job->cancel_requested || stopping_) job->rollouts->Cancel();
   }
   ASSIGN_OR_RETURN(job->trainer,
