@@ -11,6 +11,8 @@
 #define STEERD_SERVER_MODEL_CPU_KERNELS_H_
 
 #include <ATen/ATen.h>
+// at::GradMode (the CanUse* checks): ATen/ATen.h no longer brings it in libtorch 2.x.
+#include <ATen/core/grad_mode.h>
 
 #include <vector>
 

@@ -1,6 +1,7 @@
 #include "server/model/lora.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>  // at::NoGradGuard (not in ATen/ATen.h in libtorch 2.x)
 
 #include <cmath>
 #include <map>

@@ -14,6 +14,8 @@
 #define STEERD_SERVER_MODEL_TRANSFORMER_H_
 
 #include <ATen/ATen.h>
+// at::GradMode, at::NoGradGuard: ATen/ATen.h no longer brings them in libtorch 2.x.
+#include <ATen/core/grad_mode.h>
 
 #include <memory>
 #include <string>
