@@ -9,12 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <random>
-#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -35,8 +32,6 @@
 
 namespace steerd {
 namespace {
-
-namespace fs = std::filesystem;
 
 // Collects one background request's output for EngineRollouts.
 class CollectingObserver : public GenerationObserver {
@@ -190,30 +185,6 @@ train::TrainerOptions TrainerOptionsOf(const JobSpec& spec) {
   // it); a rendered conversation already carries its special tokens.
   o.add_special_tokens = !spec.apply_chat_template;
   return o;
-}
-
-// Runs `f` with a file holding `bytes` (or an empty path to write), for the trainer's
-// file-based checkpoints.
-std::string TempCheckpointPath(const std::string& job_id) {
-  return (fs::temp_directory_path() /
-          absl::StrCat("steerd-", ::getpid(), "-", job_id, ".ckpt.safetensors"))
-      .string();
-}
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InternalError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-absl::Status WriteWholeFile(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat(path, ": cannot write"));
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -435,7 +406,8 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
                                                            const JobLimits& limits,
                                                            CreateJobParams params) {
   if (params.spec.model.empty()) return absl::InvalidArgumentError("model is empty");
-  ASSIGN_OR_RETURN(ModelInfo info, core_->GetModel(params.spec.model));
+  ASSIGN_OR_RETURN(ServingCore::ServedModel * served, core_->FindModel(params.spec.model));
+  const ModelInfo& info = served->info;
   JobSpecCaps caps;
   caps.max_examples = options_.max_examples;
   caps.max_steps = options_.max_steps;
@@ -443,37 +415,6 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
   caps.task_eval_examples = options_.task_eval_examples;
   ASSIGN_OR_RETURN(JobDatasets datasets, NormalizeJobSpec(info, limits, caps, &params));
   const JobSpec& spec = params.spec;
-  {
-    ServingCore::ServedModel* served;
-    ASSIGN_OR_RETURN(served, core_->FindModel(spec.model));
-    // Every prompt must leave room for max_new_tokens, as the trainer requires.
-    const int64_t context = info.max_context;
-    const int64_t new_tokens = spec.hyperparameters.max_new_tokens;
-    auto check = [&](const std::vector<train::Example>& examples,
-                     const char* field) -> absl::Status {
-      for (size_t i = 0; i < examples.size(); ++i) {
-        std::string text = examples[i].prompt;
-        if (spec.apply_chat_template) {
-          ASSIGN_OR_RETURN(text, served->chat_template->Render({{ChatTurn::Role::kUser, text}}));
-        }
-        absl::StatusOr<std::vector<int32_t>> ids =
-            served->tokenizer->Encode(text, !spec.apply_chat_template);
-        if (!ids.ok()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(field, "[", i, "].prompt: ", ids.status().message()));
-        }
-        if (static_cast<int64_t>(ids->size()) + new_tokens > context) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              field, "[", i, "].prompt is ", ids->size(), " tokens; with max_new_tokens ",
-              new_tokens, " it needs more than model \"", info.name, "\"'s context of ",
-              context));
-        }
-      }
-      return absl::OkStatus();
-    };
-    RETURN_IF_ERROR(check(datasets.train, "examples"));
-    RETURN_IF_ERROR(check(datasets.eval, "eval.examples"));
-  }
   if (limits.max_stored_vectors >= 0) {
     ASSIGN_OR_RETURN(int64_t stored, vectors_->CountVersions(tenant));
     if (stored >= limits.max_stored_vectors) {
@@ -482,16 +423,32 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
           "delete some before training another"));
     }
   }
-  if (spec.apply_chat_template) {
-    // The stored dataset holds the prompts as the model sees them.
-    ServingCore::ServedModel* served;
-    ASSIGN_OR_RETURN(served, core_->FindModel(spec.model));
-    for (auto* examples : {&datasets.train, &datasets.eval}) {
-      for (train::Example& e : *examples) {
-        ASSIGN_OR_RETURN(e.prompt, served->chat_template->Render({{ChatTurn::Role::kUser, e.prompt}}));
+  // The stored datasets hold the prompts as the model sees them, rendered once here;
+  // every prompt must leave room for max_new_tokens, as the trainer requires.
+  const int64_t new_tokens = spec.hyperparameters.max_new_tokens;
+  auto prepare = [&](std::vector<train::Example>& examples, const char* field) -> absl::Status {
+    for (size_t i = 0; i < examples.size(); ++i) {
+      std::string& prompt = examples[i].prompt;
+      if (spec.apply_chat_template) {
+        ASSIGN_OR_RETURN(prompt, served->chat_template->Render({{ChatTurn::Role::kUser, prompt}}));
+      }
+      absl::StatusOr<std::vector<int32_t>> ids =
+          served->tokenizer->Encode(prompt, !spec.apply_chat_template);
+      if (!ids.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, "[", i, "].prompt: ", ids.status().message()));
+      }
+      if (static_cast<int64_t>(ids->size()) + new_tokens > info.max_context) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, "[", i, "].prompt is ", ids->size(), " tokens; with max_new_tokens ",
+            new_tokens, " it needs more than model \"", info.name, "\"'s context of ",
+            info.max_context));
       }
     }
-  }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(prepare(datasets.train, "examples"));
+  RETURN_IF_ERROR(prepare(datasets.eval, "eval.examples"));
   auto job = std::make_shared<LiveJob>();
   JobRecord& record = job->record;
   record.id = NewJobId();
@@ -740,12 +697,8 @@ absl::Status TrainingManager::Impl::StartJob(ModelWorker* worker, LiveJob* job) 
                                           served->tokenizer.get(), std::move(datasets.train),
                                           job->rollouts.get()));
   if (checkpoint.has_value()) {
-    const std::string path = TempCheckpointPath(record.id);
-    RETURN_IF_ERROR(WriteWholeFile(path, checkpoint->bytes));
-    absl::Status loaded = job->trainer->LoadCheckpoint(path);
-    std::error_code ignored;
-    fs::remove(path, ignored);
-    RETURN_IF_ERROR(loaded);
+    RETURN_IF_ERROR(job->trainer->RestoreCheckpoint(
+        checkpoint->bytes, absl::StrCat("job ", record.id, "'s checkpoint")));
   }
   const JobState previous = record.state;
   return Record(job, previous != JobState::kRunning ? std::optional<JobState>(previous)
@@ -790,15 +743,9 @@ absl::StatusOr<double> TrainingManager::Impl::Evaluate(ModelWorker* worker, Live
 }
 
 absl::Status TrainingManager::Impl::SaveCheckpoint(LiveJob* job) {
-  const std::string path = TempCheckpointPath(job->record.id);
-  RETURN_IF_ERROR(job->trainer->SaveCheckpoint(path));
-  absl::StatusOr<std::string> bytes = ReadWholeFile(path);
-  std::error_code ignored;
-  fs::remove(path, ignored);
-  RETURN_IF_ERROR(bytes.status());
   JobCheckpoint checkpoint;
   checkpoint.step = static_cast<int32_t>(job->trainer->step());
-  checkpoint.bytes = *std::move(bytes);
+  ASSIGN_OR_RETURN(checkpoint.bytes, job->trainer->SerializeCheckpoint());
   {
     absl::MutexLock lock(&mu_);
     checkpoint.metrics = job->record.metrics;
@@ -908,22 +855,6 @@ absl::StatusOr<JobRecord> TrainingManager::CancelJob(const std::string& tenant,
 absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::WatchJob(
     const std::string& tenant, const std::string& id, std::shared_ptr<JobWatcher> watcher) {
   return impl_->WatchJob(tenant, id, std::move(watcher));
-}
-
-const char* JobStateName(JobState state) {
-  switch (state) {
-    case JobState::kQueued: return "QUEUED";
-    case JobState::kRunning: return "RUNNING";
-    case JobState::kSucceeded: return "SUCCEEDED";
-    case JobState::kFailed: return "FAILED";
-    case JobState::kCancelled: return "CANCELLED";
-  }
-  return "UNKNOWN";
-}
-
-bool IsTerminal(JobState state) {
-  return state == JobState::kSucceeded || state == JobState::kFailed ||
-         state == JobState::kCancelled;
 }
 
 }  // namespace steerd

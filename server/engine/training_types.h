@@ -17,8 +17,21 @@ namespace steerd {
 
 // Numbered as the proto's Job.State.
 enum class JobState { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
-const char* JobStateName(JobState state);  // "QUEUED", "RUNNING", ...
-bool IsTerminal(JobState state);
+// "QUEUED", "RUNNING", ... as in the proto; "UNKNOWN" for a value out of range.
+inline const char* JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kQueued: return "QUEUED";
+    case JobState::kRunning: return "RUNNING";
+    case JobState::kSucceeded: return "SUCCEEDED";
+    case JobState::kFailed: return "FAILED";
+    case JobState::kCancelled: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+inline bool IsTerminal(JobState state) {
+  return state == JobState::kSucceeded || state == JobState::kFailed ||
+         state == JobState::kCancelled;
+}
 
 // Numbered as the proto's Algorithm (0, unspecified, never stored).
 enum class JobAlgorithm { kRloo = 1, kGrpo = 2, kSft = 3 };

@@ -101,19 +101,9 @@ absl::Status CheckTenantAndId(const std::string& tenant, const std::string& id) 
 // ---- Enums, stored by name so that the database reads without this source.
 
 std::optional<absl::string_view> StateName(JobState state) {
-  switch (state) {
-    case JobState::kQueued:
-      return "QUEUED";
-    case JobState::kRunning:
-      return "RUNNING";
-    case JobState::kSucceeded:
-      return "SUCCEEDED";
-    case JobState::kFailed:
-      return "FAILED";
-    case JobState::kCancelled:
-      return "CANCELLED";
-  }
-  return std::nullopt;
+  const absl::string_view name = JobStateName(state);
+  if (name == "UNKNOWN") return std::nullopt;
+  return name;
 }
 
 std::optional<JobState> ParseState(absl::string_view name) {

@@ -575,31 +575,51 @@ absl::StatusOr<StepMetrics> Trainer::RlStep(std::vector<Sequence>* sequences,
   return metrics;
 }
 
-absl::Status Trainer::SaveCheckpoint(const std::string& path) const {
-  std::vector<at::Tensor> keep_alive;
-  std::vector<TensorToWrite> tensors;
+Trainer::CheckpointContents Trainer::Checkpoint() const {
+  CheckpointContents c;
   for (size_t i = 0; i < params_.size(); ++i) {
     for (const auto& [prefix, t] : {std::pair{"param", params_[i]},
                                     std::pair{"adam_m", adam_m_[i]},
                                     std::pair{"adam_v", adam_v_[i]}}) {
       at::Tensor cpu = t.detach().to(at::kCPU, at::kFloat).contiguous();
-      tensors.push_back({absl::StrCat(prefix, ".", i), DType::kF32,
-                         std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
-                         cpu.data_ptr()});
-      keep_alive.push_back(std::move(cpu));
+      c.tensors.push_back({absl::StrCat(prefix, ".", i), DType::kF32,
+                           std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
+                           cpu.data_ptr()});
+      c.keep_alive.push_back(std::move(cpu));
     }
   }
-  return WriteSafetensors(path, tensors,
-                          {{"format", kCheckpointFormat},
-                           {"method", TrainableSetName(options_.method)},
-                           {"step", absl::StrCat(step_)},
-                           {"adam_steps", absl::StrCat(adam_steps_)},
-                           {"num_params", absl::StrCat(params_.size())}});
+  c.metadata = {{"format", kCheckpointFormat},
+                {"method", TrainableSetName(options_.method)},
+                {"step", absl::StrCat(step_)},
+                {"adam_steps", absl::StrCat(adam_steps_)},
+                {"num_params", absl::StrCat(params_.size())}};
+  return c;
+}
+
+absl::Status Trainer::SaveCheckpoint(const std::string& path) const {
+  const CheckpointContents c = Checkpoint();
+  return WriteSafetensors(path, c.tensors, c.metadata);
+}
+
+absl::StatusOr<std::string> Trainer::SerializeCheckpoint() const {
+  const CheckpointContents c = Checkpoint();
+  return SerializeSafetensors(c.tensors, c.metadata);
 }
 
 absl::Status Trainer::LoadCheckpoint(const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
-  const auto& meta = file->metadata();
+  return Restore(*file);
+}
+
+absl::Status Trainer::RestoreCheckpoint(std::string bytes, std::string source) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::FromBuffer(std::move(bytes), std::move(source)));
+  return Restore(*file);
+}
+
+absl::Status Trainer::Restore(const SafetensorsFile& file) {
+  const std::string& path = file.source();
+  const auto& meta = file.metadata();
   auto get = [&](const char* key) {
     auto it = meta.find(key);
     return it == meta.end() ? std::string() : it->second;
@@ -625,7 +645,7 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path) {
       for (auto& [prefix, t] : {std::pair<const char*, at::Tensor*>{"param", &params_[i]},
                                 std::pair<const char*, at::Tensor*>{"adam_m", &adam_m_[i]},
                                 std::pair<const char*, at::Tensor*>{"adam_v", &adam_v_[i]}}) {
-        ASSIGN_OR_RETURN(TensorView view, file->Get(absl::StrCat(prefix, ".", i)));
+        ASSIGN_OR_RETURN(TensorView view, file.Get(absl::StrCat(prefix, ".", i)));
         if (view.dtype != DType::kF32 ||
             view.shape != std::vector<int64_t>(t->sizes().begin(), t->sizes().end())) {
           return absl::FailedPreconditionError(absl::StrCat(

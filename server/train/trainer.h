@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "server/model/generator.h"
 #include "server/model/lora.h"
+#include "server/model/safetensors.h"
 #include "server/model/tokenizer.h"
 #include "server/model/transformer.h"
 #include "server/train/rewards.h"
@@ -161,6 +163,9 @@ class Trainer {
   absl::Status SaveCheckpoint(const std::string& path) const;
   // Restores a checkpoint written by a trainer with the same method and shapes.
   absl::Status LoadCheckpoint(const std::string& path);
+  // The same checkpoint as bytes (for a store that keeps it, not a file), and back.
+  absl::StatusOr<std::string> SerializeCheckpoint() const;
+  absl::Status RestoreCheckpoint(std::string bytes, std::string source);
 
  private:
   struct Sequence {
@@ -170,6 +175,14 @@ class Trainer {
   };
 
   Trainer() = default;
+  // What a checkpoint holds: the tensors (pointing into keep_alive) and the metadata.
+  struct CheckpointContents {
+    std::vector<at::Tensor> keep_alive;
+    std::vector<TensorToWrite> tensors;
+    std::map<std::string, std::string> metadata;
+  };
+  CheckpointContents Checkpoint() const;
+  absl::Status Restore(const SafetensorsFile& file);
   std::vector<const Example*> ExamplesForStep(int64_t step, int64_t count);
   at::Tensor CurrentSteering() const;  // [L, d] with the graph to the parameter.
   // Per-token log-probabilities of each sequence's completion: [B, T-1] float32 with a
