@@ -3,10 +3,12 @@
 // few token rows (and is slower up to ~32), and at decode shapes RMSNorm (eight ops) and
 // attention (bf16 batched matmuls of ~50 us each) cost more in dispatch than in math.
 // The matmul uses AVX512-BF16 dot products and reads each weight row once for all token
-// rows. It has two paths (row at a time up to 8 token rows, 6-row tiles up to 32); each
-// sums in a fixed order, so within a path a row's result does not depend on the other
-// rows in the call, and the two paths differ at most by float rounding. Each kernel has a CanUse* check; callers fall back to tensor
-// ops when it fails (no AVX512-BF16, other dtypes, autograd).
+// rows. It has two paths (row at a time up to 8 token rows; above, up to 32, 16 tokens
+// per vector lane group, one weight pair broadcast to all of them); each sums in a fixed
+// order, so within a path a row's result does not depend on the other rows in the
+// call, and the two paths differ at most by float rounding. Each kernel has a CanUse*
+// check; callers fall back to tensor ops when it fails (no AVX512-BF16, other dtypes,
+// autograd).
 #ifndef STEERD_SERVER_MODEL_CPU_KERNELS_H_
 #define STEERD_SERVER_MODEL_CPU_KERNELS_H_
 

@@ -37,7 +37,8 @@ TEST(CpuKernelsTest, MatchesAFloat32ReferenceOnOddShapes) {
   at::manual_seed(3);
   for (int64_t K : {32, 45, 80, 896, 4864}) {
     for (int64_t N : {1, 6, 130}) {
-      for (int64_t M : {1, 3, 4, 7, 32}) {
+      // Row at a time (<= 8), one group of 16 token lanes (9-16), two groups (17-32).
+      for (int64_t M : {1, 3, 4, 7, 8, 9, 16, 17, 31, 32}) {
         for (bool with_bias : {false, true}) {
           const at::Tensor x = at::randn({M, 1, K}).to(at::kBFloat16);
           const at::Tensor w = at::randn({N, K}).to(at::kBFloat16);
@@ -57,7 +58,7 @@ TEST(CpuKernelsTest, MatchesAFloat32ReferenceOnOddShapes) {
   }
 }
 
-// Each path (row at a time up to 8 token rows, 6-row tiles above) adds in a fixed
+// Each path (row at a time up to 8 token rows, 16-token lanes above) adds in a fixed
 // order, so within a path a row's result does not depend on the other rows; the two
 // paths may differ by a rounding step.
 TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
@@ -66,21 +67,29 @@ TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
                                             at::randn({8, 8}).to(at::kBFloat16), at::Tensor()));
     return;
   }
-  const at::Tensor w = at::randn({300, 4864}).to(at::kBFloat16);
-  const at::Tensor rows = at::randn({13, 4864}).to(at::kBFloat16);
-  const at::Tensor eight = SmallBatchBf16Linear(rows.narrow(0, 0, 8).contiguous(), w, at::Tensor());
-  for (int64_t r = 0; r < 8; ++r) {
-    const at::Tensor alone = SmallBatchBf16Linear(rows.narrow(0, r, 1).contiguous(), w, at::Tensor());
-    EXPECT_TRUE(at::equal(alone[0], eight[r])) << "row " << r;
+  for (int64_t K : {4864, 45}) {
+    const at::Tensor w = at::randn({300, K}).to(at::kBFloat16);
+    const at::Tensor rows = at::randn({32, K}).to(at::kBFloat16);
+    const at::Tensor eight = SmallBatchBf16Linear(rows.narrow(0, 0, 8).contiguous(), w, at::Tensor());
+    for (int64_t r = 0; r < 8; ++r) {
+      const at::Tensor alone = SmallBatchBf16Linear(rows.narrow(0, r, 1).contiguous(), w, at::Tensor());
+      EXPECT_TRUE(at::equal(alone[0], eight[r])) << "K=" << K << " row " << r;
+    }
+    // The lanes path with one group (9 and 13 rows) and two (32 rows).
+    const at::Tensor all = SmallBatchBf16Linear(rows, w, at::Tensor());
+    for (int64_t offset : {int64_t{4}, int64_t{19}}) {
+      for (int64_t M : {int64_t{9}, int64_t{13}}) {
+        const at::Tensor some = SmallBatchBf16Linear(rows.narrow(0, offset, M).contiguous(), w, at::Tensor());
+        for (int64_t r = 0; r < M; ++r) {
+          EXPECT_TRUE(at::equal(some[r], all[r + offset]))
+              << "K=" << K << " M=" << M << " row " << r + offset;
+        }
+      }
+    }
+    const double scale = all.to(at::kFloat).abs().max().item<double>();
+    EXPECT_LE((all.narrow(0, 0, 8).to(at::kFloat) - eight.to(at::kFloat)).abs().max().item<double>(),
+              1e-2 * scale);
   }
-  const at::Tensor thirteen = SmallBatchBf16Linear(rows, w, at::Tensor());
-  const at::Tensor nine = SmallBatchBf16Linear(rows.narrow(0, 4, 9).contiguous(), w, at::Tensor());
-  for (int64_t r = 0; r < 9; ++r) {
-    EXPECT_TRUE(at::equal(nine[r], thirteen[r + 4])) << "row " << r + 4;
-  }
-  const double scale = thirteen.to(at::kFloat).abs().max().item<double>();
-  EXPECT_LE((thirteen.narrow(0, 0, 8).to(at::kFloat) - eight.to(at::kFloat)).abs().max().item<double>(),
-            1e-2 * scale);
 }
 
 TEST(CpuKernelsTest, RmsNormMatchesTheTensorFormula) {
