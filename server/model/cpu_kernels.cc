@@ -965,6 +965,65 @@ at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, cons
   return out;
 }
 
+namespace {
+
+// The index of row[0, V)'s largest value as at::argmax: first on ties, first NaN wins.
+// 16 lanes each keep their best value and its index (a later equal value never
+// replaces it), then the lanes are merged by value and, on ties, by index.
+__attribute__((target("avx512f,avx512vl"))) int64_t ArgmaxRow(const float* row, int64_t V) {
+  __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i best_index = _mm512_set1_epi32(-1);
+  __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  __mmask16 any_nan = 0;
+  for (int64_t i = 0; i < V; i += 16) {
+    const __mmask16 lanes = V - i >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (V - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, row + i);
+    any_nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+    const __mmask16 better = _mm512_mask_cmp_ps_mask(lanes, v, best, _CMP_GT_OQ);
+    best = _mm512_mask_mov_ps(best, better, v);
+    best_index = _mm512_mask_mov_epi32(best_index, better, index);
+    index = _mm512_add_epi32(index, step);
+  }
+  if (any_nan != 0) return std::find_if(row, row + V, [](float v) { return std::isnan(v); }) - row;
+  alignas(64) float values[16];
+  alignas(64) int32_t indices[16];
+  _mm512_store_ps(values, best);
+  _mm512_store_si512(indices, best_index);
+  int64_t result = -1;
+  float result_value = -std::numeric_limits<float>::infinity();
+  for (int lane = 0; lane < 16; ++lane) {
+    if (indices[lane] < 0) continue;
+    if (result < 0 || values[lane] > result_value ||
+        (values[lane] == result_value && indices[lane] < result)) {
+      result = indices[lane];
+      result_value = values[lane];
+    }
+  }
+  // A row of -inf only: at::argmax returns its first index.
+  return result < 0 ? 0 : result;
+}
+
+}  // namespace
+
+bool CanUseF32ArgmaxRows(const at::Tensor& logits) {
+  return CpuHasAvx512FVl() && logits.defined() && logits.device().is_cpu() &&
+         logits.scalar_type() == at::kFloat && logits.dim() == 2 && logits.is_contiguous() &&
+         logits.size(1) > 0 && logits.size(1) <= std::numeric_limits<int32_t>::max() - 16;
+}
+
+std::vector<int64_t> F32ArgmaxRows(const at::Tensor& logits) {
+  const int64_t B = logits.size(0), V = logits.size(1);
+  std::vector<int64_t> ids(B);
+  const float* data = logits.data_ptr<float>();
+  at::parallel_for(0, B, /*grain_size=*/std::max<int64_t>(1, (int64_t{1} << 16) / V),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t b = begin; b < end; ++b) ids[b] = ArgmaxRow(data + b * V, V);
+                   });
+  return ids;
+}
+
 bool CanUseF32SiluMul(const at::Tensor& gate_up) {
   return CpuHasAvx512FVl() && gate_up.defined() && gate_up.device().is_cpu() &&
          gate_up.scalar_type() == at::kFloat && gate_up.is_contiguous() && gate_up.dim() >= 1 &&
@@ -998,6 +1057,59 @@ at::Tensor F32SiluMul(const at::Tensor& gate_up) {
   float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / I), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) SiluMulRow(gp + r * 2 * I, gp + r * 2 * I + I, op + r * I, I);
+  });
+  return out;
+}
+
+bool CanUseBf16SiluMul(const at::Tensor& gate_up) {
+  return CpuHasAvx512Bf16() && CpuHasAvx512FVl() && gate_up.defined() &&
+         gate_up.device().is_cpu() && gate_up.scalar_type() == at::kBFloat16 &&
+         gate_up.is_contiguous() && gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0 &&
+         !(at::GradMode::is_enabled() && gate_up.requires_grad());
+}
+
+namespace {
+
+// 16 floats rounded to bf16 (to nearest even, as c10::BFloat16).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline __m256i
+ToBf16(__m512 v) {
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+}
+
+// 16 floats rounded to bf16 values, kept as floats.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline __m512
+RoundToBf16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ToBf16(v)), 16));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void Bf16SiluMulRow(
+    const c10::BFloat16* gate, const c10::BFloat16* up, c10::BFloat16* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = Lanes(n - i);
+    const __m512 g = LoadAsFloat(gate + i, lanes);
+    // ATen's bf16 silu rounds exp(-g), 1 + exp(-g) and the quotient to bf16.
+    const __m512 e = RoundToBf16(Exp(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 silu =
+        RoundToBf16(_mm512_div_ps(g, RoundToBf16(_mm512_add_ps(_mm512_set1_ps(1.0f), e))));
+    _mm256_mask_storeu_epi16(out + i, lanes,
+                             ToBf16(_mm512_mul_ps(silu, LoadAsFloat(up + i, lanes))));
+  }
+}
+
+}  // namespace
+
+at::Tensor Bf16SiluMul(const at::Tensor& gate_up) {
+  const int64_t I = gate_up.size(-1) / 2, rows = gate_up.numel() / std::max<int64_t>(1, 2 * I);
+  std::vector<int64_t> out_shape(gate_up.sizes().begin(), gate_up.sizes().end());
+  out_shape.back() = I;
+  at::Tensor out = at::empty(out_shape, gate_up.options());  // [..., I]
+  if (rows == 0 || I == 0) return out;
+  const auto* gp = gate_up.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, rows, /*grain_size=*/std::max<int64_t>(1, 16384 / I), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      Bf16SiluMulRow(gp + r * 2 * I, gp + r * 2 * I + I, op + r * I, I);
+    }
   });
   return out;
 }

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/model/cpu_kernels.h"
 #include "server/model/torch_util.h"
 
 namespace steerd {
@@ -114,9 +115,14 @@ absl::StatusOr<std::vector<SampledToken>> SampleBatch(
       }
     }
     if (static_cast<int64_t>(sampled_rows.size()) < B) {
-      const at::Tensor argmax = logits.argmax(-1).to(at::kCPU);  // [B]
-      const int64_t* ids = argmax.data_ptr<int64_t>();
-      for (int64_t b = 0; b < B; ++b) out[b].id = static_cast<int32_t>(ids[b]);
+      if (CanUseF32ArgmaxRows(logits)) {
+        const std::vector<int64_t> ids = F32ArgmaxRows(logits);
+        for (int64_t b = 0; b < B; ++b) out[b].id = static_cast<int32_t>(ids[b]);
+      } else {
+        const at::Tensor argmax = logits.argmax(-1).to(at::kCPU);  // [B]
+        const int64_t* ids = argmax.data_ptr<int64_t>();
+        for (int64_t b = 0; b < B; ++b) out[b].id = static_cast<int32_t>(ids[b]);
+      }
     }
     if (!sampled_rows.empty()) {
       const auto long_opts = at::TensorOptions().dtype(at::kLong);

@@ -362,9 +362,11 @@ at::Tensor Transformer::Mlp(const Layer& layer, const at::Tensor& h, int64_t l,
       adapted = true;
     }
   }
-  const at::Tensor hidden = !adapted && f32_kernels && CanUseF32SiluMul(gate_up)
-                                ? F32SiluMul(gate_up)  // One pass instead of three.
-                                : at::silu(gate) * up;
+  // One pass instead of three where a kernel applies.
+  const bool fused = !adapted && f32_kernels;
+  const at::Tensor hidden = fused && CanUseF32SiluMul(gate_up)    ? F32SiluMul(gate_up)
+                            : fused && CanUseBf16SiluMul(gate_up) ? Bf16SiluMul(gate_up)
+                                                                  : at::silu(gate) * up;
   return Project(hidden, layer.down_w, layer.down_b, lora, l, LoraTarget::kDown,
                  f32_kernels);  // [B, T, d]
 }

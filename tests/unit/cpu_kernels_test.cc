@@ -92,6 +92,72 @@ TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
   }
 }
 
+// Greedy decoding's argmax must pick exactly what at::argmax picks: the first of tied
+// maxima (also across vector lanes), the first NaN, index 0 for a row of -inf.
+TEST(CpuKernelsTest, F32ArgmaxRowsMatchesAtArgmax) {
+  const at::Tensor probe = at::zeros({2, 5});
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) {
+    EXPECT_FALSE(CanUseF32ArgmaxRows(probe));  // The sampler keeps at::argmax.
+    return;
+  }
+  EXPECT_TRUE(CanUseF32ArgmaxRows(probe));
+  EXPECT_FALSE(CanUseF32ArgmaxRows(at::zeros({2, 5}, at::kBFloat16)));
+  EXPECT_FALSE(CanUseF32ArgmaxRows(at::zeros({5, 2}).t()));  // Strided.
+  at::manual_seed(11);
+  for (int64_t V : {1, 15, 16, 17, 1000, 151936}) {
+    at::Tensor logits = at::randn({6, V});
+    if (V >= 17) {
+      logits[1][V - 1] = 100.0;  // Ties: the first wins, in another lane than the second.
+      logits[1][3] = 100.0;
+      logits[2][V / 2] = std::numeric_limits<float>::quiet_NaN();
+      logits[2][V - 1] = std::numeric_limits<float>::quiet_NaN();
+      logits[2][0] = 1000.0;
+    }
+    logits[3].fill_(-std::numeric_limits<float>::infinity());
+    logits[4].fill_(0.5);  // All equal.
+    const std::vector<int64_t> got = F32ArgmaxRows(logits);
+    const at::Tensor expected = logits.argmax(-1);
+    ASSERT_EQ(got.size(), 6u);
+    for (int64_t b = 0; b < 6; ++b) {
+      EXPECT_EQ(got[b], expected[b].item<int64_t>()) << "V=" << V << " row " << b;
+    }
+  }
+}
+
+// The fused bf16 SwiGLU rounds where libtorch 1.13's bf16 silu and multiply round
+// (exp, 1 + exp, the quotient, the product); only its exp differs from ATen's, by float
+// rounding, which rarely moves a bf16 result by one step.
+TEST(CpuKernelsTest, Bf16SiluMulMatchesTheTensorOps) {
+  const at::Tensor probe = at::zeros({2, 8}, at::kBFloat16);
+  if (!CpuHasBf16Dot()) {
+    EXPECT_FALSE(CanUseBf16SiluMul(probe));
+    return;
+  }
+  EXPECT_TRUE(CanUseBf16SiluMul(probe));
+  EXPECT_FALSE(CanUseBf16SiluMul(at::zeros({2, 7}, at::kBFloat16)));  // Odd: no halves.
+  EXPECT_FALSE(CanUseBf16SiluMul(at::zeros({2, 8})));                 // float32
+  at::manual_seed(5);
+  for (int64_t I : {1, 15, 16, 17, 4864}) {
+    at::Tensor gate_up = (at::randn({3, 1, 2 * I}) * 4).to(at::kBFloat16);
+    gate_up[0][0][0] = -100.0;  // exp overflows in float: silu is -0.
+    const at::Tensor got = Bf16SiluMul(gate_up);  // [3, 1, I]
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{3, 1, I}));
+    const at::Tensor gate = gate_up.narrow(-1, 0, I).to(at::kFloat);
+    const at::Tensor up = gate_up.narrow(-1, I, I).to(at::kFloat);
+    auto bf16 = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kFloat); };
+    const at::Tensor expected_f =
+        bf16(bf16(gate / bf16(1 + bf16(at::exp(-gate)))) * up);  // The documented rounding.
+    const at::Tensor got_f = got.to(at::kFloat);
+    // One bf16 step is at most 2^-7 relative.
+    EXPECT_TRUE(at::allclose(got_f, expected_f, /*rtol=*/1.0 / 128, /*atol=*/1e-30)) << "I=" << I;
+    const double same = got_f.eq(expected_f).to(at::kDouble).mean().item<double>();
+    // And ATen's own ops, whatever their rounding, within two steps.
+    const at::Tensor aten = (at::silu(gate_up.narrow(-1, 0, I)) * gate_up.narrow(-1, I, I));
+    EXPECT_TRUE(at::allclose(got_f, aten.to(at::kFloat), 1.0 / 64, 1e-30)) << "I=" << I;
+    EXPECT_GE(same, 0.99) << "I=" << I;
+  }
+}
+
 TEST(CpuKernelsTest, RmsNormMatchesTheTensorFormula) {
   at::manual_seed(5);
   const at::Tensor x = (at::randn({3, 5, 896}) * 3).to(at::kBFloat16);
