@@ -523,40 +523,6 @@ at::Tensor F32RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps)
   return y;
 }
 
-bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
-  return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 &&
-         weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() &&
-         x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0) &&
-         !x.requires_grad() && !weight.requires_grad();
-}
-
-at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const int64_t d = x.size(-1), rows = x.numel() / d;
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto* xp = x.data_ptr<c10::BFloat16>();
-  const auto* wp = weight.data_ptr<c10::BFloat16>();
-  auto* yp = y.data_ptr<c10::BFloat16>();
-  const float epsilon = static_cast<float>(eps);
-  // A row is a few thousand values: only many rows (a prefill) are worth threads.
-  at::parallel_for(0, rows, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const c10::BFloat16* in = xp + r * d;
-      c10::BFloat16* out = yp + r * d;
-      float sum_squares = 0.0f;
-      for (int64_t i = 0; i < d; ++i) {
-        const float v = static_cast<float>(in[i]);
-        sum_squares += v * v;
-      }
-      const float inverse_rms = 1.0f / std::sqrt(sum_squares / static_cast<float>(d) + epsilon);
-      for (int64_t i = 0; i < d; ++i) {
-        const c10::BFloat16 normed(static_cast<float>(in[i]) * inverse_rms);
-        out[i] = c10::BFloat16(static_cast<float>(wp[i]) * static_cast<float>(normed));
-      }
-    }
-  });
-  return y;
-}
-
 namespace {
 
 constexpr int64_t kMaxAttentionHeadDim = 256;
@@ -581,30 +547,120 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m51
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+// exp(x) in 16 lanes (Cephes' expf: 2^n * p(r), r = x - n ln 2, within 2 ulp),
+// flushing below e^-87 to ~1e-38 (which neither a softmax nor 1 + exp(x) can tell from
+// 0) and overflowing to infinity above ~88.7.
+__attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 Exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.8f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+// 16 floats rounded to bf16 as c10::BFloat16 does (to nearest even; NaN -> 0x7FC0),
+// with AVX-512F integer arithmetic.
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m256i
+RoundToBf16Bits(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                  _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
+// One row of Bf16RmsNorm: the sum of squares in 16 float32 lanes, then
+// weight * bf16(x * inverse_rms), each product rounded to bf16.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Bf16RmsNormRow(
+    const c10::BFloat16* in, const c10::BFloat16* weight, c10::BFloat16* out, int64_t d,
+    float eps) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int64_t i = 0; i < d; i += 16) {
+    const __m512 v = LoadAsFloat(in + i, Lanes(d - i));
+    squares = _mm512_fmadd_ps(v, v, squares);
+  }
+  const float mean = _mm512_reduce_add_ps(squares) / static_cast<float>(d);
+  const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+  for (int64_t i = 0; i < d; i += 16) {
+    const __mmask16 lanes = Lanes(d - i);
+    const __m256i normed = RoundToBf16Bits(_mm512_mul_ps(LoadAsFloat(in + i, lanes), inverse_rms));
+    const __m512 normed_f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(normed), 16));
+    _mm256_mask_storeu_epi16(out + i, lanes,
+                             RoundToBf16Bits(_mm512_mul_ps(LoadAsFloat(weight + i, lanes), normed_f)));
+  }
+}
+
+}  // namespace
+
+bool CanUseBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+  return CpuHasAvx512BwVl() && x.device().is_cpu() && x.scalar_type() == at::kBFloat16 &&
+         weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() &&
+         x.dim() >= 1 && weight.dim() == 1 && x.size(-1) == weight.size(0) &&
+         !x.requires_grad() && !weight.requires_grad();
+}
+
+at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  const auto* wp = weight.data_ptr<c10::BFloat16>();
+  auto* yp = y.data_ptr<c10::BFloat16>();
+  const float epsilon = static_cast<float>(eps);
+  // A row is a few thousand values: only many rows (a prefill) are worth threads.
+  at::parallel_for(0, rows, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) Bf16RmsNormRow(xp + r * d, wp, yp + r * d, d, epsilon);
+  });
+  return y;
+}
+
+namespace {
+
 // One query head against keys/values [first, last] of its KV head: scores, softmax and
-// the weighted sum of values in float32, 16 lanes at a time. `scores` has room for
-// last + 1 floats.
+// the weighted sum of values in float32, 16 lanes at a time. Scores are computed 16
+// columns at a time (16 partial dot products summed across lanes in one transpose) and
+// exponentiated 16 at a time. `scores` has room for last + 1 floats.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
     const c10::BFloat16* q, const c10::BFloat16* keys, const c10::BFloat16* values,
     int64_t first, int64_t last, int64_t hd, float scale, float* scores, c10::BFloat16* out) {
   const int64_t chunks = (hd + 15) / 16;
   __m512 query[kMaxAttentionHeadDim / 16];
   for (int64_t c = 0; c < chunks; ++c) query[c] = LoadAsFloat(q + 16 * c, Lanes(hd - 16 * c));
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (int64_t s = first; s <= last; ++s) {
-    const c10::BFloat16* key = keys + s * hd;
-    __m512 dot = _mm512_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c) {
-      dot = _mm512_fmadd_ps(query[c], LoadAsFloat(key + 16 * c, Lanes(hd - 16 * c)), dot);
+  __m512 max_scores = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t s0 = first; s0 <= last; s0 += 16) {
+    const int64_t columns = std::min<int64_t>(16, last + 1 - s0);
+    __m512 dots[16];
+    for (int64_t j = 0; j < 16; ++j) {
+      dots[j] = _mm512_setzero_ps();
+      if (j >= columns) continue;
+      const c10::BFloat16* key = keys + (s0 + j) * hd;
+      for (int64_t c = 0; c < chunks; ++c) {
+        dots[j] = _mm512_fmadd_ps(query[c], LoadAsFloat(key + 16 * c, Lanes(hd - 16 * c)), dots[j]);
+      }
     }
-    scores[s] = _mm512_reduce_add_ps(dot) * scale;
-    max_score = std::max(max_score, scores[s]);
+    const __mmask16 lanes = Lanes(columns);
+    const __m512 block = _mm512_mul_ps(SumEachOfSixteen(dots), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(scores + s0, lanes, block);
+    max_scores = _mm512_mask_max_ps(max_scores, lanes, max_scores, block);
   }
-  float total = 0.0f;
-  for (int64_t s = first; s <= last; ++s) {
-    scores[s] = std::exp(scores[s] - max_score);
-    total += scores[s];
+  const __m512 max_score = _mm512_set1_ps(_mm512_reduce_max_ps(max_scores));
+  __m512 totals = _mm512_setzero_ps();
+  for (int64_t s0 = first; s0 <= last; s0 += 16) {
+    const __mmask16 lanes = Lanes(last + 1 - s0);
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + s0), max_score));
+    _mm512_mask_storeu_ps(scores + s0, lanes, e);
+    totals = _mm512_mask_add_ps(totals, lanes, totals, e);
   }
+  const float total = _mm512_reduce_add_ps(totals);
   __m512 sum[kMaxAttentionHeadDim / 16];
   for (int64_t c = 0; c < chunks; ++c) sum[c] = _mm512_setzero_ps();
   for (int64_t s = first; s <= last; ++s) {
@@ -614,9 +670,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
       sum[c] = _mm512_fmadd_ps(p, LoadAsFloat(value + 16 * c, Lanes(hd - 16 * c)), sum[c]);
     }
   }
-  alignas(64) float result[kMaxAttentionHeadDim];
-  for (int64_t c = 0; c < chunks; ++c) _mm512_store_ps(result + 16 * c, sum[c]);
-  for (int64_t i = 0; i < hd; ++i) out[i] = c10::BFloat16(result[i]);
+  for (int64_t c = 0; c < chunks; ++c) {
+    _mm256_mask_storeu_epi16(out + 16 * c, Lanes(hd - 16 * c), RoundToBf16Bits(sum[c]));
+  }
 }
 
 }  // namespace
@@ -657,24 +713,6 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
 
 namespace {
 
-// exp(x) in 16 lanes (Cephes' expf: 2^n * p(r), r = x - n ln 2, within 2 ulp),
-// flushing below e^-87 to ~1e-38 (which neither a softmax nor 1 + exp(x) can tell from
-// 0) and overflowing to infinity above ~88.7.
-__attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 Exp(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.8f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
-}
 
 // kHeads query heads of one KV head (consecutive in q and out, hd apart) against its
 // keys/values [first, last], in float32; the heads share loads and run side by side.
