@@ -156,6 +156,71 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline voi
   }
 }
 
+// vpermt2w index tables for StoreTransposedTile (indices 0-31 pick from the first
+// source, 32-63 from the second). by_four: from two vectors holding columns {a, a+1}
+// and {a+2, a+3} (16 tokens each), tokens 0-7 (first half) or 8-15 (second half) as
+// m * 4 + column. by_eight: from two such results (columns 0-3 and 4-7), tokens 0-3 or
+// 4-7 of them as m * 8 + column.
+struct TransposeIndices {
+  uint16_t by_four[64];
+  uint16_t by_eight[64];
+};
+constexpr TransposeIndices MakeTransposeIndices() {
+  TransposeIndices t{};
+  for (int half = 0; half < 2; ++half) {
+    for (int m = 0; m < 8; ++m) {
+      for (int a = 0; a < 4; ++a) {
+        const int token = half * 8 + m;
+        t.by_four[half * 32 + m * 4 + a] =
+            static_cast<uint16_t>(a < 2 ? a * 16 + token : 32 + (a - 2) * 16 + token);
+      }
+    }
+    for (int m = 0; m < 4; ++m) {
+      for (int a = 0; a < 8; ++a) {
+        const int token = half * 4 + m;
+        t.by_eight[half * 32 + m * 8 + a] =
+            static_cast<uint16_t>(a < 4 ? token * 4 + a : 32 + token * 4 + (a - 4));
+      }
+    }
+  }
+  return t;
+}
+constexpr TransposeIndices kTransposeIndices = MakeTransposeIndices();
+
+// Writes columns[a][m] (weight row a, token m; 8 x 16) to y[m * N + a]: two rounds of
+// two-source word permutes turn the eight 16-token columns into sixteen 8-output rows,
+// 16 stores instead of 128 (+4-10% for the kernel at K = 896).
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void StoreTransposedTile(
+    const uint16_t (&columns)[kLaneTileRows][kLanes], uint16_t* y, int64_t N) {
+  static_assert(kLaneTileRows == 8 && kLanes == 16, "the index tables are for 8 x 16");
+  const __m512i c01 = _mm512_load_si512(columns[0]), c23 = _mm512_load_si512(columns[2]);
+  const __m512i c45 = _mm512_load_si512(columns[4]), c67 = _mm512_load_si512(columns[6]);
+  const __m512i first_half = _mm512_loadu_si512(kTransposeIndices.by_four);
+  const __m512i second_half = _mm512_loadu_si512(kTransposeIndices.by_four + 32);
+  // [tokens 0-7 | 8-15] x [columns 0-3 | 4-7], as token * 4 + column.
+  const __m512i low_tokens_03 = _mm512_permutex2var_epi16(c01, first_half, c23);
+  const __m512i high_tokens_03 = _mm512_permutex2var_epi16(c01, second_half, c23);
+  const __m512i low_tokens_47 = _mm512_permutex2var_epi16(c45, first_half, c67);
+  const __m512i high_tokens_47 = _mm512_permutex2var_epi16(c45, second_half, c67);
+  const __m512i first_four = _mm512_loadu_si512(kTransposeIndices.by_eight);
+  const __m512i next_four = _mm512_loadu_si512(kTransposeIndices.by_eight + 32);
+  // Tokens 4i to 4i + 3, each as 8 consecutive outputs.
+  const __m512i rows[4] = {_mm512_permutex2var_epi16(low_tokens_03, first_four, low_tokens_47),
+                           _mm512_permutex2var_epi16(low_tokens_03, next_four, low_tokens_47),
+                           _mm512_permutex2var_epi16(high_tokens_03, first_four, high_tokens_47),
+                           _mm512_permutex2var_epi16(high_tokens_03, next_four, high_tokens_47)};
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (4 * i) * N), _mm512_castsi512_si128(rows[i]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (4 * i + 1) * N),
+                     _mm512_extracti32x4_epi32(rows[i], 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (4 * i + 2) * N),
+                     _mm512_extracti32x4_epi32(rows[i], 2));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (4 * i + 3) * N),
+                     _mm512_extracti32x4_epi32(rows[i], 3));
+  }
+}
+
 // Weight rows [first_row, last_row) in tiles of kLaneTileRows, against G groups of 16
 // token lanes (packed by PackTokenLanes). Each output sums its k-pairs in order in one
 // lane of one accumulator, so a token's result does not depend on the other tokens.
@@ -198,8 +263,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void LaneRange(
     }
     for (; pair < full_pairs; ++pair) LaneStep<G>(acc, w_row, packed, pair, false);
     if (K % 2 == 1) LaneStep<G>(acc, w_row, packed, pair, true);
-    // Round each output to bf16 in its lane, then write the tile's columns.
-    alignas(64) uint16_t columns[NR][G * kLanes];
+    // Round each output to bf16 in its lane, then write the tile's columns: a whole
+    // 8 x 16 block transposed in registers, a partial one value by value.
+    alignas(64) uint16_t columns[G][NR][kLanes];
 #pragma GCC unroll 8
     for (int a = 0; a < NR; ++a) {
       __m512 b_vec = _mm512_setzero_ps();
@@ -211,13 +277,20 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void LaneRange(
 #pragma GCC unroll 2
       for (int g = 0; g < G; ++g) {
         _mm256_store_si256(
-            reinterpret_cast<__m256i*>(&columns[a][g * kLanes]),
+            reinterpret_cast<__m256i*>(columns[g][a]),
             reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_add_ps(acc[a][g], b_vec))));
       }
     }
-    for (int64_t m = 0; m < M; ++m) {
-      uint16_t* out = y + m * N + n;
-      for (int a = 0; a < rows; ++a) out[a] = columns[a][m];
+    for (int g = 0; g < G; ++g) {
+      const int64_t m0 = g * kLanes;
+      if (rows == NR && M - m0 >= kLanes) {
+        StoreTransposedTile(columns[g], y + m0 * N + n, N);
+        continue;
+      }
+      for (int64_t m = m0; m < std::min(M, m0 + kLanes); ++m) {
+        uint16_t* out = y + m * N + n;
+        for (int a = 0; a < rows; ++a) out[a] = columns[g][a][m - m0];
+      }
     }
   }
 }
