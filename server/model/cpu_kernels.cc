@@ -143,20 +143,22 @@ BroadcastPair(const uint16_t* w_row, int64_t pair, bool odd_tail) {
   return reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(bits)));
 }
 
-// One k-pair of a tile: every weight row's pair times G groups of 16 token lanes.
+// One k-pair of a tile: every weight row's pair times G groups of 16 token lanes, the
+// first of them at `packed` in a layout of `groups` groups.
 template <int G>
 __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline void LaneStep(
     __m512 (&acc)[kLaneTileRows][G], const uint16_t* const (&w_row)[kLaneTileRows],
-    const uint16_t* packed, int64_t pair, bool odd_tail) {
+    const uint16_t* packed, int64_t groups, int64_t pair, bool odd_tail) {
   __m512bh xv[G];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (int g = 0; g < G; ++g) {
-    xv[g] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(packed + (pair * G + g) * kLanes * 2));
+    xv[g] = reinterpret_cast<__m512bh>(
+        _mm512_loadu_si512(packed + (pair * groups + g) * kLanes * 2));
   }
 #pragma GCC unroll 8
   for (int a = 0; a < kLaneTileRows; ++a) {
     const __m512bh wv = BroadcastPair(w_row[a], pair, odd_tail);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int g = 0; g < G; ++g) acc[a][g] = _mm512_dpbf16_ps(acc[a][g], wv, xv[g]);
   }
 }
@@ -226,75 +228,83 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline void StoreTran
   }
 }
 
-// Weight rows [first_row, last_row) in tiles of kLaneTileRows, against G groups of 16
-// token lanes (packed by PackTokenLanes). Each output sums its k-pairs in order in one
-// lane of one accumulator, so a token's result does not depend on the other tokens.
+// Weight rows [first_row, last_row) in tiles of kLaneTileRows, against `groups` groups
+// of 16 token lanes (packed by PackTokenLanes), G of them per pass over a tile (a
+// second pass reads the tile's rows from cache). Each output sums its k-pairs in order
+// in one lane of one accumulator, so a token's result does not depend on the others.
 template <int G>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void LaneRange(
-    const uint16_t* packed, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M,
-    int64_t N, int64_t K, int64_t first_row, int64_t last_row) {
+    const uint16_t* packed, int64_t groups, const uint16_t* w, const uint16_t* bias,
+    uint16_t* y, int64_t M, int64_t N, int64_t K, int64_t first_row, int64_t last_row) {
   constexpr int NR = kLaneTileRows;
   const int64_t full_pairs = K / 2;
   const int64_t prefetch_bytes = kLanePrefetchRows * K * static_cast<int64_t>(sizeof(uint16_t));
   const bool l2_prefetch = kLaneL2PrefetchBytes > prefetch_bytes;
   for (int64_t n = first_row; n < last_row; n += NR) {
     const int rows = static_cast<int>(std::min<int64_t>(NR, last_row - n));
-    __m512 acc[NR][G];
     const uint16_t* w_row[NR];
 #pragma GCC unroll 8
     for (int a = 0; a < NR; ++a) {
       // A short last tile repeats its first row; those sums are computed, not stored.
       w_row[a] = w + (n + (a < rows ? a : 0)) * K;
-#pragma GCC unroll 2
-      for (int g = 0; g < G; ++g) acc[a][g] = _mm512_setzero_ps();
     }
-    int64_t pair = 0;
-    // 16 pairs are one 64-byte line of each weight row.
-    for (; pair + 16 <= full_pairs; pair += 16) {
+    for (int64_t first_group = 0; first_group < groups; first_group += G) {
+      const uint16_t* pass_packed = packed + first_group * kLanes * 2;
+      __m512 acc[NR][G];
 #pragma GCC unroll 8
       for (int a = 0; a < NR; ++a) {
-        _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + 2 * pair) + prefetch_bytes,
-                     _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) acc[a][g] = _mm512_setzero_ps();
       }
-      if (l2_prefetch) {
+      int64_t pair = 0;
+      // 16 pairs are one 64-byte line of each weight row.
+      for (; pair + 16 <= full_pairs; pair += 16) {
 #pragma GCC unroll 8
         for (int a = 0; a < NR; ++a) {
-          _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + 2 * pair) + kLaneL2PrefetchBytes,
-                       _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(w_row[a] + 2 * pair) + prefetch_bytes,
+                       _MM_HINT_T0);
+        }
+        if (l2_prefetch) {
+#pragma GCC unroll 8
+          for (int a = 0; a < NR; ++a) {
+            _mm_prefetch(
+                reinterpret_cast<const char*>(w_row[a] + 2 * pair) + kLaneL2PrefetchBytes,
+                _MM_HINT_T1);
+          }
+        }
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) LaneStep<G>(acc, w_row, pass_packed, groups, pair + j, false);
+      }
+      for (; pair < full_pairs; ++pair) LaneStep<G>(acc, w_row, pass_packed, groups, pair, false);
+      if (K % 2 == 1) LaneStep<G>(acc, w_row, pass_packed, groups, pair, true);
+      // Round each output to bf16 in its lane, then write the tile's columns: a whole
+      // 8 x 16 block transposed in registers, a partial one value by value.
+      alignas(64) uint16_t columns[G][NR][kLanes];
+#pragma GCC unroll 8
+      for (int a = 0; a < NR; ++a) {
+        __m512 b_vec = _mm512_setzero_ps();
+        if (bias != nullptr) {
+          c10::BFloat16 raw;
+          raw.x = bias[n + (a < rows ? a : 0)];
+          b_vec = _mm512_set1_ps(static_cast<float>(raw));
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+          _mm256_store_si256(
+              reinterpret_cast<__m256i*>(columns[g][a]),
+              reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_add_ps(acc[a][g], b_vec))));
         }
       }
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j) LaneStep<G>(acc, w_row, packed, pair + j, false);
-    }
-    for (; pair < full_pairs; ++pair) LaneStep<G>(acc, w_row, packed, pair, false);
-    if (K % 2 == 1) LaneStep<G>(acc, w_row, packed, pair, true);
-    // Round each output to bf16 in its lane, then write the tile's columns: a whole
-    // 8 x 16 block transposed in registers, a partial one value by value.
-    alignas(64) uint16_t columns[G][NR][kLanes];
-#pragma GCC unroll 8
-    for (int a = 0; a < NR; ++a) {
-      __m512 b_vec = _mm512_setzero_ps();
-      if (bias != nullptr) {
-        c10::BFloat16 raw;
-        raw.x = bias[n + (a < rows ? a : 0)];
-        b_vec = _mm512_set1_ps(static_cast<float>(raw));
-      }
-#pragma GCC unroll 2
       for (int g = 0; g < G; ++g) {
-        _mm256_store_si256(
-            reinterpret_cast<__m256i*>(columns[g][a]),
-            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_add_ps(acc[a][g], b_vec))));
-      }
-    }
-    for (int g = 0; g < G; ++g) {
-      const int64_t m0 = g * kLanes;
-      if (rows == NR && M - m0 >= kLanes) {
-        StoreTransposedTile(columns[g], y + m0 * N + n, N);
-        continue;
-      }
-      for (int64_t m = m0; m < std::min(M, m0 + kLanes); ++m) {
-        uint16_t* out = y + m * N + n;
-        for (int a = 0; a < rows; ++a) out[a] = columns[g][a][m - m0];
+        const int64_t m0 = (first_group + g) * kLanes;
+        if (rows == NR && M - m0 >= kLanes) {
+          StoreTransposedTile(columns[g], y + m0 * N + n, N);
+          continue;
+        }
+        for (int64_t m = m0; m < std::min(M, m0 + kLanes); ++m) {
+          uint16_t* out = y + m * N + n;
+          for (int a = 0; a < rows; ++a) out[a] = columns[g][a][m - m0];
+        }
       }
     }
   }
@@ -322,7 +332,7 @@ bool CanUseSmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
 
 at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& bias) {
-  static_assert(kSmallBatchLinearMaxRows <= 2 * kLanes, "LaneRange has one or two groups");
+  static_assert(kSmallBatchLinearMaxRows <= 4 * kLanes, "LaneRange takes up to four groups");
   const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
@@ -348,10 +358,14 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
   const int64_t tiles = (N + kLaneTileRows - 1) / kLaneTileRows;
   at::parallel_for(0, tiles, /*grain_size=*/384 / kLaneTileRows, [&](int64_t begin, int64_t end) {
     const int64_t first = begin * kLaneTileRows, last = std::min(N, end * kLaneTileRows);
+    // Three groups fit the registers in one pass (24 accumulators); four take two passes
+    // of two.
     if (groups == 1) {
-      LaneRange<1>(packed.data(), wp, bp, yp, M, N, K, first, last);
+      LaneRange<1>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
+    } else if (groups == 3) {
+      LaneRange<3>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
     } else {
-      LaneRange<2>(packed.data(), wp, bp, yp, M, N, K, first, last);
+      LaneRange<2>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
     }
   });
   return y;

@@ -1,9 +1,9 @@
 // Hand-written CPU kernels for the bf16 decode step, where libtorch's libraries serve
 // poorly: oneDNN streams weights at about half the speed of SmallBatchBf16Linear for a
-// few token rows (and is slower up to ~32), and at decode shapes RMSNorm (eight ops) and
+// few token rows (and is slower up to 64), and at decode shapes RMSNorm (eight ops) and
 // attention (bf16 batched matmuls of ~50 us each) cost more in dispatch than in math.
 // The matmul uses AVX512-BF16 dot products and reads each weight row once for all token
-// rows. It has two paths (row at a time up to 8 token rows; above, up to 32, 16 tokens
+// rows. It has two paths (row at a time up to 8 token rows; above, up to 64, 16 tokens
 // per vector lane group, one weight pair broadcast to all of them); each sums in a fixed
 // order, so within a path a row's result does not depend on the other rows in the
 // call, and the two paths differ at most by float rounding. Each kernel has a CanUse*
@@ -20,8 +20,10 @@
 
 namespace steerd {
 
-// Token rows up to which the kernel beats oneDNN (measured; see BENCHMARKS.md).
-inline constexpr int64_t kSmallBatchLinearMaxRows = 32;
+// Token rows up to which the kernel is used: it beats oneDNN at every row count up to
+// here (measured; see BENCHMARKS.md), which covers the engine's decode batch (64 rows by
+// default), so a decoding row's numbers do not depend on the batch it shares above 8.
+inline constexpr int64_t kSmallBatchLinearMaxRows = 64;
 
 // True when SmallBatchBf16Linear can compute linear(x, weight, bias): CPU with
 // AVX512-BF16, bf16 contiguous tensors, at most kSmallBatchLinearMaxRows rows, no grad.

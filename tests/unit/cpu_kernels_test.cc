@@ -37,8 +37,9 @@ TEST(CpuKernelsTest, MatchesAFloat32ReferenceOnOddShapes) {
   at::manual_seed(3);
   for (int64_t K : {32, 45, 80, 896, 4864}) {
     for (int64_t N : {1, 6, 130}) {
-      // Row at a time (<= 8), one group of 16 token lanes (9-16), two groups (17-32).
-      for (int64_t M : {1, 3, 4, 7, 8, 9, 16, 17, 31, 32}) {
+      // Row at a time (<= 8), then groups of 16 token lanes: one (9-16), two (17-32),
+      // three in one pass (33-48), four in two passes (49-64).
+      for (int64_t M : {1, 3, 4, 7, 8, 9, 16, 17, 31, 32, 33, 48, 50, 64}) {
         for (bool with_bias : {false, true}) {
           const at::Tensor x = at::randn({M, 1, K}).to(at::kBFloat16);
           const at::Tensor w = at::randn({N, K}).to(at::kBFloat16);
@@ -69,16 +70,16 @@ TEST(CpuKernelsTest, EachRowIsIndependentOfItsNeighbours) {
   }
   for (int64_t K : {4864, 45}) {
     const at::Tensor w = at::randn({300, K}).to(at::kBFloat16);
-    const at::Tensor rows = at::randn({32, K}).to(at::kBFloat16);
+    const at::Tensor rows = at::randn({64, K}).to(at::kBFloat16);
     const at::Tensor eight = SmallBatchBf16Linear(rows.narrow(0, 0, 8).contiguous(), w, at::Tensor());
     for (int64_t r = 0; r < 8; ++r) {
       const at::Tensor alone = SmallBatchBf16Linear(rows.narrow(0, r, 1).contiguous(), w, at::Tensor());
       EXPECT_TRUE(at::equal(alone[0], eight[r])) << "K=" << K << " row " << r;
     }
-    // The lanes path with one group (9 and 13 rows) and two (32 rows).
+    // The lanes path with one group (9, 13 rows), two (20), three (40) and four (64).
     const at::Tensor all = SmallBatchBf16Linear(rows, w, at::Tensor());
-    for (int64_t offset : {int64_t{4}, int64_t{19}}) {
-      for (int64_t M : {int64_t{9}, int64_t{13}}) {
+    for (int64_t offset : {int64_t{4}, int64_t{19}, int64_t{23}}) {
+      for (int64_t M : {int64_t{9}, int64_t{13}, int64_t{20}, int64_t{40}}) {
         const at::Tensor some = SmallBatchBf16Linear(rows.narrow(0, offset, M).contiguous(), w, at::Tensor());
         for (int64_t r = 0; r < M; ++r) {
           EXPECT_TRUE(at::equal(some[r], all[r + offset]))
