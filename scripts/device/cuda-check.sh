@@ -14,11 +14,11 @@
 #   2. configure build-cuda/ (Release, Ninja) with CMAKE_PREFIX_PATH=.deps/usr;torch's
 #      prefix, LD_LIBRARY_PATH/PATH on .deps for protoc and the linker, and build the
 #      targets steerd and model_test (ninja -k 0: every compile error in one run).
-#      Three workarounds for pip's libtorch, each explained where it is set: a -I copy of
-#      Debian's protobuf headers (torch/include ships an older google/protobuf),
-#      protobuf-before-torch.cmake (Caffe2Config aliases protobuf::libprotobuf to an
-#      empty target), and -lstdc++ first on the link line (libtorch.so exports
-#      std::filesystem functions);
+#      Two workarounds for pip's libtorch, each explained where it is set: a -I copy of
+#      Debian's protobuf headers (torch/include ships an older google/protobuf), and
+#      -lstdc++ first on the link line (libtorch.so exports std::filesystem functions).
+#      The top-level CMakeLists.txt itself finds Protobuf before Torch (Caffe2Config
+#      otherwise aliases protobuf::libprotobuf to an empty target);
 #   3. a. greedy generate on steerd-tiny, --device cuda vs --device cpu: ids must match;
 #      b. the same with a random steering vector ([4,192] 'steering', made here), plus
 #         the logits of a fixed sequence cpu vs cuda (max |diff| must stay < 1e-2);
@@ -172,7 +172,6 @@ step "configure" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DSTEERD_GRPC_CPP_PLUGIN="$DEPS/bin/grpc_cpp_plugin" \
   -DOPENSSL_ROOT_DIR="$DEPS" \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,--no-as-needed -lstdc++" -DCMAKE_CXX_FLAGS="$CXXFLAGS_FIRST" \
-  -DCMAKE_PROJECT_INCLUDE="$ROOT/scripts/device/protobuf-before-torch.cmake" \
   -DSTEERD_FIXTURES_DIR="$ROOT/.deps-pack/fixtures"
 log "where the dependencies were found"
 grep -E '^(Torch_DIR|absl_DIR|gRPC_DIR|prometheus-cpp_DIR|GTest_DIR|nlohmann_json_DIR|Protobuf_(LIBRARY|INCLUDE_DIR|PROTOC_EXECUTABLE)|SQLite3_(LIBRARY|INCLUDE_DIR)|OPENSSL_(CRYPTO_LIBRARY|INCLUDE_DIR)|ZLIB_(LIBRARY_RELEASE|INCLUDE_DIR)|CMAKE_CUDA_COMPILER|CMAKE_CXX_COMPILER):' \
