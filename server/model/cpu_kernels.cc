@@ -682,6 +682,12 @@ RoundToBf16Bits(__m512 v) {
   return _mm512_cvtepi32_epi16(rounded);
 }
 
+// 16 floats rounded to bf16 values (as RoundToBf16Bits), kept as floats.
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512 RoundedToBf16(
+    __m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(RoundToBf16Bits(v)), 16));
+}
+
 // One row of Bf16RmsNorm: the sum of squares in 16 float32 lanes, then
 // weight * bf16(x * inverse_rms), each product rounded to bf16.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void Bf16RmsNormRow(
@@ -807,6 +813,80 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = kv * G + g;
         AttendHead(qp + (b * H + h) * hd, k_head, v_head, first[b], last[b], hd, scale_f,
+                   scores.data(), op + b * H * hd + h * hd);
+      }
+    }
+  });
+  return out;
+}
+
+namespace {
+
+// Hugging Face's RoPE for bf16 on one head, rounding where ATen's bf16 ops round:
+// out = bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)), rotate_half(x) = [-x2, x1].
+// x, cos, sin, out: [hd], hd even.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Bf16RopeHead(
+    const c10::BFloat16* x, const c10::BFloat16* cos, const c10::BFloat16* sin, int64_t hd,
+    c10::BFloat16* out) {
+  const int64_t half = hd / 2;
+  for (int64_t c = 0; c < half; c += 16) {
+    const __mmask16 lanes = Lanes(half - c);
+    const __m512 lo = LoadAsFloat(x + c, lanes), hi = LoadAsFloat(x + half + c, lanes);
+    const __m512 neg_hi = _mm512_sub_ps(_mm512_setzero_ps(), hi);
+    const __m512 out_lo =
+        _mm512_add_ps(RoundedToBf16(_mm512_mul_ps(lo, LoadAsFloat(cos + c, lanes))),
+                      RoundedToBf16(_mm512_mul_ps(neg_hi, LoadAsFloat(sin + c, lanes))));
+    const __m512 out_hi =
+        _mm512_add_ps(RoundedToBf16(_mm512_mul_ps(hi, LoadAsFloat(cos + half + c, lanes))),
+                      RoundedToBf16(_mm512_mul_ps(lo, LoadAsFloat(sin + half + c, lanes))));
+    _mm256_mask_storeu_epi16(out + c, lanes, RoundToBf16Bits(out_lo));
+    _mm256_mask_storeu_epi16(out + half + c, lanes, RoundToBf16Bits(out_hi));
+  }
+}
+
+}  // namespace
+
+bool CanUseBf16RopeDecodeAttention(const at::Tensor& keys, int64_t query_len) {
+  return CanUseBf16DecodeAttention(keys, query_len) && keys.is_contiguous() &&
+         keys.size(3) % 2 == 0;
+}
+
+at::Tensor Bf16RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& cos, const at::Tensor& sin,
+                                   at::Tensor& cache_k, at::Tensor& cache_v,
+                                   const std::vector<int64_t>& first,
+                                   const std::vector<int64_t>& write_at, double scale) {
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor cos_c = cos.contiguous(), sin_c = sin.contiguous();
+  const int64_t B = cache_k.size(0), KVH = cache_k.size(1), S = cache_k.size(2);
+  const int64_t hd = cache_k.size(3), H = qc.numel() / (B * hd), G = H / KVH;
+  at::Tensor out = at::empty({B, 1, H * hd}, qc.options());
+  const auto* qp = qc.data_ptr<c10::BFloat16>();
+  const auto* kp = kc.data_ptr<c10::BFloat16>();
+  const auto* vp = vc.data_ptr<c10::BFloat16>();
+  const auto* cp = cos_c.data_ptr<c10::BFloat16>();
+  const auto* sp = sin_c.data_ptr<c10::BFloat16>();
+  auto* ckp = cache_k.data_ptr<c10::BFloat16>();
+  auto* cvp = cache_v.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  const float scale_f = static_cast<float>(scale);
+  at::parallel_for(0, B * KVH, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(S);
+    std::vector<c10::BFloat16> rotated(hd);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / KVH, kv = pair % KVH;
+      const c10::BFloat16* row_cos = cp + b * hd;
+      const c10::BFloat16* row_sin = sp + b * hd;
+      c10::BFloat16* k_head = ckp + (b * KVH + kv) * S * hd;
+      c10::BFloat16* v_head = cvp + (b * KVH + kv) * S * hd;
+      // The new position's key (rotated) and value go to column write_at[b].
+      Bf16RopeHead(kp + (b * KVH + kv) * hd, row_cos, row_sin, hd, k_head + write_at[b] * hd);
+      std::copy(vp + (b * KVH + kv) * hd, vp + (b * KVH + kv + 1) * hd,
+                v_head + write_at[b] * hd);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = kv * G + g;
+        Bf16RopeHead(qp + (b * H + h) * hd, row_cos, row_sin, hd, rotated.data());
+        AttendHead(rotated.data(), k_head, v_head, first[b], write_at[b], hd, scale_f,
                    scores.data(), op + b * H * hd + h * hd);
       }
     }
@@ -1203,7 +1283,7 @@ at::Tensor F32SiluMul(const at::Tensor& gate_up) {
 }
 
 bool CanUseBf16SiluMul(const at::Tensor& gate_up) {
-  return CpuHasAvx512Bf16() && CpuHasAvx512FVl() && gate_up.defined() &&
+  return CpuHasAvx512BwVl() && gate_up.defined() &&
          gate_up.device().is_cpu() && gate_up.scalar_type() == at::kBFloat16 &&
          gate_up.is_contiguous() && gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0 &&
          !(at::GradMode::is_enabled() && gate_up.requires_grad());
@@ -1211,29 +1291,17 @@ bool CanUseBf16SiluMul(const at::Tensor& gate_up) {
 
 namespace {
 
-// 16 floats rounded to bf16 (to nearest even, as c10::BFloat16).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline __m256i
-ToBf16(__m512 v) {
-  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-}
-
-// 16 floats rounded to bf16 values, kept as floats.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline __m512
-RoundToBf16(__m512 v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ToBf16(v)), 16));
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void Bf16SiluMulRow(
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Bf16SiluMulRow(
     const c10::BFloat16* gate, const c10::BFloat16* up, c10::BFloat16* out, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 lanes = Lanes(n - i);
     const __m512 g = LoadAsFloat(gate + i, lanes);
     // ATen's bf16 silu rounds exp(-g), 1 + exp(-g) and the quotient to bf16.
-    const __m512 e = RoundToBf16(Exp(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 e = RoundedToBf16(Exp(_mm512_sub_ps(_mm512_setzero_ps(), g)));
     const __m512 silu =
-        RoundToBf16(_mm512_div_ps(g, RoundToBf16(_mm512_add_ps(_mm512_set1_ps(1.0f), e))));
+        RoundedToBf16(_mm512_div_ps(g, RoundedToBf16(_mm512_add_ps(_mm512_set1_ps(1.0f), e))));
     _mm256_mask_storeu_epi16(out + i, lanes,
-                             ToBf16(_mm512_mul_ps(silu, LoadAsFloat(up + i, lanes))));
+                             RoundToBf16Bits(_mm512_mul_ps(silu, LoadAsFloat(up + i, lanes))));
   }
 }
 

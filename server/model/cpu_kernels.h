@@ -56,8 +56,8 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
                                const at::Tensor& values, const std::vector<int64_t>& first,
                                const std::vector<int64_t>& last, double scale);
 
-// True when Bf16SiluMul applies: CPU with AVX512-BF16, bf16 contiguous, even last dim,
-// no grad.
+// True when Bf16SiluMul applies: CPU with AVX-512BW/VL, bf16 contiguous, even last
+// dim, no grad.
 bool CanUseBf16SiluMul(const at::Tensor& gate_up);
 
 // SwiGLU's silu(gate) * up for bf16 in one pass, gate_up = [..., gate (I) | up (I)],
@@ -66,6 +66,24 @@ bool CanUseBf16SiluMul(const at::Tensor& gate_up);
 // float rounding only. Instead of a strided silu, a temporary and a multiply (~130 us
 // per layer at 16 rows of 4864). Returns [..., I].
 at::Tensor Bf16SiluMul(const at::Tensor& gate_up);
+
+// True when Bf16RopeDecodeAttention applies: as CanUseBf16DecodeAttention, with a
+// contiguous cache and an even head_dim.
+bool CanUseBf16RopeDecodeAttention(const at::Tensor& keys, int64_t query_len);
+
+// The bf16 decode step's attention in one call instead of ~15 small tensor ops per
+// layer: Hugging Face's RoPE on the new position's query and key, rounded where ATen's
+// bf16 ops round (bf16(bf16(x * cos) + bf16(rotate_half(x) * sin))), so the cache holds
+// exactly what the tensor ops would write; the key and value written to column
+// write_at[b] of row b's cache; then attention as Bf16DecodeAttention over columns
+// [first[b], write_at[b]]. q: [B, 1, H * hd], k, v: [B, 1, KVH * hd] (projections);
+// cos, sin: [B, ..., hd] bf16 (one position per row); cache_k, cache_v: [B, KVH, S, hd],
+// written. Returns [B, 1, H * hd].
+at::Tensor Bf16RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& cos, const at::Tensor& sin,
+                                   at::Tensor& cache_k, at::Tensor& cache_v,
+                                   const std::vector<int64_t>& first,
+                                   const std::vector<int64_t>& write_at, double scale);
 
 // Float32 counterparts for generation with float32 models, where OpenBLAS repacks the
 // weight matrix on every call (as much time as the multiply at 32 rows), ATen runs

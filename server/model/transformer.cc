@@ -285,14 +285,21 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
   at::Tensor q_proj = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ, f32_kernels);
   at::Tensor k_proj = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK, f32_kernels);
   at::Tensor v_proj = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV, f32_kernels);
-  if (cache != nullptr && !mask.defined() && f32_kernels &&
-      CanUseF32RopeDecodeAttention(cache->keys(layer_index), T)) {
-    // The float32 decode step: RoPE, the cache write and attention in one kernel.
-    return Project(F32RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin,
-                                          cache->keys(layer_index), cache->values(layer_index),
-                                          start, write_at,
-                                          1.0 / std::sqrt(static_cast<double>(hd))),
-                   layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+  if (cache != nullptr && !mask.defined() && f32_kernels) {
+    // The float32 or bf16 decode step: RoPE, the cache write and attention in one kernel.
+    at::Tensor& cache_k = cache->keys(layer_index);
+    at::Tensor& cache_v = cache->values(layer_index);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    if (CanUseF32RopeDecodeAttention(cache_k, T)) {
+      return Project(F32RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin, cache_k, cache_v,
+                                            start, write_at, scale),
+                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+    }
+    if (CanUseBf16RopeDecodeAttention(cache_k, T)) {
+      return Project(Bf16RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin, cache_k, cache_v,
+                                             start, write_at, scale),
+                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+    }
   }
   at::Tensor q = q_proj.view({B, T, H, hd}).transpose(1, 2);
   at::Tensor k = k_proj.view({B, T, KVH, hd}).transpose(1, 2);

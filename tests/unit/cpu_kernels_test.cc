@@ -130,7 +130,7 @@ TEST(CpuKernelsTest, F32ArgmaxRowsMatchesAtArgmax) {
 // rounding, which rarely moves a bf16 result by one step.
 TEST(CpuKernelsTest, Bf16SiluMulMatchesTheTensorOps) {
   const at::Tensor probe = at::zeros({2, 8}, at::kBFloat16);
-  if (!CpuHasBf16Dot()) {
+  if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
     EXPECT_FALSE(CanUseBf16SiluMul(probe));
     return;
   }
@@ -382,6 +382,54 @@ TEST(CpuKernelsTest, F32DecodeAttentionRowsAreBitwiseIndependent) {
 
 // The fused decode step against the tensor ops it replaces: RoPE as Hugging Face writes
 // it, the cache write, then attention; rows at unrelated lengths.
+// The fused bf16 step rounds RoPE where ATen's bf16 ops round, so the cache it writes
+// and the attention it returns are bit for bit those of the tensor ops followed by
+// Bf16DecodeAttention.
+TEST(CpuKernelsTest, Bf16RopeDecodeAttentionEqualsTheTensorOps) {
+  const at::Tensor probe = at::zeros({1, 1, 4, 8}, at::kBFloat16);
+  if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
+    EXPECT_FALSE(CanUseBf16RopeDecodeAttention(probe, 1));
+    return;
+  }
+  EXPECT_TRUE(CanUseBf16RopeDecodeAttention(probe, 1));
+  EXPECT_FALSE(CanUseBf16RopeDecodeAttention(probe, 2));  // One new position only.
+  EXPECT_FALSE(CanUseBf16RopeDecodeAttention(at::zeros({1, 1, 4, 7}, at::kBFloat16), 1));
+  EXPECT_FALSE(CanUseBf16RopeDecodeAttention(at::zeros({1, 1, 4, 8}), 1));  // float32
+  at::manual_seed(21);
+  for (int64_t hd : {8, 40, 64, 128}) {
+    const int64_t B = 3, H = 6, KVH = 2, S = 40;
+    const std::vector<int64_t> first = {0, 4, 10}, write_at = {20, 4, 39};
+    auto bf16 = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
+    const at::Tensor q = bf16(at::randn({B, 1, H * hd})), k = bf16(at::randn({B, 1, KVH * hd}));
+    const at::Tensor v = bf16(at::randn({B, 1, KVH * hd}));
+    const at::Tensor angles = at::rand({B, 1, 1, hd / 2}) * 50;
+    const at::Tensor emb = at::cat({angles, angles}, -1);
+    const at::Tensor cos = bf16(emb.cos()), sin = bf16(emb.sin());  // [B, 1, 1, hd]
+    at::Tensor cache_k = bf16(at::randn({B, KVH, S, hd})), cache_v = bf16(at::randn({B, KVH, S, hd}));
+    at::Tensor expected_k = cache_k.clone(), expected_v = cache_v.clone();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const at::Tensor got =
+        Bf16RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale);
+
+    auto rope = [&](const at::Tensor& x) {  // [B, heads, 1, hd], as the transformer does
+      const int64_t half = hd / 2;
+      const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+      return x * cos + rotated * sin;
+    };
+    const at::Tensor q_rot = rope(q.view({B, 1, H, hd}).transpose(1, 2));
+    const at::Tensor k_rot = rope(k.view({B, 1, KVH, hd}).transpose(1, 2));
+    for (int64_t b = 0; b < B; ++b) {
+      expected_k[b].narrow(1, write_at[b], 1).copy_(k_rot[b]);
+      expected_v[b].narrow(1, write_at[b], 1).copy_(v.view({B, 1, KVH, hd}).transpose(1, 2)[b]);
+    }
+    EXPECT_TRUE(at::equal(cache_k, expected_k)) << "hd=" << hd;
+    EXPECT_TRUE(at::equal(cache_v, expected_v)) << "hd=" << hd;
+    const at::Tensor reference =
+        Bf16DecodeAttention(q_rot, expected_k, expected_v, first, write_at, scale);
+    EXPECT_TRUE(at::equal(got, reference)) << "hd=" << hd;
+  }
+}
+
 TEST(CpuKernelsTest, F32RopeDecodeAttentionMatchesTheTensorOps) {
   if (!CpuHasAvx512F()) return;
   at::manual_seed(12);
