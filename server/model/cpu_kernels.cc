@@ -822,6 +822,54 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
 
 namespace {
 
+// The operands of a fused decode step (RoPE, cache write, attention) with elements of
+// type T, and their shapes in one place: q [B, 1, H * hd], k, v [B, 1, KVH * hd] (the
+// projections), cos, sin [B, ..., hd] (one position per row), the caches
+// [B, KVH, S, hd] (contiguous, written) and the output [B, 1, H * hd].
+template <typename T>
+struct RopeDecodeOperands {
+  RopeDecodeOperands(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                     const at::Tensor& cos_in, const at::Tensor& sin_in, at::Tensor& cache_k,
+                     at::Tensor& cache_v)
+      : q_tensor(q_in.contiguous()),
+        k_tensor(k_in.contiguous()),
+        v_tensor(v_in.contiguous()),
+        cos_tensor(cos_in.contiguous()),
+        sin_tensor(sin_in.contiguous()),
+        B(cache_k.size(0)),
+        KVH(cache_k.size(1)),
+        S(cache_k.size(2)),
+        hd(cache_k.size(3)),
+        H(q_tensor.numel() / (B * hd)),
+        G(H / KVH),
+        out(at::empty({B, 1, H * hd}, q_tensor.options())),
+        keys(cache_k.data_ptr<T>()),
+        values(cache_v.data_ptr<T>()) {}
+
+  const T* Query(int64_t b, int64_t h) const { return q_tensor.data_ptr<T>() + (b * H + h) * hd; }
+  const T* Cos(int64_t b) const { return cos_tensor.data_ptr<T>() + b * hd; }
+  const T* Sin(int64_t b) const { return sin_tensor.data_ptr<T>() + b * hd; }
+  T* KeyHead(int64_t b, int64_t kv) const { return keys + (b * KVH + kv) * S * hd; }
+  T* ValueHead(int64_t b, int64_t kv) const { return values + (b * KVH + kv) * S * hd; }
+  T* Out(int64_t b, int64_t h) const { return out.data_ptr<T>() + (b * H + h) * hd; }
+
+  // Writes row b's new key, rotated by rope(x, cos, sin, hd, out), and its value to
+  // column `column` of KV head kv's cache.
+  template <typename Rope>
+  void WriteKeyValue(int64_t b, int64_t kv, int64_t column, Rope rope) const {
+    const int64_t offset = (b * KVH + kv) * hd;
+    rope(k_tensor.data_ptr<T>() + offset, Cos(b), Sin(b), hd, KeyHead(b, kv) + column * hd);
+    const T* value = v_tensor.data_ptr<T>() + offset;
+    std::copy(value, value + hd, ValueHead(b, kv) + column * hd);
+  }
+
+  const at::Tensor q_tensor, k_tensor, v_tensor, cos_tensor, sin_tensor;
+  const int64_t B, KVH, S, hd, H, G;
+  at::Tensor out;
+  T* const keys;
+  T* const values;
+};
+
 // Hugging Face's RoPE for bf16 on one head, rounding where ATen's bf16 ops round:
 // out = bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)), rotate_half(x) = [-x2, x1].
 // x, cos, sin, out: [hd], hd even.
@@ -856,42 +904,23 @@ at::Tensor Bf16RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, con
                                    at::Tensor& cache_k, at::Tensor& cache_v,
                                    const std::vector<int64_t>& first,
                                    const std::vector<int64_t>& write_at, double scale) {
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor cos_c = cos.contiguous(), sin_c = sin.contiguous();
-  const int64_t B = cache_k.size(0), KVH = cache_k.size(1), S = cache_k.size(2);
-  const int64_t hd = cache_k.size(3), H = qc.numel() / (B * hd), G = H / KVH;
-  at::Tensor out = at::empty({B, 1, H * hd}, qc.options());
-  const auto* qp = qc.data_ptr<c10::BFloat16>();
-  const auto* kp = kc.data_ptr<c10::BFloat16>();
-  const auto* vp = vc.data_ptr<c10::BFloat16>();
-  const auto* cp = cos_c.data_ptr<c10::BFloat16>();
-  const auto* sp = sin_c.data_ptr<c10::BFloat16>();
-  auto* ckp = cache_k.data_ptr<c10::BFloat16>();
-  auto* cvp = cache_v.data_ptr<c10::BFloat16>();
-  auto* op = out.data_ptr<c10::BFloat16>();
+  const RopeDecodeOperands<c10::BFloat16> op(q, k, v, cos, sin, cache_k, cache_v);
   const float scale_f = static_cast<float>(scale);
-  at::parallel_for(0, B * KVH, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(S);
-    std::vector<c10::BFloat16> rotated(hd);
+  at::parallel_for(0, op.B * op.KVH, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(op.S);
+    std::vector<c10::BFloat16> rotated(op.hd);
     for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / KVH, kv = pair % KVH;
-      const c10::BFloat16* row_cos = cp + b * hd;
-      const c10::BFloat16* row_sin = sp + b * hd;
-      c10::BFloat16* k_head = ckp + (b * KVH + kv) * S * hd;
-      c10::BFloat16* v_head = cvp + (b * KVH + kv) * S * hd;
-      // The new position's key (rotated) and value go to column write_at[b].
-      Bf16RopeHead(kp + (b * KVH + kv) * hd, row_cos, row_sin, hd, k_head + write_at[b] * hd);
-      std::copy(vp + (b * KVH + kv) * hd, vp + (b * KVH + kv + 1) * hd,
-                v_head + write_at[b] * hd);
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = kv * G + g;
-        Bf16RopeHead(qp + (b * H + h) * hd, row_cos, row_sin, hd, rotated.data());
-        AttendHead(rotated.data(), k_head, v_head, first[b], write_at[b], hd, scale_f,
-                   scores.data(), op + b * H * hd + h * hd);
+      const int64_t b = pair / op.KVH, kv = pair % op.KVH;
+      op.WriteKeyValue(b, kv, write_at[b], Bf16RopeHead);
+      for (int64_t g = 0; g < op.G; ++g) {
+        const int64_t h = kv * op.G + g;
+        Bf16RopeHead(op.Query(b, h), op.Cos(b), op.Sin(b), op.hd, rotated.data());
+        AttendHead(rotated.data(), op.KeyHead(b, kv), op.ValueHead(b, kv), first[b],
+                   write_at[b], op.hd, scale_f, scores.data(), op.Out(b, h));
       }
     }
   });
-  return out;
+  return op.out;
 }
 
 namespace {
@@ -1145,45 +1174,28 @@ at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, cons
                                   at::Tensor& cache_k, at::Tensor& cache_v,
                                   const std::vector<int64_t>& first,
                                   const std::vector<int64_t>& write_at, double scale) {
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor cos_c = cos.contiguous(), sin_c = sin.contiguous();
-  const int64_t B = cache_k.size(0), KVH = cache_k.size(1), S = cache_k.size(2);
-  const int64_t hd = cache_k.size(3), H = qc.numel() / (B * hd), G = H / KVH;
-  at::Tensor out = at::empty({B, 1, H * hd}, qc.options());
-  const float* qp = qc.data_ptr<float>();
-  const float* kp = kc.data_ptr<float>();
-  const float* vp = vc.data_ptr<float>();
-  const float* cp = cos_c.data_ptr<float>();
-  const float* sp = sin_c.data_ptr<float>();
-  float* ckp = cache_k.data_ptr<float>();
-  float* cvp = cache_v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  const RopeDecodeOperands<float> op(q, k, v, cos, sin, cache_k, cache_v);
   const float scale_f = static_cast<float>(scale);
-  const AttendPlan plan(hd, G);
+  const AttendPlan plan(op.hd, op.G);
   // A (row, KV head) pair is G heads over its visible columns: worth a thread only in
   // numbers.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, G * S * hd));
-  at::parallel_for(0, B * KVH, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(4 * (S + 16));
-    std::vector<float> rotated(G * hd);
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, op.G * op.S * op.hd));
+  at::parallel_for(0, op.B * op.KVH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(4 * (op.S + 16));
+    std::vector<float> rotated(op.G * op.hd);
     for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / KVH, kv = pair % KVH;
-      const float* row_cos = cp + b * hd;
-      const float* row_sin = sp + b * hd;
-      float* k_head = ckp + (b * KVH + kv) * S * hd;
-      float* v_head = cvp + (b * KVH + kv) * S * hd;
-      // The new position's key (rotated) and value go to column write_at[b].
-      RopeHead(kp + (b * KVH + kv) * hd, row_cos, row_sin, hd, k_head + write_at[b] * hd);
-      std::copy(vp + (b * KVH + kv) * hd, vp + (b * KVH + kv + 1) * hd,
-                v_head + write_at[b] * hd);
-      for (int64_t g = 0; g < G; ++g) {
-        RopeHead(qp + (b * H + kv * G + g) * hd, row_cos, row_sin, hd, rotated.data() + g * hd);
+      const int64_t b = pair / op.KVH, kv = pair % op.KVH;
+      op.WriteKeyValue(b, kv, write_at[b], RopeHead);
+      for (int64_t g = 0; g < op.G; ++g) {
+        RopeHead(op.Query(b, kv * op.G + g), op.Cos(b), op.Sin(b), op.hd,
+                 rotated.data() + g * op.hd);
       }
-      plan.Run(rotated.data(), k_head, v_head, first[b], write_at[b], scale_f, scores.data(),
-               S + 16, op + b * H * hd + kv * G * hd);
+      plan.Run(rotated.data(), op.KeyHead(b, kv), op.ValueHead(b, kv), first[b], write_at[b],
+               scale_f, scores.data(), op.S + 16, op.Out(b, kv * op.G));
     }
   });
-  return out;
+  return op.out;
 }
 
 namespace {

@@ -382,6 +382,42 @@ TEST(CpuKernelsTest, F32DecodeAttentionRowsAreBitwiseIndependent) {
 
 // The fused decode step against the tensor ops it replaces: RoPE as Hugging Face writes
 // it, the cache write, then attention; rows at unrelated lengths.
+// A decode step for the fused RoPE kernels (three rows at unrelated cache columns), and
+// what the transformer's tensor ops make of it: the rotated query, and the caches with
+// the rotated key and the value written. The kernels then run on q..cache_v.
+struct RopeStep {
+  static constexpr int64_t B = 3, H = 6, KVH = 2, S = 40;
+  const std::vector<int64_t> first = {0, 4, 10}, write_at = {20, 4, 39};
+  at::Tensor q, k, v, cos, sin, cache_k, cache_v;  // [B, 1, H * hd], ..., [B, KVH, S, hd]
+  at::Tensor q_rot, expected_k, expected_v;        // [B, H, 1, hd], [B, KVH, S, hd]
+  double scale;
+
+  RopeStep(int64_t hd, at::ScalarType dtype) : scale(1.0 / std::sqrt(static_cast<double>(hd))) {
+    q = at::randn({B, 1, H * hd}).to(dtype);
+    k = at::randn({B, 1, KVH * hd}).to(dtype);
+    v = at::randn({B, 1, KVH * hd}).to(dtype);
+    const at::Tensor angles = at::rand({B, 1, 1, hd / 2}) * 50;
+    const at::Tensor emb = at::cat({angles, angles}, -1);
+    cos = emb.cos().to(dtype);  // [B, 1, 1, hd]
+    sin = emb.sin().to(dtype);
+    cache_k = at::randn({B, KVH, S, hd}).to(dtype);
+    cache_v = at::randn({B, KVH, S, hd}).to(dtype);
+    auto rope = [&](const at::Tensor& x) {  // [B, heads, 1, hd], as the transformer does
+      const int64_t half = hd / 2;
+      const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+      return x * cos + rotated * sin;
+    };
+    q_rot = rope(q.view({B, 1, H, hd}).transpose(1, 2));
+    const at::Tensor k_rot = rope(k.view({B, 1, KVH, hd}).transpose(1, 2));
+    expected_k = cache_k.clone();
+    expected_v = cache_v.clone();
+    for (int64_t b = 0; b < B; ++b) {
+      expected_k[b].narrow(1, write_at[b], 1).copy_(k_rot[b]);
+      expected_v[b].narrow(1, write_at[b], 1).copy_(v.view({B, 1, KVH, hd}).transpose(1, 2)[b]);
+    }
+  }
+};
+
 // The fused bf16 step rounds RoPE where ATen's bf16 ops round, so the cache it writes
 // and the attention it returns are bit for bit those of the tensor ops followed by
 // Bf16DecodeAttention.
@@ -397,35 +433,14 @@ TEST(CpuKernelsTest, Bf16RopeDecodeAttentionEqualsTheTensorOps) {
   EXPECT_FALSE(CanUseBf16RopeDecodeAttention(at::zeros({1, 1, 4, 8}), 1));  // float32
   at::manual_seed(21);
   for (int64_t hd : {8, 40, 64, 128}) {
-    const int64_t B = 3, H = 6, KVH = 2, S = 40;
-    const std::vector<int64_t> first = {0, 4, 10}, write_at = {20, 4, 39};
-    auto bf16 = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
-    const at::Tensor q = bf16(at::randn({B, 1, H * hd})), k = bf16(at::randn({B, 1, KVH * hd}));
-    const at::Tensor v = bf16(at::randn({B, 1, KVH * hd}));
-    const at::Tensor angles = at::rand({B, 1, 1, hd / 2}) * 50;
-    const at::Tensor emb = at::cat({angles, angles}, -1);
-    const at::Tensor cos = bf16(emb.cos()), sin = bf16(emb.sin());  // [B, 1, 1, hd]
-    at::Tensor cache_k = bf16(at::randn({B, KVH, S, hd})), cache_v = bf16(at::randn({B, KVH, S, hd}));
-    at::Tensor expected_k = cache_k.clone(), expected_v = cache_v.clone();
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    RopeStep step(hd, at::kBFloat16);
     const at::Tensor got =
-        Bf16RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale);
-
-    auto rope = [&](const at::Tensor& x) {  // [B, heads, 1, hd], as the transformer does
-      const int64_t half = hd / 2;
-      const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-      return x * cos + rotated * sin;
-    };
-    const at::Tensor q_rot = rope(q.view({B, 1, H, hd}).transpose(1, 2));
-    const at::Tensor k_rot = rope(k.view({B, 1, KVH, hd}).transpose(1, 2));
-    for (int64_t b = 0; b < B; ++b) {
-      expected_k[b].narrow(1, write_at[b], 1).copy_(k_rot[b]);
-      expected_v[b].narrow(1, write_at[b], 1).copy_(v.view({B, 1, KVH, hd}).transpose(1, 2)[b]);
-    }
-    EXPECT_TRUE(at::equal(cache_k, expected_k)) << "hd=" << hd;
-    EXPECT_TRUE(at::equal(cache_v, expected_v)) << "hd=" << hd;
-    const at::Tensor reference =
-        Bf16DecodeAttention(q_rot, expected_k, expected_v, first, write_at, scale);
+        Bf16RopeDecodeAttention(step.q, step.k, step.v, step.cos, step.sin, step.cache_k,
+                                step.cache_v, step.first, step.write_at, step.scale);
+    EXPECT_TRUE(at::equal(step.cache_k, step.expected_k)) << "hd=" << hd;
+    EXPECT_TRUE(at::equal(step.cache_v, step.expected_v)) << "hd=" << hd;
+    const at::Tensor reference = Bf16DecodeAttention(step.q_rot, step.expected_k, step.expected_v,
+                                                     step.first, step.write_at, step.scale);
     EXPECT_TRUE(at::equal(got, reference)) << "hd=" << hd;
   }
 }
@@ -434,43 +449,24 @@ TEST(CpuKernelsTest, F32RopeDecodeAttentionMatchesTheTensorOps) {
   if (!CpuHasAvx512F()) return;
   at::manual_seed(12);
   for (int64_t hd : {8, 32, 40, 64, 128}) {
-    const int64_t B = 3, H = 6, KVH = 2, S = 40;
-    const std::vector<int64_t> first = {0, 4, 10}, write_at = {20, 4, 39};
-    const at::Tensor q = at::randn({B, 1, H * hd}), k = at::randn({B, 1, KVH * hd});
-    const at::Tensor v = at::randn({B, 1, KVH * hd});
-    const at::Tensor angles = at::rand({B, 1, 1, hd / 2}) * 50;
-    const at::Tensor emb = at::cat({angles, angles}, -1);
-    const at::Tensor cos = emb.cos(), sin = emb.sin();  // [B, 1, 1, hd]
-    at::Tensor cache_k = at::randn({B, KVH, S, hd}), cache_v = at::randn({B, KVH, S, hd});
-    at::Tensor expected_k = cache_k.clone(), expected_v = cache_v.clone();
-    ASSERT_TRUE(CanUseF32RopeDecodeAttention(cache_k, 1));
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    RopeStep step(hd, at::kFloat);
+    const int64_t B = RopeStep::B, H = RopeStep::H, KVH = RopeStep::KVH;
+    ASSERT_TRUE(CanUseF32RopeDecodeAttention(step.cache_k, 1));
     const at::Tensor got =
-        F32RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale);
-
-    auto rope = [&](const at::Tensor& x) {  // [B, heads, 1, hd]
-      const int64_t half = hd / 2;
-      const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-      return x * cos + rotated * sin;
-    };
-    const at::Tensor q_rot = rope(q.view({B, 1, H, hd}).transpose(1, 2));
-    const at::Tensor k_rot = rope(k.view({B, 1, KVH, hd}).transpose(1, 2));
-    for (int64_t b = 0; b < B; ++b) {
-      expected_k[b].narrow(1, write_at[b], 1).copy_(k_rot[b]);
-      expected_v[b].narrow(1, write_at[b], 1).copy_(v.view({B, 1, KVH, hd}).transpose(1, 2)[b]);
-    }
+        F32RopeDecodeAttention(step.q, step.k, step.v, step.cos, step.sin, step.cache_k,
+                               step.cache_v, step.first, step.write_at, step.scale);
     // The cache now holds the rotated key (one fused multiply-add from the formula's
     // two products and a sum) and the value as given; nothing else moved.
-    EXPECT_LE((cache_k - expected_k).abs().max().item<double>(), 1e-5) << "hd=" << hd;
-    EXPECT_TRUE(at::equal(cache_v, expected_v)) << "hd=" << hd;
-    const at::Tensor reference =
-        F32DecodeAttention(q_rot, expected_k, expected_v, first, write_at, scale);
+    EXPECT_LE((step.cache_k - step.expected_k).abs().max().item<double>(), 1e-5) << "hd=" << hd;
+    EXPECT_TRUE(at::equal(step.cache_v, step.expected_v)) << "hd=" << hd;
+    const at::Tensor reference = F32DecodeAttention(step.q_rot, step.expected_k, step.expected_v,
+                                                    step.first, step.write_at, step.scale);
     EXPECT_LE((got - reference).abs().max().item<double>(), 1e-5) << "hd=" << hd;
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t h = 0; h < H; ++h) {
         const at::Tensor exact =
-            ReferenceHead(q_rot, expected_k, expected_v, b, h, h / (H / KVH), first[b],
-                          write_at[b], scale);
+            ReferenceHead(step.q_rot, step.expected_k, step.expected_v, b, h, h / (H / KVH),
+                          step.first[b], step.write_at[b], step.scale);
         EXPECT_LE((got[b][0].narrow(0, h * hd, hd).to(at::kDouble) - exact).abs().max()
                       .item<double>(),
                   1e-5);
