@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/api/grpc_status.h"
 #include "server/api/proto_convert.h"
+#include "server/api/stream_pump.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -166,13 +167,14 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<UnaryGeneration> call_;
 };
 
-// GenerateStream: one write in flight at a time; tokens produced meanwhile are merged
-// into the next chunk.
+// GenerateStream: one write in flight at a time (stream_pump.h); tokens produced
+// meanwhile are merged into the next chunk.
 class StreamGeneration final : public GenerationCall,
+                               public StreamPump<v1::GenerateChunk>,
                                public std::enable_shared_from_this<StreamGeneration> {
  public:
   StreamGeneration(ApiContext* api, grpc::ServerWriteReactor<v1::GenerateChunk>* reactor)
-      : GenerationCall(api, "GenerateStream"), reactor_(reactor) {}
+      : GenerationCall(api, "GenerateStream"), StreamPump(&mu_, api->pump(), reactor) {}
 
   // On the engine thread: only merge into the pending chunk; the write (or finish) is
   // started from the pump thread, or by OnWriteDone when a write is in flight.
@@ -186,7 +188,7 @@ class StreamGeneration final : public GenerationCall,
       has_pending_ = true;
       post = NeedsPumpLocked();
     }
-    if (post) PostPump();
+    if (post) PostPump(shared_from_this());
   }
 
   void OnFinished(const GenerationSummary& summary) override {
@@ -202,89 +204,42 @@ class StreamGeneration final : public GenerationCall,
       }
       post = NeedsPumpLocked();
     }
-    if (post) PostPump();
-  }
-
-  void OnWriteDone(bool ok) {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) broken_ = true;  // The client is gone; OnCancel follows.
-    }
-    Pump();
-  }
-
-  // Error before the stream started.
-  void FinishEarly(const grpc::Status& status) {
-    {
-      absl::MutexLock lock(&mu_);
-      finish_called_ = true;
-    }
-    RecordEnd(status, 0);
-    reactor_->Finish(status);
+    if (post) PostPump(shared_from_this());
   }
 
  private:
-  // Whether the pump thread must be asked to act: nothing is writing (OnWriteDone will
-  // pump otherwise) and no request to the pump is outstanding.
-  bool NeedsPumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || pump_posted_ || finish_called_) return false;
-    pump_posted_ = true;
-    return true;
-  }
-
-  void PostPump() {
-    api()->pump()->Post([self = shared_from_this()] {
-      {
-        absl::MutexLock lock(&self->mu_);
-        self->pump_posted_ = false;
-      }
-      self->Pump();
-    });
-  }
-
-  // Starts the next write or the finish, whichever is due; gRPC calls happen outside
-  // the lock.
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    grpc::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      if (finish_called_ || writing_) return;
-      if (finished_ && (!status_.ok() || broken_)) {
-        action = kFinish;
-        status = broken_ && status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED,
-                                                        "the client went away")
-                                         : status_;
-      } else if (has_pending_ && !broken_) {
-        in_flight_.Swap(&pending_);
-        pending_.Clear();
-        has_pending_ = false;
-        writing_ = true;
-        action = kWrite;
-      } else if (finished_) {
-        action = kFinish;
-        status = status_;
-      }
-      if (action == kFinish) finish_called_ = true;
+  // An error ends the stream at once (the tokens still pending are dropped), and so
+  // does a client that is gone; otherwise every chunk is written before the finish.
+  Next NextLocked(bool broken, v1::GenerateChunk* message, grpc::Status* status) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ && (!status_.ok() || broken)) {
+      *status = broken && status_.ok()
+                    ? grpc::Status(grpc::StatusCode::CANCELLED, "the client went away")
+                    : status_;
+      return Next::kFinish;
     }
-    if (action == kWrite) {
-      reactor_->StartWrite(&in_flight_);
-    } else if (action == kFinish) {
-      RecordEnd(status, completion_tokens_);
-      reactor_->Finish(status);
+    if (has_pending_ && !broken) {
+      message->Swap(&pending_);
+      pending_.Clear();
+      has_pending_ = false;
+      return Next::kWrite;
     }
+    if (finished_) {
+      *status = status_;
+      return Next::kFinish;
+    }
+    return Next::kNothing;
   }
 
-  grpc::ServerWriteReactor<v1::GenerateChunk>* const reactor_;
+  // completion_tokens_ is 0 for an early finish; otherwise OnFinished set it before the
+  // finish could be decided.
+  void RecordFinish(const grpc::Status& status) override {
+    RecordEnd(status, completion_tokens_);
+  }
+
   v1::GenerateChunk pending_ ABSL_GUARDED_BY(mu_);
-  v1::GenerateChunk in_flight_;  // Owned by the write in flight.
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool pump_posted_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
   int64_t completion_tokens_ = 0;
 };

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/api/grpc_status.h"
 #include "server/api/proto_convert.h"
+#include "server/api/stream_pump.h"
 #include "server/api/training_convert.h"
 #include "server/util/status_macros.h"
 
@@ -58,11 +59,14 @@ grpc::ServerUnaryReactor* RunUnary(ApiContext* api, grpc::CallbackServerContext*
 // The watcher side of one WatchJob call, shared by the RPC's reactor and the manager
 // (which may call it until the watch handle is destroyed, after the reactor is done).
 // Events are only queued on the manager's threads; writes start on the pump thread, or
-// from OnWriteDone while a stream is busy, one at a time.
-class JobWatch final : public JobWatcher, public std::enable_shared_from_this<JobWatch> {
+// from OnWriteDone while a stream is busy, one at a time (stream_pump.h).
+class JobWatch final : public JobWatcher,
+                       public StreamPump<v1::JobEvent>,
+                       public std::enable_shared_from_this<JobWatch> {
  public:
+  // Only the address of mu_ is taken before it is constructed.
   JobWatch(ApiContext* api, grpc::ServerWriteReactor<v1::JobEvent>* reactor)
-      : api_(api), reactor_(reactor) {}
+      : StreamPump(&mu_, api->pump(), reactor), api_(api) {}
 
   // Admission and subscription (the first event arrives before this returns); on error
   // the caller finishes the RPC with FinishEarly.
@@ -92,7 +96,7 @@ class JobWatch final : public JobWatcher, public std::enable_shared_from_this<Jo
       }
       post = NeedsPumpLocked();
     }
-    if (post) PostPump();
+    if (post) PostPump(shared_from_this());
   }
 
   void OnEnd(const absl::Status& status) override {
@@ -104,16 +108,7 @@ class JobWatch final : public JobWatcher, public std::enable_shared_from_this<Jo
       end_status_ = ToGrpcStatus(status);
       post = NeedsPumpLocked();
     }
-    if (post) PostPump();
-  }
-
-  void OnWriteDone(bool ok) {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) broken_ = true;  // The client is gone; OnCancel follows.
-    }
-    Pump();
+    if (post) PostPump(shared_from_this());
   }
 
   // The client went away or its deadline passed: no further event is wanted.
@@ -121,7 +116,7 @@ class JobWatch final : public JobWatcher, public std::enable_shared_from_this<Jo
     Unsubscribe();
     {
       absl::MutexLock lock(&mu_);
-      broken_ = true;
+      MarkBrokenLocked();
       if (!ended_) {
         ended_ = true;
         end_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
@@ -142,90 +137,43 @@ class JobWatch final : public JobWatcher, public std::enable_shared_from_this<Jo
     watch.reset();
   }
 
-  // Error before the stream started.
-  void FinishEarly(const grpc::Status& status) {
-    {
-      absl::MutexLock lock(&mu_);
-      finish_called_ = true;
-    }
-    Finish(status);
-  }
-
  private:
-  // Whether the pump thread must be asked to act: nothing is writing (OnWriteDone will
-  // pump otherwise) and no request to the pump is outstanding.
-  bool NeedsPumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || pump_posted_ || finish_called_) return false;
-    pump_posted_ = true;
-    return true;
-  }
-
-  void PostPump() {
-    api_->pump()->Post([self = shared_from_this()] {
-      {
-        absl::MutexLock lock(&self->mu_);
-        self->pump_posted_ = false;
-      }
-      self->Pump();
-    });
-  }
-
-  // Starts the next write or the finish, whichever is due; gRPC calls happen outside
-  // the lock.
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    JobEvent event;
-    grpc::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      if (finish_called_ || writing_) return;
-      if (broken_) {
-        // Nothing more reaches the client; finish once the watch is over.
-        if (ended_) {
-          action = kFinish;
-          status = end_status_.ok()
-                       ? grpc::Status(grpc::StatusCode::CANCELLED, "the client went away")
-                       : end_status_;
-        }
-      } else if (!queue_.empty()) {
-        event = std::move(queue_.front());
-        queue_.pop_front();
-        writing_ = true;
-        action = kWrite;
-      } else if (ended_) {
-        action = kFinish;
-        status = end_status_;
-      }
-      if (action == kFinish) finish_called_ = true;
+  // Every queued event is written, in order, unless the client is gone; the finish
+  // follows the last one.
+  Next NextLocked(bool broken, v1::JobEvent* message, grpc::Status* status) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (broken) {
+      // Nothing more reaches the client; finish once the watch is over.
+      if (!ended_) return Next::kNothing;
+      *status = end_status_.ok()
+                    ? grpc::Status(grpc::StatusCode::CANCELLED, "the client went away")
+                    : end_status_;
+      return Next::kFinish;
     }
-    if (action == kWrite) {
-      // in_flight_ belongs to this write until OnWriteDone.
-      in_flight_.Clear();
-      ToProto(event, &in_flight_);
-      reactor_->StartWrite(&in_flight_);
-    } else if (action == kFinish) {
-      Finish(status);
+    if (!queue_.empty()) {
+      message->Clear();
+      ToProto(queue_.front(), message);
+      queue_.pop_front();
+      return Next::kWrite;
     }
+    if (ended_) {
+      *status = end_status_;
+      return Next::kFinish;
+    }
+    return Next::kNothing;
   }
 
-  void Finish(const grpc::Status& status) {
+  void RecordFinish(const grpc::Status& status) override {
     api_->metrics()->RecordRpc("WatchJob", GrpcCodeName(status.error_code()),
                                SecondsSince(start_));
-    reactor_->Finish(status);
   }
 
   ApiContext* const api_;
-  grpc::ServerWriteReactor<v1::JobEvent>* const reactor_;
   const Clock::time_point start_ = Clock::now();
   absl::Mutex mu_;
   std::unique_ptr<TrainingManager::Watch> watch_ ABSL_GUARDED_BY(mu_);
   std::deque<JobEvent> queue_ ABSL_GUARDED_BY(mu_);
-  v1::JobEvent in_flight_;  // Owned by the write in flight.
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool pump_posted_ ABSL_GUARDED_BY(mu_) = false;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;   // OnEnd or Cancel: no event follows.
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // The client is gone.
-  bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;  // OnEnd or Cancel: no event follows.
   grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -35,7 +36,7 @@ const std::set<std::string> kValueFlags = {
     "drain-seconds", "max-batch",     "max-waiting",       "vector-cache-size",
     "max-prompt-tokens", "max-new-tokens", "max-message-bytes", "dtype",
     "device",        "threads",       "weights",           "max-training-jobs",
-    "checkpoint-every", "training-rows"};
+    "checkpoint-every", "training-rows", "min-training-rows"};
 
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
@@ -84,6 +85,21 @@ absl::Status Serve(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(core_options.max_new_tokens, args.GetInt("max-new-tokens", 0));
   ASSIGN_OR_RETURN(core_options.max_background_rows,
                    args.GetInt("training-rows", core_options.max_background_rows));
+  // The rows training keeps while serving is busy. Without the flag the default is
+  // capped by --training-rows, so that flag alone takes any value (the engine's cap on
+  // background rows is the same either way).
+  core_options.min_background_rows =
+      std::min(core_options.min_background_rows, core_options.max_background_rows);
+  if (args.Has("min-training-rows")) {
+    ASSIGN_OR_RETURN(core_options.min_background_rows,
+                     args.GetInt("min-training-rows", core_options.min_background_rows));
+    if (core_options.min_background_rows < 1 ||
+        core_options.min_background_rows > core_options.max_background_rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--min-training-rows must be between 1 and --training-rows (",
+          core_options.max_background_rows, "), got ", core_options.min_background_rows));
+    }
+  }
   ASSIGN_OR_RETURN(int64_t drain_seconds, args.GetInt("drain-seconds", 30));
   ApiServer::Options server_options;
   server_options.listen_address = args.GetString("listen", "127.0.0.1:50051");

@@ -32,11 +32,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
                                                        ModelMetrics metrics) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine needs a model");
   if (options.max_batch_size < 1 || options.max_waiting < 0 || options.max_prefill_tokens < 1 ||
-      options.max_background_rows < 0 || options.max_background_prefill_tokens < 1) {
+      options.max_background_rows < 0 || options.min_background_rows < 0 ||
+      options.max_background_prefill_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine limits must be positive: max_batch_size ", options.max_batch_size,
         ", max_waiting ", options.max_waiting, ", max_prefill_tokens ",
-        options.max_prefill_tokens, ", max_background_rows ", options.max_background_rows));
+        options.max_prefill_tokens, ", max_background_rows ", options.max_background_rows,
+        ", min_background_rows ", options.min_background_rows));
   }
   std::unique_ptr<Engine> engine(new Engine(options, model, tokenizer, metrics));
   const int threads = at::get_num_threads();

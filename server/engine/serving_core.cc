@@ -174,6 +174,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     engine_options.max_waiting = options.max_waiting;
     engine_options.max_prefill_tokens = options.max_prefill_tokens;
     engine_options.max_background_rows = options.max_background_rows;
+    engine_options.min_background_rows = options.min_background_rows;
     ASSIGN_OR_RETURN(served->engine,
                      Engine::Create(engine_options, served->model.get(),
                                     served->tokenizer.get(), model_metrics));

@@ -78,6 +78,7 @@ class ServingCore {
     int64_t max_waiting = 256;       // Queued requests per model before RESOURCE_EXHAUSTED.
     int64_t max_prefill_tokens = 4096;
     int64_t max_background_rows = 32;  // Rows training rollouts may hold per model.
+    int64_t min_background_rows = 4;   // Rows they keep while serving is busy.
     int64_t vector_cache_size = 256;  // Unused vectors kept resident per model.
     int64_t max_prompt_tokens = 0;    // 0 = the model's context minus one.
     int64_t max_new_tokens = 0;       // Global cap; 0 = the model's context.

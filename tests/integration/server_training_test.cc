@@ -771,5 +771,28 @@ TEST(ServerTrainingScheduleTest, SlotsGoToTenantsFairlyAndJobsTakeTurns) {
   EXPECT_TRUE(beta.WaitFor(b->id(), absl::Seconds(60), Ended).ok());
 }
 
+// --min-training-rows: the server starts with a value from 1 to --training-rows (and
+// with --training-rows below the default of 4 alone); outside that range it refuses to
+// start, before loading any model, naming the flag.
+TEST(ServerTrainingFlagsTest, MinTrainingRowsMustBeFromOneToTrainingRows) {
+  const std::string dir = testing::MakeTempDir("steerd-train-flags");
+  const std::string tenants = WriteTenants(dir);
+  for (const std::vector<std::string>& good :
+       {std::vector<std::string>{"--training-rows", "2"},
+        std::vector<std::string>{"--training-rows", "8", "--min-training-rows", "8"}}) {
+    auto server = StartServer(dir + "/data", tenants, good);
+    EXPECT_TRUE(server.ok()) << absl::StrJoin(good, " ") << ": " << server.status();
+  }
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--min-training-rows", "0"},
+        std::vector<std::string>{"--training-rows", "8", "--min-training-rows", "9"}}) {
+    auto server = StartServer(dir + "/data", tenants, bad);
+    ASSERT_FALSE(server.ok()) << absl::StrJoin(bad, " ");
+    EXPECT_THAT(server.status().message(),
+                HasSubstr("--min-training-rows must be between 1 and --training-rows"))
+        << absl::StrJoin(bad, " ");
+  }
+}
+
 }  // namespace
 }  // namespace steerd
