@@ -156,9 +156,9 @@ at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, cons
 // True when F32ArgmaxRows applies: CPU with AVX-512F, float32 contiguous [B, V], V > 0.
 bool CanUseF32ArgmaxRows(const at::Tensor& logits);
 
-// at::argmax(logits, -1) for greedy decoding, ~10x faster than ATen's reduction (which
-// took a millisecond per step for 16 rows of a 152K vocabulary): for each row the index
-// of its largest value, the first one on ties, and the first NaN if the row has one, as
+// at::argmax(logits, -1) for greedy decoding without ATen's reduction (greedy sampling
+// of 16 rows of a 152K vocabulary: 1.08 -> 0.19 ms per step): for each row the index of
+// its largest value, the first one on ties, and the first NaN if the row has one, as
 // at::argmax. logits: [B, V] float32. Returns B indices.
 std::vector<int64_t> F32ArgmaxRows(const at::Tensor& logits);
 
