@@ -255,38 +255,57 @@ TEST_F(ModelRuntimeTest, Float16CheckpointLoadsAndComputesInFloat32) {
 }
 
 // The bf16 decode path (fused kernels for the cached step) agrees with a full bf16
-// forward over the whole sequence, for ragged, steered rows.
+// forward over the whole sequence, for ragged rows, steered and not: 2 rows (the linear
+// layers' row-at-a-time path) and 12 (its 16-token lanes).
 TEST_F(ModelRuntimeTest, Bf16CachedDecodeAgreesWithFullForward) {
   auto bf16 = LoadOrDie(dir_, "bf16");
   ASSERT_NE(bf16, nullptr);
-  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 33, 2, 9}, {100, 7}};
-  const std::vector<int32_t> next = {41, 42};
-  KvCache cache = bf16->NewCache(2, 8);
-  ForwardInput input;
-  input.tokens = at::tensor(std::vector<int64_t>{5, 17, 33, 2, 9, 0, 0, 0, 100, 7},
-                            at::TensorOptions().dtype(at::kLong))
-                     .view({2, 5});
-  input.left_pad = {0, 3};
-  auto batch = bf16->MakeSteeringBatch({{steering_, 1.0}, {at::Tensor(), 1.0}});
-  ASSERT_TRUE(batch.ok());
-  input.steering = *batch;
-  ASSERT_TRUE(bf16->Forward(input, &cache).ok());
-  input.left_pad.clear();
-  input.tokens = at::tensor(std::vector<int64_t>{41, 42}, at::TensorOptions().dtype(at::kLong))
-                     .view({2, 1});
-  auto step = bf16->Forward(input, &cache);  // [2, V]
-  ASSERT_TRUE(step.ok()) << step.status();
-  for (int64_t b = 0; b < 2; ++b) {
-    std::vector<int32_t> full = prompts[b];
-    full.push_back(next[b]);
-    ForwardInput whole;
-    whole.tokens = IdsTensor(full);
-    auto single = bf16->MakeSteeringBatch({{b == 0 ? steering_ : at::Tensor(), 1.0}});
-    ASSERT_TRUE(single.ok());
-    whole.steering = *single;
-    auto logits = bf16->Forward(whole, nullptr);  // [1, V]
-    ASSERT_TRUE(logits.ok());
-    EXPECT_LE(MaxAbsDiff((*step)[b], (*logits)[0]), 0.05) << "row " << b;
+  for (int64_t rows : {2, 12}) {
+    // Row b: a prompt of 2 + b % 5 tokens, left-padded to the longest; steered if even.
+    std::vector<std::vector<int32_t>> prompts;
+    std::vector<int32_t> next;
+    int64_t longest = 0;
+    for (int64_t b = 0; b < rows; ++b) {
+      std::vector<int32_t> prompt;
+      for (int64_t t = 0; t < 2 + b % 5; ++t) prompt.push_back(static_cast<int32_t>(5 + 17 * b + 3 * t));
+      longest = std::max<int64_t>(longest, static_cast<int64_t>(prompt.size()));
+      prompts.push_back(std::move(prompt));
+      next.push_back(static_cast<int32_t>(40 + b));
+    }
+    ForwardInput input;
+    std::vector<int64_t> padded;
+    std::vector<SteeringRow> vectors;
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t pad = longest - static_cast<int64_t>(prompts[b].size());
+      input.left_pad.push_back(pad);
+      padded.insert(padded.end(), pad, 0);
+      padded.insert(padded.end(), prompts[b].begin(), prompts[b].end());
+      vectors.push_back({b % 2 == 0 ? steering_ : at::Tensor(), 1.0});
+    }
+    input.tokens = at::tensor(padded, at::TensorOptions().dtype(at::kLong)).view({rows, longest});
+    auto batch = bf16->MakeSteeringBatch(vectors);
+    ASSERT_TRUE(batch.ok());
+    input.steering = *batch;
+    KvCache cache = bf16->NewCache(rows, longest + 1);
+    ASSERT_TRUE(bf16->Forward(input, &cache).ok());
+    input.left_pad.clear();
+    input.tokens = at::tensor(std::vector<int64_t>(next.begin(), next.end()),
+                              at::TensorOptions().dtype(at::kLong))
+                       .view({rows, 1});
+    auto step = bf16->Forward(input, &cache);  // [rows, V]
+    ASSERT_TRUE(step.ok()) << step.status();
+    for (int64_t b = 0; b < rows; ++b) {
+      std::vector<int32_t> full = prompts[b];
+      full.push_back(next[b]);
+      ForwardInput whole;
+      whole.tokens = IdsTensor(full);
+      auto single = bf16->MakeSteeringBatch({vectors[b]});
+      ASSERT_TRUE(single.ok());
+      whole.steering = *single;
+      auto logits = bf16->Forward(whole, nullptr);  // [1, V]
+      ASSERT_TRUE(logits.ok());
+      EXPECT_LE(MaxAbsDiff((*step)[b], (*logits)[0]), 0.05) << rows << " rows, row " << b;
+    }
   }
 }
 
