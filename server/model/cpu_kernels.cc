@@ -120,12 +120,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SequentialRange(
 }
 
 // x [M, K] -> packed [ceil(K / 2)][groups * 16][2]: element k of token m at
-// ((k / 2) * groups * 16 + m) * 2 + k % 2, i.e. a transpose of 32-bit pairs. Lanes past
-// M and the odd half of an odd K's last pair are zero.
+// ((k / 2) * groups * 16 + m) * 2 + k % 2, i.e. a transpose of 32-bit pairs. `packed`
+// comes zeroed (lanes past M and the odd half of an odd K's last pair stay zero).
 void PackTokenLanes(const uint16_t* x, int64_t M, int64_t K, int64_t groups,
                     uint16_t* packed) {
   const int64_t full_pairs = K / 2, lanes = groups * kLanes;
-  std::fill(packed, packed + (K + 1) / 2 * lanes * 2, uint16_t{0});
   auto* out = reinterpret_cast<uint32_t*>(packed);
   for (int64_t m = 0; m < M; ++m) {
     const uint16_t* row = x + m * K;
@@ -350,7 +349,7 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
     return y;
   }
   const int64_t groups = (M + kLanes - 1) / kLanes;
-  std::vector<uint16_t> packed(static_cast<size_t>((K + 1) / 2 * groups * kLanes * 2));
+  std::vector<uint16_t> packed(static_cast<size_t>((K + 1) / 2 * groups * kLanes * 2));  // Zeroed.
   PackTokenLanes(xp, M, K, groups, packed.data());
   // Threads split the weight rows on tile boundaries, at least 384 rows each. (Handing
   // out chunks of tiles from a shared counter instead was 7% slower: the threads'
