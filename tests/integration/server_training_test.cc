@@ -463,7 +463,9 @@ TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
   auto listed = alpha.List({});
   ASSERT_TRUE(listed.ok());
   for (const v1::Job& job : listed->jobs()) {
-    if (job.output_vector() == "sft") EXPECT_GT(job.metrics().loss(), 0.0f);
+    if (job.output_vector() == "sft") {
+      EXPECT_GT(job.metrics().loss(), 0.0f);
+    }
   }
 }
 

@@ -112,7 +112,9 @@ TEST(BpeTrainerTest, TiesGoToTheSmallestPairAndLayoutIsLlama3s) {
   }
   for (const auto& [key, value] : llama3["model"].items()) {
     EXPECT_TRUE(json["model"].contains(key)) << key;
-    if (key != "vocab" && key != "merges") EXPECT_EQ(json["model"][key], value) << key;
+    if (key != "vocab" && key != "merges") {
+      EXPECT_EQ(json["model"][key], value) << key;
+    }
   }
 }
 

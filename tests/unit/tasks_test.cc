@@ -300,7 +300,9 @@ TEST(TaskTest, HopsAnswersFollowTheChain) {
     std::set<char> on_chain;
     for (const std::string& statement : chain) on_chain.insert(statement[0]);
     for (const auto& [letter, statement] : statements) {
-      if (on_chain.count(letter) == 0) EXPECT_EQ(on_chain.count(statement[2]), 0) << question;
+      if (on_chain.count(letter) == 0) {
+        EXPECT_EQ(on_chain.count(statement[2]), 0) << question;
+      }
     }
   }
 }
@@ -360,7 +362,9 @@ TEST(CorpusTest, MixesModesInTheirProportionsFromTrainOnly) {
     EXPECT_EQ(LastBoxed(example.solution), example.answer) << example.solution;
     const bool words = absl::StrContains(mode, "words");
     EXPECT_EQ(absl::ascii_isdigit(example.answer[0]), !words) << example.solution;
-    if (mode == "direct_digits") EXPECT_EQ(example.solution, " \\boxed{" + example.answer + "}");
+    if (mode == "direct_digits") {
+      EXPECT_EQ(example.solution, " \\boxed{" + example.answer + "}");
+    }
     if (mode == "direct_words") {
       EXPECT_EQ(example.solution, " In words: \\boxed{" + example.answer + "}");
     }
