@@ -5,8 +5,10 @@
 
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/request_parse_interceptor.h"
 
 namespace steerd {
 namespace {
@@ -59,6 +61,9 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Start(const Options& optio
   builder.RegisterService(server->vectors_.get());
   builder.RegisterService(server->generation_.get());
   builder.RegisterService(server->training_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<RequestParseInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(

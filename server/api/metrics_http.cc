@@ -8,8 +8,10 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <list>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -83,32 +85,80 @@ MetricsHttpServer::~MetricsHttpServer() {
 }
 
 void MetricsHttpServer::Serve() {
+  // Connection threads are owned here, so no thread outlives the server: finished ones
+  // are joined as the loop goes round, the rest (which notice stop_ within one poll
+  // slice) before it returns.
+  struct Connection {
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  std::list<std::unique_ptr<Connection>> connections;
+  auto join_finished = [&connections](bool all) {
+    for (auto it = connections.begin(); it != connections.end();) {
+      if (all || (*it)->done.load()) {
+        (*it)->thread.join();
+        it = connections.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
   while (!stop_.load()) {
+    join_finished(/*all=*/false);
     pollfd p{listen_fd_, POLLIN, 0};
     // Wake up regularly to notice stop_.
     if (poll(&p, 1, /*timeout_ms=*/200) <= 0) continue;
-    const int connection = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (connection < 0) continue;
-    Answer(connection);
-    close(connection);
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    join_finished(/*all=*/false);
+    if (static_cast<int>(connections.size()) >= kMaxConnections) {
+      close(fd);  // Every slot is held by a slow client; a scraper retries.
+      continue;
+    }
+    auto connection = std::make_unique<Connection>();
+    Connection* raw = connection.get();
+    raw->thread = std::thread([this, fd, raw] {
+      Answer(fd);
+      close(fd);
+      raw->done.store(true);
+    });
+    connections.push_back(std::move(connection));
   }
+  join_finished(/*all=*/true);
 }
 
 void MetricsHttpServer::Answer(int connection) {
-  // A scraper sends a short request; never let a slow client hold the thread long.
-  timeval timeout{2, 0};
-  setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  // The deadline covers the whole request, not each read: a client sending a byte at
+  // a time gets no more time than one that sends nothing.
+  const absl::Time deadline = absl::Now() + kRequestDeadline;
+  timeval send_timeout{2, 0};
+  setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
   std::string request;
   char buffer[4096];
   while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
+    if (stop_.load()) return;
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return;
+    pollfd p{connection, POLLIN, 0};
+    // Short slices, so shutdown is never held up by a silent client.
+    const int slice_ms =
+        static_cast<int>(std::min<int64_t>(100, absl::ToInt64Milliseconds(left) + 1));
+    const int ready = poll(&p, 1, slice_ms);
+    if (ready < 0 && errno != EINTR) return;
+    if (ready <= 0) continue;
     const ssize_t n = recv(connection, buffer, sizeof(buffer), 0);
-    if (n <= 0) break;
+    if (n <= 0) return;
     request.append(buffer, n);
   }
   const bool metrics = absl::StartsWith(request, "GET /metrics ") ||
                        absl::StartsWith(request, "GET /metrics?");
-  const std::string body = metrics ? render_() : "not found; try /metrics\n";
+  std::string body;
+  if (metrics) {
+    absl::MutexLock lock(&render_mu_);
+    body = render_();
+  } else {
+    body = "not found; try /metrics\n";
+  }
   SendAll(connection,
           absl::StrCat("HTTP/1.1 ", metrics ? "200 OK" : "404 Not Found",
                        "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"

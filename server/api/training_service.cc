@@ -13,6 +13,7 @@
 #include "server/api/proto_convert.h"
 #include "server/api/stream_pump.h"
 #include "server/api/training_convert.h"
+#include "server/engine/job_spec.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -25,11 +26,6 @@ constexpr int64_t kMaxJobPage = 1000;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-absl::Status CheckId(const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("id is empty");
-  return absl::OkStatus();
 }
 
 // An admitted Training RPC: the caller's tenant and the manager.
@@ -72,7 +68,7 @@ class JobWatch final : public JobWatcher,
   // the caller finishes the RPC with FinishEarly.
   absl::Status Start(grpc::CallbackServerContext* context, const v1::WatchJobRequest& request) {
     ASSIGN_OR_RETURN(Admitted admitted, Admit(api_, context));
-    RETURN_IF_ERROR(CheckId(request.id()));
+    RETURN_IF_ERROR(ValidateJobId(request.id()));
     ASSIGN_OR_RETURN(std::unique_ptr<TrainingManager::Watch> watch,
                      admitted.manager->WatchJob(admitted.tenant->name, request.id(),
                                                 shared_from_this()));
@@ -215,7 +211,7 @@ grpc::ServerUnaryReactor* TrainingService::GetJob(grpc::CallbackServerContext* c
                                                   const v1::GetJobRequest* request,
                                                   v1::Job* response) {
   return RunUnary(api_, context, "GetJob", [&](const Tenant& tenant, TrainingManager& manager) -> absl::Status {
-    RETURN_IF_ERROR(CheckId(request->id()));
+    RETURN_IF_ERROR(ValidateJobId(request->id()));
     ASSIGN_OR_RETURN(JobRecord job, manager.GetJob(tenant.name, request->id()));
     ToProto(job, response);
     return absl::OkStatus();
@@ -249,7 +245,7 @@ grpc::ServerUnaryReactor* TrainingService::CancelJob(grpc::CallbackServerContext
                                                      const v1::CancelJobRequest* request,
                                                      v1::Job* response) {
   return RunUnary(api_, context, "CancelJob", [&](const Tenant& tenant, TrainingManager& manager) -> absl::Status {
-    RETURN_IF_ERROR(CheckId(request->id()));
+    RETURN_IF_ERROR(ValidateJobId(request->id()));
     ASSIGN_OR_RETURN(JobRecord job, manager.CancelJob(tenant.name, request->id()));
     ToProto(job, response);
     return absl::OkStatus();

@@ -36,7 +36,7 @@ const std::set<std::string> kValueFlags = {
     "drain-seconds", "max-batch",     "max-waiting",       "vector-cache-size",
     "max-prompt-tokens", "max-new-tokens", "max-message-bytes", "dtype",
     "device",        "threads",       "weights",           "max-training-jobs",
-    "checkpoint-every", "training-rows", "min-training-rows"};
+    "checkpoint-every", "training-rows", "min-training-rows", "job-retention-days"};
 
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
@@ -69,6 +69,13 @@ absl::StatusOr<std::vector<ModelSpec>> ModelSpecs(const Args& args) {
   return specs;
 }
 
+// INVALID_ARGUMENT naming the flag when `value` is below `min`.
+absl::Status RequireAtLeast(const char* flag, int64_t value, int64_t min) {
+  if (value >= min) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", flag, " must be at least ", min, ", got ", value));
+}
+
 absl::Status Serve(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, kValueFlags, {}));
   ServingCore::Options core_options;
@@ -79,8 +86,11 @@ absl::Status Serve(const std::vector<std::string>& argv) {
   core_options.num_threads = static_cast<int>(threads);
   core_options.weights = args.GetString("weights", "mapped");
   ASSIGN_OR_RETURN(core_options.max_batch_size, args.GetInt("max-batch", 64));
+  RETURN_IF_ERROR(RequireAtLeast("max-batch", core_options.max_batch_size, 1));
   ASSIGN_OR_RETURN(core_options.max_waiting, args.GetInt("max-waiting", 256));
+  RETURN_IF_ERROR(RequireAtLeast("max-waiting", core_options.max_waiting, 1));
   ASSIGN_OR_RETURN(core_options.vector_cache_size, args.GetInt("vector-cache-size", 256));
+  RETURN_IF_ERROR(RequireAtLeast("vector-cache-size", core_options.vector_cache_size, 1));
   ASSIGN_OR_RETURN(core_options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(core_options.max_new_tokens, args.GetInt("max-new-tokens", 0));
   ASSIGN_OR_RETURN(core_options.max_background_rows,
@@ -142,6 +152,15 @@ absl::Status Serve(const std::vector<std::string>& argv) {
                    args.GetInt("max-training-jobs", training.max_running_jobs_per_model));
   ASSIGN_OR_RETURN(training.checkpoint_every,
                    args.GetInt("checkpoint-every", training.checkpoint_every));
+  // Ended jobs and their datasets are deleted this many days after they end; 0 keeps
+  // them forever.
+  ASSIGN_OR_RETURN(int64_t retention_days, args.GetInt("job-retention-days", 30));
+  if (retention_days < 0 || retention_days > 36500) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--job-retention-days must be 0 (keep forever) to 36500, got ", retention_days));
+  }
+  training.job_retention =
+      retention_days == 0 ? absl::InfiniteDuration() : absl::Hours(24 * retention_days);
   composed_options.server = server_options;
   composed_options.tenants = std::move(tenants);
   composed_options.data_dir = data_dir;

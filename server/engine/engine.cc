@@ -31,7 +31,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
                                                        const Tokenizer* tokenizer,
                                                        ModelMetrics metrics) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine needs a model");
-  if (options.max_batch_size < 1 || options.max_waiting < 0 || options.max_prefill_tokens < 1 ||
+  if (options.max_batch_size < 1 || options.max_waiting < 1 || options.max_prefill_tokens < 1 ||
       options.max_background_rows < 0 || options.min_background_rows < 0 ||
       options.max_background_prefill_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -137,7 +137,12 @@ void Engine::Loop() {
     }
     DropCancelled(/*end_all=*/false);
     std::vector<std::unique_ptr<Sequence>> joining = TakeWork(!running_.empty());
-    if (!joining.empty()) Prefill(std::move(joining));
+    if (!joining.empty()) {
+      Prefill(std::move(joining));
+      // A client may have cancelled while its first token was delivered: its row
+      // leaves before the decode step that follows.
+      DropCancelled(/*end_all=*/false);
+    }
     if (!running_.empty()) DecodeStep();
   }
 }
@@ -350,6 +355,12 @@ std::vector<int64_t> Engine::AcceptTokens(const std::vector<Sequence*>& rows,
     s.started = true;
     s.last_token = now;
     s.last_token_id = tokens[row].id;
+    if (!tokens[row].finite) {
+      // This row only: its neighbours' logits are computed independently of it.
+      FinishSequence(s, NonFiniteLogitsError(s.request.vector != nullptr,
+                                             s.state->result().tokens.size()));
+      continue;
+    }
     absl::StatusOr<std::string> text = s.state->Accept(tokens[row]);
     if (!text.ok()) {
       FinishSequence(s, absl::InternalError(text.status().message()));

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/escaping.h"
 #include "server/engine/vector_ref.h"
+#include "server/model/sampling_params.h"
 #include "server/model/tokenizer_text.h"
 #include "server/util/status_macros.h"
 
@@ -305,9 +306,10 @@ absl::Status NormalizeHyperparameters(const ModelInfo& model, const JobLimits& l
                                std::max(1, model.max_context), &h->max_new_tokens));
 
   if (!h->temperature.has_value()) h->temperature = kDefaultTemperature;
-  if (!std::isfinite(*h->temperature) || *h->temperature <= 0.0 ||
+  if (!std::isfinite(*h->temperature) || *h->temperature < kMinTemperature ||
       *h->temperature > kMaxTemperature) {
-    return OutOfBounds("temperature", *h->temperature, "in (0, 2] (unset means 1)");
+    return OutOfBounds("temperature", *h->temperature,
+                       absl::StrCat("in [", kMinTemperature, ", 2] (unset means 1)"));
   }
   if (!h->seed.has_value()) {
     // 63 bits: the seed is shown in Job.hyperparameters and stored, and stays positive
@@ -356,6 +358,16 @@ absl::StatusOr<std::vector<train::Example>> TaskExamples(const std::string& task
 }
 
 }  // namespace
+
+absl::Status ValidateJobId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  if (id.size() > kMaxJobIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("id is ", id.size(),
+                                                   " bytes long; job ids are at most ",
+                                                   kMaxJobIdBytes));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<JobDatasets> NormalizeJobSpec(const ModelInfo& model, const JobLimits& limits,
                                              const JobSpecCaps& caps, CreateJobParams* params) {

@@ -7,7 +7,9 @@
 #ifndef STEERD_SERVER_ENGINE_JOB_SPEC_H_
 #define STEERD_SERVER_ENGINE_JOB_SPEC_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "server/engine/job_store.h"
@@ -24,6 +26,14 @@ struct JobSpecCaps {
   int64_t task_train_examples = 5000;
   int64_t task_eval_examples = 500;
 };
+
+// Job ids are "job-" and 24 hex digits; anything longer than this is refused before
+// any lookup, so an error never echoes a client's megabyte-long id.
+inline constexpr size_t kMaxJobIdBytes = 64;
+
+// INVALID_ARGUMENT for an empty id or one longer than kMaxJobIdBytes (the message
+// gives its length, not its bytes).
+absl::Status ValidateJobId(const std::string& id);
 
 // Checks `params` for `model` and the tenant's `limits`, fills every default in
 // `params->spec` and returns the job's datasets (inline examples, or the built-in task's

@@ -84,6 +84,11 @@ class JobStore {
   // Every job of every tenant that is QUEUED or RUNNING, oldest first (create_time,
   // then id): what a restart must pick up.
   virtual absl::StatusOr<std::vector<JobRecord>> ListUnfinished() = 0;
+
+  // Retention: deletes every job that ended (SUCCEEDED, FAILED, CANCELLED) before
+  // `cutoff`, with its datasets and checkpoint, in one transaction. Vectors a job
+  // published are not touched. Returns how many jobs were deleted.
+  virtual absl::StatusOr<int64_t> DeleteEndedBefore(absl::Time cutoff) = 0;
 };
 
 }  // namespace steerd

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "server/engine/engine.h"
 #include "server/engine/metrics.h"
@@ -25,6 +26,9 @@ struct ServingCore::ServedModel {
   std::unique_ptr<Transformer> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::optional<ChatTemplate> chat_template;
+  // [num_layers] residual-stream RMS per layer, measured once at load: uploads are
+  // bounded relative to it (VectorTarget::residual_rms).
+  std::vector<float> residual_rms;
   std::unique_ptr<VectorCache> vectors;
   std::unique_ptr<Engine> engine;  // Last: stops before what it uses goes away.
 };

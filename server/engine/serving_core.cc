@@ -46,9 +46,11 @@ absl::Status ValidateParams(const GenerateParams& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("steering.scale ", p.scale, " must be finite and within [-100, 100]"));
   }
-  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 2.0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampling.temperature ", p.temperature, " must be 0 (greedy) or within (0, 2]"));
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 2.0 ||
+      (p.temperature > 0.0 && p.temperature < kMinTemperature)) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature ", p.temperature,
+                                                   " must be 0 (greedy) or within [",
+                                                   kMinTemperature, ", 2]"));
   }
   if (!std::isfinite(p.top_p) || p.top_p < 0.0 || p.top_p > 1.0) {
     return absl::InvalidArgumentError(
@@ -75,6 +77,27 @@ absl::Status ValidateParams(const GenerateParams& p) {
     }
   }
   return absl::OkStatus();
+}
+
+// A short text of the kind the served models see (words, digits, punctuation) to
+// measure their residual-stream scale on.
+constexpr char kResidualProbeText[] =
+    "Q: What is (12+7)*3-5?\nA: Step by step: 12+7=19, 19*3=57, 57-5=52. The answer is 52.";
+
+// The model's residual RMS per layer on kResidualProbeText, float32 on the host.
+absl::StatusOr<std::vector<float>> MeasureResidualRms(const Transformer& model,
+                                                      const Tokenizer& tokenizer) {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(kResidualProbeText));
+  const int64_t max_len = std::max<int64_t>(1, model.config().max_position_embeddings);
+  if (static_cast<int64_t>(ids.size()) > max_len) ids.resize(max_len);
+  ASSIGN_OR_RETURN(at::Tensor rms, ResidualRms(model, {ids}));  // [L]
+  std::vector<float> out;
+  RETURN_IF_ERROR(CatchTorchErrors("reading the residual RMS", [&]() -> absl::Status {
+    const at::Tensor host = rms.to(at::kCPU, at::kFloat).contiguous();
+    out.assign(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+    return absl::OkStatus();
+  }));
+  return out;
 }
 
 // Waits for one generation to end (warm-up only).
@@ -147,6 +170,13 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     served->tokenizer = std::move(*tokenizer);
     auto chat = ChatTemplate::ForTokenizer(*served->tokenizer);
     if (chat.ok()) served->chat_template = std::move(*chat);
+    auto residual_rms = MeasureResidualRms(*served->model, *served->tokenizer);
+    if (!residual_rms.ok()) {
+      return absl::Status(residual_rms.status().code(),
+                          absl::StrCat("model \"", spec.name, "\": ",
+                                       residual_rms.status().message()));
+    }
+    served->residual_rms = std::move(*residual_rms);
 
     const ModelConfig& config = served->model->config();
     ModelInfo& info = served->info;
@@ -195,7 +225,8 @@ absl::Status ServingCore::Warmup() {
                                    .device(served->model->device()));  // [L, d]
       return absl::OkStatus();
     }));
-    std::vector<std::shared_ptr<BlockingObserver>> observers;
+    // One request at a time: the warm-up goes through the serving queue, which may
+    // hold a single request (--max-waiting 1).
     for (int i = 0; i < 2; ++i) {
       EngineRequest request;
       request.generation.prompt = {0, 1, 2, 3};
@@ -205,9 +236,6 @@ absl::Status ServingCore::Warmup() {
       auto observer = std::make_shared<BlockingObserver>();
       request.observer = observer;
       RETURN_IF_ERROR(served->engine->Submit(std::move(request)).status());
-      observers.push_back(observer);
-    }
-    for (auto& observer : observers) {
       absl::Status status = observer->Wait();
       if (!status.ok()) {
         return absl::Status(status.code(), absl::StrCat("warming up model \"", name, "\": ",
@@ -286,6 +314,7 @@ absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
   target.fingerprint = served->info.fingerprint;
   target.num_layers = served->info.num_layers;
   target.hidden_size = served->info.hidden_size;
+  target.residual_rms = served->residual_rms;
   ASSIGN_OR_RETURN(ValidatedVector validated,
                    ValidateVectorUpload(std::move(safetensors), target));
   StoredVector metadata;

@@ -266,6 +266,8 @@ class TrainingManager::Impl {
                       const std::function<void(JobRecord&)>& change);
   absl::StatusOr<double> Evaluate(ModelWorker* worker, LiveJob* job);
   // Moves a job to a terminal state, stores it, tells its watchers and forgets it.
+  // Deletes the jobs that ended longer than Options::job_retention ago.
+  void PruneExpiredJobs();
   void Finish(const std::shared_ptr<LiveJob>& job, JobState state, const std::string& error,
               int64_t vector_version);
   // Sends an event with the job's record to its watchers (a state change when
@@ -325,7 +327,17 @@ TrainingManager::Impl::ModelWorker* TrainingManager::Impl::WorkerFor(const std::
   return raw;
 }
 
+void TrainingManager::Impl::PruneExpiredJobs() {
+  if (options_.job_retention == absl::InfiniteDuration()) return;
+  absl::StatusOr<int64_t> deleted = jobs_->DeleteEndedBefore(absl::Now() - options_.job_retention);
+  if (!deleted.ok()) {
+    std::fprintf(stderr, "steerd: deleting expired training jobs failed: %s\n",
+                 deleted.status().ToString().c_str());
+  }
+}
+
 absl::Status TrainingManager::Impl::Start() {
+  PruneExpiredJobs();
   ASSIGN_OR_RETURN(std::vector<JobRecord> unfinished, jobs_->ListUnfinished());
   for (JobRecord& record : unfinished) {
     auto job = std::make_shared<LiveJob>();
@@ -472,7 +484,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
 
 absl::StatusOr<JobRecord> TrainingManager::Impl::GetJob(const std::string& tenant,
                                                         const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  RETURN_IF_ERROR(ValidateJobId(id));
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -515,7 +527,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CancelJob(const std::string& te
 
 absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::Impl::WatchJob(
     const std::string& tenant, const std::string& id, std::shared_ptr<JobWatcher> watcher) {
-  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  RETURN_IF_ERROR(ValidateJobId(id));
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -563,6 +575,7 @@ void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState
                  stored.ToString().c_str());
   }
   (void)jobs_->DeleteCheckpoint(record.id);
+  PruneExpiredJobs();
   absl::MutexLock lock(&mu_);
   auto worker = workers_.find(record.spec.model);
   if (worker != workers_.end()) {

@@ -82,6 +82,10 @@ class TrainingManager {
     int64_t max_examples = 100000;    // Server cap per dataset.
     int64_t max_steps = 100000;       // Server cap per job.
     bool idle_priority = true;        // Trainer threads at nice 19.
+    // Ended jobs (SUCCEEDED, FAILED, CANCELLED), with their datasets and checkpoints,
+    // are deleted from the store this long after they ended: at Start() and whenever
+    // a job ends. absl::InfiniteDuration() keeps them forever. Published vectors stay.
+    absl::Duration job_retention = absl::Hours(30 * 24);
   };
 
   // `core`, `jobs` and `vectors` must outlive the manager. Starts nothing yet.

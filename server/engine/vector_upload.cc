@@ -95,6 +95,13 @@ absl::StatusOr<ValidatedVector> ValidateVectorUpload(std::string bytes,
   const TensorView& view = file->tensors().at(kTensor);
   const int64_t rows = view.shape[0], cols = view.shape[1];
   const auto& metadata = file->metadata();
+  size_t metadata_bytes = 0;
+  for (const auto& [key, value] : metadata) metadata_bytes += key.size() + value.size();
+  if (metadata_bytes > kMaxVectorMetadataBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the file's __metadata__ holds ", metadata_bytes, " bytes of keys and values; the "
+        "maximum is ", kMaxVectorMetadataBytes));
+  }
   if (auto it = metadata.find("format"); it != metadata.end() && it->second != kFormat) {
     return absl::InvalidArgumentError(absl::StrCat("metadata format \"", it->second,
                                                    "\" is not \"", kFormat, "\""));
@@ -128,6 +135,17 @@ absl::StatusOr<ValidatedVector> ValidateVectorUpload(std::string bytes,
     double sum = 0.0;
     for (int64_t c = 0; c < cols; ++c) sum += double(values[r * cols + c]) * values[r * cols + c];
     out.layer_norms[r] = static_cast<float>(std::sqrt(sum));
+    if (static_cast<int64_t>(target.residual_rms.size()) == rows) {
+      const double row_rms = std::sqrt(sum / cols);
+      const double bound = kMaxSteeringToResidualRms * target.residual_rms[r];
+      if (!(row_rms <= bound)) {  // Also catches a sum that overflowed to infinity.
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row ", r, " of tensor \"", kTensor, "\" has RMS ", row_rms, ", over ",
+            kMaxSteeringToResidualRms, " times model \"", target.model,
+            "\"'s residual-stream RMS at layer ", r, " (", target.residual_rms[r],
+            "); a vector this large overflows the model's activations"));
+      }
+    }
   }
   std::map<std::string, std::string> completed = metadata;
   completed["format"] = kFormat;

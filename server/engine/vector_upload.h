@@ -2,12 +2,14 @@
 // is for, and the canonical file the server stores: the upload's tensor unchanged
 // (same dtype and bytes) with the metadata completed (`format`, `num_layers`,
 // `hidden_size`, `model`, `model_fingerprint`). Every rejection names what is wrong,
-// with the status code vectors.proto documents: INVALID_ARGUMENT for a malformed file
-// or non-finite values, FAILED_PRECONDITION for a file made for another model. Torch-free:
+// with the status code vectors.proto documents: INVALID_ARGUMENT for a malformed file,
+// non-finite values, values far above the model's residual scale or oversized metadata,
+// FAILED_PRECONDITION for a file made for another model. Torch-free:
 // it runs on the RPC thread before anything reaches the engine.
 #ifndef STEERD_SERVER_ENGINE_VECTOR_UPLOAD_H_
 #define STEERD_SERVER_ENGINE_VECTOR_UPLOAD_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,12 +18,27 @@
 
 namespace steerd {
 
-// What a vector must match: the model's name, fingerprint and shape.
+// How far a vector row's RMS may exceed the residual stream it is added to. Trained
+// vectors stay near the residual scale (the paper's are well below it); a thousand
+// times it, even at steering.scale 100, keeps activations far from float overflow,
+// while values like 3e38 would turn every logit into NaN.
+inline constexpr double kMaxSteeringToResidualRms = 1000.0;
+
+// Bytes of `__metadata__` (keys and values together) an uploaded vector may carry: the
+// stored file keeps it verbatim, so it is bounded like any other stored field.
+inline constexpr size_t kMaxVectorMetadataBytes = 16384;
+
+// What a vector must match: the model's name, fingerprint and shape, and the scale of
+// its residual stream.
 struct VectorTarget {
   std::string model;
   std::string fingerprint;
   int64_t num_layers = 0;
   int64_t hidden_size = 0;
+  // [num_layers]: the model's residual RMS per layer (ResidualRms in transformer.h).
+  // A row whose RMS exceeds kMaxSteeringToResidualRms times its layer's is refused.
+  // Empty: no bound (tests of the file checks alone).
+  std::vector<float> residual_rms;
 };
 
 struct ValidatedVector {

@@ -93,6 +93,17 @@ SequenceState::SequenceState(const GenerationRequest& request, const Tokenizer* 
   }
 }
 
+absl::Status NonFiniteLogitsError(bool steered, int64_t token_index) {
+  if (steered) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the steered model's logits became NaN or infinite at generated token ", token_index,
+        ": the steering vector, at this scale, is too large for the model; lower "
+        "steering.scale or use a vector with smaller norms"));
+  }
+  return absl::InternalError(absl::StrCat(
+      "the model's logits became NaN or infinite at generated token ", token_index));
+}
+
 absl::StatusOr<std::string> SequenceState::Accept(const SampledToken& token) {
   if (finished()) return absl::FailedPreconditionError("the sequence has already finished");
   result_.tokens.push_back(token.id);
@@ -218,6 +229,10 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
     std::vector<int64_t> next_tokens;
     for (size_t row = 0; row < row_request.size(); ++row) {
       SequenceState& state = *states[row_request[row]];
+      if (!sampled[row].finite) {
+        return NonFiniteLogitsError(requests[row_request[row]].steering.defined(),
+                                    state.result().tokens.size());
+      }
       ASSIGN_OR_RETURN(std::string text, state.Accept(sampled[row]));
       if (on_text && !text.empty()) on_text(row_request[row], text);
       if (!state.finished()) {

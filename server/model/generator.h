@@ -52,6 +52,12 @@ std::vector<int64_t> EosIds(const ModelConfig& config, const Tokenizer* tokenize
 absl::Status ValidateGenerationRequest(const GenerationRequest& request,
                                        const ModelConfig& config, const Tokenizer* tokenizer);
 
+// The error that ends a sequence whose logits were not finite at its `token_index`-th
+// generated token (SampledToken::finite is false). With a steering vector it is the
+// request's doing (INVALID_ARGUMENT: the vector or its scale is too large for the
+// model); without one the model itself overflowed (INTERNAL).
+absl::Status NonFiniteLogitsError(bool steered, int64_t token_index);
+
 // One running sequence. Not thread-safe.
 class SequenceState {
  public:

@@ -12,9 +12,11 @@
 namespace steerd {
 
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
-  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 100.0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("temperature ", p.temperature, " must be in [0, 100] (0 = greedy)"));
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 100.0 ||
+      (p.temperature > 0.0 && p.temperature < kMinTemperature)) {
+    return absl::InvalidArgumentError(absl::StrCat("temperature ", p.temperature,
+                                                   " must be 0 (greedy) or in [",
+                                                   kMinTemperature, ", 100]"));
   }
   if (!std::isfinite(p.top_p) || p.top_p <= 0.0 || p.top_p > 1.0) {
     return absl::InvalidArgumentError(absl::StrCat("top_p ", p.top_p, " must be in (0, 1]"));
@@ -37,6 +39,7 @@ int32_t SequenceSampler::Draw(const float* probs, int64_t vocab) {
     // Inverse CDF over the whole vocabulary.
     double total = 0.0;
     for (int64_t i = 0; i < vocab; ++i) total += probs[i];
+    if (!std::isfinite(total) || total <= 0.0) return -1;  // A NaN, or no mass.
     const double target = u * total;
     double cumulative = 0.0;
     for (int64_t i = 0; i < vocab; ++i) {
@@ -56,12 +59,16 @@ int32_t SequenceSampler::Draw(const float* probs, int64_t vocab) {
   for (double threshold : {1e-3, 1e-6, -1.0}) {
     candidates_.clear();
     double mass = 0.0;
+    float all_mass = 0.0f;  // Over every token: a NaN anywhere makes it NaN.
     for (int64_t i = 0; i < vocab; ++i) {
+      all_mass += probs[i];
       if (probs[i] > threshold) {
         candidates_.push_back(static_cast<int32_t>(i));
         mass += probs[i];
       }
     }
+    // Comparisons with NaN are false, so a NaN row would leave no candidate at all.
+    if (!std::isfinite(all_mass) || !(all_mass > 0.0f)) return -1;
     if (threshold < 0 ||
         (static_cast<int64_t>(candidates_.size()) >= want_k && mass >= params_.top_p)) {
       break;
@@ -92,7 +99,7 @@ int32_t SequenceSampler::Draw(const float* probs, int64_t vocab) {
     cumulative += probs[id];
     if (cumulative > target) return id;
   }
-  return candidates_.back();
+  return candidates_.empty() ? -1 : candidates_.back();
 }
 
 absl::StatusOr<std::vector<SampledToken>> SampleBatch(
@@ -115,13 +122,26 @@ absl::StatusOr<std::vector<SampledToken>> SampleBatch(
       }
     }
     if (static_cast<int64_t>(sampled_rows.size()) < B) {
+      // The argmax finds the first NaN when there is one and +inf when there is one,
+      // so the logit it picks is finite exactly when the row is.
       if (CanUseF32ArgmaxRows(logits)) {
         const std::vector<int64_t> ids = F32ArgmaxRows(logits);
-        for (int64_t b = 0; b < B; ++b) out[b].id = static_cast<int32_t>(ids[b]);
+        const float* data = logits.data_ptr<float>();
+        for (int64_t b = 0; b < B; ++b) {
+          out[b].id = static_cast<int32_t>(ids[b]);
+          out[b].finite = std::isfinite(data[b * V + ids[b]]);
+        }
       } else {
-        const at::Tensor argmax = logits.argmax(-1).to(at::kCPU);  // [B]
-        const int64_t* ids = argmax.data_ptr<int64_t>();
-        for (int64_t b = 0; b < B; ++b) out[b].id = static_cast<int32_t>(ids[b]);
+        const at::Tensor argmax = logits.argmax(-1, /*keepdim=*/true);  // [B, 1]
+        const at::Tensor best =
+            logits.gather(1, argmax).squeeze(1).to(at::kCPU, at::kFloat);  // [B]
+        const at::Tensor ids_cpu = argmax.squeeze(1).to(at::kCPU);         // [B]
+        const int64_t* ids = ids_cpu.data_ptr<int64_t>();
+        const float* values = best.data_ptr<float>();
+        for (int64_t b = 0; b < B; ++b) {
+          out[b].id = static_cast<int32_t>(ids[b]);
+          out[b].finite = std::isfinite(values[b]);
+        }
       }
     }
     if (!sampled_rows.empty()) {
@@ -135,7 +155,9 @@ absl::StatusOr<std::vector<SampledToken>> SampleBatch(
       const float* data = probs.data_ptr<float>();
       for (size_t i = 0; i < sampled_rows.size(); ++i) {
         const int64_t b = sampled_rows[i];
-        out[b].id = samplers[b]->Draw(data + i * V, V);
+        const int32_t id = samplers[b]->Draw(data + i * V, V);
+        out[b].id = std::max(id, 0);
+        out[b].finite = id >= 0;
       }
     }
     if (with_logprobs) {
@@ -147,7 +169,11 @@ absl::StatusOr<std::vector<SampledToken>> SampleBatch(
       at::Tensor logprobs =
           at::log_softmax(logits, -1).gather(1, index).squeeze(1).to(at::kCPU).contiguous();
       const float* lp = logprobs.data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b) out[b].logprob = lp[b];
+      for (int64_t b = 0; b < B; ++b) {
+        out[b].logprob = lp[b];
+        // A finite row can still give -inf for a token of zero probability, never NaN.
+        if (std::isnan(lp[b])) out[b].finite = false;
+      }
     }
     return out;
   });

@@ -13,15 +13,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/model/sampling_params.h"
 
 namespace steerd {
-
-struct SamplingParams {
-  double temperature = 0.0;  // 0 = greedy; otherwise in (0, 100].
-  double top_p = 1.0;        // Nucleus mass in (0, 1]; 1 = off.
-  int64_t top_k = 0;         // Keep the k most likely tokens; 0 = off.
-  uint64_t seed = 0;         // Seeds this sequence's generator.
-};
 
 // INVALID_ARGUMENT naming the parameter that is out of range.
 absl::Status ValidateSamplingParams(const SamplingParams& params);
@@ -32,7 +26,8 @@ class SequenceSampler {
   explicit SequenceSampler(const SamplingParams& params);
   const SamplingParams& params() const { return params_; }
   bool greedy() const { return params_.temperature == 0.0; }
-  // Draws a token from `probs` ([vocab] temperature-scaled probabilities).
+  // Draws a token from `probs` ([vocab] temperature-scaled probabilities), or -1 when
+  // they are not a distribution (a NaN, or no mass at all): the caller fails the row.
   int32_t Draw(const float* probs, int64_t vocab);
 
  private:
@@ -44,10 +39,16 @@ class SequenceSampler {
 struct SampledToken {
   int32_t id = 0;
   float logprob = 0.0f;  // log p(id) under the model's unscaled distribution.
+  // False when the row's logits held a NaN or an infinity (a steering vector at a huge
+  // scale, or a model that overflows): `id` and `logprob` mean nothing, and the row's
+  // request must fail rather than emit them. Other rows are unaffected.
+  bool finite = true;
 };
 
 // Picks one token per row of `logits` ([B, V] float32, any device) with `samplers[b]`.
-// Log-probabilities are computed only when `with_logprobs` is set.
+// Log-probabilities are computed only when `with_logprobs` is set. A row whose logits
+// are not finite comes back with `finite == false`; the call itself fails only for
+// malformed arguments or a torch error.
 absl::StatusOr<std::vector<SampledToken>> SampleBatch(
     const at::Tensor& logits, const std::vector<SequenceSampler*>& samplers,
     bool with_logprobs);

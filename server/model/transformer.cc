@@ -539,4 +539,40 @@ absl::Status Transformer::MakeWeightsTrainable() {
   });
 }
 
+absl::StatusOr<at::Tensor> ResidualRms(const Transformer& model,
+                                       const std::vector<std::vector<int32_t>>& prompts) {
+  std::vector<std::vector<at::Tensor>> per_layer(model.config().num_layers);
+  for (const std::vector<int32_t>& prompt : prompts) {
+    if (prompt.empty()) continue;
+    std::vector<at::Tensor> outputs;  // [1, T, d] per layer
+    ForwardInput input;
+    RETURN_IF_ERROR(CatchTorchErrors("measuring the residual RMS", [&]() -> absl::Status {
+      input.tokens = at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()),
+                                at::TensorOptions().dtype(at::kLong))
+                         .view({1, -1});  // [1, T]
+      return absl::OkStatus();
+    }));
+    input.layer_outputs = &outputs;
+    at::NoGradGuard no_grad;
+    RETURN_IF_ERROR(model.Forward(input, nullptr).status());
+    RETURN_IF_ERROR(CatchTorchErrors("measuring the residual RMS", [&]() -> absl::Status {
+      for (size_t l = 0; l < outputs.size(); ++l) {
+        per_layer[l].push_back(outputs[l][0].to(at::kFloat).pow(2).mean(-1).sqrt());  // [T]
+      }
+      return absl::OkStatus();
+    }));
+  }
+  if (per_layer.empty() || per_layer[0].empty()) {
+    return absl::InvalidArgumentError("measuring the residual RMS needs a non-empty prompt");
+  }
+  at::Tensor out;
+  RETURN_IF_ERROR(CatchTorchErrors("measuring the residual RMS", [&]() -> absl::Status {
+    std::vector<at::Tensor> medians;
+    for (const auto& rms : per_layer) medians.push_back(at::cat(rms).median());
+    out = at::stack(medians);  // [L]
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
 }  // namespace steerd

@@ -134,6 +134,14 @@ class Transformer {
   std::vector<Layer> layers_;
 };
 
+// The scale of each decoder layer's output (the residual stream steering adds to):
+// for every layer, the median over all positions of `prompts` of the position's RMS
+// over the hidden dimension. A median, because models keep a few positions (often the
+// first) orders of magnitude above the rest, which a mean would follow. Returns [L]
+// float32 on the model's device; INVALID_ARGUMENT without a non-empty prompt.
+absl::StatusOr<at::Tensor> ResidualRms(const Transformer& model,
+                                       const std::vector<std::vector<int32_t>>& prompts);
+
 // Hugging Face's RoPE inverse frequencies for `config` (float32 [head_dim / 2]),
 // including llama3 and linear scaling.
 at::Tensor RopeInverseFrequencies(const ModelConfig& config);

@@ -813,4 +813,31 @@ absl::StatusOr<std::vector<JobRecord>> SqliteJobStore::ListUnfinished() {
   return jobs;
 }
 
+absl::StatusOr<int64_t> SqliteJobStore::DeleteEndedBefore(absl::Time cutoff) {
+  // Ended jobs always have an end time; the state test keeps a job that is still
+  // QUEUED or RUNNING safe whatever its timestamps say.
+  constexpr char kEnded[] =
+      "state IN ('SUCCEEDED', 'FAILED', 'CANCELLED') AND end_time_us IS NOT NULL "
+      "AND end_time_us < ?1";
+  const int64_t cutoff_us = absl::ToUnixMicros(cutoff);
+  absl::MutexLock lock(&mu_);
+  Transaction txn(*db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  for (const char* table : {"job_examples", "job_checkpoints"}) {
+    Statement del(*db_, absl::StrCat("deleting expired jobs' ", table));
+    RETURN_IF_ERROR(del.Prepare(absl::StrCat("DELETE FROM ", table,
+                                             " WHERE job_id IN (SELECT id FROM jobs WHERE ",
+                                             kEnded, ")")));
+    RETURN_IF_ERROR(del.BindInt(1, cutoff_us));
+    RETURN_IF_ERROR(del.Run());
+  }
+  Statement del(*db_, "deleting expired jobs");
+  RETURN_IF_ERROR(del.Prepare(absl::StrCat("DELETE FROM jobs WHERE ", kEnded)));
+  RETURN_IF_ERROR(del.BindInt(1, cutoff_us));
+  RETURN_IF_ERROR(del.Run());
+  const int64_t deleted = db_->Changes();
+  RETURN_IF_ERROR(txn.Commit());
+  return deleted;
+}
+
 }  // namespace steerd

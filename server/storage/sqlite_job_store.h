@@ -74,6 +74,7 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<std::optional<JobCheckpoint>> LoadCheckpoint(const std::string& id) override;
   absl::Status DeleteCheckpoint(const std::string& id) override;
   absl::StatusOr<std::vector<JobRecord>> ListUnfinished() override;
+  absl::StatusOr<int64_t> DeleteEndedBefore(absl::Time cutoff) override;
 
   // The schema version of the job tables this build writes (the "jobs" row of the
   // schema_version table).

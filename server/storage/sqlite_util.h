@@ -48,9 +48,10 @@ class Database {
 
   // Opens and configures the connection and migrates the component's tables.
   // INVALID_ARGUMENT for an empty path; FAILED_PRECONDITION when the component's
-  // schema is newer than `migrations` knows or the file system cannot do WAL; INTERNAL
-  // when the file is not a database or is corrupt; UNAVAILABLE when it cannot be
-  // opened. Errors after opening name the path.
+  // schema is newer than `migrations` knows or the file system cannot do WAL;
+  // DATA_LOSS when the file is not a database or is damaged (SQLite's quick_check runs
+  // on every open); UNAVAILABLE when it cannot be opened. Errors after opening name
+  // the path.
   static absl::StatusOr<std::unique_ptr<Database>> Open(const Options& options);
   ~Database();
 
@@ -78,6 +79,8 @@ class Database {
   Database(sqlite3* db, std::string label) : db_(db), label_(std::move(label)) {}
 
   absl::Status Configure(absl::Duration busy_timeout);
+  // DATA_LOSS when SQLite's quick_check finds the file damaged.
+  absl::Status CheckIntegrity();
   absl::Status Migrate(absl::string_view component, absl::Span<const char* const> migrations);
 
   sqlite3* const db_;

@@ -211,7 +211,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& o
                                  .set_requires_grad(true);  // [len(layers), d]
         t->params_ = {t->steering_param_};
         if (options.relative_steering_lr) {
-          ASSIGN_OR_RETURN(at::Tensor rms, t->ResidualRms(/*max_prompts=*/16));
+          const std::vector<std::vector<int32_t>> sample(
+              t->prompt_ids_.begin(),
+              t->prompt_ids_.begin() + std::min<size_t>(16, t->prompt_ids_.size()));
+          ASSIGN_OR_RETURN(at::Tensor rms, ResidualRms(*model, sample));  // [L]
           t->steering_lr_scale_ = rms.index_select(0, t->steering_layers_).view({-1, 1});
         } else {
           t->steering_lr_scale_ = at::ones({static_cast<int64_t>(layers.size()), 1},
@@ -276,30 +279,6 @@ std::vector<const Example*> Trainer::ExamplesForStep(int64_t step, int64_t count
     out.push_back(&train_[permutation_[j % n]]);
   }
   return out;
-}
-
-absl::StatusOr<at::Tensor> Trainer::ResidualRms(int64_t max_prompts) const {
-  // The median over positions of each position's RMS: models keep a few positions
-  // (often the first) at activations orders of magnitude above the rest, which a mean
-  // would follow.
-  const int64_t n = std::min<int64_t>(max_prompts, static_cast<int64_t>(prompt_ids_.size()));
-  at::NoGradGuard no_grad;
-  std::vector<std::vector<at::Tensor>> per_layer(model_->config().num_layers);
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<at::Tensor> outputs;  // [1, T, d] per layer
-    ForwardInput input;
-    input.tokens = at::tensor(std::vector<int64_t>(prompt_ids_[i].begin(), prompt_ids_[i].end()),
-                              at::TensorOptions().dtype(at::kLong))
-                       .view({1, -1});
-    input.layer_outputs = &outputs;
-    RETURN_IF_ERROR(model_->Forward(input, nullptr).status());
-    for (size_t l = 0; l < outputs.size(); ++l) {
-      per_layer[l].push_back(outputs[l][0].to(at::kFloat).pow(2).mean(-1).sqrt());  // [T]
-    }
-  }
-  std::vector<at::Tensor> medians;
-  for (const auto& rms : per_layer) medians.push_back(at::cat(rms).median());
-  return at::stack(medians);  // [L]
 }
 
 at::Tensor Trainer::CurrentSteering() const {

@@ -198,7 +198,6 @@ class Trainer {
   void ClearGradients();
   double LearningRateAt(int64_t step) const;
   // Root-mean-square of each decoder layer's output over some training prompts: [L].
-  absl::StatusOr<at::Tensor> ResidualRms(int64_t max_prompts) const;
 
   TrainerOptions options_;
   Transformer* model_ = nullptr;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -723,6 +724,15 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   };
   // Vector files.
   upload("NaN value", VectorFileWithValue(std::nanf("")), Code::kInvalidArgument, "non-finite");
+  // Before the fix accepted, and at scale 100 it crashed the server (top-k) or gave NaN
+  // logprobs with status OK.
+  upload("huge finite values (3e38)", VectorFileWithValue(3e38f), Code::kInvalidArgument,
+         "overflows the model's activations");
+  // Before the fix stored verbatim (15 MiB of metadata on a 3 KiB vector).
+  upload("100 KiB of metadata",
+         VectorFile(50, 0.5f, {{"format", "steerd.steering.v1"},
+                               {"notes", std::string(100 << 10, 'm')}}),
+         Code::kInvalidArgument, "__metadata__");
   upload("+Inf value", VectorFileWithValue(std::numeric_limits<float>::infinity()),
          Code::kInvalidArgument, "non-finite");
   upload("-Inf value", VectorFileWithValue(-std::numeric_limits<float>::infinity()),
@@ -931,6 +941,30 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
              r->mutable_sampling()->set_temperature(std::numeric_limits<float>::infinity());
            },
            Code::kInvalidArgument, "temperature");
+  // Below the temperature floor: before the fix 1e-38 with top_k killed the server
+  // (SIGSEGV) and with top_p returned OK with token 0 repeated.
+  generate("temperature 1e-38 with top_k",
+           [](auto* r) {
+             r->mutable_sampling()->set_temperature(1e-38f);
+             r->mutable_sampling()->set_top_k(5);
+           },
+           Code::kInvalidArgument, "must be 0 (greedy) or within [0.001, 2]");
+  generate("temperature 1e-38 with top_p",
+           [](auto* r) {
+             r->mutable_sampling()->set_temperature(1e-38f);
+             r->mutable_sampling()->set_top_p(0.9f);
+           },
+           Code::kInvalidArgument, "must be 0 (greedy) or within [0.001, 2]");
+  // Proto3 refuses invalid UTF-8 in a string field; before the fix gRPC answered
+  // UNIMPLEMENTED with an empty message.
+  generate("prompt with invalid UTF-8", [](auto* r) { r->set_prompt("Q: \xff\xfe 1+1\nA:"); },
+           Code::kInvalidArgument, "not a valid steerd.v1.GenerateRequest");
+  cases.push_back({"GetJob with a 9000-byte id",
+                   [&alpha] { return alpha.GetJob(std::string(9000, 'j')).status(); },
+                   Code::kInvalidArgument, "id is 9000 bytes long"});
+  cases.push_back({"CancelJob with a 9000-byte id",
+                   [&alpha] { return alpha.CancelJob(std::string(9000, 'j')).status(); },
+                   Code::kInvalidArgument, "id is 9000 bytes long"});
   generate("top_p over 1", [](auto* r) { r->mutable_sampling()->set_top_p(1.5f); },
            Code::kInvalidArgument, "top_p");
   generate("top_p negative", [](auto* r) { r->mutable_sampling()->set_top_p(-0.1f); },
@@ -1174,6 +1208,66 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
 // ---------------------------------------------------------------------------------------
 // Persistence across restarts on one data directory.
 
+
+// Queue and batch flags: --max-waiting 1 starts (before the fix the warm-up's two
+// requests overflowed a queue of one most of the time, "server is overloaded"); values
+// below 1 are flag errors naming the flag, not that misleading message.
+TEST(ServerFlagsTest, QueueFlagsStartAtOneAndRefuseZeroByName) {
+  const std::string dir = testing::MakeTempDir("steerd-flags");
+  for (int i = 0; i < 3; ++i) {
+    auto server =
+        ServerProcess::Start({dir + "/data", {"--threads", "1", "--max-waiting", "1"}});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto health = (*server)->Client()->CheckHealth();
+    ASSERT_TRUE(health.ok()) << health.status();
+    EXPECT_EQ(*health, client::ServingStatus::kServing);
+  }
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--max-waiting", "0"}, {"--max-batch", "0"},
+        {"--vector-cache-size", "0"}, {"--job-retention-days", "-1"}}) {
+    auto server = ServerProcess::Start({dir + "/data", bad});
+    ASSERT_FALSE(server.ok()) << bad[0];
+    EXPECT_THAT(std::string(server.status().message()), HasSubstr(bad[0])) << server.status();
+    EXPECT_THAT(std::string(server.status().message()), Not(HasSubstr("overloaded")));
+  }
+}
+
+// A damaged database refuses to start, naming the path and what SQLite found; before
+// the fix the server started, reported SERVING, and every query failed with INTERNAL.
+TEST(ServerStoreTest, ADamagedDatabaseRefusesToStart) {
+  const std::string dir = testing::MakeTempDir("steerd-damaged");
+  const std::string db = dir + "/data/steerd.db";
+  {
+    auto server = ServerProcess::Start({dir + "/data", {"--threads", "1"}});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_TRUE(client->CreateVector(kModel, absl::StrCat("v", i), VectorFile(60 + i)).ok());
+    }
+    (*server)->Signal(SIGTERM);
+    ASSERT_TRUE((*server)->Wait(absl::Seconds(60)).ok());
+  }
+  const auto size = std::filesystem::file_size(db);
+  ASSERT_GT(size, 2 * 4096u);
+  {
+    std::fstream file(db, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(4096);
+    const std::string junk(size - 4096, '\x5a');
+    file.write(junk.data(), junk.size());
+  }
+  auto damaged = ServerProcess::Start({dir + "/data", {"--threads", "1"}});
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_THAT(std::string(damaged.status().message()), HasSubstr(db)) << damaged.status();
+  EXPECT_THAT(std::string(damaged.status().message()), HasSubstr("damaged"));
+
+  // A file that is not a database at all, zero bytes of header included.
+  ASSERT_TRUE(WriteFile(db, std::string(4096, '\0') + "junk"));
+  std::filesystem::remove(db + "-wal");
+  std::filesystem::remove(db + "-shm");
+  auto junk = ServerProcess::Start({dir + "/data", {"--threads", "1"}});
+  ASSERT_FALSE(junk.ok());
+  EXPECT_THAT(std::string(junk.status().message()), HasSubstr(db)) << junk.status();
+}
 
 TEST(ServerPersistenceTest, VectorsSurviveCleanRestartAndSigkill) {
   const std::string dir = steerd::testing::MakeTempDir("steerd-persist");

@@ -111,7 +111,7 @@ std::vector<BadCase> BadCases() {
       {"too many examples", [](P p, M, L, C) { p->examples = Examples(100001); }, kInvalid,
        "examples has 100001 examples; the maximum is 100000"},
       {"over the server's example cap",
-       [](P p, M, L, C c) {
+       [](P, M, L, C c) {
          c->max_examples = 2;
        },
        kInvalid, "examples has 3 examples; this server's maximum is 2"},
@@ -244,7 +244,11 @@ std::vector<BadCase> BadCases() {
        [](P p, M, L, C) { p->spec.hyperparameters.max_new_tokens = -5; }, kInvalid,
        "hyperparameters.max_new_tokens -5"},
       {"temperature zero", [](P p, M, L, C) { p->spec.hyperparameters.temperature = 0.0; },
-       kInvalid, "hyperparameters.temperature 0 must be in (0, 2]"},
+       kInvalid, "hyperparameters.temperature 0 must be in [0.001, 2]"},
+      // Below the floor: before the fix CreateJob accepted it and the job then failed.
+      {"temperature below the floor",
+       [](P p, M, L, C) { p->spec.hyperparameters.temperature = 1e-4; }, kInvalid,
+       "hyperparameters.temperature 0.0001 must be in [0.001, 2]"},
       {"temperature too high",
        [](P p, M, L, C) { p->spec.hyperparameters.temperature = 2.5; }, kInvalid,
        "hyperparameters.temperature 2.5"},

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "server/model/sampler.h"
@@ -118,9 +119,70 @@ TEST(SamplerTest, InvalidParametersAreNamed) {
   EXPECT_THAT(std::string(ValidateSamplingParams(Params(1.0, 1.0, -2)).message()),
               HasSubstr("top_k"));
   EXPECT_TRUE(ValidateSamplingParams(Params(0.7, 0.95, 40)).ok());
+  // The documented floor: above 0, nothing below kMinTemperature.
+  EXPECT_THAT(std::string(ValidateSamplingParams(Params(1e-38)).message()),
+              HasSubstr("must be 0 (greedy) or in [0.001, 100]"));
+  EXPECT_TRUE(ValidateSamplingParams(Params(kMinTemperature)).ok());
   SequenceSampler s(Params(0.0));
   EXPECT_EQ(SampleBatch(at::zeros({2, 4}), {&s}, false).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Non-finite logits (a huge steering vector, a model that overflows) fail their own row
+// only, whatever the sampling mode; the other rows get exactly the tokens they get
+// alone. Before the fix, top-k indexed an empty candidate set (SIGSEGV) and top-p
+// returned token 0 with status OK.
+TEST(SamplerTest, NonFiniteRowsAreFlaggedAndTheirNeighboursUnaffected) {
+  at::manual_seed(3);
+  const at::Tensor good = at::randn({64});
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  std::vector<at::Tensor> bad_rows = {
+      at::full({64}, kNan),                                   // all NaN
+      at::randn({64}).index_fill(0, at::tensor({int64_t{5}}), kNan),  // one NaN
+      at::randn({64}).index_fill(0, at::tensor({int64_t{9}}), kInf),  // one +inf
+      at::full({64}, -kInf),                                  // no finite logit at all
+      at::full({64}, 3e38f),  // finite, but * 1/temperature overflows to inf
+  };
+  const std::vector<SamplingParams> modes = {
+      Params(0.0), Params(1e-3, 1.0, 5), Params(1e-3, 0.9), Params(1.0), Params(0.7, 0.9, 5)};
+  for (size_t m = 0; m < modes.size(); ++m) {
+    for (size_t r = 0; r < bad_rows.size(); ++r) {
+      // 3e38 overflows only when scaled by 1/temperature > 1.13: greedy never scales,
+      // and at temperature 1 it is a valid (uniform) distribution.
+      if (r == 4 && (m == 0 || m == 3)) continue;
+      SequenceSampler alone(Params(0.8, 0.95, 10, 5));
+      auto expected = SampleBatch(good.unsqueeze(0), {&alone}, true);
+      ASSERT_TRUE(expected.ok());
+      SequenceSampler bad(modes[m]);
+      SequenceSampler neighbour(Params(0.8, 0.95, 10, 5));
+      auto tokens = SampleBatch(at::stack({bad_rows[r], good}), {&bad, &neighbour}, true);
+      ASSERT_TRUE(tokens.ok()) << tokens.status();
+      EXPECT_FALSE((*tokens)[0].finite) << "mode " << m << ", row " << r;
+      EXPECT_TRUE((*tokens)[1].finite);
+      EXPECT_EQ((*tokens)[1].id, (*expected)[0].id);
+      EXPECT_FLOAT_EQ((*tokens)[1].logprob, (*expected)[0].logprob);
+    }
+  }
+}
+
+// Greedy on huge but finite logits is still a valid choice.
+TEST(SamplerTest, GreedyOnHugeFiniteLogitsIsFinite) {
+  SequenceSampler greedy(Params(0.0));
+  auto tokens = SampleBatch(at::tensor({3e38f, -3e38f, 1.0f}).unsqueeze(0), {&greedy}, false);
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_TRUE((*tokens)[0].finite);
+  EXPECT_EQ((*tokens)[0].id, 0);
+}
+
+TEST(SamplerTest, DrawRefusesWhatIsNotADistribution) {
+  std::vector<float> nan(16, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> zero(16, 0.0f);
+  for (const SamplingParams& params : {Params(1.0), Params(1.0, 1.0, 4), Params(1.0, 0.5)}) {
+    SequenceSampler sampler(params);
+    EXPECT_EQ(sampler.Draw(nan.data(), 16), -1);
+    EXPECT_EQ(sampler.Draw(zero.data(), 16), -1);
+  }
 }
 
 }  // namespace

@@ -729,6 +729,44 @@ TEST_F(SqliteJobStoreTest, CheckpointsAreReplacedLoadedAndDeleted) {
   EXPECT_TRUE(store_->DeleteCheckpoint("job-404").ok());
 }
 
+// Retention: only jobs that ended before the cutoff go, with their examples and
+// checkpoints; running, queued and recently ended jobs stay.
+TEST_F(SqliteJobStoreTest, DeleteEndedBeforeRemovesOnlyExpiredEndedJobs) {
+  const absl::Time base = absl::FromUnixSeconds(1800000000);
+  auto put = [&](const std::string& id, JobState state, std::optional<absl::Time> end) {
+    Put("t", id);
+    absl::StatusOr<JobRecord> job = store_->Get("t", id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    job->state = state;
+    if (state != JobState::kQueued) job->start_time = base - absl::Hours(100);
+    if (end.has_value()) job->end_time = *end;
+    ASSERT_TRUE(store_->Update(*job).ok());
+    ASSERT_TRUE(store_->SaveCheckpoint(id, JobCheckpoint{1, "ckpt", std::nullopt}).ok());
+  };
+  put("job-old-ok", JobState::kSucceeded, base - absl::Hours(48));
+  put("job-old-failed", JobState::kFailed, base - absl::Hours(30));
+  put("job-old-cancelled", JobState::kCancelled, base - absl::Hours(25));
+  put("job-new-ok", JobState::kSucceeded, base - absl::Hours(1));
+  put("job-running", JobState::kRunning, std::nullopt);
+  put("job-queued", JobState::kQueued, std::nullopt);
+
+  absl::StatusOr<int64_t> deleted = store_->DeleteEndedBefore(base - absl::Hours(24));
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 3);
+  for (const char* gone : {"job-old-ok", "job-old-failed", "job-old-cancelled"}) {
+    EXPECT_EQ(store_->Get("t", gone).status().code(), absl::StatusCode::kNotFound) << gone;
+    EXPECT_EQ(store_->ReadDatasets(gone).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_FALSE(store_->LoadCheckpoint(gone)->has_value());
+  }
+  for (const char* kept : {"job-new-ok", "job-running", "job-queued"}) {
+    EXPECT_TRUE(store_->Get("t", kept).ok()) << kept;
+    EXPECT_TRUE(store_->ReadDatasets(kept).ok()) << kept;
+  }
+  EXPECT_THAT(RawQuery(path_, "SELECT COUNT(*) FROM job_examples"), ElementsAre("3"));
+  EXPECT_THAT(RawQuery(path_, "SELECT COUNT(*) FROM job_checkpoints"), ElementsAre("3"));
+  EXPECT_EQ(*store_->DeleteEndedBefore(base - absl::Hours(24)), 0) << "idempotent";
+}
+
 TEST_F(SqliteJobStoreTest, PersistsAcrossReopen) {
   JobRecord job = Job("t", "job-1");
   job.spec = FullSpec();

@@ -469,10 +469,34 @@ TEST_F(SqliteVectorStoreTest, NotADatabaseIsAnError) {
   options.path = junk;
   absl::StatusOr<std::unique_ptr<SqliteVectorStore>> store = SqliteVectorStore::Create(options);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(store.status().message()), HasSubstr("not a database"));
   EXPECT_THAT(std::string(store.status().message()), HasSubstr(junk));
   EXPECT_EQ(SqliteVectorStore::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A file whose pages were damaged is refused when opened, naming the path, instead of
+// opening and failing every later query with INTERNAL (before the fix the server
+// started and reported SERVING).
+TEST_F(SqliteVectorStoreTest, ADamagedFileIsRefusedAtOpen) {
+  for (int i = 0; i < 20; ++i) Put("t", absl::StrCat("v", i));
+  store_.reset();
+  RawSql(path_, "PRAGMA wal_checkpoint(TRUNCATE)");
+  const auto size = std::filesystem::file_size(path_);
+  ASSERT_GT(size, 3 * 4096u);
+  {
+    // Page 1 (the header and schema) stays; everything after it becomes junk.
+    std::fstream file(path_, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(4096);
+    const std::string junk(size - 4096, '\x5a');
+    file.write(junk.data(), junk.size());
+  }
+  SqliteVectorStore::Options options;
+  options.path = path_;
+  absl::StatusOr<std::unique_ptr<SqliteVectorStore>> store = SqliteVectorStore::Create(options);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kDataLoss) << store.status();
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr(path_));
 }
 
 // A version whose Create() returned survives the process being killed right after.

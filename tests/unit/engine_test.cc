@@ -1,0 +1,408 @@
+// Vector uploads: bounded magnitudes (relative to the model's residual RMS) and
+// bounded metadata.
+// The resident vector cache: least recently used unused vectors go first, vectors a
+// request holds are never evicted, a miss calls the loader and a hit does not.
+// The serving engine on the embedded default model, driven directly (no gRPC): a row
+// whose logits turn non-finite fails alone while its batch neighbour gets the tokens
+// it gets alone; a full queue refuses at once; a cancelled row leaves before the next
+// decode step; background rows stay within their cap while serving rows run; drain
+// ends what is left. Observers that block on the engine thread hold it between steps,
+// which makes each scenario deterministic without timing.
+#include "server/engine/engine.h"
+#include "server/engine/vector_cache.h"
+#include "server/engine/vector_upload.h"
+#include "server/model/safetensors.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "server/model/generator.h"
+#include "server/model/tokenizer.h"
+#include "server/model/transformer.h"
+
+namespace steerd {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Records one request's output. `hold` (optional) blocks the engine thread in the first
+// OnTokens until it is notified.
+class RecordingObserver : public GenerationObserver {
+ public:
+  explicit RecordingObserver(absl::Notification* hold = nullptr) : hold_(hold) {}
+  void OnAdmitted(const AdmittedGeneration&) override {}
+  void OnTokens(TokenDelta delta) override {
+    {
+      absl::MutexLock lock(&mu_);
+      for (int32_t id : delta.token_ids) tokens_.push_back(id);
+      if (on_tokens_) on_tokens_();
+    }
+    if (!first_tokens_.HasBeenNotified()) first_tokens_.Notify();
+    if (hold_ != nullptr) hold_->WaitForNotification();
+  }
+  void OnFinished(const GenerationSummary& summary) override {
+    {
+      absl::MutexLock lock(&mu_);
+      summary_ = summary;
+      if (on_finished_) on_finished_();
+    }
+    done_.Notify();
+  }
+  GenerationSummary Wait() {
+    done_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    return summary_;
+  }
+  void WaitForFirstTokens() { first_tokens_.WaitForNotification(); }
+  std::vector<int32_t> tokens() {
+    absl::MutexLock lock(&mu_);
+    return tokens_;
+  }
+  // Hooks run on the engine thread (tests keep counts with them).
+  void SetHooks(std::function<void()> on_tokens, std::function<void()> on_finished) {
+    absl::MutexLock lock(&mu_);
+    on_tokens_ = std::move(on_tokens);
+    on_finished_ = std::move(on_finished);
+  }
+
+ private:
+  absl::Notification* hold_;
+  absl::Notification first_tokens_;
+  absl::Notification done_;
+  absl::Mutex mu_;
+  std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);
+  GenerationSummary summary_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> on_tokens_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> on_finished_ ABSL_GUARDED_BY(mu_);
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string dir = std::string(STEERD_SOURCE_DIR) + "/models/steerd-tiny";
+    Transformer::Options options;
+    options.model_dir = dir;
+    options.num_threads = 1;
+    auto model = Transformer::Create(options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = model->release();
+    auto tokenizer = Tokenizer::Load(dir);
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = tokenizer->release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete tokenizer_;
+  }
+
+  std::unique_ptr<Engine> NewEngine(Engine::Options options = {}) {
+    auto engine = Engine::Create(options, model_, tokenizer_, ModelMetrics());
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? std::move(*engine) : nullptr;
+  }
+
+  static GenerationRequest Request(const std::string& prompt, int64_t max_new_tokens,
+                                   SamplingParams sampling = {}) {
+    GenerationRequest r;
+    auto ids = tokenizer_->Encode(prompt);
+    EXPECT_TRUE(ids.ok());
+    r.prompt = *ids;
+    r.max_new_tokens = max_new_tokens;
+    r.sampling = sampling;
+    r.ignore_eos = true;
+    return r;
+  }
+
+  static EngineRequest Submittable(GenerationRequest generation,
+                                   std::shared_ptr<GenerationObserver> observer) {
+    EngineRequest request;
+    request.generation = std::move(generation);
+    request.observer = std::move(observer);
+    return request;
+  }
+
+  static std::shared_ptr<const ResidentVector> Vector(float value) {
+    auto vector = std::make_shared<ResidentVector>();
+    vector->sha256 = "test";
+    vector->vector = at::full({model_->config().num_layers, model_->config().hidden_size},
+                              value, at::TensorOptions().dtype(model_->dtype()));  // [L, d]
+    return vector;
+  }
+
+  static Transformer* model_;
+  static Tokenizer* tokenizer_;
+};
+
+Transformer* EngineTest::model_ = nullptr;
+Tokenizer* EngineTest::tokenizer_ = nullptr;
+
+// Before the fix the huge vector with top-k crashed the process (SIGSEGV), and with
+// top-p returned status OK with token 0 repeated.
+TEST_F(EngineTest, NonFiniteLogitsFailTheirRequestOnlyAndTheNeighbourIsExact) {
+  const GenerationRequest plain = Request("Q: 6*6*2+4+5\nA:", 24);
+  Generator generator(model_, tokenizer_);
+  auto alone = generator.Generate({plain});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+
+  for (SamplingParams sampling : {SamplingParams{0.7, 1.0, 5, 1}, SamplingParams{0.7, 0.9, 0, 1},
+                                  SamplingParams{0.0, 1.0, 0, 0}}) {
+    auto engine = NewEngine();
+    // A first request holds the engine after its first token, so the next two are
+    // prefilled together: one forward pass computes both rows.
+    absl::Notification release;
+    auto blocker = std::make_shared<RecordingObserver>(&release);
+    ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 2+3\nA:", 2), blocker)).ok());
+    blocker->WaitForFirstTokens();
+    auto plain_observer = std::make_shared<RecordingObserver>();
+    ASSERT_TRUE(engine->Submit(Submittable(plain, plain_observer)).ok());
+    auto huge_observer = std::make_shared<RecordingObserver>();
+    EngineRequest huge = Submittable(Request("Q: 1+1\nA:", 8, sampling), huge_observer);
+    huge.vector = Vector(3e38f);
+    huge.steering_scale = 100.0;
+    ASSERT_TRUE(engine->Submit(std::move(huge)).ok());
+    release.Notify();
+
+    const GenerationSummary failed = huge_observer->Wait();
+    EXPECT_EQ(failed.status.code(), absl::StatusCode::kInvalidArgument) << failed.status;
+    EXPECT_THAT(std::string(failed.status.message()), HasSubstr("NaN or infinite"));
+    EXPECT_TRUE(huge_observer->tokens().empty());
+    const GenerationSummary ok = plain_observer->Wait();
+    EXPECT_TRUE(ok.status.ok()) << ok.status;
+    EXPECT_EQ(plain_observer->tokens(), (*alone)[0].tokens);
+    EXPECT_TRUE(blocker->Wait().status.ok());
+  }
+}
+
+TEST_F(EngineTest, AFullQueueRefusesAtOnce) {
+  Engine::Options options;
+  options.max_waiting = 2;
+  options.max_batch_size = 1;  // The held request keeps the only row.
+  auto engine = NewEngine(options);
+  absl::Notification release;
+  auto holder = std::make_shared<RecordingObserver>(&release);
+  ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 1+2\nA:", 4), holder)).ok());
+  holder->WaitForFirstTokens();
+  std::vector<std::shared_ptr<RecordingObserver>> queued;
+  for (int i = 0; i < 2; ++i) {
+    queued.push_back(std::make_shared<RecordingObserver>());
+    ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 3+4\nA:", 2), queued.back())).ok());
+  }
+  EXPECT_EQ(engine->waiting(), 2);
+  auto refused = engine->Submit(Submittable(Request("Q: 5+6\nA:", 2),
+                                            std::make_shared<RecordingObserver>()));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("max_waiting"));
+  release.Notify();
+  EXPECT_TRUE(holder->Wait().status.ok());
+  for (auto& observer : queued) EXPECT_TRUE(observer->Wait().status.ok());
+}
+
+TEST_F(EngineTest, ACancelledRowLeavesBeforeTheNextStep) {
+  auto engine = NewEngine();
+  absl::Notification release;
+  auto observer = std::make_shared<RecordingObserver>(&release);
+  auto handle = engine->Submit(Submittable(Request("Q: 9*9\nA:", 100), observer));
+  ASSERT_TRUE(handle.ok());
+  observer->WaitForFirstTokens();
+  (*handle)->Cancel();
+  release.Notify();
+  const GenerationSummary summary = observer->Wait();
+  EXPECT_EQ(summary.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(summary.completion_tokens, 1);
+}
+
+TEST_F(EngineTest, BackgroundRowsStayWithinTheirCapWhileServingRuns) {
+  Engine::Options options;
+  options.max_background_rows = 8;
+  options.min_background_rows = 2;
+  auto engine = NewEngine(options);
+  // Counted on the engine thread only (observer hooks).
+  int running_background = 0, max_while_serving = 0, max_after = 0;
+  bool serving = true;
+  absl::Notification release;
+  auto serving_observer = std::make_shared<RecordingObserver>(&release);
+  serving_observer->SetHooks(nullptr, [&] { serving = false; });
+  std::vector<std::shared_ptr<RecordingObserver>> background;
+  for (int i = 0; i < 12; ++i) {
+    auto observer = std::make_shared<RecordingObserver>();
+    auto started = std::make_shared<bool>(false);
+    observer->SetHooks(
+        [&, started] {
+          if (*started) return;
+          *started = true;
+          ++running_background;
+          int& max = serving ? max_while_serving : max_after;
+          max = std::max(max, running_background);
+        },
+        [&] { --running_background; });
+    background.push_back(observer);
+  }
+  // The serving request holds the engine until every background request is queued.
+  ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 2+2\nA:", 120), serving_observer)).ok());
+  serving_observer->WaitForFirstTokens();
+  for (auto& observer : background) {
+    EngineRequest request = Submittable(Request("Q: 1+1\nA:", 6), observer);
+    request.background = true;
+    ASSERT_TRUE(engine->Submit(std::move(request)).ok());
+  }
+  release.Notify();
+  for (auto& observer : background) EXPECT_TRUE(observer->Wait().status.ok());
+  EXPECT_TRUE(serving_observer->Wait().status.ok());
+  // One serving row: background gets max(1, min_background_rows) = 2 rows.
+  EXPECT_GE(max_while_serving, 1);
+  EXPECT_LE(max_while_serving, 2);
+}
+
+TEST_F(EngineTest, DrainEndsWhatIsLeftAndRefusesNewWork) {
+  auto engine = NewEngine();
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 7*8\nA:", 200), observer)).ok());
+  observer->WaitForFirstTokens();
+  engine->Drain(absl::Now());  // No time left: the row ends now, as cancelled.
+  const GenerationSummary summary = observer->Wait();
+  EXPECT_TRUE(summary.status.ok()) << summary.status;
+  EXPECT_EQ(summary.finish_reason, FinishReason::kCancelled);
+  EXPECT_LT(summary.completion_tokens, 200);
+  auto refused = engine->Submit(Submittable(Request("Q: 1\nA:", 2),
+                                            std::make_shared<RecordingObserver>()));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+}
+
+class VectorCacheTest : public ::testing::Test {
+ protected:
+  static constexpr int64_t kLayers = 2, kHidden = 3;
+
+  VectorCacheTest() : cache_(Options(), kLayers, kHidden, ModelMetrics()) {}
+
+  static VectorCache::Options Options() {
+    VectorCache::Options options;
+    options.capacity = 2;
+    return options;
+  }
+
+  // Acquires `sha`, whose values are all `value`; counts loader calls per hash.
+  std::shared_ptr<const ResidentVector> Acquire(const std::string& sha, float value = 1.0f,
+                                                bool* hit = nullptr) {
+    auto vector = cache_.Acquire(
+        sha,
+        [&]() -> absl::StatusOr<std::vector<float>> {
+          ++loads_[sha];
+          return std::vector<float>(kLayers * kHidden, value);
+        },
+        hit);
+    EXPECT_TRUE(vector.ok()) << vector.status();
+    return vector.ok() ? *vector : nullptr;
+  }
+
+  VectorCache cache_;
+  std::map<std::string, int> loads_;
+};
+
+TEST_F(VectorCacheTest, EvictsTheLeastRecentlyUsedUnusedVector) {
+  Acquire("a");
+  Acquire("b");
+  bool hit = false;
+  Acquire("a", 1.0f, &hit);  // a becomes the most recent
+  EXPECT_TRUE(hit);
+  Acquire("c");  // three unused, capacity 2: b, the least recent, goes
+  EXPECT_EQ(cache_.resident(), 2);
+  Acquire("a", 1.0f, &hit);
+  EXPECT_TRUE(hit);
+  Acquire("b", 1.0f, &hit);
+  EXPECT_FALSE(hit);
+  EXPECT_EQ(loads_["a"], 1);
+  EXPECT_EQ(loads_["b"], 2);
+}
+
+TEST_F(VectorCacheTest, PinnedVectorsStayWhateverTheirAge) {
+  std::shared_ptr<const ResidentVector> pinned = Acquire("pinned", 7.0f);
+  for (const char* sha : {"x", "y", "z", "w"}) Acquire(sha);
+  // Two unused ones plus the pinned one stay resident.
+  EXPECT_EQ(cache_.resident(), 3);
+  bool hit = false;
+  auto again = Acquire("pinned", 0.0f, &hit);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(again.get(), pinned.get());  // The same resident copy, values untouched.
+  EXPECT_EQ(again->vector[1][2].item<float>(), 7.0f);
+  EXPECT_EQ(loads_["pinned"], 1);
+  // Once released it is an ordinary unused vector, evicted when it is the oldest.
+  pinned.reset();
+  again.reset();
+  Acquire("v");
+  Acquire("u");
+  EXPECT_EQ(cache_.resident(), 2);
+  Acquire("pinned", 7.0f, &hit);
+  EXPECT_FALSE(hit);
+}
+
+TEST_F(VectorCacheTest, ALoaderErrorOrAWrongSizeIsTheCallersError) {
+  auto failed = cache_.Acquire("bad", [] () -> absl::StatusOr<std::vector<float>> {
+    return absl::DataLossError("store read failed");
+  });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kDataLoss);
+  auto wrong = cache_.Acquire("short", [] () -> absl::StatusOr<std::vector<float>> {
+    return std::vector<float>(2, 0.0f);
+  });
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(cache_.resident(), 0);
+}
+
+std::string VectorFile(const std::vector<float>& values, int64_t layers, int64_t hidden,
+                       std::map<std::string, std::string> metadata = {}) {
+  auto bytes = SerializeSafetensors({{"steering", DType::kF32, {layers, hidden}, values.data()}},
+                                    metadata);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  return bytes.ok() ? *bytes : std::string();
+}
+
+VectorTarget Target() {
+  VectorTarget target;
+  target.model = "m";
+  target.fingerprint = "qwen2:2x4";
+  target.num_layers = 2;
+  target.hidden_size = 4;
+  target.residual_rms = {0.5f, 2.0f};
+  return target;
+}
+
+// Before the fix a vector of all 3e38 was accepted, and at scale 100 it crashed the
+// server (with top-k) or produced NaN logprobs with status OK.
+TEST(VectorUploadTest, RefusesValuesFarAboveTheResidualScale) {
+  auto huge = ValidateVectorUpload(VectorFile(std::vector<float>(8, 3e38f), 2, 4), Target());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(huge.status().message()),
+              HasSubstr("row 0 of tensor \"steering\" has RMS 3e+38, over 1000 times"));
+  // Row 1 may be up to 1000 * 2.0 in RMS, row 0 only 1000 * 0.5.
+  std::vector<float> values = {400, 400, 400, 400, 1999, 1999, 1999, 1999};
+  EXPECT_TRUE(ValidateVectorUpload(VectorFile(values, 2, 4), Target()).ok());
+  values[0] = values[1] = values[2] = values[3] = 501;
+  auto over = ValidateVectorUpload(VectorFile(values, 2, 4), Target());
+  EXPECT_THAT(std::string(over.status().message()), HasSubstr("row 0"));
+  // Without a measured scale only the file checks apply.
+  VectorTarget unbounded = Target();
+  unbounded.residual_rms.clear();
+  EXPECT_TRUE(ValidateVectorUpload(VectorFile(std::vector<float>(8, 3e38f), 2, 4), unbounded).ok());
+}
+
+// Before the fix 15 MiB of metadata on a 3 KiB vector was stored verbatim.
+TEST(VectorUploadTest, RefusesOversizedMetadata) {
+  const std::vector<float> values(8, 0.1f);
+  auto big = ValidateVectorUpload(
+      VectorFile(values, 2, 4, {{"description", std::string(kMaxVectorMetadataBytes, 'x')}}),
+      Target());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(big.status().message()), HasSubstr("__metadata__"));
+  auto fits = ValidateVectorUpload(
+      VectorFile(values, 2, 4, {{"description", std::string(1000, 'x')}}), Target());
+  EXPECT_TRUE(fits.ok()) << fits.status();
+}
+
+}  // namespace
+}  // namespace steerd
