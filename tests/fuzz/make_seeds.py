@@ -56,6 +56,15 @@ def safetensors_seeds():
         write(name, "vector_bf16", safetensors([("steering", "BF16", [2, 4], bf16(vec))]))
         write(name, "vector_partial_metadata", safetensors(
             [("steering", "F32", [2, 4], f32(vec))], {"num_layers": "2"}))
+    # An unpadded header: the data sits at an odd offset (allowed; see TensorView).
+    unpadded = safetensors([("steering", "BF16", [2, 4], bf16(vec))])
+    header_len = struct.unpack("<Q", unpadded[:8])[0]
+    header = unpadded[8:8 + header_len].rstrip(b" ")
+    if (8 + len(header)) % 2 == 0:
+        header += b" "
+    for name in ("safetensors", "vector_upload"):
+        write(name, "vector_bf16_odd_offset",
+              struct.pack("<Q", len(header)) + header + unpadded[8 + header_len:])
     write("vector_upload", "vector_wrong_shape",
           safetensors([("steering", "F32", [1, 4], f32(vec[:4]))], meta))
     write("safetensors", "many_dtypes", safetensors([
