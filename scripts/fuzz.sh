@@ -95,7 +95,7 @@ case "${1:-}" in
     echo "== all fuzzers passed"
     ;;
   ""|-h|--help)
-    sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     name=$1
