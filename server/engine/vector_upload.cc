@@ -24,15 +24,20 @@ float Bf16ToFloat(uint16_t bits) {
   return value;
 }
 
-// The tensor's values as float32, in row-major order.
+// The tensor's values as float32, in row-major order. The data may sit at any byte
+// offset (safetensors headers need not be padded), so it is only read with memcpy.
 std::vector<float> ToFloat(const TensorView& view) {
   const int64_t n = view.numel();
   std::vector<float> values(n);
   if (view.dtype == DType::kF32) {
     std::memcpy(values.data(), view.data, n * sizeof(float));
   } else {
-    const auto* bits = static_cast<const uint16_t*>(view.data);
-    for (int64_t i = 0; i < n; ++i) values[i] = Bf16ToFloat(bits[i]);
+    const auto* bytes = static_cast<const char*>(view.data);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, bytes + i * sizeof(bits), sizeof(bits));
+      values[i] = Bf16ToFloat(bits);
+    }
   }
   return values;
 }

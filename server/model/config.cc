@@ -251,7 +251,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text,
   json root;
   try {
     root = json::parse(json_text.begin(), json_text.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // Not only parse_error: a number too large for a double (1e999) is out_of_range.
     return absl::InvalidArgumentError(absl::StrCat(source, ": invalid JSON: ", e.what()));
   }
   const FieldReader reader(source, root);

@@ -435,7 +435,8 @@ absl::Status SafetensorsFile::ParseHeader() {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(header_begin, header_begin + header_size);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number too large for a double (1e999) is out_of_range.
     return absl::InvalidArgumentError(
         absl::StrCat(source_, ": header is not valid JSON: ", e.what()));
   }

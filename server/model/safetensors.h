@@ -27,7 +27,8 @@ absl::StatusOr<DType> ParseDType(absl::string_view name);
 size_t DTypeSize(DType dtype);
 
 // A tensor inside a mapped file or buffer. `data` stays valid while the owning
-// SafetensorsFile lives.
+// SafetensorsFile lives. It need not be aligned for the dtype (a header need not be
+// padded to 8 bytes), so read elements with memcpy, not through a typed pointer.
 struct TensorView {
   std::string name;
   DType dtype = DType::kF32;

@@ -53,7 +53,8 @@ class JsonFile {
     Json json;
     try {
       json = Json::parse(text.begin(), text.end());
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
+      // Not only parse_error: a number too large for a double (1e999) is out_of_range.
       return absl::InvalidArgumentError(absl::StrCat(name_, ": malformed JSON: ", e.what()));
     }
     if (!json.is_object()) {

@@ -477,6 +477,13 @@ TEST(ConfigTest, InvalidJsonNamesTheSource) {
 
   config = ParseModelConfig("", kSource);
   EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // As the safetensors fuzzer found for its header: a number beyond a double's range
+  // is nlohmann's out_of_range, not parse_error, and escaped as an exception.
+  config = ParseModelConfig("{\"rope_theta\": 1e999}", kSource);
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(config.status().message()),
+              StartsWith(std::string(kSource) + ": invalid JSON"));
 }
 
 }  // namespace

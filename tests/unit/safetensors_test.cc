@@ -569,6 +569,10 @@ std::vector<CorruptCase> CorruptCases() {
        {"header length 200000000 exceeds"}},
       {"HeaderLengthMaxU64", LittleEndian64(~uint64_t{0}) + "{}", kInvalid, {"exceeds"}},
       {"InvalidJson", Pack(R"({"w": {"dtype": )", ""), kInvalid, {"not valid JSON"}},
+      // Found by the safetensors fuzzer: a number too large for a double is nlohmann's
+      // out_of_range, not parse_error, and escaped as an exception.
+      {"NumberOverflowsDouble", Pack(R"({"w": {"dtype": "F32", "shape": [1e999]}})", ""),
+       kInvalid, {"not valid JSON"}},
       {"HeaderNotAnObject", Pack("[1, 2]", ""), kInvalid, {"must be a JSON object"}},
       {"NulPaddedHeader", Pack(std::string("{}\0\0", 4), ""), kInvalid, {"not valid JSON"}},
       {"OffsetsPastTheData",

@@ -582,6 +582,14 @@ TEST(TokenizerErrorsTest, MalformedFilesNameFileAndField) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("src/tokenizer.json: malformed JSON"));
 
+  // As the safetensors fuzzer found for its header: a number too large for a double
+  // is nlohmann's out_of_range, not parse_error, and escaped as an exception.
+  status = Tokenizer::FromJson("{\"version\": 1e999}", "", "src").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("src/tokenizer.json: malformed JSON"));
+  EXPECT_THAT(BuildError(SyntheticTokenizer(), "{\"model_max_length\": -1e400}").message(),
+              HasSubstr("synthetic/tokenizer_config.json: malformed JSON"));
+
   status = Tokenizer::FromJson("[1, 2]", "", "src").status();
   EXPECT_THAT(status.message(), HasSubstr("src/tokenizer.json"));
 

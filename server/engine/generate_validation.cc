@@ -1,0 +1,66 @@
+#include "server/engine/generate_validation.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "absl/strings/str_cat.h"
+#include "server/model/sampling_params.h"
+
+namespace steerd {
+namespace {
+
+constexpr int64_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopBytes = 256;
+constexpr double kMaxScale = 100.0;
+
+}  // namespace
+
+absl::Status ValidateGenerateParams(const GenerateParams& p) {
+  if (p.model.empty()) return absl::InvalidArgumentError("model is empty");
+  if (p.prompt.has_value() == p.messages.has_value()) {
+    return absl::InvalidArgumentError("set exactly one input: prompt or messages");
+  }
+  if (p.prompt.has_value() && p.prompt->empty()) {
+    return absl::InvalidArgumentError("prompt is empty");
+  }
+  if (p.messages.has_value() && p.messages->empty()) {
+    return absl::InvalidArgumentError("messages is empty: send at least one message");
+  }
+  if (!std::isfinite(p.scale) || std::abs(p.scale) > kMaxScale) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steering.scale ", p.scale, " must be finite and within [-100, 100]"));
+  }
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0 || p.temperature > 2.0 ||
+      (p.temperature > 0.0 && p.temperature < kMinTemperature)) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature ", p.temperature,
+                                                   " must be 0 (greedy) or within [",
+                                                   kMinTemperature, ", 2]"));
+  }
+  if (!std::isfinite(p.top_p) || p.top_p < 0.0 || p.top_p > 1.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p ", p.top_p, " must be within [0, 1]"));
+  }
+  if (p.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k ", p.top_k, " must not be negative"));
+  }
+  if (p.max_new_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_new_tokens ", p.max_new_tokens, " must not be negative"));
+  }
+  if (static_cast<int64_t>(p.stop.size()) > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.stop has ", p.stop.size(),
+                                                   " strings; the maximum is ",
+                                                   kMaxStopStrings));
+  }
+  for (size_t i = 0; i < p.stop.size(); ++i) {
+    if (p.stop[i].empty() || p.stop[i].size() > kMaxStopBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] is ",
+                                                     p.stop[i].size(),
+                                                     " bytes; each must be 1 to 256 bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace steerd
