@@ -13,6 +13,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -36,7 +37,9 @@
 #include "client/command_line.h"
 #include "client/job_progress.h"
 #include "client/steerd_client.h"
+#include "server/api/grpc_status.h"
 #include "server/train/dataset.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd::client {
@@ -823,10 +826,22 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& li
   return request;
 }
 
+// Why a job FAILED: its error's message, after its reason in brackets when the reason
+// says more than the code does ("[NON_FINITE_LOGITS] the steered model's ...").
+std::string JobError(const v1::Job& job) {
+  const absl::Status error = FromRpcStatus(job.error());
+  const std::optional<ErrorDetails> details = GetErrorDetails(error);
+  const std::string code = absl::StatusCodeToString(error.code());
+  if (details.has_value() && !details->reason.empty() && details->reason != code) {
+    return absl::StrCat("[", details->reason, "] ", error.message());
+  }
+  return std::string(error.message());
+}
+
 // The vector a SUCCEEDED job published, or why a FAILED one failed.
 std::string JobResult(const v1::Job& job) {
   if (job.state() == v1::Job::SUCCEEDED) return FormatVectorRef(job.vector());
-  if (job.state() == v1::Job::FAILED) return OneLine(job.error());
+  if (job.state() == v1::Job::FAILED) return OneLine(JobError(job));
   return "-";
 }
 
@@ -961,7 +976,7 @@ absl::Status WatchUntilDone(SteerdClient& client, const std::string& id, bool cr
       if (!json) c.out << FormatVectorRef(job.vector()) << "\n";
       return absl::OkStatus();
     case v1::Job::FAILED:
-      return CommandFailure(absl::StrCat("job ", id, " FAILED: ", OrDash(job.error())),
+      return CommandFailure(absl::StrCat("job ", id, " FAILED: ", OrDash(JobError(job))),
                             1);
     case v1::Job::CANCELLED:
       return CommandFailure(absl::StrCat("job ", id, " was CANCELLED"), 1);
@@ -1140,8 +1155,14 @@ int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
     int code = 1;
     return absl::SimpleAtoi(std::string(*exit_code), &code) ? code : 1;
   }
-  err << "steerctl: " << absl::StatusCodeToString(status.code()) << ": "
-      << status.message() << "\n";
+  // The server's machine-readable reason, when it says more than the code does.
+  const std::optional<ErrorDetails> details = GetErrorDetails(status);
+  const std::string code = absl::StatusCodeToString(status.code());
+  err << "steerctl: " << code;
+  if (details.has_value() && !details->reason.empty() && details->reason != code) {
+    err << " [" << details->reason << "]";
+  }
+  err << ": " << status.message() << "\n";
   return 1;
 }
 

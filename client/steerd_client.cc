@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/api/grpc_status.h"
 #include "server/util/status_macros.h"
 
 namespace steerd::client {
@@ -67,9 +68,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  return ::steerd::FromGrpcStatus(status);
 }
 
 absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,

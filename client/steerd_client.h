@@ -75,7 +75,8 @@ absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
 // DATA_LOSS when reading fails.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
-// `status` as an absl::Status with the same code and message.
+// `status` as an absl::Status with the same code and message, carrying the server's
+// error details (reason, retry delay, invalid fields: server/util/error_details.h).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 // ListVectors filters (see steerd.v1.ListVectorsRequest).

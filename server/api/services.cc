@@ -1,6 +1,7 @@
 #include "server/api/services.h"
 
 #include <chrono>
+#include <cstdio>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -9,6 +10,7 @@
 #include "server/api/grpc_status.h"
 #include "server/api/proto_convert.h"
 #include "server/api/stream_pump.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -265,26 +267,35 @@ class StreamGenerationReactor final : public grpc::ServerWriteReactor<v1::Genera
 absl::StatusOr<ServingCore*> ApiContext::Core(bool for_generation) const {
   ServingCore* core = core_.load();
   if (core == nullptr) {
-    return absl::UnavailableError("the server is starting: models are still loading");
+    return StartingError();
   }
   if (for_generation && draining_.load()) {
-    return absl::UnavailableError("the server is shutting down; retry elsewhere");
+    return DrainingError();
   }
   return core;
 }
 
 void ApiContext::RecordRpc(const char* rpc, const absl::Status& status,
                            std::chrono::steady_clock::time_point start) {
-  metrics_->RecordRpc(rpc, GrpcCodeName(ToGrpcStatus(status).error_code()), SecondsSince(start));
+  const grpc::StatusCode code = static_cast<grpc::StatusCode>(status.code());
+  metrics_->RecordRpc(rpc, GrpcCodeName(code), SecondsSince(start));
+  // A server-side failure is the operator's to see, once, with what failed; client
+  // errors (bad input, limits) are the client's and stay out of the log.
+  if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::DATA_LOSS ||
+      code == grpc::StatusCode::UNKNOWN) {
+    std::fprintf(stderr, "steerd: %s failed: %s: %s\n", rpc,
+                 absl::StatusCodeToString(status.code()).c_str(),
+                 std::string(status.message()).c_str());
+  }
 }
 
 absl::StatusOr<TrainingManager*> ApiContext::Training() const {
   TrainingManager* training = training_.load();
   if (training == nullptr) {
-    return absl::UnavailableError("the server is starting: models are still loading");
+    return StartingError();
   }
   if (draining_.load()) {
-    return absl::UnavailableError("the server is shutting down; retry elsewhere");
+    return DrainingError();
   }
   return training;
 }

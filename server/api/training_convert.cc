@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/grpc_status.h"
 
 namespace steerd {
 namespace {
@@ -171,7 +172,7 @@ void ToProto(const JobRecord& job, v1::Job* out) {
   out->mutable_progress()->set_step(job.step);
   out->mutable_progress()->set_total_steps(spec.hyperparameters.steps);
   if (job.metrics.has_value()) ToProto(*job.metrics, out->mutable_metrics());
-  out->set_error(job.error);
+  if (!job.error.ok()) *out->mutable_error() = ToRpcStatus(job.error);
   if (job.state == JobState::kSucceeded && job.vector_version > 0) {
     out->mutable_vector()->set_name(spec.output_vector);
     out->mutable_vector()->set_version(job.vector_version);

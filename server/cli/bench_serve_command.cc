@@ -328,7 +328,7 @@ absl::StatusOr<JobRecord> StartTrainingJob(TrainingManager& training, const std:
   const absl::Time deadline = absl::Now() + absl::Seconds(120);
   while (job.state == JobState::kQueued || job.step < 1) {
     if (IsTerminal(job.state)) {
-      return absl::InternalError(absl::StrCat("the training job ended: ", job.error));
+      return absl::InternalError(absl::StrCat("the training job ended: ", job.error.message()));
     }
     if (absl::Now() > deadline) return absl::DeadlineExceededError("the job did not start");
     absl::SleepFor(absl::Milliseconds(20));

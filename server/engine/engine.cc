@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/model/torch_util.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -79,15 +80,24 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> Engine::Submit(EngineRequest r
   sequence->submitted = Clock::now();
   std::shared_ptr<GenerationHandle> handle = sequence->handle;
   absl::MutexLock lock(&mu_);
-  if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  if (draining_) {
+    return DrainingError();
+  }
   if (sequence->request.background) {
     background_waiting_.push_back(std::move(sequence));
     return handle;
   }
   if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server is overloaded: ", waiting_.size(),
-        " requests are already waiting for this model (max_waiting); retry later"));
+    ErrorDetails details;
+    details.reason = "QUEUE_FULL";
+    details.metadata = {{"limit", "max_waiting"},
+                        {"limit_value", absl::StrCat(options_.max_waiting)}};
+    details.retry_delay = absl::Seconds(1);
+    return WithErrorDetails(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "the server is overloaded: ", waiting_.size(),
+            " requests are already waiting for this model (max_waiting); retry later")),
+        details);
   }
   waiting_.push_back(std::move(sequence));
   if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());

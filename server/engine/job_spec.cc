@@ -16,6 +16,7 @@
 #include "server/engine/vector_ref.h"
 #include "server/model/sampling_params.h"
 #include "server/model/tokenizer_text.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -106,8 +107,8 @@ std::string VerifierPattern(const std::string& pattern) {
 // "hyperparameters.<field> <value> must be <bound>": every bound message names the
 // field as the request spells it.
 absl::Status OutOfBounds(absl::string_view field, double value, absl::string_view bound) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("hyperparameters.", field, " ", value, " must be ", bound));
+  return InvalidFieldError(absl::StrCat("hyperparameters.", field),
+                           absl::StrCat(value, " must be ", bound));
 }
 
 // A count that 0 defaults: negative or above `max` is INVALID_ARGUMENT.
@@ -153,8 +154,10 @@ absl::Status CheckLimit(absl::string_view what, int64_t value, int64_t documente
         absl::StrCat(what, "; this server's maximum is ", server_cap));
   }
   if (tenant_limit > 0 && value > tenant_limit) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        what, "; the tenant's limit is ", tenant_limit, " (", limit_name, ")"));
+    return LimitError(absl::StatusCode::kResourceExhausted,
+                      absl::StrCat(what, "; the tenant's limit is ", tenant_limit, " (",
+                                   limit_name, ")"),
+                      limit_name, absl::StrCat(tenant_limit), value);
   }
   return absl::OkStatus();
 }
@@ -174,10 +177,10 @@ absl::Status CheckInlineExamples(absl::string_view field,
   for (size_t i = 0; i < examples.size(); ++i) {
     // A blank answer is never extracted from a completion, so it could never be correct.
     if (examples[i].prompt.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "].prompt is empty"));
+      return InvalidFieldError(absl::StrCat(field, "[", i, "].prompt"), "is empty");
     }
     if (absl::StripAsciiWhitespace(examples[i].answer).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "].answer is empty"));
+      return InvalidFieldError(absl::StrCat(field, "[", i, "].answer"), "is empty");
     }
   }
   return absl::OkStatus();
@@ -360,11 +363,11 @@ absl::StatusOr<std::vector<train::Example>> TaskExamples(const std::string& task
 }  // namespace
 
 absl::Status ValidateJobId(const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("id is empty");
+  if (id.empty()) return InvalidFieldError("id", "is empty");
   if (id.size() > kMaxJobIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("id is ", id.size(),
-                                                   " bytes long; job ids are at most ",
-                                                   kMaxJobIdBytes));
+    return InvalidFieldError("id", absl::StrCat("is ", id.size(),
+                                                " bytes long; job ids are at most ",
+                                                kMaxJobIdBytes));
   }
   return absl::OkStatus();
 }
@@ -372,12 +375,12 @@ absl::Status ValidateJobId(const std::string& id) {
 absl::StatusOr<JobDatasets> NormalizeJobSpec(const ModelInfo& model, const JobLimits& limits,
                                              const JobSpecCaps& caps, CreateJobParams* params) {
   JobSpec& spec = params->spec;
-  if (spec.model.empty()) return absl::InvalidArgumentError("model is empty");
+  if (spec.model.empty()) return InvalidFieldError("model", "is empty");
   if (spec.model != model.name) {
     return absl::InternalError(absl::StrCat("job spec for model \"", spec.model,
                                             "\" checked against model \"", model.name, "\""));
   }
-  if (spec.output_vector.empty()) return absl::InvalidArgumentError("output_vector is empty");
+  if (spec.output_vector.empty()) return InvalidFieldError("output_vector", "is empty");
   if (spec.output_vector.find('@') != std::string::npos) {
     return absl::InvalidArgumentError(
         "output_vector must be a plain vector name; a job publishes the next version itself, "

@@ -17,6 +17,7 @@
 #include "server/model/tokenizer.h"
 #include "server/model/torch_util.h"
 #include "server/model/transformer.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -332,9 +333,12 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
         " exceeds this server's maximum of ", options_.max_new_tokens));
   }
   if (tenant_max_new_tokens > 0 && params.max_new_tokens > tenant_max_new_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "sampling.max_new_tokens ", params.max_new_tokens, " is over the tenant's limit of ",
-        tenant_max_new_tokens, " (max_new_tokens)"));
+    return LimitError(absl::StatusCode::kResourceExhausted,
+                      absl::StrCat("sampling.max_new_tokens ", params.max_new_tokens,
+                                   " is over the tenant's limit of ", tenant_max_new_tokens,
+                                   " (max_new_tokens)"),
+                      "max_new_tokens", absl::StrCat(tenant_max_new_tokens),
+                      params.max_new_tokens);
   }
   int64_t max_new = params.max_new_tokens > 0 ? params.max_new_tokens
                                               : options_.default_max_new_tokens;

@@ -28,6 +28,7 @@
 #include "server/model/steering_file.h"
 #include "server/model/torch_util.h"
 #include "server/train/trainer.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -268,7 +269,7 @@ class TrainingManager::Impl {
   // Moves a job to a terminal state, stores it, tells its watchers and forgets it.
   // Deletes the jobs that ended longer than Options::job_retention ago.
   void PruneExpiredJobs();
-  void Finish(const std::shared_ptr<LiveJob>& job, JobState state, const std::string& error,
+  void Finish(const std::shared_ptr<LiveJob>& job, JobState state, const absl::Status& error,
               int64_t vector_version);
   // Sends an event with the job's record to its watchers (a state change when
   // `previous` is set, metrics otherwise).
@@ -345,10 +346,12 @@ absl::Status TrainingManager::Impl::Start() {
     JobRecord& r = job->record;
     absl::MutexLock lock(&mu_);
     ModelWorker* worker = WorkerFor(r.spec.model);
-    std::string error;
+    absl::Status error;
     if (worker == nullptr) {
-      error = absl::StrCat("model \"", r.spec.model,
-                           "\" is not loaded on this server since its restart");
+      error = WithReason(absl::FailedPreconditionError(absl::StrCat(
+                             "model \"", r.spec.model,
+                             "\" is not loaded on this server since its restart")),
+                         "MODEL_NOT_LOADED", {{"model", r.spec.model}});
     } else if (r.state == JobState::kRunning) {
       // A crash between publishing the vector and recording SUCCEEDED: the vector
       // names its job, so the job ends as it did.
@@ -362,8 +365,8 @@ absl::Status TrainingManager::Impl::Start() {
         if (v.job_id == r.id) r.vector_version = std::max(r.vector_version, v.version);
       }
     }
-    if (!error.empty() || r.vector_version > 0) {
-      r.state = error.empty() ? JobState::kSucceeded : JobState::kFailed;
+    if (!error.ok() || r.vector_version > 0) {
+      r.state = error.ok() ? JobState::kSucceeded : JobState::kFailed;
       r.error = error;
       r.end_time = absl::Now();
       RETURN_IF_ERROR(jobs_->Update(r));
@@ -430,9 +433,11 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
   if (limits.max_stored_vectors >= 0) {
     ASSIGN_OR_RETURN(int64_t stored, vectors_->CountVersions(tenant));
     if (stored >= limits.max_stored_vectors) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the tenant stores ", stored, " vector versions, its limit (stored_vectors); ",
-          "delete some before training another"));
+      return LimitError(absl::StatusCode::kResourceExhausted,
+                        absl::StrCat("the tenant stores ", stored,
+                                     " vector versions, its limit (stored_vectors); ",
+                                     "delete some before training another"),
+                        "stored_vectors", absl::StrCat(limits.max_stored_vectors), stored);
     }
   }
   // The stored datasets hold the prompts as the model sees them, rendered once here;
@@ -470,7 +475,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
   record.create_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+    if (stopping_) return DrainingError();
   }
   RETURN_IF_ERROR(jobs_->Create(record, datasets, limits.max_active_jobs));
   absl::MutexLock lock(&mu_);
@@ -521,7 +526,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CancelJob(const std::string& te
     UpdateGauges(worker);
     queued_job = job;
   }
-  Finish(queued_job, JobState::kCancelled, "", 0);
+  Finish(queued_job, JobState::kCancelled, absl::OkStatus(), 0);
   return GetJob(tenant, id);
 }
 
@@ -557,7 +562,7 @@ void TrainingManager::Impl::Unsubscribe(const std::string& job_id, int64_t watch
 }
 
 void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState state,
-                                   const std::string& error, int64_t vector_version) {
+                                   const absl::Status& error, int64_t vector_version) {
   JobRecord record;
   {
     absl::MutexLock lock(&mu_);
@@ -671,17 +676,17 @@ void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
     };
     if (done) {
       remove();
-      Finish(job, JobState::kSucceeded, "", version);
+      Finish(job, JobState::kSucceeded, absl::OkStatus(), version);
     } else if (cancel) {
       remove();
-      Finish(job, JobState::kCancelled, "", 0);
+      Finish(job, JobState::kCancelled, absl::OkStatus(), 0);
     } else if (stopping) {
       // Left RUNNING: the next start resumes it from this checkpoint.
       if (job->trainer != nullptr) (void)SaveCheckpoint(job.get());
       break;
     } else if (!status.ok()) {
       remove();
-      Finish(job, JobState::kFailed, std::string(status.message()), 0);
+      Finish(job, JobState::kFailed, status, 0);
     }
   }
 }

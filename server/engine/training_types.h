@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 
 namespace steerd {
@@ -101,7 +102,7 @@ struct JobRecord {
   JobState state = JobState::kQueued;
   int32_t step = 0;  // Optimizer steps completed (Progress.step).
   std::optional<JobMetrics> metrics;
-  std::string error;           // Set when FAILED.
+  absl::Status error;          // Not OK exactly when FAILED: code, message, details.
   int64_t vector_version = 0;  // Of spec.output_vector, set when SUCCEEDED.
   absl::Time create_time = absl::InfinitePast();
   absl::Time start_time = absl::InfinitePast();  // InfinitePast: not started.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/model/safetensors.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -103,9 +104,13 @@ absl::StatusOr<ValidatedVector> ValidateVectorUpload(std::string bytes,
   size_t metadata_bytes = 0;
   for (const auto& [key, value] : metadata) metadata_bytes += key.size() + value.size();
   if (metadata_bytes > kMaxVectorMetadataBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the file's __metadata__ holds ", metadata_bytes, " bytes of keys and values; the "
-        "maximum is ", kMaxVectorMetadataBytes));
+    return WithReason(
+        absl::InvalidArgumentError(absl::StrCat(
+            "the file's __metadata__ holds ", metadata_bytes,
+            " bytes of keys and values; the maximum is ", kMaxVectorMetadataBytes)),
+        "VECTOR_METADATA_TOO_LARGE",
+        {{"limit_value", absl::StrCat(kMaxVectorMetadataBytes)},
+         {"value", absl::StrCat(metadata_bytes)}});
   }
   if (auto it = metadata.find("format"); it != metadata.end() && it->second != kFormat) {
     return absl::InvalidArgumentError(absl::StrCat("metadata format \"", it->second,
@@ -144,11 +149,16 @@ absl::StatusOr<ValidatedVector> ValidateVectorUpload(std::string bytes,
       const double row_rms = std::sqrt(sum / cols);
       const double bound = kMaxSteeringToResidualRms * target.residual_rms[r];
       if (!(row_rms <= bound)) {  // Also catches a sum that overflowed to infinity.
-        return absl::InvalidArgumentError(absl::StrCat(
-            "row ", r, " of tensor \"", kTensor, "\" has RMS ", row_rms, ", over ",
-            kMaxSteeringToResidualRms, " times model \"", target.model,
-            "\"'s residual-stream RMS at layer ", r, " (", target.residual_rms[r],
-            "); a vector this large overflows the model's activations"));
+        return WithReason(
+            absl::InvalidArgumentError(absl::StrCat(
+                "row ", r, " of tensor \"", kTensor, "\" has RMS ", row_rms, ", over ",
+                kMaxSteeringToResidualRms, " times model \"", target.model,
+                "\"'s residual-stream RMS at layer ", r, " (", target.residual_rms[r],
+                "); a vector this large overflows the model's activations")),
+            "VECTOR_TOO_LARGE",
+            {{"layer", absl::StrCat(r)},
+             {"rms", absl::StrCat(row_rms)},
+             {"limit_value", absl::StrCat(bound)}});
       }
     }
   }

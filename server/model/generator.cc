@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "server/model/torch_util.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -94,14 +95,21 @@ SequenceState::SequenceState(const GenerationRequest& request, const Tokenizer* 
 }
 
 absl::Status NonFiniteLogitsError(bool steered, int64_t token_index) {
+  const std::map<std::string, std::string> metadata = {{"token_index",
+                                                        absl::StrCat(token_index)}};
   if (steered) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the steered model's logits became NaN or infinite at generated token ", token_index,
-        ": the steering vector, at this scale, is too large for the model; lower "
-        "steering.scale or use a vector with smaller norms"));
+    return WithReason(
+        absl::InvalidArgumentError(absl::StrCat(
+            "the steered model's logits became NaN or infinite at generated token ",
+            token_index,
+            ": the steering vector, at this scale, is too large for the model; lower "
+            "steering.scale or use a vector with smaller norms")),
+        "NON_FINITE_LOGITS", metadata);
   }
-  return absl::InternalError(absl::StrCat(
-      "the model's logits became NaN or infinite at generated token ", token_index));
+  return WithReason(absl::InternalError(absl::StrCat(
+                        "the model's logits became NaN or infinite at generated token ",
+                        token_index)),
+                    "NON_FINITE_LOGITS", metadata);
 }
 
 absl::StatusOr<std::string> SequenceState::Accept(const SampledToken& token) {

@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -476,7 +477,7 @@ absl::StatusOr<JobRecord> ReadJob(const Statement& stmt) {
   job.step = static_cast<int32_t>(step);
   ASSIGN_OR_RETURN(job.metrics,
                    DecodeMetrics(stmt, 5, absl::StrCat("job \"", job.id, "\" metrics")));
-  job.error = stmt.Text(6);
+  job.error = DecodeStatus(stmt.Text(6));
   job.vector_version = stmt.Int(7);
   job.start_time = TimeFromColumn(stmt, 8);
   job.end_time = TimeFromColumn(stmt, 9);
@@ -562,12 +563,16 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
     RETURN_IF_ERROR(count.Step().status());
     const int64_t active = count.Int(0);
     if (active >= max_active_jobs) {
-      return absl::ResourceExhaustedError(
+      return LimitError(
+          absl::StatusCode::kResourceExhausted,
           absl::StrCat("queued_jobs limit of ", max_active_jobs, " reached (", active,
-                       " jobs queued or running); wait for one to finish or cancel one"));
+                       " jobs queued or running); wait for one to finish or cancel one"),
+          "queued_jobs", absl::StrCat(max_active_jobs), active);
     }
   }
   {
+    // Bound without a copy (SQLITE_STATIC): it must outlive the statement.
+    const std::string error = EncodeStatus(job.error);
     Statement insert(*db_, "inserting the job");
     RETURN_IF_ERROR(
         insert.Prepare("INSERT INTO jobs (id, tenant, create_time_us, state, step, metrics, error, "
@@ -579,7 +584,7 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
     RETURN_IF_ERROR(insert.BindText(4, progress.state));
     RETURN_IF_ERROR(insert.BindInt(5, job.step));
     RETURN_IF_ERROR(BindOptionalText(insert, 6, progress.metrics));
-    RETURN_IF_ERROR(insert.BindText(7, job.error));
+    RETURN_IF_ERROR(insert.BindText(7, error));
     RETURN_IF_ERROR(insert.BindInt(8, job.vector_version));
     RETURN_IF_ERROR(BindTime(insert, 9, progress.start_time_us));
     RETURN_IF_ERROR(BindTime(insert, 10, progress.end_time_us));
@@ -698,6 +703,8 @@ absl::Status SqliteJobStore::Update(const JobRecord& job) {
   ASSIGN_OR_RETURN(const EncodedProgress progress, EncodeProgress(job));
   absl::MutexLock lock(&mu_);
   // One statement: atomic, and durable when it returns (autocommit, synchronous=FULL).
+  // Bound without a copy (SQLITE_STATIC): it must outlive the statement.
+  const std::string error = EncodeStatus(job.error);
   Statement update(*db_, "updating a job");
   RETURN_IF_ERROR(update.Prepare(
       "UPDATE jobs SET state = ?3, step = ?4, metrics = ?5, error = ?6, vector_version = ?7, "
@@ -707,7 +714,7 @@ absl::Status SqliteJobStore::Update(const JobRecord& job) {
   RETURN_IF_ERROR(update.BindText(3, progress.state));
   RETURN_IF_ERROR(update.BindInt(4, job.step));
   RETURN_IF_ERROR(BindOptionalText(update, 5, progress.metrics));
-  RETURN_IF_ERROR(update.BindText(6, job.error));
+  RETURN_IF_ERROR(update.BindText(6, error));
   RETURN_IF_ERROR(update.BindInt(7, job.vector_version));
   RETURN_IF_ERROR(BindTime(update, 8, progress.start_time_us));
   RETURN_IF_ERROR(BindTime(update, 9, progress.end_time_us));

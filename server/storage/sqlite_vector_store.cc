@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -204,9 +205,12 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(count.Step().status());
     const int64_t stored_versions = count.Int(0);
     if (stored_versions >= max_stored_versions) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "stored_vectors limit of ", max_stored_versions, " reached (", stored_versions,
-          " vector versions stored); delete versions to store new ones"));
+      return LimitError(absl::StatusCode::kResourceExhausted,
+                        absl::StrCat("stored_vectors limit of ", max_stored_versions,
+                                     " reached (", stored_versions,
+                                     " vector versions stored); delete versions to store new "
+                                     "ones"),
+                        "stored_vectors", absl::StrCat(max_stored_versions), stored_versions);
     }
   }
   {

@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -547,21 +548,24 @@ absl::StatusOr<const Tenant*> Authenticator::Authenticate(
   constexpr absl::string_view kExpected = "expected the metadata `authorization: Bearer <API key>`";
   const absl::string_view value = absl::StripAsciiWhitespace(authorization_metadata_value);
   if (value.empty()) {
-    return absl::UnauthenticatedError(absl::StrCat("missing API key: ", kExpected));
+    return WithReason(absl::UnauthenticatedError(absl::StrCat("missing API key: ", kExpected)),
+                      "API_KEY_MISSING");
   }
   constexpr absl::string_view kScheme = "bearer";
   if (value.size() <= kScheme.size() ||
       !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme) ||
       (value[kScheme.size()] != ' ' && value[kScheme.size()] != '\t')) {
-    return absl::UnauthenticatedError(
-        absl::StrCat("malformed authorization metadata: ", kExpected));
+    return WithReason(absl::UnauthenticatedError(
+                          absl::StrCat("malformed authorization metadata: ", kExpected)),
+                      "API_KEY_MALFORMED");
   }
   const absl::string_view key = absl::StripLeadingAsciiWhitespace(value.substr(kScheme.size()));
   const bool well_formed = !key.empty() && std::all_of(key.begin(), key.end(),
                                                        [](char c) { return c > ' ' && c < 0x7f; });
   if (!well_formed) {
-    return absl::UnauthenticatedError(
-        absl::StrCat("malformed API key (printable ASCII without spaces): ", kExpected));
+    return WithReason(absl::UnauthenticatedError(absl::StrCat(
+                          "malformed API key (printable ASCII without spaces): ", kExpected)),
+                      "API_KEY_MALFORMED");
   }
   const Sha256Digest presented = Sha256(key);
   // Every digest is compared, and the match is selected with arithmetic rather than a
@@ -573,7 +577,9 @@ absl::StatusOr<const Tenant*> Authenticator::Authenticate(
         static_cast<size_t>(CRYPTO_memcmp(presented.data(), digests_[i].data(), kSha256Size) == 0);
     match_plus_one |= (i + 1) & (0 - equal);
   }
-  if (match_plus_one == 0) return absl::UnauthenticatedError("unknown API key");
+  if (match_plus_one == 0) {
+    return WithReason(absl::UnauthenticatedError("unknown API key"), "API_KEY_INVALID");
+  }
   return &tenants_[match_plus_one - 1];
 }
 
@@ -653,9 +659,12 @@ absl::Status TenantLimiter::CheckRequestRate(const Tenant& tenant) {
     // Capped so that an absurdly small configured rate cannot overflow the message.
     wait_seconds = std::min((1 - state->tokens) / rate, 1e9);
   }
-  return absl::ResourceExhaustedError(
-      absl::StrFormat("requests_per_second limit of %s reached; retry in %d ms", absl::StrCat(rate),
-                      static_cast<int64_t>(std::ceil(wait_seconds * 1000))));
+  const int64_t wait_ms = static_cast<int64_t>(std::ceil(wait_seconds * 1000));
+  return LimitError(
+      absl::StatusCode::kResourceExhausted,
+      absl::StrFormat("requests_per_second limit of %s reached; retry in %d ms",
+                      absl::StrCat(rate), wait_ms),
+      "requests_per_second", absl::StrCat(rate), std::nullopt, absl::Milliseconds(wait_ms));
 }
 
 absl::StatusOr<GenerationSlot> TenantLimiter::TryStartGeneration(const Tenant& tenant) {
@@ -663,9 +672,12 @@ absl::StatusOr<GenerationSlot> TenantLimiter::TryStartGeneration(const Tenant& t
   absl::MutexLock lock(&mu_);
   GenerationSlot::State* state = StateFor(tenant.name);
   if (state->active_generations >= limit) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("concurrent_generations limit of ", limit,
-                     " reached; retry when one of this tenant's generations finishes"));
+    return LimitError(absl::StatusCode::kResourceExhausted,
+                      absl::StrCat("concurrent_generations limit of ", limit,
+                                   " reached; retry when one of this tenant's generations "
+                                   "finishes"),
+                      "concurrent_generations", absl::StrCat(limit),
+                      state->active_generations, absl::Seconds(1));
   }
   ++state->active_generations;
   return GenerationSlot(this, state);

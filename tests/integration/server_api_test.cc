@@ -40,6 +40,7 @@
 #include "server/model/safetensors.h"
 #include "server/model/tokenizer.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/error_details.h"
 #include "tests/testing/server_process.h"
 
 namespace steerd {
@@ -394,9 +395,13 @@ TEST_F(ServerApiTest, EveryRpcNeedsAValidKeyExceptHealthAndReflection) {
     SCOPED_TRACE(key.empty() ? "no key" : "unknown key");
     auto client = server_->Client(key);
     const std::string expected = key.empty() ? "missing API key" : "unknown API key";
+    const std::string reason = key.empty() ? "API_KEY_MISSING" : "API_KEY_INVALID";
     auto check = [&](const absl::Status& status, const char* rpc) {
       EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << rpc << ": " << status;
       EXPECT_THAT(std::string(status.message()), HasSubstr(expected)) << rpc;
+      const std::optional<ErrorDetails> details = GetErrorDetails(status);
+      ASSERT_TRUE(details.has_value()) << rpc;
+      EXPECT_EQ(details->reason, reason) << rpc;
     };
     check(client->ListModels().status(), "ListModels");
     check(client->GetModel(kModel).status(), "GetModel");
@@ -539,6 +544,14 @@ TEST_F(ServerApiTest, StoredVectorsLimitCountsVersions) {
     auto over = limited->CreateVector(kModel, name, VectorFile(22));
     EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted) << over.status();
     EXPECT_THAT(std::string(over.status().message()), HasSubstr("stored_vectors")) << name;
+    // A program reads the limit from google.rpc.ErrorInfo, not from the English.
+    const std::optional<ErrorDetails> details = GetErrorDetails(over.status());
+    ASSERT_TRUE(details.has_value()) << over.status();
+    EXPECT_EQ(details->reason, "STORED_VECTORS_LIMIT");
+    EXPECT_EQ(details->metadata.at("limit"), "stored_vectors");
+    EXPECT_EQ(details->metadata.at("limit_value"), "2");
+    EXPECT_EQ(details->metadata.at("value"), "2");
+    EXPECT_FALSE(details->retry_delay.has_value()) << "waiting does not help";
   }
   // Other tenants are not limited by it.
   EXPECT_TRUE(alpha_->CreateVector(kModel, "two", VectorFile(23)).ok());
@@ -584,6 +597,11 @@ TEST_F(ServerApiTest, RequestsPerSecondLimitAppliesToAnyRpcOfThatTenantOnly) {
   for (const auto& [rpc, status] : calls) {
     EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << rpc << ": " << status;
     EXPECT_THAT(std::string(status.message()), HasSubstr("requests_per_second")) << rpc;
+    const std::optional<ErrorDetails> details = GetErrorDetails(status);
+    ASSERT_TRUE(details.has_value()) << rpc;
+    EXPECT_EQ(details->reason, "REQUESTS_PER_SECOND_LIMIT") << rpc;
+    ASSERT_TRUE(details->retry_delay.has_value()) << rpc << ": retrying later helps";
+    EXPECT_GT(*details->retry_delay, absl::ZeroDuration()) << rpc;
   }
   EXPECT_TRUE(alpha_->ListModels().ok());
   EXPECT_TRUE(beta_->ListModels().ok());
@@ -957,6 +975,18 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
            Code::kInvalidArgument, "must be 0 (greedy) or within [0.001, 2]");
   // Proto3 refuses invalid UTF-8 in a string field; before the fix gRPC answered
   // UNIMPLEMENTED with an empty message.
+  {
+    // An invalid field is named in google.rpc.BadRequest.
+    v1::GenerateRequest request = good;
+    request.mutable_sampling()->set_top_k(-3);
+    const absl::Status status = alpha.Generate(request).status();
+    const std::optional<ErrorDetails> details = GetErrorDetails(status);
+    ASSERT_TRUE(details.has_value()) << status;
+    EXPECT_EQ(details->reason, "INVALID_FIELD");
+    ASSERT_EQ(details->field_violations.size(), 1u);
+    EXPECT_EQ(details->field_violations[0].field, "sampling.top_k");
+    EXPECT_EQ(details->field_violations[0].description, "-3 must not be negative");
+  }
   generate("prompt with invalid UTF-8", [](auto* r) { r->set_prompt("Q: \xff\xfe 1+1\nA:"); },
            Code::kInvalidArgument, "not a valid steerd.v1.GenerateRequest");
   cases.push_back({"GetJob with a 9000-byte id",
@@ -1029,6 +1059,13 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
     const absl::Status status = c.call();
     EXPECT_EQ(status.code(), c.code) << status;
     EXPECT_THAT(std::string(status.message()), HasSubstr(c.message)) << status;
+    // Every refusal carries a reason (google.rpc.ErrorInfo) a program can branch on,
+    // except the one gRPC itself gives for an oversized message.
+    if (c.code != Code::kResourceExhausted || c.message != "larger than max") {
+      const std::optional<ErrorDetails> details = GetErrorDetails(status);
+      ASSERT_TRUE(details.has_value()) << status;
+      EXPECT_FALSE(details->reason.empty());
+    }
   }
   table_done.Notify();
 

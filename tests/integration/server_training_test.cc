@@ -446,7 +446,7 @@ TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
     auto ended = alpha.WaitFor(job->id(), absl::Seconds(120), Ended);
     ASSERT_TRUE(ended.ok()) << ended.status();
     EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << request->output_vector() << ": "
-                                                  << ended->error();
+                                                  << ended->error().ShortDebugString();
     EXPECT_EQ(ended->algorithm(), request->algorithm() == v1::ALGORITHM_UNSPECIFIED
                                       ? v1::RLOO
                                       : request->algorithm());
@@ -625,7 +625,7 @@ TEST_F(TrainingApiTest, BadRequestsGetPreciseErrorsAndTheServerGoesOn) {
   ASSERT_TRUE(fine.ok()) << fine.status();
   auto ended = alpha.WaitFor(fine->id(), absl::Seconds(60), Ended);
   ASSERT_TRUE(ended.ok());
-  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error();
+  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error().ShortDebugString();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -666,11 +666,11 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
   EXPECT_GE(resumed->progress().step(), 4);  // The checkpoint at step 4 (or later).
   auto ended = after_restart.WaitFor(job->id(), absl::Seconds(120), Ended);
   ASSERT_TRUE(ended.ok()) << ended.status();
-  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error();
+  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error().ShortDebugString();
   EXPECT_EQ(ended->progress().step(), 14);
   auto queued_after = after_restart.WaitFor(waiting->id(), absl::Seconds(60), Ended);
   ASSERT_TRUE(queued_after.ok());
-  EXPECT_EQ(queued_after->state(), v1::Job::SUCCEEDED) << queued_after->error();
+  EXPECT_EQ(queued_after->state(), v1::Job::SUCCEEDED) << queued_after->error().ShortDebugString();
   auto earlier = after_restart.Get(finished->id());
   ASSERT_TRUE(earlier.ok());
   EXPECT_EQ(earlier->state(), v1::Job::SUCCEEDED);

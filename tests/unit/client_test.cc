@@ -33,6 +33,8 @@
 #include "client/steerctl_commands.h"
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
+#include "server/api/grpc_status.h"
+#include "server/util/error_details.h"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
 #include "steerd/v1/training.grpc.pb.h"
@@ -194,6 +196,11 @@ class FakeVectors final : public v1::Vectors::Service {
     }
     if (request->safetensors().empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty safetensors bytes");
+    }
+    if (request->name() == "over-limit") {  // As the real server refuses a tenant's limit.
+      return ToGrpcStatus(LimitError(absl::StatusCode::kResourceExhausted,
+                                     "stored_vectors limit of 2 reached", "stored_vectors",
+                                     "2", 2));
     }
     *response = MakeVector(request->name(), 3);
     response->set_model(request->model());
@@ -389,7 +396,9 @@ class JobScript {
       job_.mutable_vector()->set_name("arith");
       job_.mutable_vector()->set_version(3);
     }
-    if (state == v1::Job::FAILED) job_.set_error("out of memory");
+    if (state == v1::Job::FAILED) {
+      *job_.mutable_error() = ToRpcStatus(absl::InternalError("out of memory"));
+    }
     v1::JobEvent& event = Add();
     event.mutable_state_change()->set_previous_state(previous);
     event.mutable_state_change()->set_state(state);
@@ -505,7 +514,9 @@ class FakeTraining final : public v1::Training::Service {
         job.mutable_vector()->set_name("arith");
         job.mutable_vector()->set_version(kNumJobs - i);
       }
-      if (states[i] == v1::Job::FAILED) job.set_error("out of\nmemory");
+      if (states[i] == v1::Job::FAILED) {
+        *job.mutable_error() = ToRpcStatus(absl::InternalError("out of\nmemory"));
+      }
       jobs.push_back(job);
     }
     const int size = request->page_size() > 0 ? request->page_size() : 2;
@@ -1207,6 +1218,14 @@ TEST_F(SteerctlTest, VectorsCreateListExportDelete) {
   run = Steerctl({"vectors", "delete", "known"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(run.out, "deleted known@1\ndeleted known@2\n");
+
+  // The server's machine-readable reason is printed with the code.
+  run = Steerctl({"vectors", "create", "--model", "m0", "--name", "over-limit", "--file",
+                  upload});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err,
+            "steerctl: RESOURCE_EXHAUSTED [STORED_VECTORS_LIMIT]: stored_vectors limit of 2 "
+            "reached\n");
 
   run = Steerctl({"vectors", "create", "--model", "m0", "--name", "x", "--file",
                   "/nonexistent/file"});

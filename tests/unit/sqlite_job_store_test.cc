@@ -24,6 +24,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/storage/sqlite_vector_store.h"
+#include "server/util/error_details.h"
 
 namespace steerd {
 namespace {
@@ -94,7 +95,14 @@ void ExpectSameJob(const JobRecord& a, const JobRecord& b) {
   EXPECT_EQ(a.state, b.state);
   EXPECT_EQ(a.step, b.step);
   ExpectSameMetrics(a.metrics, b.metrics);
-  EXPECT_EQ(a.error, b.error);
+  // The code, the message and the details (reason, metadata) all survive.
+  EXPECT_EQ(a.error.code(), b.error.code());
+  EXPECT_EQ(a.error.message(), b.error.message());
+  EXPECT_EQ(GetErrorDetails(a.error).has_value(), GetErrorDetails(b.error).has_value());
+  if (GetErrorDetails(a.error).has_value() && GetErrorDetails(b.error).has_value()) {
+    EXPECT_EQ(GetErrorDetails(a.error)->reason, GetErrorDetails(b.error)->reason);
+    EXPECT_EQ(GetErrorDetails(a.error)->metadata, GetErrorDetails(b.error)->metadata);
+  }
   EXPECT_EQ(a.vector_version, b.vector_version);
   EXPECT_EQ(a.create_time, b.create_time);
   EXPECT_EQ(a.start_time, b.start_time);
@@ -284,7 +292,7 @@ TEST_F(SqliteJobStoreTest, RoundTripsAFullRecord) {
   job.spec = FullSpec();
   job.step = 0;
   job.metrics = FullMetrics();
-  job.error = "";
+  job.error = absl::OkStatus();
   job.vector_version = 0;
   job.create_time = absl::FromUnixNanos(1700000123456789123);
   ASSERT_TRUE(store_->Create(job, Datasets("x"), -1).ok());
@@ -304,7 +312,8 @@ TEST_F(SqliteJobStoreTest, RoundTripsAFullRecord) {
   JobRecord running = *got;
   running.state = JobState::kFailed;
   running.step = 41;
-  running.error = "trainer: out of memory\n(second line)";
+  running.error = WithReason(absl::ResourceExhaustedError("trainer: out of memory\n(second line)"),
+                             "OUT_OF_MEMORY", {{"bytes", "123"}});
   running.vector_version = 9;
   running.start_time = absl::FromUnixNanos(1700000200000000999);
   running.end_time = absl::FromUnixNanos(-5);  // Before the epoch: rounds down.

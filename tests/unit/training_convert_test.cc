@@ -8,7 +8,9 @@
 
 #include <google/protobuf/text_format.h>
 
+#include "google/rpc/error_details.pb.h"
 #include "server/engine/job_spec.h"
+#include "server/util/error_details.h"
 
 namespace steerd {
 namespace {
@@ -212,11 +214,19 @@ TEST(TrainingConvertTest, SucceededJobNamesItsVector) {
   EXPECT_EQ(proto.metrics().eval_accuracy(), 0.625f);
 
   job.state = JobState::kFailed;
-  job.error = "training diverged";
+  job.error = WithReason(absl::InvalidArgumentError("training diverged"), "NON_FINITE_LOGITS",
+                         {{"token_index", "3"}});
   proto.Clear();
   ToProto(job, &proto);
   EXPECT_FALSE(proto.has_vector());
-  EXPECT_EQ(proto.error(), "training diverged");
+  EXPECT_EQ(proto.error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(proto.error().message(), "training diverged");
+  ASSERT_EQ(proto.error().details_size(), 1);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(proto.error().details(0).UnpackTo(&info));
+  EXPECT_EQ(info.reason(), "NON_FINITE_LOGITS");
+  EXPECT_EQ(info.domain(), "steerd");
+  EXPECT_EQ(info.metadata().at("token_index"), "3");
 }
 
 TEST(TrainingConvertTest, Events) {
