@@ -40,7 +40,6 @@ if [ "${#generated[@]}" -gt 0 ]; then
   ninja -C "$BUILD" "${generated[@]}" >/dev/null
 fi
 
-
 exec python3 - "$BUILD/compile_commands.json" "$CXX" "$JOBS" "$FILTER" <<'EOF'
 import concurrent.futures
 import json
@@ -53,7 +52,7 @@ import sys
 db_path, cxx, jobs, pattern = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 root = os.getcwd()
 # -Wno-everything first, so that only the thread-safety groups (attributes, analysis,
-# precise, reference) are on, as errors.
+# precise, reference) are on, as errors; no error limit, so that every one is listed.
 extra = ["-Wno-everything", "-Wthread-safety", "-Werror=thread-safety", "-ferror-limit=0"]
 
 
