@@ -107,6 +107,8 @@ class GenerationCall : public GenerationObserver {
   const char* rpc() const { return rpc_; }
 
  protected:
+  // Guards the call's state below and UnaryGeneration's response (a stream's chunks are
+  // StreamPump's).
   absl::Mutex mu_;
 
  private:
@@ -147,7 +149,8 @@ class UnaryGeneration final : public GenerationCall {
 
  private:
   grpc::ServerUnaryReactor* const reactor_;
-  v1::GenerateResponse* const response_;
+  // Written on the engine thread; gRPC reads it only after the finish is posted.
+  v1::GenerateResponse* const response_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
@@ -170,20 +173,22 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
 };
 
 // GenerateStream: one write in flight at a time (stream_pump.h); tokens produced
-// meanwhile are merged into the next chunk.
+// meanwhile are merged into the next chunk. The stream state is guarded by the pump's
+// stream_mu_, the call's (handle, admission) by GenerationCall::mu_; neither is taken
+// while the other is held.
 class StreamGeneration final : public GenerationCall,
                                public StreamPump<v1::GenerateChunk>,
                                public std::enable_shared_from_this<StreamGeneration> {
  public:
   StreamGeneration(ApiContext* api, grpc::ServerWriteReactor<v1::GenerateChunk>* reactor)
-      : GenerationCall(api, "GenerateStream"), StreamPump(&mu_, api->pump(), reactor) {}
+      : GenerationCall(api, "GenerateStream"), StreamPump(api->pump(), reactor) {}
 
   // On the engine thread: only merge into the pending chunk; the write (or finish) is
   // started from the pump thread, or by OnWriteDone when a write is in flight.
   void OnTokens(TokenDelta delta) override {
     bool post;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       pending_.mutable_text()->append(delta.text);
       for (int32_t id : delta.token_ids) pending_.add_token_ids(id);
       for (float lp : delta.logprobs) pending_.add_logprobs(lp);
@@ -194,14 +199,20 @@ class StreamGeneration final : public GenerationCall,
   }
 
   void OnFinished(const GenerationSummary& summary) override {
+    const grpc::Status status = ToGrpcStatus(summary.status);
+    v1::GenerateChunk last;  // The final fields, merged into the pending chunk.
+    if (status.ok()) {
+      absl::MutexLock lock(&mu_);
+      FillFinal(summary, &last);
+    }
     bool post;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       finished_ = true;
-      status_ = ToGrpcStatus(summary.status);
+      status_ = status;
       completion_tokens_ = summary.completion_tokens;
       if (status_.ok()) {
-        FillFinal(summary, &pending_);
+        pending_.MergeFrom(last);
         has_pending_ = true;
       }
       post = NeedsPumpLocked();
@@ -213,7 +224,7 @@ class StreamGeneration final : public GenerationCall,
   // An error ends the stream at once (the tokens still pending are dropped), and so
   // does a client that is gone; otherwise every chunk is written before the finish.
   Next NextLocked(bool broken, v1::GenerateChunk* message, grpc::Status* status) override
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream_mu_) {
     if (finished_ && (!status_.ok() || broken)) {
       *status = broken && status_.ok()
                     ? grpc::Status(grpc::StatusCode::CANCELLED, "the client went away")
@@ -239,10 +250,10 @@ class StreamGeneration final : public GenerationCall,
     RecordEnd(status, completion_tokens_);
   }
 
-  v1::GenerateChunk pending_ ABSL_GUARDED_BY(mu_);
-  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  v1::GenerateChunk pending_ ABSL_GUARDED_BY(stream_mu_);
+  bool has_pending_ ABSL_GUARDED_BY(stream_mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(stream_mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(stream_mu_);
   int64_t completion_tokens_ = 0;
 };
 

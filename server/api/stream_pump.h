@@ -6,8 +6,11 @@
 // next from the pump thread or from OnWriteDone, asks the owner what comes next
 // (NextLocked) only when a write could start, and finishes the call exactly once, when
 // the owner says so (after its last message, or without it once the client is gone).
-// gRPC calls happen outside the lock. Its state is guarded by the owner's mutex, so that
-// recording an event and deciding whether the pump must be woken are one step.
+// gRPC calls happen outside the lock. The owner guards its stream state (what
+// NextLocked reads) with this class's mutex, stream_mu_, so that recording an event and
+// deciding whether the pump must be woken are one step; one mutex under one name is also
+// what lets clang's thread-safety analysis match the owner's lock to this class's
+// annotations (a borrowed pointer to the owner's mutex could not be).
 // Thread-safety: OnWriteDone and FinishEarly from gRPC's threads, the rest from the
 // owner; the owner must be held by a shared_ptr (PostPump keeps it alive).
 #ifndef STEERD_SERVER_API_STREAM_PUMP_H_
@@ -27,11 +30,9 @@ namespace steerd {
 template <typename Response>
 class StreamPump {
  public:
-  // `owner_mu` is the owner's mutex (only its address is taken here); `pump` and
-  // `reactor` must outlive the call.
-  StreamPump(absl::Mutex* owner_mu, ReactorPump* pump,
-             grpc::ServerWriteReactor<Response>* reactor)
-      : owner_mu_(owner_mu), pump_(pump), reactor_(reactor) {}
+  // `pump` and `reactor` must outlive the call.
+  StreamPump(ReactorPump* pump, grpc::ServerWriteReactor<Response>* reactor)
+      : pump_(pump), reactor_(reactor) {}
   virtual ~StreamPump() = default;
   StreamPump(const StreamPump&) = delete;
   StreamPump& operator=(const StreamPump&) = delete;
@@ -40,7 +41,7 @@ class StreamPump {
   // write means the client is gone (OnCancel follows).
   void OnWriteDone(bool ok) {
     {
-      absl::MutexLock lock(owner_mu_);
+      absl::MutexLock lock(&stream_mu_);
       writing_ = false;
       if (!ok) broken_ = true;
     }
@@ -51,7 +52,7 @@ class StreamPump {
   // after.
   void FinishEarly(const grpc::Status& status) {
     {
-      absl::MutexLock lock(owner_mu_);
+      absl::MutexLock lock(&stream_mu_);
       finish_called_ = true;
     }
     Finish(status);
@@ -60,20 +61,20 @@ class StreamPump {
  protected:
   enum class Next { kNothing, kWrite, kFinish };
 
-  // Under the owner's mutex, with no write in flight and the call not finished: what to
-  // do now. kWrite once `*message` (the previous write's, no longer in use) holds the
+  // Under stream_mu_, with no write in flight and the call not finished: what to do
+  // now. kWrite once `*message` (the previous write's, no longer in use) holds the
   // next message; kFinish with `*status`; kNothing to wait for more events. `broken`:
   // nothing more reaches the client (a write failed, or MarkBrokenLocked).
   virtual Next NextLocked(bool broken, Response* message, grpc::Status* status)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(*owner_mu_) = 0;
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream_mu_) = 0;
   // Once per call, outside the lock, just before the reactor finishes with `status`
   // (early or not): the owner's accounting.
   virtual void RecordFinish(const grpc::Status& status) = 0;
 
-  // Under the owner's mutex, after recording an event: whether the caller must call
+  // Under stream_mu_, after recording an event: whether the caller must call
   // PostPump once the lock is released. Not when a write is in flight (OnWriteDone
   // pumps then), when a request to the pump is outstanding, or after the finish.
-  bool NeedsPumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(*owner_mu_) {
+  bool NeedsPumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream_mu_) {
     if (writing_ || pump_posted_ || finish_called_) return false;
     pump_posted_ = true;
     return true;
@@ -85,22 +86,22 @@ class StreamPump {
     ReactorPump* pump = self->pump_;
     pump->Post([self = std::move(self)] {
       {
-        absl::MutexLock lock(self->owner_mu_);
+        absl::MutexLock lock(&self->stream_mu_);
         self->pump_posted_ = false;
       }
       self->Pump();
     });
   }
 
-  // Under the owner's mutex: the client is gone; no write starts any more.
-  void MarkBrokenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(*owner_mu_) { broken_ = true; }
+  // Under stream_mu_: the client is gone; no write starts any more.
+  void MarkBrokenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream_mu_) { broken_ = true; }
 
   // Starts the next write or the finish, whichever is due (NextLocked decides).
-  void Pump() {
+  void Pump() ABSL_LOCKS_EXCLUDED(stream_mu_) {
     Next next = Next::kNothing;
     grpc::Status status;
     {
-      absl::MutexLock lock(owner_mu_);
+      absl::MutexLock lock(&stream_mu_);
       if (finish_called_ || writing_) return;
       next = NextLocked(broken_, &in_flight_, &status);
       if (next == Next::kWrite) writing_ = true;
@@ -113,21 +114,24 @@ class StreamPump {
     }
   }
 
+  // Guards the state below and the owner's stream state. A protected member, so that
+  // the owner's ABSL_GUARDED_BY and ABSL_EXCLUSIVE_LOCKS_REQUIRED can name it.
+  absl::Mutex stream_mu_;
+
  private:
   void Finish(const grpc::Status& status) {
     RecordFinish(status);
     reactor_->Finish(status);
   }
 
-  absl::Mutex* const owner_mu_;
   ReactorPump* const pump_;
   grpc::ServerWriteReactor<Response>* const reactor_;
   // Owned by the write in flight while writing_; otherwise only NextLocked touches it.
   Response in_flight_;
-  bool writing_ ABSL_GUARDED_BY(*owner_mu_) = false;
-  bool pump_posted_ ABSL_GUARDED_BY(*owner_mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(*owner_mu_) = false;  // The client is gone.
-  bool finish_called_ ABSL_GUARDED_BY(*owner_mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(stream_mu_) = false;
+  bool pump_posted_ ABSL_GUARDED_BY(stream_mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(stream_mu_) = false;  // The client is gone.
+  bool finish_called_ ABSL_GUARDED_BY(stream_mu_) = false;
 };
 
 }  // namespace steerd

@@ -60,9 +60,8 @@ class JobWatch final : public JobWatcher,
                        public StreamPump<v1::JobEvent>,
                        public std::enable_shared_from_this<JobWatch> {
  public:
-  // Only the address of mu_ is taken before it is constructed.
   JobWatch(ApiContext* api, grpc::ServerWriteReactor<v1::JobEvent>* reactor)
-      : StreamPump(&mu_, api->pump(), reactor), api_(api) {}
+      : StreamPump(api->pump(), reactor), api_(api) {}
 
   // Admission and subscription (the first event arrives before this returns); on error
   // the caller finishes the RPC with FinishEarly.
@@ -72,7 +71,7 @@ class JobWatch final : public JobWatcher,
     ASSIGN_OR_RETURN(std::unique_ptr<TrainingManager::Watch> watch,
                      admitted.manager->WatchJob(admitted.tenant->name, request.id(),
                                                 shared_from_this()));
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&stream_mu_);
     watch_ = std::move(watch);
     return absl::OkStatus();
   }
@@ -80,7 +79,7 @@ class JobWatch final : public JobWatcher,
   void OnEvent(const JobEvent& event) override {
     bool post;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       if (ended_) return;
       // Only the newest metrics matter to a reader that fell behind: a pending metrics
       // event is replaced, so the queue holds at most one between state changes.
@@ -98,7 +97,7 @@ class JobWatch final : public JobWatcher,
   void OnEnd(const absl::Status& status) override {
     bool post;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       if (ended_) return;
       ended_ = true;
       end_status_ = ToGrpcStatus(status);
@@ -111,7 +110,7 @@ class JobWatch final : public JobWatcher,
   void Cancel() {
     Unsubscribe();
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       MarkBrokenLocked();
       if (!ended_) {
         ended_ = true;
@@ -122,12 +121,12 @@ class JobWatch final : public JobWatcher,
   }
 
   // Destroys the watch handle, after which the manager calls this watcher no more.
-  // Never called from a watcher callback or under mu_: the handle may wait for a
-  // callback in flight, which takes mu_.
+  // Never called from a watcher callback or under stream_mu_: the handle may wait for a
+  // callback in flight, which takes stream_mu_.
   void Unsubscribe() {
     std::unique_ptr<TrainingManager::Watch> watch;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&stream_mu_);
       watch = std::move(watch_);
     }
     watch.reset();
@@ -137,7 +136,7 @@ class JobWatch final : public JobWatcher,
   // Every queued event is written, in order, unless the client is gone; the finish
   // follows the last one.
   Next NextLocked(bool broken, v1::JobEvent* message, grpc::Status* status) override
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream_mu_) {
     if (broken) {
       // Nothing more reaches the client; finish once the watch is over.
       if (!ended_) return Next::kNothing;
@@ -166,11 +165,11 @@ class JobWatch final : public JobWatcher,
 
   ApiContext* const api_;
   const Clock::time_point start_ = Clock::now();
-  absl::Mutex mu_;
-  std::unique_ptr<TrainingManager::Watch> watch_ ABSL_GUARDED_BY(mu_);
-  std::deque<JobEvent> queue_ ABSL_GUARDED_BY(mu_);
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;  // OnEnd or Cancel: no event follows.
-  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
+  // Guarded by the pump's stream_mu_ (stream_pump.h).
+  std::unique_ptr<TrainingManager::Watch> watch_ ABSL_GUARDED_BY(stream_mu_);
+  std::deque<JobEvent> queue_ ABSL_GUARDED_BY(stream_mu_);
+  bool ended_ ABSL_GUARDED_BY(stream_mu_) = false;  // OnEnd or Cancel: no event follows.
+  grpc::Status end_status_ ABSL_GUARDED_BY(stream_mu_);
 };
 
 class WatchJobReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {

@@ -168,11 +168,13 @@ absl::Status ServingCore::Warmup() {
     const ModelConfig& config = served->model->config();
     // One unsteered and one steered row through prefill and a few decode steps.
     auto zero = std::make_shared<ResidentVector>();
+    // A named pointer for the lambda: C++17 lets no lambda capture a structured binding.
+    const Transformer* model = served->model.get();
     RETURN_IF_ERROR(CatchTorchErrors("warming up", [&]() -> absl::Status {
       zero->vector = at::zeros({config.num_layers, config.hidden_size},
                                at::TensorOptions()
-                                   .dtype(served->model->dtype())
-                                   .device(served->model->device()));  // [L, d]
+                                   .dtype(model->dtype())
+                                   .device(model->device()));  // [L, d]
       return absl::OkStatus();
     }));
     // One request at a time: the warm-up goes through the serving queue, which may

@@ -248,8 +248,9 @@ class TrainingManager::Impl {
   };
 
   ModelWorker* WorkerFor(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sets the model's queued and running gauges.
-  static void UpdateGauges(ModelWorker* worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the model's queued and running gauges. A member, not static: it reads the
+  // worker's queues, which mu_ (this object's) guards.
+  void UpdateGauges(ModelWorker* worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unsubscribe(const std::string& job_id, int64_t watch_id);
   void WorkerLoop(ModelWorker* worker);
   // The next job to step, promoting queued jobs into free slots; null to stop.

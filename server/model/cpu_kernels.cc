@@ -412,6 +412,26 @@ __attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 SumEach
   return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
 }
 
+// Lanes [8b, 8b + 8) and [4b, 4b + 4) of v. The extract instructions take b as an
+// immediate: GCC accepts an unrolled loop's counter there, clang only a constant, so
+// each index is spelled out (the unrolled loop folds the choice away).
+__attribute__((target("avx512f"), always_inline)) inline __m256 EightLanes(__m512 v, int b) {
+  const __m512d d = _mm512_castps_pd(v);
+  return _mm256_castpd_ps(b == 0 ? _mm512_extractf64x4_pd(d, 0) : _mm512_extractf64x4_pd(d, 1));
+}
+__attribute__((target("avx512f"), always_inline)) inline __m128 FourLanes(__m512 v, int b) {
+  switch (b) {
+    case 0:
+      return _mm512_extractf32x4_ps(v, 0);
+    case 1:
+      return _mm512_extractf32x4_ps(v, 1);
+    case 2:
+      return _mm512_extractf32x4_ps(v, 2);
+    default:
+      return _mm512_extractf32x4_ps(v, 3);
+  }
+}
+
 // Outputs y[m0 + b][n0 + a] for a < rows (<= NR), b < MR: NR * MR = 16 dot products of
 // length K, one accumulator each, 16-wide chunks of K added in order from k = 0 (the
 // tail chunk masked), then summed across lanes by SumEachOfSixteen and the bias added.
@@ -486,10 +506,9 @@ __attribute__((target("avx512f,avx512vl"))) void F32Tile(const float* x, const f
     if (NR == 16) {
       _mm512_mask_storeu_ps(out, row_mask, sums);
     } else if (NR == 8) {
-      const __m256 half = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sums), b));
-      _mm256_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), half);
+      _mm256_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), EightLanes(sums, b));
     } else {
-      _mm_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), _mm512_extractf32x4_ps(sums, b));
+      _mm_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), FourLanes(sums, b));
     }
   }
 }

@@ -369,7 +369,9 @@ absl::StatusOr<double> Trainer::Backward(const std::vector<Sequence>& sequences,
         sequences.begin() + first,
         sequences.begin() + std::min(sequences.size(), first + static_cast<size_t>(micro)));
     ASSIGN_OR_RETURN(auto logp_mask, CompletionLogProbs(part));
-    auto& [logp, mask] = logp_mask;
+    // Named references, not a structured binding: C++17 lets no lambda capture one.
+    at::Tensor& logp = logp_mask.first;   // [b, T-1]
+    at::Tensor& mask = logp_mask.second;  // [b, T-1]
     RETURN_IF_ERROR(CatchTorchErrors("backward pass", [&]() -> absl::Status {
       std::vector<float> w;
       for (const Sequence& s : part) w.push_back(static_cast<float>(s.weight));

@@ -92,13 +92,16 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
 
   // Ready when a model is served; failed when the process ends first.
   {
-    absl::MutexLock lock(&server->mu_);
-    auto ready = [s = server.get()]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+    // A plain capture of `s`, not an init-capture: clang reads the lambda's annotation
+    // in this scope, where an init-capture's name is not declared.
+    ServerProcess* const s = server.get();
+    absl::MutexLock lock(&s->mu_);
+    auto ready = [s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
       return s->eof_ || s->output_.find("serving model") != std::string::npos;
     };
-    server->mu_.AwaitWithTimeout(absl::Condition(&ready), options.startup_timeout);
+    s->mu_.AwaitWithTimeout(absl::Condition(&ready), options.startup_timeout);
     std::smatch match;
-    const std::string out = server->output_;
+    const std::string out = s->output_;
     if (out.find("serving model") == std::string::npos ||
         !std::regex_search(out, match, std::regex("\\(port ([0-9]+)\\)"))) {
       return absl::UnavailableError(absl::StrCat("the server did not start:\n", out));

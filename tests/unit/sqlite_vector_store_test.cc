@@ -104,7 +104,7 @@ class SqliteVectorStoreTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::string path_;
   absl::Mutex clock_mu_;
-  absl::Time now_ = absl::FromUnixSeconds(1700000000);
+  absl::Time now_ ABSL_GUARDED_BY(clock_mu_) = absl::FromUnixSeconds(1700000000);
   int puts_ = 0;
   std::unique_ptr<SqliteVectorStore> store_;
 };

@@ -452,7 +452,7 @@ class FakeClock {
 
  private:
   absl::Mutex mu_;
-  absl::Time now_ = absl::FromUnixSeconds(1700000000);
+  absl::Time now_ ABSL_GUARDED_BY(mu_) = absl::FromUnixSeconds(1700000000);
 };
 
 class TenantLimiterTest : public ::testing::Test {
