@@ -3,6 +3,8 @@
 #include <google/protobuf/descriptor.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/grpc_status.h"
+#include "server/util/error_details.h"
 #include "steerd/v1/generation.pb.h"
 #include "steerd/v1/models.pb.h"
 #include "steerd/v1/training.pb.h"
@@ -24,11 +26,12 @@ class RequestParseInterceptor : public grpc::experimental::Interceptor {
       // from gRPC's failed deserialization.
       if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED &&
           status.error_message().empty()) {
-        methods->ModifySendStatus(grpc::Status(
-            grpc::StatusCode::INVALID_ARGUMENT,
-            absl::StrCat("the request is not a valid ", request_type_,
-                         ": its bytes do not parse (a string field holding invalid UTF-8 "
-                         "is the usual cause; every string field must be UTF-8)")));
+        methods->ModifySendStatus(ToGrpcStatus(WithReason(
+            absl::InvalidArgumentError(absl::StrCat(
+                "the request is not a valid ", request_type_,
+                ": its bytes do not parse (a string field holding invalid UTF-8 is the "
+                "usual cause; every string field must be UTF-8)")),
+            "MALFORMED_REQUEST", {{"message_type", request_type_}})));
       }
     }
     methods->Proceed();

@@ -3,7 +3,7 @@
 // often a string field holding invalid UTF-8, which proto3 refuses) with UNIMPLEMENTED
 // and an empty message, as if the method did not exist. This interceptor rewrites that
 // status, for steerd's own methods only, into INVALID_ARGUMENT naming the message type
-// and the likely cause.
+// and the likely cause, with reason MALFORMED_REQUEST.
 // Thread-safety: the factory is shared by all calls; each interceptor serves one call.
 #ifndef STEERD_SERVER_API_REQUEST_PARSE_INTERCEPTOR_H_
 #define STEERD_SERVER_API_REQUEST_PARSE_INTERCEPTOR_H_

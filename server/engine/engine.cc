@@ -270,14 +270,15 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
   }
   const std::vector<int64_t> keep = AcceptTokens(rows, *sampled);
   if (keep.empty()) return;
-  const bool some_finished = static_cast<int64_t>(keep.size()) < n;
-  absl::Status status = some_finished ? cache.SelectRows(keep) : absl::OkStatus();
+  absl::Status status = absl::OkStatus();
+  if (static_cast<int64_t>(keep.size()) < n) {
+    bool any_steered = false;
+    for (int64_t row : keep) any_steered |= joining[row]->request.vector != nullptr;
+    status = KeepBatchRows(keep, any_steered, &cache, &input.steering);
+  }
   if (status.ok()) status = cache_.AppendRows(std::move(cache));
   // The joiners' steering rows were built for the prefill: the batch's grow by them.
-  if (status.ok()) {
-    status = AppendSteering(some_finished ? SelectSteering(input.steering, keep) : input.steering,
-                            keep.size());
-  }
+  if (status.ok()) status = AppendSteering(input.steering, keep.size());
   if (!status.ok()) {
     for (int64_t row : keep) FinishSequence(*joining[row], absl::InternalError(status.message()));
     FailAll(absl::InternalError(status.message()));
@@ -286,12 +287,6 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
   for (int64_t row : keep) running_.push_back(std::move(joining[row]));
   running_count_.store(running_.size());
   if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
-}
-
-at::Tensor Engine::SelectSteering(const at::Tensor& steering, const std::vector<int64_t>& rows) {
-  if (!steering.defined()) return steering;
-  return steering.index_select(
-      1, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(steering.device()));
 }
 
 absl::Status Engine::AppendSteering(const at::Tensor& joined, int64_t joined_rows) {
@@ -417,7 +412,6 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
     cache_ = KvCache();
     steering_batch_ = at::Tensor();
   } else {
-    absl::Status status = cache_.SelectRows(keep);
     std::vector<std::unique_ptr<Sequence>> kept;
     bool any_steered = false;
     for (int64_t row : keep) {
@@ -425,13 +419,7 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
       kept.push_back(std::move(running_[row]));
     }
     running_ = std::move(kept);
-    // Unsteered batches skip the additions altogether.
-    if (status.ok() && steering_batch_.defined()) {
-      status = CatchTorchErrors("selecting steering rows", [&]() -> absl::Status {
-        steering_batch_ = any_steered ? SelectSteering(steering_batch_, keep) : at::Tensor();
-        return absl::OkStatus();
-      });
-    }
+    const absl::Status status = KeepBatchRows(keep, any_steered, &cache_, &steering_batch_);
     if (!status.ok()) FailAll(absl::InternalError(status.message()));
   }
   running_count_.store(running_.size());

@@ -96,8 +96,6 @@ class Engine {
   // Drops running rows that were cancelled; with `end_all`, ends every row.
   void DropCancelled(bool end_all);
   void KeepRows(const std::vector<int64_t>& keep);
-  // Rows `rows` of a steering batch ([L, B, 1, d] or undefined).
-  static at::Tensor SelectSteering(const at::Tensor& steering, const std::vector<int64_t>& rows);
   // Appends `joined_rows` rows (their steering [L, joined_rows, 1, d], or undefined when
   // none is steered) to the batch's steering, before they join running_.
   absl::Status AppendSteering(const at::Tensor& joined, int64_t joined_rows);

@@ -19,14 +19,6 @@
 
 namespace steerd {
 
-// What the server allows (TrainingManager::Options' caps and built-in task sizes).
-struct JobSpecCaps {
-  int64_t max_examples = 100000;
-  int64_t max_steps = 100000;
-  int64_t task_train_examples = 5000;
-  int64_t task_eval_examples = 500;
-};
-
 // Job ids are "job-" and 24 hex digits; anything longer than this is refused before
 // any lookup, so an error never echoes a client's megabyte-long id.
 inline constexpr size_t kMaxJobIdBytes = 64;

@@ -421,15 +421,11 @@ void TrainingManager::Impl::Shutdown() {
 absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& tenant,
                                                            const JobLimits& limits,
                                                            CreateJobParams params) {
-  if (params.spec.model.empty()) return absl::InvalidArgumentError("model is empty");
+  if (params.spec.model.empty()) return InvalidFieldError("model", "is empty");
   ASSIGN_OR_RETURN(ServingCore::ServedModel * served, core_->FindModel(params.spec.model));
   const ModelInfo& info = served->info;
-  JobSpecCaps caps;
-  caps.max_examples = options_.max_examples;
-  caps.max_steps = options_.max_steps;
-  caps.task_train_examples = options_.task_train_examples;
-  caps.task_eval_examples = options_.task_eval_examples;
-  ASSIGN_OR_RETURN(JobDatasets datasets, NormalizeJobSpec(info, limits, caps, &params));
+  ASSIGN_OR_RETURN(JobDatasets datasets,
+                   NormalizeJobSpec(info, limits, options_.caps, &params));
   const JobSpec& spec = params.spec;
   if (limits.max_stored_vectors >= 0) {
     ASSIGN_OR_RETURN(int64_t stored, vectors_->CountVersions(tenant));
@@ -843,8 +839,8 @@ absl::StatusOr<std::unique_ptr<TrainingManager>> TrainingManager::Create(
     return absl::InvalidArgumentError("TrainingManager needs the serving core and both stores");
   }
   if (options.max_running_jobs_per_model < 1 || options.checkpoint_every < 0 ||
-      options.task_train_examples < 1 || options.task_eval_examples < 1 ||
-      options.max_examples < 1 || options.max_steps < 1) {
+      options.caps.task_train_examples < 1 || options.caps.task_eval_examples < 1 ||
+      options.caps.max_examples < 1 || options.caps.max_steps < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training limits must be positive: max_running_jobs_per_model ",
         options.max_running_jobs_per_model, ", checkpoint_every ", options.checkpoint_every));

@@ -77,10 +77,7 @@ class TrainingManager {
   struct Options {
     int64_t max_running_jobs_per_model = 2;
     int64_t checkpoint_every = 5;     // Steps between checkpoints.
-    int64_t task_train_examples = 5000;  // Problems drawn from a built-in task's train split.
-    int64_t task_eval_examples = 500;    // ... and from its evaluation split.
-    int64_t max_examples = 100000;    // Server cap per dataset.
-    int64_t max_steps = 100000;       // Server cap per job.
+    JobSpecCaps caps;                 // What any job may ask for; every field >= 1.
     bool idle_priority = true;        // Trainer threads at nice 19.
     // Ended jobs (SUCCEEDED, FAILED, CANCELLED), with their datasets and checkpoints,
     // are deleted from the store this long after they ended: at Start() and whenever

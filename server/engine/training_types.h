@@ -94,6 +94,15 @@ struct JobMetrics {
   std::optional<double> eval_accuracy;
 };
 
+// What the server allows every job (TrainingManager::Options::caps), whatever a
+// tenant's limits: the one definition job specs are checked against.
+struct JobSpecCaps {
+  int64_t max_examples = 100000;       // Per dataset.
+  int64_t max_steps = 100000;          // Per job.
+  int64_t task_train_examples = 5000;  // Problems drawn from a built-in task's train split.
+  int64_t task_eval_examples = 500;    // ... and from its evaluation split.
+};
+
 // A job as stored and as the API shows it.
 struct JobRecord {
   std::string id;  // Assigned by the manager, unique on the server.

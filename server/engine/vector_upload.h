@@ -1,11 +1,13 @@
 // Validation of an uploaded steering vector (Vectors.CreateVector) against the model it
-// is for, and the canonical file the server stores: the upload's tensor unchanged
-// (same dtype and bytes) with the metadata completed (`format`, `num_layers`,
-// `hidden_size`, `model`, `model_fingerprint`). Every rejection names what is wrong,
-// with the status code vectors.proto documents: INVALID_ARGUMENT for a malformed file,
-// non-finite values, values far above the model's residual scale or oversized metadata,
-// FAILED_PRECONDITION for a file made for another model. Torch-free:
-// it runs on the RPC thread before anything reaches the engine.
+// is for, and the canonical file the server stores: the upload's tensor unchanged (same
+// dtype and bytes) with the metadata completed (`format`, `num_layers`, `hidden_size`,
+// `model`, `model_fingerprint`). The file rules are server/model/steering_format.h's,
+// shared with the offline CLI; this adds the model's: its shape and fingerprint, and
+// rows no larger than kMaxSteeringToResidualRms times its residual stream. Every
+// rejection names what is wrong, with the status code vectors.proto documents:
+// INVALID_ARGUMENT for a malformed file, non-finite or oversized values or oversized
+// metadata, FAILED_PRECONDITION for a file made for another model. Torch-free: it runs
+// on the RPC thread before anything reaches the engine.
 #ifndef STEERD_SERVER_ENGINE_VECTOR_UPLOAD_H_
 #define STEERD_SERVER_ENGINE_VECTOR_UPLOAD_H_
 
@@ -23,10 +25,6 @@ namespace steerd {
 // times it, even at steering.scale 100, keeps activations far from float overflow,
 // while values like 3e38 would turn every logit into NaN.
 inline constexpr double kMaxSteeringToResidualRms = 1000.0;
-
-// Bytes of `__metadata__` (keys and values together) an uploaded vector may carry: the
-// stored file keeps it verbatim, so it is bounded like any other stored field.
-inline constexpr size_t kMaxVectorMetadataBytes = 16384;
 
 // What a vector must match: the model's name, fingerprint and shape, and the scale of
 // its residual stream.

@@ -94,6 +94,21 @@ SequenceState::SequenceState(const GenerationRequest& request, const Tokenizer* 
   }
 }
 
+absl::Status KeepBatchRows(const std::vector<int64_t>& keep, bool any_kept_steered,
+                           KvCache* cache, at::Tensor* steering) {
+  RETURN_IF_ERROR(cache->SelectRows(keep));
+  if (!steering->defined()) return absl::OkStatus();
+  if (!any_kept_steered) {
+    *steering = at::Tensor();
+    return absl::OkStatus();
+  }
+  return CatchTorchErrors("selecting steering rows", [&]() -> absl::Status {
+    *steering = steering->index_select(
+        1, at::tensor(keep, at::TensorOptions().dtype(at::kLong)).to(steering->device()));
+    return absl::OkStatus();
+  });
+}
+
 absl::Status NonFiniteLogitsError(bool steered, int64_t token_index) {
   const std::map<std::string, std::string> metadata = {{"token_index",
                                                         absl::StrCat(token_index)}};
@@ -251,17 +266,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
     if (keep.empty()) break;
     if (keep.size() != row_request.size()) {
       // Finished rows leave the batch: their cache rows and steering rows go too.
-      RETURN_IF_ERROR(cache.SelectRows(keep));
       std::vector<size_t> remaining;
-      for (int64_t row : keep) remaining.push_back(row_request[row]);
-      row_request = std::move(remaining);
-      if (input.steering.defined()) {
-        RETURN_IF_ERROR(CatchTorchErrors("selecting steering rows", [&]() -> absl::Status {
-          input.steering = input.steering.index_select(
-              1, at::tensor(keep, at::TensorOptions().dtype(at::kLong)).to(model_->device()));
-          return absl::OkStatus();
-        }));
+      bool any_steered = false;
+      for (int64_t row : keep) {
+        remaining.push_back(row_request[row]);
+        any_steered |= requests[row_request[row]].steering.defined();
       }
+      row_request = std::move(remaining);
+      RETURN_IF_ERROR(KeepBatchRows(keep, any_steered, &cache, &input.steering));
     }
     const int64_t rows = static_cast<int64_t>(next_tokens.size());
     input.tokens = at::tensor(next_tokens, at::TensorOptions().dtype(at::kLong)).view({rows, 1});

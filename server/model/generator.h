@@ -58,6 +58,14 @@ absl::Status ValidateGenerationRequest(const GenerationRequest& request,
 // model); without one the model itself overflowed (INTERNAL).
 absl::Status NonFiniteLogitsError(bool steered, int64_t token_index);
 
+// Keeps rows `keep` (ascending batch indices) of a running batch, in that order: the
+// cache's rows and the steering's ([L, B, 1, d] -> [L, |keep|, 1, d]). `steering`
+// becomes undefined when no kept row is steered (`any_kept_steered` false), so an
+// unsteered batch skips the additions. The one row-shrinking step of the offline
+// generator and the serving engine.
+absl::Status KeepBatchRows(const std::vector<int64_t>& keep, bool any_kept_steered,
+                           KvCache* cache, at::Tensor* steering);
+
 // One running sequence. Not thread-safe.
 class SequenceState {
  public:

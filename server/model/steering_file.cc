@@ -14,60 +14,17 @@
 namespace steerd {
 namespace {
 
-absl::StatusOr<SteeringFile> FromSafetensors(std::unique_ptr<SafetensorsFile> file) {
-  const std::string& source = file->source();
-  auto tensors = file->tensors();
-  auto it = tensors.find(kSteeringTensorName);
-  if (it == tensors.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": no tensor named 'steering' (a steering file holds one "
-                             "[num_layers, hidden_size] tensor named 'steering')"));
-  }
-  const TensorView& view = it->second;
-  if (view.dtype != DType::kF32 && view.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": tensor 'steering' has dtype ",
-                                                   DTypeName(view.dtype),
-                                                   "; it must be F32 or BF16"));
-  }
-  if (view.shape.size() != 2 || view.shape[0] <= 0 || view.shape[1] <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": tensor 'steering' has shape [", absl::StrJoin(view.shape, ", "),
-        "]; it must be [num_layers, hidden_size]"));
-  }
+absl::StatusOr<SteeringFile> ToSteeringFile(SteeringContents contents) {
   SteeringFile out;
-  out.metadata = file->metadata();
-  auto format = out.metadata.find("format");
-  if (format != out.metadata.end() && format->second != kSteeringFormat &&
-      format->second != "pt") {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": metadata format '",
-                                                   format->second, "' is not ",
-                                                   kSteeringFormat));
-  }
-  for (const char* key : {"num_layers", "hidden_size"}) {
-    auto m = out.metadata.find(key);
-    if (m == out.metadata.end()) continue;
-    int64_t value = 0;
-    const int64_t actual = std::string(key) == "num_layers" ? view.shape[0] : view.shape[1];
-    if (!absl::SimpleAtoi(m->second, &value) || value != actual) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": metadata ", key, " '",
-                                                     m->second, "' disagrees with the tensor's shape"));
-    }
-  }
-  if (auto s = out.metadata.find("scale"); s != out.metadata.end()) {
-    if (!absl::SimpleAtod(s->second, &out.scale) || !std::isfinite(out.scale)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": metadata scale '", s->second, "' is not a finite number"));
-    }
-  }
-  std::shared_ptr<SafetensorsFile> owner = std::move(file);
-  ASSIGN_OR_RETURN(at::Tensor mapped, TensorFromView(view, owner));
-  // Own the data: the vector outlives the file.
-  out.vector = mapped.to(at::kFloat).clone();
-  if (!at::isfinite(out.vector).all().item<bool>()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": tensor 'steering' holds NaN or infinite values"));
-  }
-  return out;
+  out.metadata = std::move(contents.metadata);
+  out.scale = contents.scale;
+  return CatchTorchErrors("reading a steering vector", [&]() -> absl::StatusOr<SteeringFile> {
+    // Own the data: the vector outlives the file.
+    out.vector = at::from_blob(contents.values.data(),
+                               {contents.num_layers, contents.hidden_size}, at::kFloat)
+                     .clone();  // [L, d] float32
+    return std::move(out);
+  });
 }
 
 }  // namespace
@@ -78,12 +35,14 @@ std::string ModelFingerprint(const ModelConfig& config) {
 
 absl::StatusOr<SteeringFile> LoadSteeringFile(const std::string& path) {
   ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
-  return FromSafetensors(std::move(file));
+  ASSIGN_OR_RETURN(SteeringContents contents, ReadSteeringContents(*file));
+  return ToSteeringFile(std::move(contents));
 }
 
 absl::StatusOr<SteeringFile> ParseSteeringFile(std::string bytes, std::string source) {
-  ASSIGN_OR_RETURN(auto file, SafetensorsFile::FromBuffer(std::move(bytes), std::move(source)));
-  return FromSafetensors(std::move(file));
+  SteeringContents contents;
+  RETURN_IF_ERROR(ParseSteeringBytes(std::move(bytes), source, &contents).status());
+  return ToSteeringFile(std::move(contents));
 }
 
 absl::Status CheckSteeringMatchesModel(const SteeringFile& file, const ModelConfig& config) {

@@ -1,8 +1,7 @@
-// Steering vector files (API.md "Vector file format"): safetensors with one tensor
-// `steering` [num_layers, hidden_size] in F32 or BF16, and `__metadata__` naming the
-// format and the model it was trained for. Loading validates shape and finiteness;
-// matching against a model checks the fingerprint, so a vector for another model is a
-// FAILED_PRECONDITION rather than silently wrong output.
+// Steering vector files (API.md "Vector file format") as tensors: loading them (with the
+// rules of steering_format.h, the same an upload is held to), matching them against a
+// model (its shape and fingerprint, so a vector for another model is a
+// FAILED_PRECONDITION rather than silently wrong output) and writing them.
 #ifndef STEERD_SERVER_MODEL_STEERING_FILE_H_
 #define STEERD_SERVER_MODEL_STEERING_FILE_H_
 
@@ -13,11 +12,9 @@
 
 #include "absl/status/statusor.h"
 #include "server/model/config.h"
+#include "server/model/steering_format.h"
 
 namespace steerd {
-
-inline constexpr char kSteeringFormat[] = "steerd.steering.v1";
-inline constexpr char kSteeringTensorName[] = "steering";
 
 struct SteeringFile {
   at::Tensor vector;  // [num_layers, hidden_size] float32, CPU

@@ -1061,10 +1061,10 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
     EXPECT_THAT(std::string(status.message()), HasSubstr(c.message)) << status;
     // Every refusal carries a reason (google.rpc.ErrorInfo) a program can branch on,
     // except the one gRPC itself gives for an oversized message.
+    // (EXPECT, not ASSERT: the concurrent stream below must be released whatever fails.)
     if (c.code != Code::kResourceExhausted || c.message != "larger than max") {
       const std::optional<ErrorDetails> details = GetErrorDetails(status);
-      ASSERT_TRUE(details.has_value()) << status;
-      EXPECT_FALSE(details->reason.empty());
+      EXPECT_TRUE(details.has_value() && !details->reason.empty()) << status;
     }
   }
   table_done.Notify();

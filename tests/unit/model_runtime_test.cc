@@ -443,11 +443,11 @@ TEST_F(ModelRuntimeTest, BadSteeringFilesAreRejected) {
   at::Tensor inf = steering_.clone();
   inf[0][0] = std::numeric_limits<float>::infinity();
   const std::vector<Case> cases = {
-      {"nan", nan, "steering", "NaN or infinite"},
-      {"inf", inf, "steering", "NaN or infinite"},
+      {"nan", nan, "steering", "non-finite value (nan) at [1, 3]"},
+      {"inf", inf, "steering", "non-finite value (inf) at [0, 0]"},
       {"1-d", steering_.flatten(), "steering", "[num_layers, hidden_size]"},
-      {"wrong name", steering_, "bias", "no tensor named 'steering'"},
-      {"int dtype", steering_.to(at::kInt), "steering", "must be F32 or BF16"},
+      {"wrong name", steering_, "bias", "no tensor named \"steering\""},
+      {"int dtype", steering_.to(at::kInt), "steering", "F32 or BF16 is required"},
   };
   for (const Case& c : cases) {
     const at::Tensor data = c.tensor.contiguous();

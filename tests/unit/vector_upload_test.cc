@@ -6,12 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "server/model/safetensors.h"
+#include "server/model/steering_format.h"
 
 namespace steerd {
 namespace {
@@ -106,13 +108,63 @@ TEST(VectorUploadTest, RefusesValuesFarAboveTheResidualScale) {
 TEST(VectorUploadTest, RefusesOversizedMetadata) {
   const std::vector<float> values(8, 0.1f);
   auto big = ValidateVectorUpload(
-      VectorFile(values, 2, 4, {{"description", std::string(kMaxVectorMetadataBytes, 'x')}}),
+      VectorFile(values, 2, 4, {{"description", std::string(kMaxSteeringMetadataBytes, 'x')}}),
       Target());
   EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(big.status().message()), HasSubstr("__metadata__"));
   auto fits = ValidateVectorUpload(
       VectorFile(values, 2, 4, {{"description", std::string(1000, 'x')}}), Target());
   EXPECT_TRUE(fits.ok()) << fits.status();
+}
+
+// The file rules are written once (steering_format.h) for uploads and the offline CLI;
+// they used to disagree on `format: "pt"`, which safetensors' torch writer puts in every
+// file: both accept it now, and the stored file says steerd.steering.v1.
+TEST(SteeringFormatTest, PtFormatIsAcceptedAndStoredAsSteerdFormat) {
+  const std::vector<float> values(8, 0.25f);
+  const std::string bytes = VectorFile(values, 2, 4, {{"format", "pt"}});
+  SteeringContents contents;
+  auto file = ParseSteeringBytes(bytes, "test", &contents);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(contents.values, values);
+  auto validated = ValidateVectorUpload(bytes, Target());
+  ASSERT_TRUE(validated.ok()) << validated.status();
+  SteeringContents stored;
+  ASSERT_TRUE(ParseSteeringBytes(validated->safetensors, "stored", &stored).ok());
+  EXPECT_EQ(stored.metadata.at("format"), "steerd.steering.v1");
+  EXPECT_EQ(stored.metadata.at("model_fingerprint"), "qwen2:2x4");
+}
+
+TEST(SteeringFormatTest, EveryRuleNamesWhatIsWrong) {
+  const std::vector<float> values(8, 0.25f);
+  struct Case {
+    std::string name;
+    std::string bytes;
+    std::string expected;
+  };
+  std::vector<float> with_nan = values;
+  with_nan[6] = std::nanf("");
+  const std::vector<Case> cases = {
+      {"empty", "", "test is empty"},
+      {"not safetensors", "garbage", "malformed safetensors"},
+      {"other format", VectorFile(values, 2, 4, {{"format", "numpy"}}),
+       "metadata format \"numpy\" is not \"steerd.steering.v1\""},
+      {"num_layers disagrees", VectorFile(values, 2, 4, {{"num_layers", "3"}}),
+       "metadata num_layers \"3\" disagrees with the tensor's 2"},
+      {"scale not a number", VectorFile(values, 2, 4, {{"scale", "abc"}}),
+       "metadata scale \"abc\" is not a finite number"},
+      {"NaN", VectorFile(with_nan, 2, 4), "non-finite value (nan) at [1, 2]"},
+      {"metadata too large",
+       VectorFile(values, 2, 4, {{"x", std::string(kMaxSteeringMetadataBytes, 'x')}}),
+       "__metadata__ holds 16385 bytes"},
+  };
+  for (const Case& c : cases) {
+    SteeringContents contents;
+    auto file = ParseSteeringBytes(c.bytes, "test", &contents);
+    ASSERT_FALSE(file.ok()) << c.name;
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(file.status().message()), HasSubstr(c.expected)) << c.name;
+  }
 }
 
 }  // namespace
