@@ -51,17 +51,17 @@ void ToProto(const StoredVector& vector, v1::Vector* out) {
   for (float norm : vector.layer_norms) out->add_layer_norms(norm);
   *out->mutable_create_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
       absl::ToUnixNanos(vector.create_time));
-  out->set_source(vector.source == StoredVector::Source::kTraining ? v1::Vector::TRAINING
-                                                                   : v1::Vector::UPLOAD);
+  out->set_source(vector.source == StoredVector::Source::kTraining ? v1::Vector::SOURCE_TRAINING
+                                                                   : v1::Vector::SOURCE_UPLOAD);
   out->set_job_id(vector.job_id);
   out->set_description(vector.description);
 }
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kStop: return v1::STOP;
-    case FinishReason::kLength: return v1::LENGTH;
-    case FinishReason::kCancelled: return v1::CANCELLED;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
     case FinishReason::kNone: break;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
@@ -80,9 +80,9 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
       for (int i = 0; i < messages.size(); ++i) {
         ChatTurn turn;
         switch (messages[i].role()) {
-          case v1::ChatMessage::SYSTEM: turn.role = ChatTurn::Role::kSystem; break;
-          case v1::ChatMessage::USER: turn.role = ChatTurn::Role::kUser; break;
-          case v1::ChatMessage::ASSISTANT: turn.role = ChatTurn::Role::kAssistant; break;
+          case v1::ChatMessage::ROLE_SYSTEM: turn.role = ChatTurn::Role::kSystem; break;
+          case v1::ChatMessage::ROLE_USER: turn.role = ChatTurn::Role::kUser; break;
+          case v1::ChatMessage::ROLE_ASSISTANT: turn.role = ChatTurn::Role::kAssistant; break;
           default:
             return absl::InvalidArgumentError(absl::StrCat(
                 "messages[", i, "].role is ", messages[i].role() == 0 ? "unspecified" : "unknown",

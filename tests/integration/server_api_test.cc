@@ -565,7 +565,7 @@ TEST_F(ServerApiTest, MaxNewTokensLimitRejectsMoreAndLowersTheDefault) {
   auto defaulted = limited->Generate(Request(kPrompt, 0, "", /*ignore_eos=*/true));
   ASSERT_TRUE(defaulted.ok()) << defaulted.status();
   EXPECT_EQ(defaulted->token_ids_size(), 16);
-  EXPECT_EQ(defaulted->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(defaulted->finish_reason(), v1::FINISH_REASON_LENGTH);
   // Alpha has no such limit.
   auto alpha = alpha_->Generate(Request(kPrompt, 40, "", /*ignore_eos=*/true));
   ASSERT_TRUE(alpha.ok()) << alpha.status();
@@ -663,13 +663,13 @@ TEST_F(ServerApiTest, PromptAndMaxNewTokensBoundsAtTheContextSize) {
   ASSERT_TRUE(last_slot.ok()) << last_slot.status();
   EXPECT_EQ(last_slot->usage().prompt_tokens(), kContext - 1);
   EXPECT_EQ(last_slot->token_ids_size(), 1);
-  EXPECT_EQ(last_slot->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(last_slot->finish_reason(), v1::FINISH_REASON_LENGTH);
 
   auto whole_context = Stream(*alpha_, Request(kPrompt, kContext, "", /*ignore_eos=*/true));
   ASSERT_TRUE(whole_context.ok()) << whole_context.status();
   EXPECT_EQ(whole_context->usage().prompt_tokens() + whole_context->token_ids_size(), kContext);
   EXPECT_EQ(whole_context->usage().completion_tokens(), whole_context->token_ids_size());
-  EXPECT_EQ(whole_context->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(whole_context->finish_reason(), v1::FINISH_REASON_LENGTH);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -915,10 +915,10 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   generate("SYSTEM message not first",
            [](auto* r) {
              auto* user = r->mutable_messages()->add_messages();
-             user->set_role(v1::ChatMessage::USER);
+             user->set_role(v1::ChatMessage::ROLE_USER);
              user->set_content("2+2?");
              auto* system = r->mutable_messages()->add_messages();
-             system->set_role(v1::ChatMessage::SYSTEM);
+             system->set_role(v1::ChatMessage::ROLE_SYSTEM);
              system->set_content("be brief");
            },
            Code::kInvalidArgument, "messages[1] is a SYSTEM message");
@@ -1035,7 +1035,7 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   const absl::Status concurrent_status = concurrent.Join();
   ASSERT_TRUE(concurrent_status.ok()) << concurrent_status;
   const v1::GenerateResponse streamed = concurrent.response();
-  EXPECT_EQ(streamed.finish_reason(), v1::LENGTH);
+  EXPECT_EQ(streamed.finish_reason(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(Ids(streamed), Ids(*long_reference));
   EXPECT_EQ(streamed.text(), long_reference->text());
   EXPECT_EQ(streamed.vector().name(), "table-ok");
@@ -1389,9 +1389,11 @@ TEST(ServerDrainTest, SigtermDrainsInFlightStreamsAndExitsZero) {
     const absl::Status status = s->Join();
     ASSERT_TRUE(status.ok()) << status;
     const v1::GenerateResponse r = s->response();
-    EXPECT_THAT(r.finish_reason(), ::testing::AnyOf(v1::LENGTH, v1::STOP, v1::CANCELLED));
+    EXPECT_THAT(r.finish_reason(),
+                ::testing::AnyOf(v1::FINISH_REASON_LENGTH, v1::FINISH_REASON_STOP,
+                                 v1::FINISH_REASON_CANCELLED));
     EXPECT_EQ(r.usage().completion_tokens(), r.token_ids_size());
-    if (r.finish_reason() == v1::LENGTH) {
+    if (r.finish_reason() == v1::FINISH_REASON_LENGTH) {
       EXPECT_EQ(r.token_ids_size(), 200);
     }
   }
@@ -1421,9 +1423,10 @@ TEST(ServerDrainTest, ZeroDrainSecondsEndsLongGenerationAsCancelled) {
     const absl::Status status = s->Join();
     ASSERT_TRUE(status.ok()) << status;
     const v1::GenerateResponse r = s->response();
-    EXPECT_THAT(r.finish_reason(), ::testing::AnyOf(v1::LENGTH, v1::CANCELLED));
+    EXPECT_THAT(r.finish_reason(),
+                ::testing::AnyOf(v1::FINISH_REASON_LENGTH, v1::FINISH_REASON_CANCELLED));
     EXPECT_EQ(r.usage().completion_tokens(), r.token_ids_size());
-    if (r.finish_reason() == v1::CANCELLED) {
+    if (r.finish_reason() == v1::FINISH_REASON_CANCELLED) {
       ++cancelled;
       EXPECT_LT(r.token_ids_size(), LongRequest().sampling().max_new_tokens());
     }
