@@ -6,7 +6,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "server/engine/vector_ref.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/status_macros.h"
 
 namespace steerd {
 namespace {
@@ -102,11 +104,17 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
       return absl::InvalidArgumentError("no input: set prompt or messages");
   }
   if (request.has_steering()) {
-    params.vector = request.steering().vector();
-    if (params.vector.empty()) {
+    const v1::SteeringSpec& steering = request.steering();
+    if (steering.vector().empty()) {
       return absl::InvalidArgumentError(
           "steering.vector is empty; leave steering unset for the base model");
     }
+    // The core takes one reference string; folding the typed version in here keeps the
+    // engine unaware of where a version came from.
+    ASSIGN_OR_RETURN(VectorReference ref,
+                     ParseVectorReference(steering.vector(), steering.version(),
+                                          "steering.vector", "steering.version"));
+    params.vector = ref.ToString();
     if (request.steering().has_scale()) params.scale = request.steering().scale();
   }
   if (request.has_sampling()) {
@@ -121,6 +129,24 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
   params.return_logprobs = request.return_logprobs();
   params.ignore_eos = request.ignore_eos();
   return params;
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::GetVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::ExportVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::DeleteVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
 }
 
 absl::StatusOr<int64_t> EffectivePageSize(int32_t page_size, int64_t default_size,

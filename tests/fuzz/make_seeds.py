@@ -162,6 +162,7 @@ def proto_seeds():
                    'sampling { temperature: 0.7 top_p: 0.9 top_k: 40 seed: 7 '
                    'max_new_tokens: 16 stop: "\\n" stop: "Q:" } return_logprobs: true '
                    'ignore_eos: true',
+        "steered_version": 'model: "tiny" prompt: "Hi" steering { vector: "adder" version: 2 }',
     }
     for name, text in generate.items():
         write("generate", name, protoc("GenerateRequest", text))
