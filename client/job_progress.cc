@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/enum_names.h"
 
 namespace steerd::client {
 
@@ -28,7 +29,7 @@ std::string FormatJobProgress(const v1::Job& job) {
       absl::StrCat("step ", job.progress().step(), "/", job.progress().total_steps())};
   if (job.has_metrics()) {
     const v1::JobMetrics& metrics = job.metrics();
-    if (job.algorithm() == v1::SFT) {
+    if (job.algorithm() == v1::ALGORITHM_SFT) {
       parts.push_back(absl::StrFormat("loss %.3f", metrics.loss()));
     } else {
       parts.push_back(absl::StrFormat("reward %.2f", metrics.reward_mean()));
@@ -54,7 +55,7 @@ std::string FormatProgressLine(const v1::Job& job) {
 }
 
 std::string FormatStateLine(const v1::Job& job) {
-  return absl::StrCat("job ", job.id(), ": ", v1::Job::State_Name(job.state()));
+  return absl::StrCat("job ", job.id(), ": ", ShortEnumName(job.state()));
 }
 
 std::string FormatVectorRef(const v1::VectorRef& ref) {
@@ -62,8 +63,8 @@ std::string FormatVectorRef(const v1::VectorRef& ref) {
 }
 
 bool IsTerminalState(v1::Job::State state) {
-  return state == v1::Job::SUCCEEDED || state == v1::Job::FAILED ||
-         state == v1::Job::CANCELLED;
+  return state == v1::Job::STATE_SUCCEEDED || state == v1::Job::STATE_FAILED ||
+         state == v1::Job::STATE_CANCELLED;
 }
 
 void JobWatchPrinter::Print(const v1::JobEvent& event) {
@@ -76,7 +77,7 @@ void JobWatchPrinter::Print(const v1::JobEvent& event) {
       Finish();
     }
     PrintLine(FormatStateLine(job));
-    if (terminal_ && state == v1::Job::RUNNING) DrawLive(FormatProgressLine(job));
+    if (terminal_ && state == v1::Job::STATE_RUNNING) DrawLive(FormatProgressLine(job));
   } else if (event.has_step_metrics()) {
     if (terminal_) {
       DrawLive(FormatProgressLine(job));

@@ -35,6 +35,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/command_line.h"
+#include "client/enum_names.h"
 #include "client/job_progress.h"
 #include "client/steerd_client.h"
 #include "server/api/grpc_status.h"
@@ -124,7 +125,8 @@ Training flags (unset ones take the server's defaults; proto/steerd/v1/training.
 On a terminal, watch and train redraw one progress line; otherwise they print a line
 per state change and per step. With --json they print each event as one JSON line.
 
---json prints protobuf JSON with the proto field names (e.g. "token_ids").
+--json prints protobuf JSON with the proto field and enum value names (e.g. "token_ids",
+"FINISH_REASON_LENGTH", "STATE_SUCCEEDED"); text output shows values without the prefix.
 Exit status: 0 success; 1 error, printed as "steerctl: CODE: message", or a watched job
 that FAILED or was CANCELLED; 2 usage error; 130 Ctrl-C while watching a job.
 )";
@@ -297,8 +299,8 @@ std::vector<std::string> VectorHeader() {
 
 std::vector<std::string> VectorRow(const v1::Vector& vector) {
   std::string source = "-";
-  if (vector.source() == v1::Vector::UPLOAD) source = "upload";
-  if (vector.source() == v1::Vector::TRAINING)
+  if (vector.source() == v1::Vector::SOURCE_UPLOAD) source = "upload";
+  if (vector.source() == v1::Vector::SOURCE_TRAINING)
     source = absl::StrCat("job:", vector.job_id());
   return {absl::StrCat(vector.name(), "@", vector.version()),
           OrDash(vector.model()),
@@ -344,19 +346,20 @@ absl::Status NoPositional(const CommandLine& line, size_t words) {
 }
 
 // --name's value, in any case, as a value of the proto enum `Enum` other than its
-// UNSPECIFIED zero; the error lists the choices.
+// UNSPECIFIED zero: its short name ("queued") or its full one ("state_queued"). The error
+// lists the short names.
 template <typename Enum>
 absl::StatusOr<Enum> ParseEnumFlag(const CommandLine& line, const std::string& name) {
   const google::protobuf::EnumDescriptor* descriptor =
       google::protobuf::GetEnumDescriptor<Enum>();
   const std::string text = line.Get(name);
   const google::protobuf::EnumValueDescriptor* value =
-      descriptor->FindValueByName(absl::AsciiStrToUpper(text));
+      FindEnumValue(*descriptor, absl::AsciiStrToUpper(text));
   if (value != nullptr && value->number() != 0) return static_cast<Enum>(value->number());
   std::vector<std::string> choices;
   for (int i = 0; i < descriptor->value_count(); ++i) {
     if (descriptor->value(i)->number() != 0) {
-      choices.push_back(absl::AsciiStrToLower(descriptor->value(i)->name()));
+      choices.push_back(absl::AsciiStrToLower(ShortEnumName(*descriptor->value(i))));
     }
   }
   return UsageError(absl::StrCat("flag --", name, ": unknown value '", text, "' (",
@@ -518,9 +521,9 @@ absl::Status RunVectors(const Command& c) {
 
 absl::StatusOr<v1::ChatMessage::Role> ParseRole(absl::string_view text) {
   const std::string role = absl::AsciiStrToLower(text);
-  if (role == "system") return v1::ChatMessage::SYSTEM;
-  if (role == "user") return v1::ChatMessage::USER;
-  if (role == "assistant") return v1::ChatMessage::ASSISTANT;
+  if (role == "system") return v1::ChatMessage::ROLE_SYSTEM;
+  if (role == "user") return v1::ChatMessage::ROLE_USER;
+  if (role == "assistant") return v1::ChatMessage::ROLE_ASSISTANT;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown role '", text, "' (system, user or assistant)"));
 }
@@ -627,12 +630,8 @@ absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const CommandLine& line
   return request;
 }
 
-std::string FinishReasonName(v1::FinishReason reason) {
-  return v1::FinishReason_Name(reason);
-}
-
 void PrintSummary(const v1::GenerateResponse& response, std::ostream& err) {
-  err << "finish_reason=" << FinishReasonName(response.finish_reason())
+  err << "finish_reason=" << ShortEnumName(response.finish_reason())
       << " prompt_tokens=" << response.usage().prompt_tokens()
       << " completion_tokens=" << response.usage().completion_tokens()
       << " vector=" << (response.has_vector() ? FormatVectorRef(response.vector()) : "-")
@@ -744,20 +743,20 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& li
     request.mutable_eval()->set_max_examples(value);
   }));
 
-  v1::Algorithm algorithm = v1::RLOO;  // the server's default
+  v1::Algorithm algorithm = v1::ALGORITHM_RLOO;  // the server's default
   if (line.Has("algorithm")) {
     ASSIGN_OR_RETURN(algorithm, ParseEnumFlag<v1::Algorithm>(line, "algorithm"));
     request.set_algorithm(algorithm);
   }
   // Flags the algorithm ignores are mistakes worth naming, not silently dropped.
-  if (algorithm != v1::GRPO) {
+  if (algorithm != v1::ALGORITHM_GRPO) {
     for (const char* flag : {"clip-epsilon", "inner-epochs"}) {
       if (line.Has(flag)) {
         return UsageError(absl::StrCat("--", flag, " is for --algorithm grpo only"));
       }
     }
   }
-  if (algorithm == v1::SFT) {
+  if (algorithm == v1::ALGORITHM_SFT) {
     for (const char* flag : {"rollouts", "temperature"}) {
       if (line.Has(flag)) {
         return UsageError(
@@ -772,7 +771,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& li
                      ParseEnumFlag<v1::RewardSpec::Type>(line, "reward"));
     reward->set_type(type);
   }
-  if (reward->type() == v1::RewardSpec::REGEX) {
+  if (reward->type() == v1::RewardSpec::TYPE_REGEX) {
     if (!line.Has("pattern")) return UsageError("--reward regex needs --pattern");
     reward->set_pattern(line.Get("pattern"));
   } else if (line.Has("pattern")) {
@@ -840,8 +839,8 @@ std::string JobError(const v1::Job& job) {
 
 // The vector a SUCCEEDED job published, or why a FAILED one failed.
 std::string JobResult(const v1::Job& job) {
-  if (job.state() == v1::Job::SUCCEEDED) return FormatVectorRef(job.vector());
-  if (job.state() == v1::Job::FAILED) return OneLine(JobError(job));
+  if (job.state() == v1::Job::STATE_SUCCEEDED) return FormatVectorRef(job.vector());
+  if (job.state() == v1::Job::STATE_FAILED) return OneLine(JobError(job));
   return "-";
 }
 
@@ -850,7 +849,7 @@ void PrintJobs(const std::vector<v1::Job>& jobs, std::ostream& out) {
       {"ID", "STATE", "STEP", "MODEL", "OUTPUT", "CREATED", "RESULT"}};
   for (const v1::Job& job : jobs) {
     rows.push_back(
-        {job.id(), v1::Job::State_Name(job.state()),
+        {job.id(), ShortEnumName(job.state()),
          absl::StrCat(job.progress().step(), "/", job.progress().total_steps()),
          OrDash(job.model()), OrDash(job.output_vector()),
          FormatTimestamp(job.create_time()), JobResult(job)});
@@ -972,18 +971,18 @@ absl::Status WatchUntilDone(SteerdClient& client, const std::string& id, bool cr
                                                     " watches it again)"));
   }
   switch (job.state()) {
-    case v1::Job::SUCCEEDED:
+    case v1::Job::STATE_SUCCEEDED:
       if (!json) c.out << FormatVectorRef(job.vector()) << "\n";
       return absl::OkStatus();
-    case v1::Job::FAILED:
+    case v1::Job::STATE_FAILED:
       return CommandFailure(absl::StrCat("job ", id, " FAILED: ", OrDash(JobError(job))),
                             1);
-    case v1::Job::CANCELLED:
+    case v1::Job::STATE_CANCELLED:
       return CommandFailure(absl::StrCat("job ", id, " was CANCELLED"), 1);
     default:
       return absl::InternalError(absl::StrCat("the watch of job ", id,
                                               " ended while it is ",
-                                              v1::Job::State_Name(job.state())));
+                                              ShortEnumName(job.state())));
   }
 }
 
@@ -1051,7 +1050,7 @@ absl::Status RunJobsCancel(const Command& c) {
   if (c.line.Bool("json")) return PrintJson(job, c.out);
   PrintJobs({job}, c.out);
   // A running job stops only after its current step.
-  if (job.state() == v1::Job::RUNNING) {
+  if (job.state() == v1::Job::STATE_RUNNING) {
     c.err << "job " << id << " stops after its current step (steerctl jobs watch " << id
           << " shows the end)\n";
   }

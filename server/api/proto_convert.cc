@@ -6,7 +6,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "server/engine/vector_ref.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/status_macros.h"
 
 namespace steerd {
 namespace {
@@ -51,17 +53,17 @@ void ToProto(const StoredVector& vector, v1::Vector* out) {
   for (float norm : vector.layer_norms) out->add_layer_norms(norm);
   *out->mutable_create_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
       absl::ToUnixNanos(vector.create_time));
-  out->set_source(vector.source == StoredVector::Source::kTraining ? v1::Vector::TRAINING
-                                                                   : v1::Vector::UPLOAD);
+  out->set_source(vector.source == StoredVector::Source::kTraining ? v1::Vector::SOURCE_TRAINING
+                                                                   : v1::Vector::SOURCE_UPLOAD);
   out->set_job_id(vector.job_id);
   out->set_description(vector.description);
 }
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kStop: return v1::STOP;
-    case FinishReason::kLength: return v1::LENGTH;
-    case FinishReason::kCancelled: return v1::CANCELLED;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
     case FinishReason::kNone: break;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
@@ -80,9 +82,9 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
       for (int i = 0; i < messages.size(); ++i) {
         ChatTurn turn;
         switch (messages[i].role()) {
-          case v1::ChatMessage::SYSTEM: turn.role = ChatTurn::Role::kSystem; break;
-          case v1::ChatMessage::USER: turn.role = ChatTurn::Role::kUser; break;
-          case v1::ChatMessage::ASSISTANT: turn.role = ChatTurn::Role::kAssistant; break;
+          case v1::ChatMessage::ROLE_SYSTEM: turn.role = ChatTurn::Role::kSystem; break;
+          case v1::ChatMessage::ROLE_USER: turn.role = ChatTurn::Role::kUser; break;
+          case v1::ChatMessage::ROLE_ASSISTANT: turn.role = ChatTurn::Role::kAssistant; break;
           default:
             return absl::InvalidArgumentError(absl::StrCat(
                 "messages[", i, "].role is ", messages[i].role() == 0 ? "unspecified" : "unknown",
@@ -102,11 +104,17 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
       return absl::InvalidArgumentError("no input: set prompt or messages");
   }
   if (request.has_steering()) {
-    params.vector = request.steering().vector();
-    if (params.vector.empty()) {
+    const v1::SteeringSpec& steering = request.steering();
+    if (steering.vector().empty()) {
       return absl::InvalidArgumentError(
           "steering.vector is empty; leave steering unset for the base model");
     }
+    // The core takes one reference string; folding the typed version in here keeps the
+    // engine unaware of where a version came from.
+    ASSIGN_OR_RETURN(VectorReference ref,
+                     ParseVectorReference(steering.vector(), steering.version(),
+                                          "steering.vector", "steering.version"));
+    params.vector = ref.ToString();
     if (request.steering().has_scale()) params.scale = request.steering().scale();
   }
   if (request.has_sampling()) {
@@ -121,6 +129,24 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
   params.return_logprobs = request.return_logprobs();
   params.ignore_eos = request.ignore_eos();
   return params;
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::GetVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::ExportVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
+}
+
+absl::StatusOr<std::string> ReferenceFromProto(const v1::DeleteVectorRequest& request) {
+  ASSIGN_OR_RETURN(VectorReference ref,
+                   ParseVectorReference(request.name(), request.version(), "name", "version"));
+  return ref.ToString();
 }
 
 absl::StatusOr<int64_t> EffectivePageSize(int32_t page_size, int64_t default_size,

@@ -22,8 +22,16 @@ void ToProto(const StoredVector& vector, v1::Vector* out);
 v1::FinishReason ToProto(FinishReason reason);
 
 // GenerateRequest -> GenerateParams; INVALID_ARGUMENT for what only the proto can get
-// wrong (no input, a message without a role).
+// wrong (no input, a message without a role, steering.version given twice or negative).
+// steering.vector and steering.version become one "name[@version]" in params.vector.
 absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request);
+
+// The vector reference of a Get/Export/DeleteVector request as the core takes it:
+// `name` with the typed `version` folded in ("name@version" or "name"), checked by the
+// rules of common.proto (INVALID_ARGUMENT naming `name` and/or `version`).
+absl::StatusOr<std::string> ReferenceFromProto(const v1::GetVectorRequest& request);
+absl::StatusOr<std::string> ReferenceFromProto(const v1::ExportVectorRequest& request);
+absl::StatusOr<std::string> ReferenceFromProto(const v1::DeleteVectorRequest& request);
 
 // page_size: 0 -> `default_size`, above `max_size` -> `max_size`, negative -> error.
 absl::StatusOr<int64_t> EffectivePageSize(int32_t page_size, int64_t default_size,

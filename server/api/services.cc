@@ -379,7 +379,8 @@ grpc::ServerUnaryReactor* VectorsService::GetVector(grpc::CallbackServerContext*
                                                     v1::Vector* response) {
   return RunUnary(api_, context, "GetVector",
                   [&](const Tenant& tenant, ServingCore& core) -> absl::Status {
-    ASSIGN_OR_RETURN(StoredVector vector, core.GetVector(tenant.name, request->name()));
+    ASSIGN_OR_RETURN(std::string ref, ReferenceFromProto(*request));
+    ASSIGN_OR_RETURN(StoredVector vector, core.GetVector(tenant.name, ref));
     ToProto(vector, response);
     return absl::OkStatus();
   });
@@ -419,7 +420,8 @@ grpc::ServerUnaryReactor* VectorsService::ExportVector(grpc::CallbackServerConte
                                                        v1::ExportVectorResponse* response) {
   return RunUnary(api_, context, "ExportVector",
                   [&](const Tenant& tenant, ServingCore& core) -> absl::Status {
-    ASSIGN_OR_RETURN(auto exported, core.ExportVector(tenant.name, request->name()));
+    ASSIGN_OR_RETURN(std::string ref, ReferenceFromProto(*request));
+    ASSIGN_OR_RETURN(auto exported, core.ExportVector(tenant.name, ref));
     ToProto(exported.first, response->mutable_vector());
     response->set_safetensors(std::move(exported.second));
     return absl::OkStatus();
@@ -431,8 +433,8 @@ grpc::ServerUnaryReactor* VectorsService::DeleteVector(grpc::CallbackServerConte
                                                        v1::DeleteVectorResponse* response) {
   return RunUnary(api_, context, "DeleteVector",
                   [&](const Tenant& tenant, ServingCore& core) -> absl::Status {
-    ASSIGN_OR_RETURN(std::vector<StoredVector> deleted,
-                     core.DeleteVector(tenant.name, request->name()));
+    ASSIGN_OR_RETURN(std::string ref, ReferenceFromProto(*request));
+    ASSIGN_OR_RETURN(std::vector<StoredVector> deleted, core.DeleteVector(tenant.name, ref));
     for (const StoredVector& vector : deleted) {
       v1::VectorRef* ref = response->add_deleted();
       ref->set_name(vector.name);

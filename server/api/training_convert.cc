@@ -22,26 +22,28 @@ std::vector<train::Example> ExamplesOf(const v1::InlineDataset& dataset) {
 absl::StatusOr<RewardType> RewardTypeOf(v1::RewardSpec::Type type) {
   switch (type) {
     case v1::RewardSpec::TYPE_UNSPECIFIED: return RewardType::kDefault;
-    case v1::RewardSpec::EXACT: return RewardType::kExact;
-    case v1::RewardSpec::NUMERIC: return RewardType::kNumeric;
-    case v1::RewardSpec::BOXED: return RewardType::kBoxed;
-    case v1::RewardSpec::REGEX: return RewardType::kRegex;
+    case v1::RewardSpec::TYPE_EXACT: return RewardType::kExact;
+    case v1::RewardSpec::TYPE_NUMERIC: return RewardType::kNumeric;
+    case v1::RewardSpec::TYPE_BOXED: return RewardType::kBoxed;
+    case v1::RewardSpec::TYPE_REGEX: return RewardType::kRegex;
     default: break;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "reward.type ", static_cast<int>(type), " is unknown; use EXACT, NUMERIC, BOXED or REGEX"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("reward.type ", static_cast<int>(type),
+                   " is unknown; use TYPE_EXACT, TYPE_NUMERIC, TYPE_BOXED or TYPE_REGEX"));
 }
 
 absl::StatusOr<JobAlgorithm> AlgorithmOf(v1::Algorithm algorithm) {
   switch (algorithm) {
     case v1::ALGORITHM_UNSPECIFIED:
-    case v1::RLOO: return JobAlgorithm::kRloo;
-    case v1::GRPO: return JobAlgorithm::kGrpo;
-    case v1::SFT: return JobAlgorithm::kSft;
+    case v1::ALGORITHM_RLOO: return JobAlgorithm::kRloo;
+    case v1::ALGORITHM_GRPO: return JobAlgorithm::kGrpo;
+    case v1::ALGORITHM_SFT: return JobAlgorithm::kSft;
     default: break;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "algorithm ", static_cast<int>(algorithm), " is unknown; use RLOO, GRPO or SFT"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("algorithm ", static_cast<int>(algorithm),
+                   " is unknown; use ALGORITHM_RLOO, ALGORITHM_GRPO or ALGORITHM_SFT"));
 }
 
 JobHyperparameters HyperparametersOf(const v1::Hyperparameters& h) {
@@ -140,7 +142,8 @@ absl::StatusOr<std::optional<JobState>> JobStateFilter(v1::Job::State state) {
   if (!v1::Job::State_IsValid(state)) {
     return absl::InvalidArgumentError(
         absl::StrCat("state ", static_cast<int>(state),
-                     " is unknown; use QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED"));
+                     " is unknown; use STATE_QUEUED, STATE_RUNNING, STATE_SUCCEEDED, "
+                     "STATE_FAILED or STATE_CANCELLED"));
   }
   // JobState is numbered as the proto.
   return std::optional<JobState>(static_cast<JobState>(state));

@@ -50,10 +50,10 @@ constexpr size_t kMaxDescriptionBytes = 1024;
 const char* RewardTypeName(RewardType type) {
   switch (type) {
     case RewardType::kDefault: return "TYPE_UNSPECIFIED";
-    case RewardType::kExact: return "EXACT";
-    case RewardType::kNumeric: return "NUMERIC";
-    case RewardType::kBoxed: return "BOXED";
-    case RewardType::kRegex: return "REGEX";
+    case RewardType::kExact: return "TYPE_EXACT";
+    case RewardType::kNumeric: return "TYPE_NUMERIC";
+    case RewardType::kBoxed: return "TYPE_BOXED";
+    case RewardType::kRegex: return "TYPE_REGEX";
   }
   return "unknown";
 }
@@ -256,11 +256,11 @@ absl::Status NormalizeReward(const std::string& task, JobReward* reward) {
   if (reward->type != RewardType::kRegex && !reward->pattern.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("reward.pattern is set but reward.type is ",
                                                    RewardTypeName(reward->type),
-                                                   "; a pattern is only used by REGEX"));
+                                                   "; a pattern is only used by TYPE_REGEX"));
   }
   if (reward->type == RewardType::kRegex) {
     if (reward->pattern.empty()) {
-      return absl::InvalidArgumentError("reward.pattern is empty; a REGEX reward needs one");
+      return absl::InvalidArgumentError("reward.pattern is empty; a TYPE_REGEX reward needs one");
     }
     if (reward->pattern.size() > kMaxPatternBytes) {
       return absl::InvalidArgumentError(absl::StrCat("reward.pattern is ",

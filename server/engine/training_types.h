@@ -18,7 +18,9 @@ namespace steerd {
 
 // Numbered as the proto's Job.State.
 enum class JobState { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
-// "QUEUED", "RUNNING", ... as in the proto; "UNKNOWN" for a value out of range.
+// "QUEUED", "RUNNING", ...: the proto's Job.State names without their STATE_ prefix,
+// as stored in the job store and used as metric labels (kept stable when the proto
+// names gained the prefix); "UNKNOWN" for a value out of range.
 inline const char* JobStateName(JobState state) {
   switch (state) {
     case JobState::kQueued: return "QUEUED";

@@ -60,4 +60,27 @@ absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text,
   return ref;
 }
 
+absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text, int64_t version,
+                                                     absl::string_view text_field,
+                                                     absl::string_view version_field) {
+  if (version < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        version_field, " ", version, " is negative; use 0 for the version ", text_field,
+        " names, or N >= 1 for version N"));
+  }
+  if (version > kMaxVectorVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(version_field, " ", version,
+                                                   " is larger than any version (at most ",
+                                                   kMaxVectorVersion, ")"));
+  }
+  if (version > 0 && text.find('@') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        text_field, " \"", absl::CHexEscape(text.substr(0, 96)), "\" carries a version and ",
+        version_field, " is ", version, "; give the version in only one of them"));
+  }
+  ASSIGN_OR_RETURN(VectorReference ref, ParseVectorReference(text, text_field));
+  if (version > 0) ref.version = version;
+  return ref;
+}
+
 }  // namespace steerd

@@ -154,13 +154,15 @@ def protoc(message, text):
 def proto_seeds():
     generate = {
         "prompt": 'model: "tiny" prompt: "Q: 2+2\\nA:"',
-        "messages": 'model: "tiny" messages { messages { role: SYSTEM content: "Be brief." } '
-                    'messages { role: USER content: "Hi" } messages { role: ASSISTANT '
-                    'content: "Hello" } messages { role: USER content: "2+2?" } }',
+        "messages": 'model: "tiny" messages { messages { role: ROLE_SYSTEM '
+                    'content: "Be brief." } messages { role: ROLE_USER content: "Hi" } '
+                    'messages { role: ROLE_ASSISTANT content: "Hello" } '
+                    'messages { role: ROLE_USER content: "2+2?" } }',
         "steered": 'model: "tiny" prompt: "Hi" steering { vector: "adder@2" scale: -1.5 } '
                    'sampling { temperature: 0.7 top_p: 0.9 top_k: 40 seed: 7 '
                    'max_new_tokens: 16 stop: "\\n" stop: "Q:" } return_logprobs: true '
                    'ignore_eos: true',
+        "steered_version": 'model: "tiny" prompt: "Hi" steering { vector: "adder" version: 2 }',
     }
     for name, text in generate.items():
         write("generate", name, protoc("GenerateRequest", text))
@@ -168,15 +170,16 @@ def proto_seeds():
         "inline": 'model: "tiny" output_vector: "adder" examples { examples { prompt: '
                   '"Q: 1+1\\nA:" answer: "2" } examples { prompt: "Q: 2+2\\nA:" answer: "4" } }',
         "task": 'model: "tiny" output_vector: "adder" task: "arith" eval { split: "test" '
-                'max_examples: 4 } algorithm: SFT hyperparameters { steps: 3 '
+                'max_examples: 4 } algorithm: ALGORITHM_SFT hyperparameters { steps: 3 '
                 'prompts_per_step: 2 rollouts_per_prompt: 2 learning_rate: 0.01 '
                 'max_new_tokens: 8 temperature: 0.8 } apply_chat_template: true '
                 'description: "d"',
         "regex": 'model: "tiny" output_vector: "v" examples { examples { prompt: "p" '
-                 'answer: "a" } } reward { type: REGEX pattern: "answer: (\\\\w+)" '
+                 'answer: "a" } } reward { type: TYPE_REGEX pattern: "answer: (\\\\w+)" '
                  'correct_reward: 1 incorrect_reward: -1 format_reward: 0.1 } '
                  'eval { examples { examples { prompt: "q" answer: "b" } } }',
-        "numeric": 'model: "tiny" output_vector: "v" task: "arith" reward { type: NUMERIC }',
+        "numeric": 'model: "tiny" output_vector: "v" task: "arith" '
+                   'reward { type: TYPE_NUMERIC }',
     }
     for name, text in create.items():
         write("create_job", name, protoc("CreateJobRequest", text))

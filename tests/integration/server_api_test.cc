@@ -260,11 +260,34 @@ class RawCaller {
     return client::FromGrpcStatus(
         vectors_->ListVectors(&context, request, response ? response : &local));
   }
-  absl::Status Generate(const v1::GenerateRequest& request) {
+  absl::Status Generate(const v1::GenerateRequest& request,
+                        v1::GenerateResponse* response = nullptr) {
     grpc::ClientContext context;
     Prepare(&context);
-    v1::GenerateResponse response;
-    return client::FromGrpcStatus(generation_->Generate(&context, request, &response));
+    v1::GenerateResponse local;
+    return client::FromGrpcStatus(
+        generation_->Generate(&context, request, response ? response : &local));
+  }
+  // The vector RPCs with every request field settable (the client library sends
+  // "name@version" strings only, never the typed version).
+  absl::Status GetVector(const v1::GetVectorRequest& request, v1::Vector* response = nullptr) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::Vector local;
+    return client::FromGrpcStatus(
+        vectors_->GetVector(&context, request, response ? response : &local));
+  }
+  absl::Status ExportVector(const v1::ExportVectorRequest& request) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::ExportVectorResponse response;
+    return client::FromGrpcStatus(vectors_->ExportVector(&context, request, &response));
+  }
+  absl::Status DeleteVector(const v1::DeleteVectorRequest& request) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::DeleteVectorResponse response;
+    return client::FromGrpcStatus(vectors_->DeleteVector(&context, request, &response));
   }
 
   // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo, list_services: the
@@ -578,7 +601,7 @@ TEST_F(ServerApiTest, MaxNewTokensLimitRejectsMoreAndLowersTheDefault) {
   auto defaulted = limited->Generate(Request(kPrompt, 0, "", /*ignore_eos=*/true));
   ASSERT_TRUE(defaulted.ok()) << defaulted.status();
   EXPECT_EQ(defaulted->token_ids_size(), 16);
-  EXPECT_EQ(defaulted->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(defaulted->finish_reason(), v1::FINISH_REASON_LENGTH);
   // Alpha has no such limit.
   auto alpha = alpha_->Generate(Request(kPrompt, 40, "", /*ignore_eos=*/true));
   ASSERT_TRUE(alpha.ok()) << alpha.status();
@@ -681,13 +704,13 @@ TEST_F(ServerApiTest, PromptAndMaxNewTokensBoundsAtTheContextSize) {
   ASSERT_TRUE(last_slot.ok()) << last_slot.status();
   EXPECT_EQ(last_slot->usage().prompt_tokens(), kContext - 1);
   EXPECT_EQ(last_slot->token_ids_size(), 1);
-  EXPECT_EQ(last_slot->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(last_slot->finish_reason(), v1::FINISH_REASON_LENGTH);
 
   auto whole_context = Stream(*alpha_, Request(kPrompt, kContext, "", /*ignore_eos=*/true));
   ASSERT_TRUE(whole_context.ok()) << whole_context.status();
   EXPECT_EQ(whole_context->usage().prompt_tokens() + whole_context->token_ids_size(), kContext);
   EXPECT_EQ(whole_context->usage().completion_tokens(), whole_context->token_ids_size());
-  EXPECT_EQ(whole_context->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(whole_context->finish_reason(), v1::FINISH_REASON_LENGTH);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -830,9 +853,50 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   cases.push_back({"GetVector of an absent version",
                    [&alpha] { return alpha.GetVector("table-ok@99").status(); }, Code::kNotFound,
                    "not found"});
+  // The typed version beside the reference string (common.proto): never both, never
+  // negative. Raw requests, since the client library sends strings only.
+  RawCaller raw(server_->address(), absl::StrCat("Bearer ", kAlphaKey));
+  auto vector_request = [](auto request, std::string name, int64_t version) {
+    request.set_name(std::move(name));
+    request.set_version(version);
+    return request;
+  };
+  cases.push_back({"GetVector name \"table-ok@1\" with version 1",
+                   [&raw, vector_request] {
+                     return raw.GetVector(vector_request(v1::GetVectorRequest(), "table-ok@1", 1));
+                   },
+                   Code::kInvalidArgument,
+                   "name \"table-ok@1\" carries a version and version is 1"});
+  cases.push_back({"GetVector version -1",
+                   [&raw, vector_request] {
+                     return raw.GetVector(vector_request(v1::GetVectorRequest(), "table-ok", -1));
+                   },
+                   Code::kInvalidArgument, "version -1 is negative"});
+  cases.push_back({"ExportVector name \"table-ok@1\" with version 2",
+                   [&raw, vector_request] {
+                     return raw.ExportVector(
+                         vector_request(v1::ExportVectorRequest(), "table-ok@1", 2));
+                   },
+                   Code::kInvalidArgument, "carries a version and version is 2"});
+  cases.push_back({"DeleteVector version -5",
+                   [&raw, vector_request] {
+                     return raw.DeleteVector(
+                         vector_request(v1::DeleteVectorRequest(), "table-ok", -5));
+                   },
+                   Code::kInvalidArgument, "version -5 is negative"});
+  cases.push_back({"DeleteVector name \"table-ok@1\" with version 1",
+                   [&raw, vector_request] {
+                     return raw.DeleteVector(
+                         vector_request(v1::DeleteVectorRequest(), "table-ok@1", 1));
+                   },
+                   Code::kInvalidArgument, "carries a version and version is 1"});
+  cases.push_back({"GetVector of an absent typed version",
+                   [&raw, vector_request] {
+                     return raw.GetVector(vector_request(v1::GetVectorRequest(), "table-ok", 99));
+                   },
+                   Code::kNotFound, "not found"});
 
   // Listing.
-  RawCaller raw(server_->address(), absl::StrCat("Bearer ", kAlphaKey));
   auto list_vectors = [&raw](int32_t page_size, std::string token, std::string model,
                              std::string name) {
     return [&raw, page_size, token, model, name] {
@@ -933,10 +997,10 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   generate("SYSTEM message not first",
            [](auto* r) {
              auto* user = r->mutable_messages()->add_messages();
-             user->set_role(v1::ChatMessage::USER);
+             user->set_role(v1::ChatMessage::ROLE_USER);
              user->set_content("2+2?");
              auto* system = r->mutable_messages()->add_messages();
-             system->set_role(v1::ChatMessage::SYSTEM);
+             system->set_role(v1::ChatMessage::ROLE_SYSTEM);
              system->set_content("be brief");
            },
            Code::kInvalidArgument, "messages[1] is a SYSTEM message");
@@ -1046,6 +1110,25 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   generate("steering with an absent version",
            [](auto* r) { r->mutable_steering()->set_vector("table-ok@7"); }, Code::kNotFound,
            "not found");
+  generate("steering version given twice",
+           [](auto* r) {
+             r->mutable_steering()->set_vector("table-ok@1");
+             r->mutable_steering()->set_version(1);
+           },
+           Code::kInvalidArgument,
+           "steering.vector \"table-ok@1\" carries a version and steering.version is 1");
+  generate("steering version negative",
+           [](auto* r) {
+             r->mutable_steering()->set_vector("table-ok");
+             r->mutable_steering()->set_version(-1);
+           },
+           Code::kInvalidArgument, "steering.version -1 is negative");
+  generate("steering with an absent typed version",
+           [](auto* r) {
+             r->mutable_steering()->set_vector("table-ok");
+             r->mutable_steering()->set_version(7);
+           },
+           Code::kNotFound, "not found");
   ASSERT_GE(cases.size(), 25u);
 
   // A well-formed stream runs through the whole table: it stops reading after its
@@ -1072,7 +1155,7 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   const absl::Status concurrent_status = concurrent.Join();
   ASSERT_TRUE(concurrent_status.ok()) << concurrent_status;
   const v1::GenerateResponse streamed = concurrent.response();
-  EXPECT_EQ(streamed.finish_reason(), v1::LENGTH);
+  EXPECT_EQ(streamed.finish_reason(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(Ids(streamed), Ids(*long_reference));
   EXPECT_EQ(streamed.text(), long_reference->text());
   EXPECT_EQ(streamed.vector().name(), "table-ok");
@@ -1092,6 +1175,26 @@ TEST_F(ServerApiTest, BadInputTableGetsDocumentedErrorsAndServerKeepsServing) {
   auto after_steered = Stream(alpha, good_steered);
   ASSERT_TRUE(after_steered.ok()) << after_steered.status();
   EXPECT_EQ(Ids(*after_steered), Ids(*reference_steered));
+
+  // The typed version says what "@1" says. table-ok has a version 2 by now, so a bare
+  // name would resolve differently: the same tokens show version 1 was used.
+  v1::GenerateRequest typed = Request(kPrompt, 24, "table-ok", /*ignore_eos=*/true);
+  typed.mutable_steering()->set_version(1);
+  v1::GenerateResponse typed_response;
+  const absl::Status typed_status = raw.Generate(typed, &typed_response);
+  ASSERT_TRUE(typed_status.ok()) << typed_status;
+  EXPECT_EQ(Ids(typed_response), Ids(*reference_steered));
+  EXPECT_EQ(typed_response.vector().name(), "table-ok");
+  EXPECT_EQ(typed_response.vector().version(), 1);
+  auto typed_stream = Stream(alpha, typed);
+  ASSERT_TRUE(typed_stream.ok()) << typed_stream.status();
+  EXPECT_EQ(Ids(*typed_stream), Ids(*reference_steered));
+  v1::GetVectorRequest get_typed;
+  get_typed.set_name("table-ok");
+  get_typed.set_version(1);
+  v1::Vector typed_vector;
+  ASSERT_TRUE(raw.GetVector(get_typed, &typed_vector).ok());
+  EXPECT_EQ(typed_vector.version(), 1);
   auto health = alpha.CheckHealth();
   ASSERT_TRUE(health.ok());
   EXPECT_EQ(*health, client::ServingStatus::kServing);
@@ -1426,9 +1529,11 @@ TEST(ServerDrainTest, SigtermDrainsInFlightStreamsAndExitsZero) {
     const absl::Status status = s->Join();
     ASSERT_TRUE(status.ok()) << status;
     const v1::GenerateResponse r = s->response();
-    EXPECT_THAT(r.finish_reason(), ::testing::AnyOf(v1::LENGTH, v1::STOP, v1::CANCELLED));
+    EXPECT_THAT(r.finish_reason(),
+                ::testing::AnyOf(v1::FINISH_REASON_LENGTH, v1::FINISH_REASON_STOP,
+                                 v1::FINISH_REASON_CANCELLED));
     EXPECT_EQ(r.usage().completion_tokens(), r.token_ids_size());
-    if (r.finish_reason() == v1::LENGTH) {
+    if (r.finish_reason() == v1::FINISH_REASON_LENGTH) {
       EXPECT_EQ(r.token_ids_size(), 200);
     }
   }
@@ -1458,9 +1563,10 @@ TEST(ServerDrainTest, ZeroDrainSecondsEndsLongGenerationAsCancelled) {
     const absl::Status status = s->Join();
     ASSERT_TRUE(status.ok()) << status;
     const v1::GenerateResponse r = s->response();
-    EXPECT_THAT(r.finish_reason(), ::testing::AnyOf(v1::LENGTH, v1::CANCELLED));
+    EXPECT_THAT(r.finish_reason(),
+                ::testing::AnyOf(v1::FINISH_REASON_LENGTH, v1::FINISH_REASON_CANCELLED));
     EXPECT_EQ(r.usage().completion_tokens(), r.token_ids_size());
-    if (r.finish_reason() == v1::CANCELLED) {
+    if (r.finish_reason() == v1::FINISH_REASON_CANCELLED) {
       ++cancelled;
       EXPECT_LT(r.token_ids_size(), LongRequest().sampling().max_new_tokens());
     }

@@ -187,8 +187,8 @@ class TrainingCaller {
 };
 
 bool Ended(const v1::Job& job) {
-  return job.state() == v1::Job::SUCCEEDED || job.state() == v1::Job::FAILED ||
-         job.state() == v1::Job::CANCELLED;
+  return job.state() == v1::Job::STATE_SUCCEEDED || job.state() == v1::Job::STATE_FAILED ||
+         job.state() == v1::Job::STATE_CANCELLED;
 }
 
 // A small, quick RLOO job on the arith task.
@@ -286,14 +286,14 @@ TEST(ServerTrainingTest, TwoTenantsTrainAtOnceAndTheirVectorsServeByName) {
     ASSERT_TRUE(listed.ok()) << listed.status();
     ASSERT_EQ(listed->jobs_size(), 1);
     const v1::Job& job = listed->jobs(0);
-    EXPECT_EQ(job.state(), v1::Job::SUCCEEDED);
+    EXPECT_EQ(job.state(), v1::Job::STATE_SUCCEEDED);
     EXPECT_EQ(job.task(), run.task);
     EXPECT_EQ(job.progress().step(), 80);
     EXPECT_EQ(job.vector().name(), run.output);
     ASSERT_TRUE(job.metrics().has_eval_accuracy());
     auto exported = (*server)->Client(run.key)->ExportVector(run.output);
     ASSERT_TRUE(exported.ok()) << exported.status();
-    EXPECT_EQ(exported->vector().source(), v1::Vector::TRAINING);
+    EXPECT_EQ(exported->vector().source(), v1::Vector::SOURCE_TRAINING);
     EXPECT_EQ(exported->vector().job_id(), job.id());
     const std::string path = absl::StrCat(dir, "/", run.output, ".safetensors");
     ASSERT_TRUE(WriteFile(path, exported->safetensors()));
@@ -332,9 +332,9 @@ TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
   TrainingCaller alpha(server_->address(), kAlphaKey);
   auto job = alpha.Create(QuickJob("watched", 3));
   ASSERT_TRUE(job.ok()) << job.status();
-  EXPECT_EQ(job->state(), v1::Job::QUEUED);
+  EXPECT_EQ(job->state(), v1::Job::STATE_QUEUED);
   EXPECT_EQ(job->progress().total_steps(), 3);
-  EXPECT_EQ(job->algorithm(), v1::RLOO);
+  EXPECT_EQ(job->algorithm(), v1::ALGORITHM_RLOO);
   EXPECT_EQ(job->hyperparameters().seed(), 7u);
   EXPECT_GT(job->hyperparameters().learning_rate(), 0.0f);  // The default, filled in.
   auto [events, status] = alpha.Watch(job->id(), absl::Seconds(120));
@@ -354,7 +354,7 @@ TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
   }
   EXPECT_EQ(last_step, 3);
   ASSERT_FALSE(states.empty());
-  EXPECT_EQ(states.back(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(states.back(), v1::Job::STATE_SUCCEEDED);
   EXPECT_TRUE(events.back().has_state_change());
   EXPECT_EQ(events.back().job().vector().name(), "watched");
   EXPECT_EQ(events.back().job().vector().version(), 1);
@@ -373,7 +373,7 @@ TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
   auto [again, again_status] = alpha.Watch(job->id(), absl::Seconds(10));
   ASSERT_TRUE(again_status.ok()) << again_status;
   ASSERT_EQ(again.size(), 1u);
-  EXPECT_EQ(again[0].state_change().state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(again[0].state_change().state(), v1::Job::STATE_SUCCEEDED);
 }
 
 TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
@@ -387,17 +387,17 @@ TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
     return job.progress().step() >= 1 || Ended(job);
   });
   ASSERT_TRUE(started.ok()) << started.status();
-  ASSERT_EQ(started->state(), v1::Job::RUNNING);
+  ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
 
   auto cancelled_queued = alpha.Cancel(queued->id());
   ASSERT_TRUE(cancelled_queued.ok()) << cancelled_queued.status();
-  EXPECT_EQ(cancelled_queued->state(), v1::Job::CANCELLED);  // At once.
+  EXPECT_EQ(cancelled_queued->state(), v1::Job::STATE_CANCELLED);  // At once.
 
   const absl::Time asked = absl::Now();
   ASSERT_TRUE(alpha.Cancel(running->id()).ok());
   auto ended = alpha.WaitFor(running->id(), absl::Seconds(30), Ended);
   ASSERT_TRUE(ended.ok()) << ended.status();
-  EXPECT_EQ(ended->state(), v1::Job::CANCELLED);
+  EXPECT_EQ(ended->state(), v1::Job::STATE_CANCELLED);
   EXPECT_LT(absl::Now() - asked, absl::Seconds(10));
   EXPECT_LT(ended->progress().step(), 5000);
   EXPECT_FALSE(ended->has_vector());
@@ -409,14 +409,14 @@ TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
   // Cancelling again returns it unchanged; a finished job cannot be cancelled.
   auto again = alpha.Cancel(running->id());
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->state(), v1::Job::CANCELLED);
+  EXPECT_EQ(again->state(), v1::Job::STATE_CANCELLED);
   v1::ListJobsRequest filter;
-  filter.set_state(v1::Job::CANCELLED);
+  filter.set_state(v1::Job::STATE_CANCELLED);
   auto listed = alpha.List(filter);
   ASSERT_TRUE(listed.ok()) << listed.status();
   std::vector<std::string> ids;
   for (const v1::Job& job : listed->jobs()) {
-    EXPECT_EQ(job.state(), v1::Job::CANCELLED);
+    EXPECT_EQ(job.state(), v1::Job::STATE_CANCELLED);
     ids.push_back(job.id());
   }
   EXPECT_THAT(ids, ::testing::IsSupersetOf({running->id(), queued->id()}));
@@ -427,14 +427,14 @@ TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
   // SFT on inline examples: the loss is the mean cross-entropy per answer token.
   v1::CreateJobRequest sft = QuickJob("sft", 4);
   sft.clear_task();
-  sft.set_algorithm(v1::SFT);
+  sft.set_algorithm(v1::ALGORITHM_SFT);
   for (int i = 0; i < 8; ++i) {
     v1::Example* e = sft.mutable_examples()->add_examples();
     e->set_prompt(absl::StrCat("Q: ", i, "+", i, "\nA:"));
     e->set_answer(absl::StrCat(" \\boxed{", 2 * i, "}"));
   }
   v1::CreateJobRequest grpo = QuickJob("grpo", 3);
-  grpo.set_algorithm(v1::GRPO);
+  grpo.set_algorithm(v1::ALGORITHM_GRPO);
   grpo.mutable_hyperparameters()->set_inner_epochs(2);
   grpo.mutable_hyperparameters()->set_clip_epsilon(0.1f);
   v1::CreateJobRequest chat = QuickJob("chat", 2);
@@ -445,17 +445,17 @@ TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
     ASSERT_TRUE(job.ok()) << request->output_vector() << ": " << job.status();
     auto ended = alpha.WaitFor(job->id(), absl::Seconds(120), Ended);
     ASSERT_TRUE(ended.ok()) << ended.status();
-    EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << request->output_vector() << ": "
+    EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << request->output_vector() << ": "
                                                   << ended->error().ShortDebugString();
     EXPECT_EQ(ended->algorithm(), request->algorithm() == v1::ALGORITHM_UNSPECIFIED
-                                      ? v1::RLOO
+                                      ? v1::ALGORITHM_RLOO
                                       : request->algorithm());
     ASSERT_TRUE(ended->has_metrics());
     EXPECT_TRUE(std::isfinite(ended->metrics().loss()));
     EXPECT_GT(ended->metrics().tokens_per_second(), 0.0f);
     auto vector = server_->Client(kAlphaKey)->GetVector(request->output_vector());
     ASSERT_TRUE(vector.ok()) << vector.status();
-    EXPECT_EQ(vector->source(), v1::Vector::TRAINING);
+    EXPECT_EQ(vector->source(), v1::Vector::SOURCE_TRAINING);
     EXPECT_EQ(vector->job_id(), job->id());
     EXPECT_EQ(vector->description(), request->description());
   }
@@ -567,11 +567,11 @@ TEST_F(TrainingApiTest, BadRequestsGetPreciseErrorsAndTheServerGoesOn) {
        [](auto& r) { r.mutable_reward()->set_type(static_cast<v1::RewardSpec::Type>(42)); },
        absl::StatusCode::kInvalidArgument, "reward"},
       {"regex without pattern",
-       [](auto& r) { r.mutable_reward()->set_type(v1::RewardSpec::REGEX); },
+       [](auto& r) { r.mutable_reward()->set_type(v1::RewardSpec::TYPE_REGEX); },
        absl::StatusCode::kInvalidArgument, "pattern"},
       {"regex that does not compile",
        [](auto& r) {
-         r.mutable_reward()->set_type(v1::RewardSpec::REGEX);
+         r.mutable_reward()->set_type(v1::RewardSpec::TYPE_REGEX);
          r.mutable_reward()->set_pattern("(unclosed");
        },
        absl::StatusCode::kInvalidArgument, "pattern"},
@@ -625,7 +625,7 @@ TEST_F(TrainingApiTest, BadRequestsGetPreciseErrorsAndTheServerGoesOn) {
   ASSERT_TRUE(fine.ok()) << fine.status();
   auto ended = alpha.WaitFor(fine->id(), absl::Seconds(60), Ended);
   ASSERT_TRUE(ended.ok());
-  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error().ShortDebugString();
+  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -652,7 +652,7 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
     return j.progress().step() >= 5 || Ended(j);
   });
   ASSERT_TRUE(progressed.ok()) << progressed.status();
-  ASSERT_EQ(progressed->state(), v1::Job::RUNNING);
+  ASSERT_EQ(progressed->state(), v1::Job::STATE_RUNNING);
   (*server)->Signal(SIGKILL);
   ASSERT_TRUE((*server)->Wait(absl::Seconds(30)).ok());
   server->reset();
@@ -662,18 +662,18 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
   TrainingCaller after_restart((*restarted)->address(), kAlphaKey);
   auto resumed = after_restart.Get(job->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), v1::Job::RUNNING);
+  EXPECT_EQ(resumed->state(), v1::Job::STATE_RUNNING);
   EXPECT_GE(resumed->progress().step(), 4);  // The checkpoint at step 4 (or later).
   auto ended = after_restart.WaitFor(job->id(), absl::Seconds(120), Ended);
   ASSERT_TRUE(ended.ok()) << ended.status();
-  EXPECT_EQ(ended->state(), v1::Job::SUCCEEDED) << ended->error().ShortDebugString();
+  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
   EXPECT_EQ(ended->progress().step(), 14);
   auto queued_after = after_restart.WaitFor(waiting->id(), absl::Seconds(60), Ended);
   ASSERT_TRUE(queued_after.ok());
-  EXPECT_EQ(queued_after->state(), v1::Job::SUCCEEDED) << queued_after->error().ShortDebugString();
+  EXPECT_EQ(queued_after->state(), v1::Job::STATE_SUCCEEDED) << queued_after->error().ShortDebugString();
   auto earlier = after_restart.Get(finished->id());
   ASSERT_TRUE(earlier.ok());
-  EXPECT_EQ(earlier->state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(earlier->state(), v1::Job::STATE_SUCCEEDED);
   auto client = (*restarted)->Client(kAlphaKey);
   auto kept = client->ExportVector("kept");
   ASSERT_TRUE(kept.ok()) << kept.status();
@@ -716,18 +716,18 @@ TEST(ServerTrainingFaultTest, SigtermStopsTrainingAndTheJobContinuesAfterRestart
   TrainingCaller again((*restarted)->address(), kAlphaKey);
   auto resumed = again.Get(job->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), v1::Job::RUNNING);
+  EXPECT_EQ(resumed->state(), v1::Job::STATE_RUNNING);
   EXPECT_GE(resumed->progress().step(), 2);
   const int before = resumed->progress().step();
   auto moving = again.WaitFor(job->id(), absl::Seconds(60), [before](const v1::Job& j) {
     return j.progress().step() > before || Ended(j);
   });
   ASSERT_TRUE(moving.ok()) << moving.status();
-  EXPECT_EQ(moving->state(), v1::Job::RUNNING);
+  EXPECT_EQ(moving->state(), v1::Job::STATE_RUNNING);
   ASSERT_TRUE(again.Cancel(job->id()).ok());
   auto ended = again.WaitFor(job->id(), absl::Seconds(30), Ended);
   ASSERT_TRUE(ended.ok());
-  EXPECT_EQ(ended->state(), v1::Job::CANCELLED);
+  EXPECT_EQ(ended->state(), v1::Job::STATE_CANCELLED);
 }
 
 // Scheduling: with one training slot, a free slot goes to the tenant with fewer running

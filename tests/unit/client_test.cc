@@ -29,6 +29,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "client/command_line.h"
+#include "client/enum_names.h"
 #include "client/job_progress.h"
 #include "client/steerctl_commands.h"
 #include "client/steerd_client.h"
@@ -178,7 +179,7 @@ v1::Vector MakeVector(const std::string& name, int64_t version) {
   vector.set_sha256("0123456789abcdef0123456789abcdef");
   vector.set_size_bytes(1136);
   vector.mutable_create_time()->set_seconds(1700000000);
-  vector.set_source(v1::Vector::UPLOAD);
+  vector.set_source(v1::Vector::SOURCE_UPLOAD);
   return vector;
 }
 
@@ -292,7 +293,7 @@ class FakeGeneration final : public v1::Generation::Service {
     response->set_text("Hello, world");
     response->add_token_ids(11);
     response->add_token_ids(12);
-    response->set_finish_reason(v1::STOP);
+    response->set_finish_reason(v1::FINISH_REASON_STOP);
     response->mutable_usage()->set_prompt_tokens(4);
     response->mutable_usage()->set_completion_tokens(2);
     response->set_seed(request->sampling().has_seed() ? request->sampling().seed() : 42);
@@ -328,7 +329,7 @@ class FakeGeneration final : public v1::Generation::Service {
       if (request->return_logprobs()) chunk.add_logprobs(-0.5f * (i + 1));
       const bool last = i + 1 == n && request->prompt() != kFailMidStream;
       if (last) {
-        chunk.set_finish_reason(v1::LENGTH);
+        chunk.set_finish_reason(v1::FINISH_REASON_LENGTH);
         chunk.mutable_usage()->set_prompt_tokens(7);
         chunk.mutable_usage()->set_completion_tokens(n);
         chunk.set_seed(request->sampling().has_seed() ? request->sampling().seed() : 99);
@@ -375,7 +376,7 @@ v1::Job MakeJob(const std::string& id, v1::Job::State state) {
   job.set_model("m0");
   job.set_output_vector("arith");
   job.set_task("arith");
-  job.set_algorithm(v1::RLOO);
+  job.set_algorithm(v1::ALGORITHM_RLOO);
   job.mutable_hyperparameters()->set_steps(4);
   job.set_state(state);
   job.mutable_progress()->set_total_steps(4);
@@ -386,17 +387,17 @@ v1::Job MakeJob(const std::string& id, v1::Job::State state) {
 // Builds a scripted event stream, keeping the job snapshot current.
 class JobScript {
  public:
-  explicit JobScript(const std::string& id) : job_(MakeJob(id, v1::Job::QUEUED)) {}
+  explicit JobScript(const std::string& id) : job_(MakeJob(id, v1::Job::STATE_QUEUED)) {}
 
   JobScript& State(v1::Job::State state) {
     const v1::Job::State previous =
         events_.empty() ? v1::Job::STATE_UNSPECIFIED : job_.state();
     job_.set_state(state);
-    if (state == v1::Job::SUCCEEDED) {
+    if (state == v1::Job::STATE_SUCCEEDED) {
       job_.mutable_vector()->set_name("arith");
       job_.mutable_vector()->set_version(3);
     }
-    if (state == v1::Job::FAILED) {
+    if (state == v1::Job::STATE_FAILED) {
       *job_.mutable_error() = ToRpcStatus(absl::InternalError("out of memory"));
     }
     v1::JobEvent& event = Add();
@@ -442,15 +443,18 @@ bool IsEndless(const std::string& id) {
 std::optional<JobScript> ScriptOf(const std::string& id) {
   JobScript script(id);
   if (id == "job-ok" || id == "job-slow") {
-    script.State(v1::Job::QUEUED).State(v1::Job::RUNNING);
+    script.State(v1::Job::STATE_QUEUED).State(v1::Job::STATE_RUNNING);
     if (id == "job-ok") script.Step(1).Step(2).Step(3).Step(4);
-    script.State(v1::Job::SUCCEEDED);
+    script.State(v1::Job::STATE_SUCCEEDED);
   } else if (id == "job-fail") {
-    script.State(v1::Job::QUEUED).State(v1::Job::RUNNING).Step(1).State(v1::Job::FAILED);
+    script.State(v1::Job::STATE_QUEUED)
+        .State(v1::Job::STATE_RUNNING)
+        .Step(1)
+        .State(v1::Job::STATE_FAILED);
   } else if (id == "job-cancel") {
-    script.State(v1::Job::QUEUED).State(v1::Job::CANCELLED);
+    script.State(v1::Job::STATE_QUEUED).State(v1::Job::STATE_CANCELLED);
   } else if (IsEndless(id) || id == "job-drain" || id == "job-unended") {
-    script.State(v1::Job::RUNNING);
+    script.State(v1::Job::STATE_RUNNING);
   } else {
     return std::nullopt;
   }
@@ -478,7 +482,8 @@ class FakeTraining final : public v1::Training::Service {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           absl::StrCat("model '", request->model(), "' is not loaded"));
     }
-    *response = MakeJob(absl::StrCat("job-", request->output_vector()), v1::Job::QUEUED);
+    *response =
+        MakeJob(absl::StrCat("job-", request->output_vector()), v1::Job::STATE_QUEUED);
     response->set_output_vector(request->output_vector());
     response->set_task(request->task());
     return grpc::Status::OK;
@@ -501,20 +506,20 @@ class FakeTraining final : public v1::Training::Service {
       observed_->job_list_requests.push_back(*request);
     }
     // Newest first, no QUEUED job among them.
-    const v1::Job::State states[kNumJobs] = {v1::Job::SUCCEEDED, v1::Job::RUNNING,
-                                             v1::Job::FAILED, v1::Job::CANCELLED,
-                                             v1::Job::SUCCEEDED};
+    const v1::Job::State states[kNumJobs] = {
+        v1::Job::STATE_SUCCEEDED, v1::Job::STATE_RUNNING, v1::Job::STATE_FAILED,
+        v1::Job::STATE_CANCELLED, v1::Job::STATE_SUCCEEDED};
     std::vector<v1::Job> jobs;
     for (int i = 0; i < kNumJobs; ++i) {
       if (request->state() != v1::Job::STATE_UNSPECIFIED && request->state() != states[i])
         continue;
       v1::Job job = MakeJob(absl::StrCat("job-", i), states[i]);
-      job.mutable_progress()->set_step(states[i] == v1::Job::RUNNING ? 2 : 4);
-      if (states[i] == v1::Job::SUCCEEDED) {
+      job.mutable_progress()->set_step(states[i] == v1::Job::STATE_RUNNING ? 2 : 4);
+      if (states[i] == v1::Job::STATE_SUCCEEDED) {
         job.mutable_vector()->set_name("arith");
         job.mutable_vector()->set_version(kNumJobs - i);
       }
-      if (states[i] == v1::Job::FAILED) {
+      if (states[i] == v1::Job::STATE_FAILED) {
         *job.mutable_error() = ToRpcStatus(absl::InternalError("out of\nmemory"));
       }
       jobs.push_back(job);
@@ -536,13 +541,14 @@ class FakeTraining final : public v1::Training::Service {
     std::optional<JobScript> script = ScriptOf(request->id());
     if (!script.has_value()) return JobNotFound(request->id());
     *response = script->job();
-    if (response->state() == v1::Job::SUCCEEDED || response->state() == v1::Job::FAILED) {
+    if (response->state() == v1::Job::STATE_SUCCEEDED ||
+        response->state() == v1::Job::STATE_FAILED) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                           absl::StrCat("job '", request->id(), "' already ",
-                                       v1::Job::State_Name(response->state())));
+                                       client::ShortEnumName(response->state())));
     }
     // A running job stops after its step: the snapshot still says RUNNING.
-    if (request->id() != "job-run") response->set_state(v1::Job::CANCELLED);
+    if (request->id() != "job-run") response->set_state(v1::Job::STATE_CANCELLED);
     return grpc::Status::OK;
   }
 
@@ -780,7 +786,7 @@ TEST_F(ClientTest, StreamDeliversChunksInOrder) {
   EXPECT_EQ(total.text(), "t0 t1 t2 t3 t4 t5 ");
   EXPECT_THAT(total.token_ids(), ElementsAre(100, 101, 102, 103, 104, 105));
   EXPECT_EQ(total.logprobs_size(), 6);
-  EXPECT_EQ(total.finish_reason(), v1::LENGTH);
+  EXPECT_EQ(total.finish_reason(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(total.usage().completion_tokens(), 6);
   EXPECT_EQ(total.seed(), 1234);
   EXPECT_EQ(total.vector().name(), "tone");
@@ -890,17 +896,17 @@ TEST_F(ClientTest, TrainingCallsSendTheKeyAndKeepErrors) {
   absl::StatusOr<v1::Job> created = client->CreateJob(request);
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_EQ(created->id(), "job-tone");
-  EXPECT_EQ(created->state(), v1::Job::QUEUED);
+  EXPECT_EQ(created->state(), v1::Job::STATE_QUEUED);
 
   absl::StatusOr<v1::Job> got = client->GetJob("job-ok");
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(got->state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(got->state(), v1::Job::STATE_SUCCEEDED);
   EXPECT_EQ(got->vector().version(), 3);
   EXPECT_EQ(client->GetJob("nope").status(), absl::NotFoundError("job 'nope' not found"));
 
   absl::StatusOr<v1::Job> cancelled = client->CancelJob("job-cancel");
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
-  EXPECT_EQ(cancelled->state(), v1::Job::CANCELLED);
+  EXPECT_EQ(cancelled->state(), v1::Job::STATE_CANCELLED);
   EXPECT_EQ(client->CancelJob("job-ok").status().code(),
             absl::StatusCode::kFailedPrecondition);
 
@@ -925,7 +931,7 @@ TEST_F(ClientTest, ListJobsFollowsEveryPageWithTheSameFilter) {
   for (const v1::Job& job : *jobs) ids.push_back(job.id());
   EXPECT_THAT(ids, ElementsAre("job-0", "job-1", "job-2", "job-3", "job-4"));
 
-  filter.state = v1::Job::SUCCEEDED;
+  filter.state = v1::Job::STATE_SUCCEEDED;
   filter.page_size = 1;
   jobs = Connect()->ListJobs(filter);
   ASSERT_TRUE(jobs.ok()) << jobs.status();
@@ -938,8 +944,8 @@ TEST_F(ClientTest, ListJobsFollowsEveryPageWithTheSameFilter) {
   const std::vector<v1::ListJobsRequest> requests = observed().job_list_requests;
   ASSERT_EQ(requests.size(), 3 + 2);
   EXPECT_EQ(requests[2].page_token(), "page:4");
-  EXPECT_EQ(requests[3].state(), v1::Job::SUCCEEDED);
-  EXPECT_EQ(requests[4].state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(requests[3].state(), v1::Job::STATE_SUCCEEDED);
+  EXPECT_EQ(requests[4].state(), v1::Job::STATE_SUCCEEDED);
   EXPECT_EQ(requests[4].page_size(), 1);
   EXPECT_EQ(requests[4].page_token(), "page:1");
 }
@@ -954,7 +960,7 @@ TEST_F(ClientTest, WatchJobDeliversEveryEventInOrder) {
   std::vector<std::string> kinds;
   for (const v1::JobEvent& event : events) {
     kinds.push_back(event.has_state_change()
-                        ? v1::Job::State_Name(event.state_change().state())
+                        ? client::ShortEnumName(event.state_change().state())
                         : absl::StrCat("step ", event.step_metrics().step()));
   }
   EXPECT_THAT(kinds, ElementsAre("QUEUED", "RUNNING", "step 1", "step 2", "step 3",
@@ -1276,8 +1282,8 @@ TEST_F(SteerctlTest, GenerateStreamsTextAndSendsEveryOption) {
   // member back to the lock held.
   const v1::GenerateRequest request = observed().last_generate;
   ASSERT_EQ(request.messages().messages_size(), 2);
-  EXPECT_EQ(request.messages().messages(0).role(), v1::ChatMessage::SYSTEM);
-  EXPECT_EQ(request.messages().messages(1).role(), v1::ChatMessage::USER);
+  EXPECT_EQ(request.messages().messages(0).role(), v1::ChatMessage::ROLE_SYSTEM);
+  EXPECT_EQ(request.messages().messages(1).role(), v1::ChatMessage::ROLE_USER);
   EXPECT_EQ(request.messages().messages(1).content(), "hi: there");
   EXPECT_EQ(request.steering().vector(), "tone@2");
   EXPECT_FLOAT_EQ(request.steering().scale(), -1.5f);
@@ -1301,7 +1307,8 @@ TEST_F(SteerctlTest, GenerateJsonAndMessagesFile) {
   EXPECT_EQ(json["text"], "t0 t1 t2 ");
   EXPECT_EQ(json["token_ids"], nlohmann::json({100, 101, 102}));
   EXPECT_EQ(json["logprobs"].size(), 3);
-  EXPECT_EQ(json["finish_reason"], "LENGTH");
+  // --json is proto3 JSON: enum values by their proto names (AIP-126 prefixes).
+  EXPECT_EQ(json["finish_reason"], "FINISH_REASON_LENGTH");
   EXPECT_EQ(json["usage"]["prompt_tokens"], 7);
   EXPECT_EQ(json["seed"], "99");  // proto3 JSON writes 64-bit integers as strings
   {
@@ -1514,8 +1521,8 @@ TEST_F(SteerctlJobsTest, CreateSendsEveryFlagToItsField) {
   EXPECT_EQ(request.task(), "arith");
   EXPECT_EQ(request.eval().split(), "test");
   EXPECT_EQ(request.eval().max_examples(), 50);
-  EXPECT_EQ(request.algorithm(), v1::GRPO);
-  EXPECT_EQ(request.reward().type(), v1::RewardSpec::REGEX);
+  EXPECT_EQ(request.algorithm(), v1::ALGORITHM_GRPO);
+  EXPECT_EQ(request.reward().type(), v1::RewardSpec::TYPE_REGEX);
   EXPECT_EQ(request.reward().pattern(), "answer: (\\d+)");
   EXPECT_FLOAT_EQ(request.reward().correct_reward(), 2);
   // 0 is a value given, not the default (-1).
@@ -1544,7 +1551,7 @@ TEST_F(SteerctlJobsTest, CreateLeavesUnsetFlagsToTheServer) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json job = nlohmann::json::parse(run.out);
   EXPECT_EQ(job["id"], "job-plain");
-  EXPECT_EQ(job["state"], "QUEUED");
+  EXPECT_EQ(job["state"], "STATE_QUEUED");
   EXPECT_EQ(job["output_vector"], "plain");
   const v1::CreateJobRequest request = Creates().at(0);
   EXPECT_FALSE(request.has_eval());
@@ -1577,7 +1584,7 @@ TEST_F(SteerctlJobsTest, CreateReadsJsonlDatasets) {
   ASSERT_EQ(request.eval().examples().examples_size(), 1);
   EXPECT_EQ(request.eval().examples().examples(0).answer(), "2");
   EXPECT_EQ(request.eval().max_examples(), 1);
-  EXPECT_EQ(request.algorithm(), v1::SFT);
+  EXPECT_EQ(request.algorithm(), v1::ALGORITHM_SFT);
   fs::remove(train);
   fs::remove(eval);
 }
@@ -1710,7 +1717,7 @@ TEST_F(SteerctlJobsTest, ListPrintsOnePageOrAllAsATable) {
   {
     absl::MutexLock lock(&observed().mu);
     const v1::ListJobsRequest& last = observed().job_list_requests.back();
-    EXPECT_EQ(last.state(), v1::Job::FAILED);
+    EXPECT_EQ(last.state(), v1::Job::STATE_FAILED);
     EXPECT_EQ(last.page_size(), 10);
   }
 
@@ -1856,10 +1863,10 @@ TEST_F(SteerctlJobsTest, WatchJsonPrintsOneEventPerLine) {
   }
   const nlohmann::json first = nlohmann::json::parse(lines[0]);
   EXPECT_EQ(first["state_change"]["previous_state"], "STATE_UNSPECIFIED");
-  EXPECT_EQ(first["state_change"]["state"], "QUEUED");
+  EXPECT_EQ(first["state_change"]["state"], "STATE_QUEUED");
   EXPECT_EQ(nlohmann::json::parse(lines[2])["step_metrics"]["step"], 1);
   const nlohmann::json last = nlohmann::json::parse(lines[6]);
-  EXPECT_EQ(last["job"]["state"], "SUCCEEDED");
+  EXPECT_EQ(last["job"]["state"], "STATE_SUCCEEDED");
   EXPECT_EQ(last["job"]["vector"]["name"], "arith");
 
   run = Run({"train", "--model", "m0", "--task", "arith", "--output", "fail", "--json"});
@@ -1932,8 +1939,8 @@ TEST_F(SteerctlJobsTest, InterruptStopsWatchingAndSaysTheJobGoesOn) {
 v1::Job RunningJob(int step, int total) {
   v1::Job job;
   job.set_id("j1");
-  job.set_algorithm(v1::RLOO);
-  job.set_state(v1::Job::RUNNING);
+  job.set_algorithm(v1::ALGORITHM_RLOO);
+  job.set_state(v1::Job::STATE_RUNNING);
   job.mutable_progress()->set_step(step);
   job.mutable_progress()->set_total_steps(total);
   return job;
@@ -1959,14 +1966,14 @@ TEST(JobProgressTest, ProgressLine) {
             "step 55/100  reward -1.50  acc 62.5%  eval 80.0%  ETA 1m20s");
 
   // Ended: a full bar and no estimate.
-  job.set_state(v1::Job::SUCCEEDED);
+  job.set_state(v1::Job::STATE_SUCCEEDED);
   job.mutable_progress()->set_step(100);
   EXPECT_EQ(FormatProgressLine(job),
             "[##########] step 100/100  reward -1.50  acc 62.5%  eval 80.0%");
 
   // SFT has no rollouts: its loss instead of reward and accuracy.
   job = RunningJob(3, 4);
-  job.set_algorithm(v1::SFT);
+  job.set_algorithm(v1::ALGORITHM_SFT);
   job.mutable_metrics()->set_loss(1.23456f);
   EXPECT_EQ(FormatProgressLine(job), "[#######...] step 3/4  loss 1.235");
 
@@ -1997,8 +2004,33 @@ TEST(JobProgressTest, StateLinesAndRefs) {
   ref.set_name("arith");
   ref.set_version(12);
   EXPECT_EQ(FormatVectorRef(ref), "arith@12");
-  EXPECT_TRUE(IsTerminalState(v1::Job::CANCELLED));
-  EXPECT_FALSE(IsTerminalState(v1::Job::QUEUED));
+  EXPECT_TRUE(IsTerminalState(v1::Job::STATE_CANCELLED));
+  EXPECT_FALSE(IsTerminalState(v1::Job::STATE_QUEUED));
+}
+
+// People see enum values without the AIP-126 prefix, as before the prefix existed.
+TEST(EnumNamesTest, ShortNamesDropTheEnumPrefix) {
+  EXPECT_EQ(EnumValuePrefix(*v1::FinishReason_descriptor()), "FINISH_REASON_");
+  EXPECT_EQ(EnumValuePrefix(*v1::Job::State_descriptor()), "STATE_");
+  EXPECT_EQ(EnumValuePrefix(*v1::RewardSpec::Type_descriptor()), "TYPE_");
+  EXPECT_EQ(ShortEnumName(v1::FINISH_REASON_LENGTH), "LENGTH");
+  EXPECT_EQ(ShortEnumName(v1::Job::STATE_SUCCEEDED), "SUCCEEDED");
+  EXPECT_EQ(ShortEnumName(v1::ALGORITHM_GRPO), "GRPO");
+  EXPECT_EQ(ShortEnumName(v1::ChatMessage::ROLE_ASSISTANT), "ASSISTANT");
+  EXPECT_EQ(ShortEnumName(v1::Vector::SOURCE_TRAINING), "TRAINING");
+  // The zero values always had the prefix and keep it.
+  EXPECT_EQ(ShortEnumName(v1::Job::STATE_UNSPECIFIED), "STATE_UNSPECIFIED");
+  // A value from a newer server: its number.
+  EXPECT_EQ(ShortEnumName(static_cast<v1::Job::State>(42)), "42");
+}
+
+TEST(EnumNamesTest, FindsValuesByShortOrFullName) {
+  const auto* states = v1::Job::State_descriptor();
+  ASSERT_NE(FindEnumValue(*states, "QUEUED"), nullptr);
+  EXPECT_EQ(FindEnumValue(*states, "QUEUED")->number(), v1::Job::STATE_QUEUED);
+  ASSERT_NE(FindEnumValue(*states, "STATE_QUEUED"), nullptr);
+  EXPECT_EQ(FindEnumValue(*states, "STATE_QUEUED")->number(), v1::Job::STATE_QUEUED);
+  EXPECT_EQ(FindEnumValue(*states, "PAUSED"), nullptr);
 }
 
 }  // namespace

@@ -174,7 +174,7 @@ std::vector<BadCase> BadCases() {
          p->spec.reward.type = RewardType::kExact;
          p->spec.reward.pattern = "(\\d+)";
        },
-       kInvalid, "reward.pattern is set but reward.type is EXACT"},
+       kInvalid, "reward.pattern is set but reward.type is TYPE_EXACT"},
       {"pattern with the default type", [](P p, M, L, C) { p->spec.reward.pattern = "(\\d+)"; },
        kInvalid, "reward.pattern is set"},
       {"pattern does not compile",

@@ -32,8 +32,8 @@ TEST(TrainingConvertTest, CreateJobRequestKeepsEveryField) {
       examples { prompt: "2+2=" answer: "4" }
     }
     eval { examples { examples { prompt: "3+3=" answer: "6" } } max_examples: 1 }
-    reward { type: REGEX pattern: "(\\d+)" correct_reward: 0 format_reward: 0.5 }
-    algorithm: GRPO
+    reward { type: TYPE_REGEX pattern: "(\\d+)" correct_reward: 0 format_reward: 0.5 }
+    algorithm: ALGORITHM_GRPO
     hyperparameters {
       steps: 10
       prompts_per_step: 2
@@ -121,15 +121,15 @@ TEST(TrainingConvertTest, UnknownEnumValuesAreInvalid) {
   EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(params.status().message()), HasSubstr("algorithm 9"));
 
-  request.set_algorithm(v1::SFT);
+  request.set_algorithm(v1::ALGORITHM_SFT);
   request.mutable_reward()->set_type(static_cast<v1::RewardSpec::Type>(17));
   params = FromProto(request);
   EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(params.status().message()), HasSubstr("reward.type 17"));
 
   EXPECT_FALSE(JobStateFilter(v1::Job::STATE_UNSPECIFIED)->has_value());
-  EXPECT_EQ(JobStateFilter(v1::Job::RUNNING)->value(), JobState::kRunning);
-  EXPECT_EQ(JobStateFilter(v1::Job::CANCELLED)->value(), JobState::kCancelled);
+  EXPECT_EQ(JobStateFilter(v1::Job::STATE_RUNNING)->value(), JobState::kRunning);
+  EXPECT_EQ(JobStateFilter(v1::Job::STATE_CANCELLED)->value(), JobState::kCancelled);
   absl::StatusOr<std::optional<JobState>> bad =
       JobStateFilter(static_cast<v1::Job::State>(6));
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
@@ -162,8 +162,8 @@ TEST(TrainingConvertTest, QueuedJobShowsDefaultsAndNoStartOrEnd) {
   EXPECT_EQ(proto.model(), "tiny");
   EXPECT_EQ(proto.output_vector(), "adder");
   EXPECT_EQ(proto.task(), "");
-  EXPECT_EQ(proto.algorithm(), v1::RLOO);
-  EXPECT_EQ(proto.state(), v1::Job::QUEUED);
+  EXPECT_EQ(proto.algorithm(), v1::ALGORITHM_RLOO);
+  EXPECT_EQ(proto.state(), v1::Job::STATE_QUEUED);
   EXPECT_EQ(proto.hyperparameters().steps(), 100);
   EXPECT_EQ(proto.hyperparameters().rollouts_per_prompt(), 8);
   EXPECT_FLOAT_EQ(proto.hyperparameters().learning_rate(), 1e-2f);
@@ -200,7 +200,7 @@ TEST(TrainingConvertTest, SucceededJobNamesItsVector) {
   job.metrics = metrics;
   v1::Job proto;
   ToProto(job, &proto);
-  EXPECT_EQ(proto.state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(proto.state(), v1::Job::STATE_SUCCEEDED);
   EXPECT_EQ(proto.vector().name(), "adder");
   EXPECT_EQ(proto.vector().version(), 3);
   EXPECT_EQ(proto.progress().step(), 100);
@@ -238,7 +238,7 @@ TEST(TrainingConvertTest, Events) {
   EXPECT_EQ(proto.time().seconds(), 1700000001);
   ASSERT_TRUE(proto.has_state_change());
   EXPECT_EQ(proto.state_change().previous_state(), v1::Job::STATE_UNSPECIFIED);
-  EXPECT_EQ(proto.state_change().state(), v1::Job::QUEUED);
+  EXPECT_EQ(proto.state_change().state(), v1::Job::STATE_QUEUED);
   EXPECT_EQ(proto.job().id(), "job-1");
 
   JobEvent running = first;
@@ -246,8 +246,8 @@ TEST(TrainingConvertTest, Events) {
   running.job.state = JobState::kRunning;
   proto.Clear();
   ToProto(running, &proto);
-  EXPECT_EQ(proto.state_change().previous_state(), v1::Job::QUEUED);
-  EXPECT_EQ(proto.state_change().state(), v1::Job::RUNNING);
+  EXPECT_EQ(proto.state_change().previous_state(), v1::Job::STATE_QUEUED);
+  EXPECT_EQ(proto.state_change().state(), v1::Job::STATE_RUNNING);
 
   JobEvent step = running;
   step.kind = JobEvent::Kind::kMetrics;
