@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "tests/testing/timeouts.h"
 
 namespace steerd::testing {
 
@@ -96,7 +97,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
     auto ready = [s = server.get()]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
       return s->eof_ || s->output_.find("serving model") != std::string::npos;
     };
-    server->mu_.AwaitWithTimeout(absl::Condition(&ready), options.startup_timeout);
+    server->mu_.AwaitWithTimeout(absl::Condition(&ready),
+                                 ScaledTimeout(options.startup_timeout));
     std::smatch match;
     const std::string out = server->output_;
     if (out.find("serving model") == std::string::npos ||
@@ -148,7 +150,7 @@ std::unique_ptr<client::SteerdClient> ServerProcess::Client(const std::string& k
   client::ClientOptions options;
   options.address = address();
   options.api_key = key;
-  options.timeout = absl::Seconds(120);
+  options.timeout = ScaledTimeout(absl::Seconds(120));
   auto made = client::SteerdClient::Create(options);
   return made.ok() ? std::move(*made) : nullptr;
 }
@@ -161,7 +163,7 @@ void ServerProcess::Signal(int signal_number) const {
 absl::StatusOr<int> ServerProcess::Wait(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto exited = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return exited_; };
-  if (!mu_.AwaitWithTimeout(absl::Condition(&exited), timeout)) {
+  if (!mu_.AwaitWithTimeout(absl::Condition(&exited), ScaledTimeout(timeout))) {
     return absl::DeadlineExceededError("the server did not exit in time");
   }
   return exit_code_;
@@ -205,7 +207,7 @@ bool ServerProcess::WaitForOutput(const std::string& text, absl::Duration timeou
   auto found = [this, &text]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return eof_ || output_.find(text) != std::string::npos;
   };
-  mu_.AwaitWithTimeout(absl::Condition(&found), timeout);
+  mu_.AwaitWithTimeout(absl::Condition(&found), ScaledTimeout(timeout));
   return output_.find(text) != std::string::npos;
 }
 

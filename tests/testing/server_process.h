@@ -36,6 +36,8 @@ class ServerProcess {
   struct Options {
     std::string data_dir;             // Required.
     std::vector<std::string> args;    // Extra `steerd serve` flags.
+    // Scaled by STEERD_TEST_TIMEOUT_SCALE (tests/testing/timeouts.h), as are the
+    // timeouts of Wait and WaitForOutput and the clients' deadlines.
     absl::Duration startup_timeout = absl::Seconds(60);
   };
 
