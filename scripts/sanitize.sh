@@ -21,7 +21,8 @@
 # ABSL_SOURCE_DIR=an unpacked source of the same version) with -fsanitize=thread, and
 # puts it first on LD_LIBRARY_PATH: our code and gRPC then lock through it.
 # OpenMP: TSan cannot see libgomp's synchronization, so the tests run with
-# OMP_NUM_THREADS=1 (the servers they start use --threads 1): no OpenMP worker threads.
+# OMP_NUM_THREADS=1 and the servers they start get --threads 1 (STEERD_TEST_SERVER_THREADS):
+# no OpenMP worker threads exist, so none of libgomp's hand-offs are left unseen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -136,7 +137,7 @@ if [ "$mode" = address ]; then
 else
   export LD_LIBRARY_PATH=$build/tsan-absl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export TSAN_OPTIONS="suppressions=$supp/tsan.supp:print_suppressions=0:second_deadlock_stack=1:history_size=4:log_path=$logs/tsan"
-  export OMP_NUM_THREADS=1
+  export OMP_NUM_THREADS=1 STEERD_TEST_SERVER_THREADS=1
   export STEERD_TEST_TIMEOUT_SCALE=${STEERD_TEST_TIMEOUT_SCALE:-8}
   ctest_args=(-R "${SANITIZE_TESTS:-$thread_tests}")
 fi

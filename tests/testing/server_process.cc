@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -71,6 +72,13 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
                                    "--metrics-listen", "127.0.0.1:0",
                                    "--data-dir",   options.data_dir};
   argv.insert(argv.end(), options.args.begin(), options.args.end());
+  // ThreadSanitizer cannot see OpenMP's synchronization (libgomp is not instrumented):
+  // scripts/sanitize.sh thread pins the model to one thread so no OpenMP workers exist.
+  const char* threads = std::getenv("STEERD_TEST_SERVER_THREADS");
+  if (threads != nullptr && *threads != '\0' &&
+      std::find(options.args.begin(), options.args.end(), "--threads") == options.args.end()) {
+    argv.insert(argv.end(), {"--threads", threads});
+  }
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   const pid_t pid = fork();
