@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace steerd {
@@ -412,24 +413,30 @@ __attribute__((target("avx512f,avx512vl"), always_inline)) inline __m512 SumEach
   return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
 }
 
-// Lanes [8b, 8b + 8) and [4b, 4b + 4) of v. The extract instructions take b as an
-// immediate: GCC accepts an unrolled loop's counter there, clang only a constant, so
-// each index is spelled out (the unrolled loop folds the choice away).
-__attribute__((target("avx512f"), always_inline)) inline __m256 EightLanes(__m512 v, int b) {
-  const __m512d d = _mm512_castps_pd(v);
-  return _mm256_castpd_ps(b == 0 ? _mm512_extractf64x4_pd(d, 0) : _mm512_extractf64x4_pd(d, 1));
-}
-__attribute__((target("avx512f"), always_inline)) inline __m128 FourLanes(__m512 v, int b) {
-  switch (b) {
-    case 0:
-      return _mm512_extractf32x4_ps(v, 0);
-    case 1:
-      return _mm512_extractf32x4_ps(v, 1);
-    case 2:
-      return _mm512_extractf32x4_ps(v, 2);
-    default:
-      return _mm512_extractf32x4_ps(v, 3);
+// Stores lanes [B * NR, B * NR + rows) of a tile's sums, output row B, to `out`. B is a
+// template argument because the lane-group extracts take it as an immediate: a loop
+// index is one only once the optimizer unrolls the loop, which a sanitized build (-O1
+// with instrumentation) does not do, and the file then does not compile.
+template <int NR, int B>
+__attribute__((target("avx512f,avx512vl"))) inline void StoreTileRow(float* out,
+                                                                    __mmask16 row_mask,
+                                                                    __m512 sums) {
+  if constexpr (NR == 16) {
+    _mm512_mask_storeu_ps(out, row_mask, sums);
+  } else if constexpr (NR == 8) {
+    const __m256 half = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sums), B));
+    _mm256_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), half);
+  } else {
+    _mm_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), _mm512_extractf32x4_ps(sums, B));
   }
+}
+
+// Stores output rows B... of a tile: y[m0 + b][n0 + a] for a < rows.
+template <int NR, int... B>
+__attribute__((target("avx512f,avx512vl"))) inline void StoreTileRows(
+    float* y, int64_t N, int64_t n0, int64_t m0, __mmask16 row_mask, __m512 sums,
+    std::integer_sequence<int, B...>) {
+  (StoreTileRow<NR, B>(y + (m0 + B) * N + n0, row_mask, sums), ...);
 }
 
 // Outputs y[m0 + b][n0 + a] for a < rows (<= NR), b < MR: NR * MR = 16 dot products of
@@ -500,17 +507,7 @@ __attribute__((target("avx512f,avx512vl"))) void F32Tile(const float* x, const f
                                                          bias + n0));
     sums = _mm512_add_ps(sums, b_vec);
   }
-#pragma GCC unroll 16
-  for (int b = 0; b < MR; ++b) {
-    float* out = y + (m0 + b) * N + n0;
-    if (NR == 16) {
-      _mm512_mask_storeu_ps(out, row_mask, sums);
-    } else if (NR == 8) {
-      _mm256_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), EightLanes(sums, b));
-    } else {
-      _mm_mask_storeu_ps(out, static_cast<__mmask8>(row_mask), FourLanes(sums, b));
-    }
-  }
+  StoreTileRows<NR>(y, N, n0, m0, row_mask, sums, std::make_integer_sequence<int, MR>());
 }
 
 // Weight rows [first, last) against all M token rows: 4 x 4 tiles for each group of four

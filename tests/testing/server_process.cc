@@ -8,17 +8,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "tests/testing/timeouts.h"
 
 namespace steerd::testing {
 
@@ -54,6 +56,29 @@ std::optional<double> MetricSum(const std::string& text, const std::string& name
   return sum;
 }
 
+namespace {
+
+// N of the first "(<label> N)" in `text`, N a positive number; 0 when there is none.
+// (A string search, not std::regex: GCC 12 reports maybe-uninitialized inside
+// libstdc++'s regex code once the file is built with sanitizers, a false positive.)
+int NumberInParentheses(absl::string_view text, absl::string_view label) {
+  const std::string open = absl::StrCat("(", label, " ");
+  for (size_t at = text.find(open); at != absl::string_view::npos;
+       at = text.find(open, at + 1)) {
+    const absl::string_view rest = text.substr(at + open.size());
+    const size_t close = rest.find(')');
+    int number = 0;
+    if (close != absl::string_view::npos && close > 0 &&
+        rest.substr(0, close).find_first_not_of("0123456789") == absl::string_view::npos &&
+        absl::SimpleAtoi(rest.substr(0, close), &number) && number > 0) {
+      return number;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string pattern = absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/", prefix, "-XXXXXX");
@@ -70,6 +95,13 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
                                    "--metrics-listen", "127.0.0.1:0",
                                    "--data-dir",   options.data_dir};
   argv.insert(argv.end(), options.args.begin(), options.args.end());
+  // ThreadSanitizer cannot see OpenMP's synchronization (libgomp is not instrumented):
+  // scripts/sanitize.sh thread pins the model to one thread so no OpenMP workers exist.
+  const char* threads = std::getenv("STEERD_TEST_SERVER_THREADS");
+  if (threads != nullptr && *threads != '\0' &&
+      std::find(options.args.begin(), options.args.end(), "--threads") == options.args.end()) {
+    argv.insert(argv.end(), {"--threads", threads});
+  }
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   const pid_t pid = fork();
@@ -99,17 +131,14 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
     auto ready = [s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
       return s->eof_ || s->output_.find("serving model") != std::string::npos;
     };
-    s->mu_.AwaitWithTimeout(absl::Condition(&ready), options.startup_timeout);
-    std::smatch match;
+    s->mu_.AwaitWithTimeout(absl::Condition(&ready), ScaledTimeout(options.startup_timeout));
     const std::string out = s->output_;
-    if (out.find("serving model") == std::string::npos ||
-        !std::regex_search(out, match, std::regex("\\(port ([0-9]+)\\)"))) {
+    const int port = NumberInParentheses(out, "port");
+    if (out.find("serving model") == std::string::npos || port == 0) {
       return absl::UnavailableError(absl::StrCat("the server did not start:\n", out));
     }
-    server->port_ = std::stoi(match[1]);
-    if (std::regex_search(out, match, std::regex("\\(metrics port ([0-9]+)\\)"))) {
-      server->metrics_port_ = std::stoi(match[1]);
-    }
+    server->port_ = port;
+    server->metrics_port_ = NumberInParentheses(out, "metrics port");
   }
   return server;
 }
@@ -151,7 +180,7 @@ std::unique_ptr<client::SteerdClient> ServerProcess::Client(const std::string& k
   client::ClientOptions options;
   options.address = address();
   options.api_key = key;
-  options.timeout = absl::Seconds(120);
+  options.timeout = ScaledTimeout(absl::Seconds(120));
   auto made = client::SteerdClient::Create(options);
   return made.ok() ? std::move(*made) : nullptr;
 }
@@ -164,7 +193,7 @@ void ServerProcess::Signal(int signal_number) const {
 absl::StatusOr<int> ServerProcess::Wait(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto exited = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return exited_; };
-  if (!mu_.AwaitWithTimeout(absl::Condition(&exited), timeout)) {
+  if (!mu_.AwaitWithTimeout(absl::Condition(&exited), ScaledTimeout(timeout))) {
     return absl::DeadlineExceededError("the server did not exit in time");
   }
   return exit_code_;
@@ -208,7 +237,7 @@ bool ServerProcess::WaitForOutput(const std::string& text, absl::Duration timeou
   auto found = [this, &text]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return eof_ || output_.find(text) != std::string::npos;
   };
-  mu_.AwaitWithTimeout(absl::Condition(&found), timeout);
+  mu_.AwaitWithTimeout(absl::Condition(&found), ScaledTimeout(timeout));
   return output_.find(text) != std::string::npos;
 }
 

@@ -35,7 +35,11 @@ class ServerProcess {
  public:
   struct Options {
     std::string data_dir;             // Required.
-    std::vector<std::string> args;    // Extra `steerd serve` flags.
+    // Extra `steerd serve` flags. Without --threads among them, the environment
+    // variable STEERD_TEST_SERVER_THREADS (when set) adds `--threads <its value>`.
+    std::vector<std::string> args;
+    // Scaled by STEERD_TEST_TIMEOUT_SCALE (tests/testing/timeouts.h), as are the
+    // timeouts of Wait and WaitForOutput and the clients' deadlines.
     absl::Duration startup_timeout = absl::Seconds(60);
   };
 
