@@ -8,6 +8,11 @@
 # It exits 0 only when every test passes and no sanitizer reported anything, in the test
 # programs or in the steerd / steerctl processes they start (each process writes its
 # reports to build-*/sanitizer-logs/, which the script prints at the end).
+# SANITIZE_TORCH_FREE=1 builds only the torch-free targets (STEERD_TORCH=OFF, folder
+# build-asan-core/ or build-tsan-core/) and runs their tests: the parsers, tenancy,
+# storage, the client library and steerctl, the API conversions, error details and
+# /metrics, in minutes rather than the half hour the libtorch targets take to build
+# sanitized. CI runs `SANITIZE_TORCH_FREE=1 scripts/sanitize.sh address`.
 # Environment: SANITIZE_JOBS (build parallelism, default 2), SANITIZE_TESTS (a ctest -R
 # regex instead of the default set), STEERD_TEST_TIMEOUT_SCALE (how much longer the
 # integration tests wait for the slower sanitized server; default 4 for address, 8 for
@@ -33,9 +38,15 @@ supp=$root/tests/sanitizers
 # The test programs that run threads: TSan has nothing to check in the others.
 thread_tests='^(engine_test|server_test|server_api_test|server_training_test|client_test|tenancy_storage_test|metrics_http_test|tokenizer_test)$'
 
+torch=ON
+suffix=
+if [ "${SANITIZE_TORCH_FREE:-0}" = 1 ]; then
+  torch=OFF
+  suffix=-core
+fi
 case "$mode" in
-  address) build=$root/build-asan ;;
-  thread) build=$root/build-tsan ;;
+  address) build=$root/build-asan$suffix ;;
+  thread) build=$root/build-tsan$suffix ;;
   *)
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
@@ -45,7 +56,7 @@ esac
 configure() {
   if [ ! -f "$build/build.ninja" ]; then
     cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DSTEERD_SANITIZE="$mode" >/dev/null
+      -DSTEERD_SANITIZE="$mode" -DSTEERD_TORCH="$torch" >/dev/null
   fi
 }
 
@@ -112,8 +123,8 @@ build_tsan_abseil() {
 
 configure
 start=$(date +%s)
-if [ "$mode" = thread ]; then
-  build_tsan_abseil
+if [ "$mode" = thread ]; then build_tsan_abseil; fi
+if [ "$mode" = thread ] && [ "$torch" = ON ]; then
   targets=(steerd steerctl engine_test server_test server_api_test server_training_test
            client_test tenancy_storage_test metrics_http_test tokenizer_test)
   cmake --build "$build" --target "${targets[@]}" -- -j "$jobs"
