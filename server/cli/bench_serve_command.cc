@@ -361,59 +361,97 @@ absl::StatusOr<double> SecondsPerStep(TrainingManager& training, const std::stri
   return steps > 0 ? elapsed / steps : elapsed;
 }
 
-absl::Status BenchServe(const std::vector<std::string>& argv) {
+// The command line of `steerd bench serve`, checked, with what follows from it.
+struct BenchServeFlags {
+  std::string model_dir;
+  std::vector<int64_t> concurrencies;
+  double seconds = 0.0;
+  int64_t new_tokens = 0;
+  int64_t threads = 0;
+  int64_t max_batch = 0;
+  int64_t training_c = 0;
+  bool json_only = false;
+  std::string dtype;
+  std::string device;
+  int64_t max_concurrency = 0;
+  // One distinct vector per stream at the highest concurrency, at least 32.
+  int64_t num_vectors = 0;
+};
+
+absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
                                           {"model", "concurrency", "seconds", "new-tokens",
                                            "threads", "max-batch", "dtype", "device",
                                            "training-concurrency"},
                                           {"json"}));
-  std::string model_dir = args.GetString("model", "");
-  if (model_dir.empty()) {
-    ASSIGN_OR_RETURN(model_dir, FindDefaultModel());
+  BenchServeFlags flags;
+  flags.model_dir = args.GetString("model", "");
+  if (flags.model_dir.empty()) {
+    ASSIGN_OR_RETURN(flags.model_dir, FindDefaultModel());
   }
-  std::vector<int64_t> concurrencies = {1, 8, 32};
+  flags.concurrencies = {1, 8, 32};
   if (args.Has("concurrency")) {
-    ASSIGN_OR_RETURN(concurrencies, args.GetIntList("concurrency"));
+    ASSIGN_OR_RETURN(flags.concurrencies, args.GetIntList("concurrency"));
   }
-  ASSIGN_OR_RETURN(double seconds, args.GetDouble("seconds", 5.0));
-  ASSIGN_OR_RETURN(int64_t new_tokens, args.GetInt("new-tokens", 64));
-  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
-  ASSIGN_OR_RETURN(int64_t max_batch, args.GetInt("max-batch", 64));
-  ASSIGN_OR_RETURN(int64_t training_c, args.GetInt("training-concurrency", 8));
-  const bool json_only = args.Flag("json");
-  if (concurrencies.empty()) return absl::InvalidArgumentError("--concurrency is empty");
-  for (int64_t c : concurrencies) {
+  ASSIGN_OR_RETURN(flags.seconds, args.GetDouble("seconds", 5.0));
+  ASSIGN_OR_RETURN(flags.new_tokens, args.GetInt("new-tokens", 64));
+  ASSIGN_OR_RETURN(flags.threads, args.GetInt("threads", 0));
+  ASSIGN_OR_RETURN(flags.max_batch, args.GetInt("max-batch", 64));
+  ASSIGN_OR_RETURN(flags.training_c, args.GetInt("training-concurrency", 8));
+  flags.json_only = args.Flag("json");
+  flags.dtype = args.GetString("dtype", "auto");
+  flags.device = args.GetString("device", "auto");
+  if (flags.concurrencies.empty()) return absl::InvalidArgumentError("--concurrency is empty");
+  for (int64_t c : flags.concurrencies) {
     if (c < 1 || c > 1024) {
       return absl::InvalidArgumentError("--concurrency values must be in [1, 1024]");
     }
   }
-  if (!(seconds > 0.0) || new_tokens < 1 || threads < 0 || max_batch < 1 || training_c < 0 ||
-      training_c > 1024) {
+  if (!(flags.seconds > 0.0) || flags.new_tokens < 1 || flags.threads < 0 ||
+      flags.max_batch < 1 || flags.training_c < 0 || flags.training_c > 1024) {
     return absl::InvalidArgumentError(
         "--seconds > 0, --new-tokens >= 1, --threads >= 0, --max-batch >= 1, "
         "--training-concurrency in [0, 1024]");
   }
-  const int64_t max_concurrency = *std::max_element(concurrencies.begin(), concurrencies.end());
-  // One distinct vector per stream at the highest concurrency, at least 32.
-  const int64_t num_vectors = std::max<int64_t>(32, max_concurrency);
+  flags.max_concurrency =
+      *std::max_element(flags.concurrencies.begin(), flags.concurrencies.end());
+  flags.num_vectors = std::max<int64_t>(32, flags.max_concurrency);
+  return flags;
+}
 
+// The server under test and a client of it. Members are destroyed in reverse order: the
+// client, then the server, then its data directory.
+struct BenchServeSetup {
+  TempDir data_dir;
+  Tenant tenant;
+  std::unique_ptr<ComposedServer> server;
+  ModelInfo info;
+  int num_threads = 0;
+  unsigned cores = 0;
+  std::unique_ptr<client::SteerdClient> client;
+};
+
+// Set-up, not measured: starts steerd in-process over a temporary data directory with
+// limits the benchmark cannot hit, loads the model, connects a client over gRPC and
+// prints what runs where (unless --json).
+absl::StatusOr<BenchServeSetup> SetUpBenchServer(const BenchServeFlags& flags) {
   ASSIGN_OR_RETURN(TempDir data_dir, TempDir::Create());
   ASSIGN_OR_RETURN(DefaultKey key, LoadOrCreateDefaultKey(data_dir.path()));
   Tenant tenant = MakeDefaultTenant(key.key);
   // The tenant's concurrency limit must not be what the benchmark measures.
-  tenant.limits.concurrent_generations = std::max<int64_t>(64, max_concurrency);
-  tenant.limits.stored_vectors = num_vectors + kColdVectors + 16;
+  tenant.limits.concurrent_generations = std::max<int64_t>(64, flags.max_concurrency);
+  tenant.limits.stored_vectors = flags.num_vectors + kColdVectors + 16;
 
   ComposedServer::Options options;
-  options.core.models = {{kServedName, model_dir}};
-  options.core.dtype = args.GetString("dtype", "auto");
-  options.core.device = args.GetString("device", "auto");
-  options.core.num_threads = static_cast<int>(threads);
-  options.core.max_batch_size = max_batch;
-  options.core.max_waiting = std::max<int64_t>(256, max_concurrency);
+  options.core.models = {{kServedName, flags.model_dir}};
+  options.core.dtype = flags.dtype;
+  options.core.device = flags.device;
+  options.core.num_threads = static_cast<int>(flags.threads);
+  options.core.max_batch_size = flags.max_batch;
+  options.core.max_waiting = std::max<int64_t>(256, flags.max_concurrency);
   // Room for every vector the benchmark creates: the resident ones stay resident, and
   // only a vector's first use ever misses.
-  options.core.vector_cache_size = num_vectors + kColdVectors + 16;
+  options.core.vector_cache_size = flags.num_vectors + kColdVectors + 16;
   options.server.listen_address = "127.0.0.1:0";
   options.tenants = {tenant};
   options.data_dir = data_dir.path();
@@ -429,41 +467,62 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
   client_options.timeout = absl::Seconds(300);
   ASSIGN_OR_RETURN(auto client, client::SteerdClient::Create(client_options));
 
-  if (!json_only) {
+  if (!flags.json_only) {
     std::printf("steerd bench serve: %s (%s, %d layers x %d, %s on %s), %d threads, %u cores, %s\n",
-                model_dir.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size,
-                info.dtype.c_str(), info.device.c_str(), num_threads, cores, CpuModel().c_str());
+                flags.model_dir.c_str(), info.architecture.c_str(), info.num_layers,
+                info.hidden_size, info.dtype.c_str(), info.device.c_str(), num_threads, cores,
+                CpuModel().c_str());
     std::printf(
         "  in-process server on 127.0.0.1:%d, client over gRPC (one channel); "
         "greedy, ignore_eos, %lld new tokens, max batch %lld\n",
-        server->port(), static_cast<long long>(new_tokens), static_cast<long long>(max_batch));
+        server->port(), static_cast<long long>(flags.new_tokens),
+        static_cast<long long>(flags.max_batch));
     std::fflush(stdout);
   }
+  return BenchServeSetup{std::move(data_dir), std::move(tenant), std::move(server),
+                         std::move(info),     num_threads,       cores,
+                         std::move(client)};
+}
 
-  // The steering vectors, uploaded and made resident before anything is timed.
-  std::mt19937_64 rng(20240601);
+// Warm-up, not measured: uploads `num_vectors` steering vectors and makes each resident
+// with one request, so no timed stream pays a vector's first use. Returns their names.
+absl::StatusOr<std::vector<std::string>> UploadResidentVectors(client::SteerdClient& client,
+                                                               const ModelInfo& info,
+                                                               int64_t num_vectors,
+                                                               std::mt19937_64& rng) {
   std::vector<std::string> vectors;
   for (int64_t i = 0; i < num_vectors; ++i) {
     ASSIGN_OR_RETURN(std::string bytes, RandomVectorFile(rng, info.num_layers, info.hidden_size));
     const std::string name = absl::StrCat("stream-", i);
-    RETURN_IF_ERROR(client->CreateVector(kServedName, name, std::move(bytes)).status());
-    RETURN_IF_ERROR(client->Generate(MakeRequest(ArithmeticPrompt(rng), name, 1)).status());
+    RETURN_IF_ERROR(client.CreateVector(kServedName, name, std::move(bytes)).status());
+    RETURN_IF_ERROR(client.Generate(MakeRequest(ArithmeticPrompt(rng), name, 1)).status());
     vectors.push_back(name);
   }
+  return vectors;
+}
 
-  // Each concurrency runs unsteered, steered, steered, unsteered: a linear drift in the
-  // machine's speed then weighs both alike, and each reports the mean of its two runs.
-  std::map<std::pair<int64_t, bool>, ConfigResult> results;
-  uint64_t run_seed = 1;
-  for (int64_t c : concurrencies) {
+// Results of the concurrency sweep by (concurrency, steered).
+using SweepResults = std::map<std::pair<int64_t, bool>, ConfigResult>;
+
+// Measures closed-loop throughput, TTFT and ITL at each --concurrency, unsteered and with
+// a resident vector of its own per stream. Each concurrency runs unsteered, steered,
+// steered, unsteered: a linear drift in the machine's speed then weighs both alike, and
+// each reports the mean of its two runs. `run_seed` numbers the runs.
+absl::StatusOr<SweepResults> MeasureConcurrencySweep(BenchServeSetup& setup,
+                                                     const BenchServeFlags& flags,
+                                                     const std::vector<std::string>& vectors,
+                                                     uint64_t& run_seed) {
+  SweepResults results;
+  for (int64_t c : flags.concurrencies) {
     for (bool steered : {false, true, true, false}) {
       const std::vector<std::string> run_vectors =
           steered ? std::vector<std::string>(vectors.begin(), vectors.begin() + c)
                   : std::vector<std::string>();
       ASSIGN_OR_RETURN(RunResult run,
-                       RunClosedLoop(*client, *server->metrics(), run_vectors, static_cast<int>(c),
-                                     new_tokens, seconds, run_seed++));
-      if (!json_only) {
+                       RunClosedLoop(*setup.client, *setup.server->metrics(), run_vectors,
+                                     static_cast<int>(c), flags.new_tokens, flags.seconds,
+                                     run_seed++));
+      if (!flags.json_only) {
         std::fprintf(stderr, "  run c=%lld %-9s %10.1f tok/s, mean batch %.1f\n",
                      static_cast<long long>(c), steered ? "steered" : "unsteered", run.tok_s(),
                      run.mean_batch);
@@ -471,46 +530,92 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
       results[{c, steered}].Add(run);
     }
   }
+  return results;
+}
 
-  ASSIGN_OR_RETURN(ColdResult cold, MeasureColdVectors(*client, *server->metrics(), info.num_layers,
-                                                       info.hidden_size, rng));
-  // Serving under training: without, with, with, without (a fresh job each time).
+// Serving under training: the unsteered closed loop with and without a training job.
+struct TrainingResult {
   ConfigResult without_training, with_training;
   std::vector<double> step_seconds_loaded, step_seconds_idle;
-  if (training_c > 0) {
-    TrainingManager& training = *server->training();
+};
+
+// Measures the unsteered closed loop at --training-concurrency without, with, with and
+// without a training job running on the same model (a fresh job each time), and the
+// job's seconds per step under that traffic and on an otherwise idle server. Empty when
+// --training-concurrency is 0.
+absl::StatusOr<TrainingResult> MeasureServingUnderTraining(BenchServeSetup& setup,
+                                                           const BenchServeFlags& flags,
+                                                           uint64_t& run_seed) {
+  TrainingResult result;
+  ConfigResult& without_training = result.without_training;
+  ConfigResult& with_training = result.with_training;
+  if (flags.training_c > 0) {
+    TrainingManager& training = *setup.server->training();
+    const std::string& tenant_name = setup.tenant.name;
     for (bool with_job : {false, true, true, false}) {
       auto run_once = [&]() -> absl::StatusOr<RunResult> {
-        return RunClosedLoop(*client, *server->metrics(), {}, static_cast<int>(training_c),
-                             new_tokens, seconds, run_seed++);
+        return RunClosedLoop(*setup.client, *setup.server->metrics(), {},
+                             static_cast<int>(flags.training_c), flags.new_tokens,
+                             flags.seconds, run_seed++);
       };
       if (!with_job) {
         ASSIGN_OR_RETURN(RunResult run, run_once());
         without_training.Add(run);
         continue;
       }
-      ASSIGN_OR_RETURN(JobRecord job, StartTrainingJob(training, tenant.name));
+      ASSIGN_OR_RETURN(JobRecord job, StartTrainingJob(training, tenant_name));
       RunResult run;
-      ASSIGN_OR_RETURN(double loaded, SecondsPerStep(training, tenant.name, job.id,
+      ASSIGN_OR_RETURN(double loaded, SecondsPerStep(training, tenant_name, job.id,
                                                      [&]() -> absl::Status {
                                                        ASSIGN_OR_RETURN(run, run_once());
                                                        return absl::OkStatus();
                                                      }));
-      ASSIGN_OR_RETURN(double idle, SecondsPerStep(training, tenant.name, job.id,
+      ASSIGN_OR_RETURN(double idle, SecondsPerStep(training, tenant_name, job.id,
                                                    [&]() -> absl::Status {
-                                                     absl::SleepFor(absl::Seconds(seconds));
+                                                     absl::SleepFor(
+                                                         absl::Seconds(flags.seconds));
                                                      return absl::OkStatus();
                                                    }));
-      RETURN_IF_ERROR(StopTrainingJob(training, tenant.name, job.id));
+      RETURN_IF_ERROR(StopTrainingJob(training, tenant_name, job.id));
       with_training.Add(run);
-      step_seconds_loaded.push_back(loaded);
-      step_seconds_idle.push_back(idle);
-      if (!json_only) {
+      result.step_seconds_loaded.push_back(loaded);
+      result.step_seconds_idle.push_back(idle);
+      if (!flags.json_only) {
         std::fprintf(stderr, "  run c=%lld with training %10.1f tok/s, %.3f s/step (idle %.3f)\n",
-                     static_cast<long long>(training_c), run.tok_s(), loaded, idle);
+                     static_cast<long long>(flags.training_c), run.tok_s(), loaded, idle);
       }
     }
   }
+  return result;
+}
+
+// Everything the measured phases produced, for the report.
+struct BenchServeMeasurements {
+  SweepResults results;
+  ColdResult cold;
+  TrainingResult training;
+};
+
+// The report: the aligned text (unless --json), then one JSON line with every number.
+void ReportBenchServe(const BenchServeFlags& flags, const BenchServeSetup& setup,
+                      const BenchServeMeasurements& measured) {
+  const SweepResults& results = measured.results;
+  const ColdResult& cold = measured.cold;
+  const ConfigResult& without_training = measured.training.without_training;
+  const ConfigResult& with_training = measured.training.with_training;
+  const std::vector<double>& step_seconds_loaded = measured.training.step_seconds_loaded;
+  const std::vector<double>& step_seconds_idle = measured.training.step_seconds_idle;
+  const std::vector<int64_t>& concurrencies = flags.concurrencies;
+  const int64_t max_concurrency = flags.max_concurrency;
+  const int64_t training_c = flags.training_c;
+  const double seconds = flags.seconds;
+  const int64_t new_tokens = flags.new_tokens;
+  const int64_t max_batch = flags.max_batch;
+  const std::string& model_dir = flags.model_dir;
+  const bool json_only = flags.json_only;
+  const ModelInfo& info = setup.info;
+  const int num_threads = setup.num_threads;
+  const unsigned cores = setup.cores;
 
   const double cold_ms = Median(cold.cold_ms);
   const double warm_ms = Median(cold.warm_ms);
@@ -519,7 +624,7 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
   nlohmann::json result;
   for (int64_t c : concurrencies) {
     for (bool steered : {false, true}) {
-      const ConfigResult& r = results[{c, steered}];
+      const ConfigResult& r = results.at({c, steered});
       const std::string suffix = absl::StrCat("_c", c, steered ? "_steered" : "");
       result["tok_s" + suffix] = r.tok_s();
       if (!steered) result[absl::StrCat("tok_s_c", c, "_unsteered")] = r.tok_s();
@@ -532,12 +637,12 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
       result["requests" + suffix] = r.requests;
     }
     result[absl::StrCat("steered_over_unsteered_c", c)] =
-        results[{c, true}].tok_s() / results[{c, false}].tok_s();
+        results.at({c, true}).tok_s() / results.at({c, false}).tok_s();
   }
   const int64_t min_c = *std::min_element(concurrencies.begin(), concurrencies.end());
   const std::string scaling_key = absl::StrCat("c", max_concurrency, "_over_c", min_c);
   const double scaling =
-      results[{max_concurrency, false}].tok_s() / results[{min_c, false}].tok_s();
+      results.at({max_concurrency, false}).tok_s() / results.at({min_c, false}).tok_s();
   if (max_concurrency != min_c) result[scaling_key] = scaling;
   if (training_c > 0) {
     const std::string c = absl::StrCat("_c", training_c);
@@ -584,7 +689,7 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
                 "tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99", "requests", "batch");
     for (int64_t c : concurrencies) {
       for (bool steered : {false, true}) {
-        const ConfigResult& r = results[{c, steered}];
+        const ConfigResult& r = results.at({c, steered});
         std::printf("  %11lld  %-9s  %10.1f  %9.2f  %9.2f  %8.3f  %8.3f  %8lld  %5.1f\n",
                     static_cast<long long>(c), steered ? "own each" : "none", r.tok_s(),
                     Percentile(r.ttft_ms, 0.5), Percentile(r.ttft_ms, 0.99),
@@ -595,8 +700,8 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
     std::printf("  (latencies in ms)\n");
     std::vector<std::pair<std::string, std::string>> table;
     table.push_back({absl::StrCat("steered / unsteered tok/s, c", max_concurrency),
-                     absl::StrFormat("%.3f", results[{max_concurrency, true}].tok_s() /
-                                                 results[{max_concurrency, false}].tok_s())});
+                     absl::StrFormat("%.3f", results.at({max_concurrency, true}).tok_s() /
+                                                 results.at({max_concurrency, false}).tok_s())});
     if (max_concurrency != min_c) {
       table.push_back({absl::StrCat("c", max_concurrency, " / c", min_c, " tok/s, unsteered"),
                        absl::StrFormat("%.2f", scaling)});
@@ -629,6 +734,23 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
     }
   }
   std::cout << result.dump() << std::endl;
+}
+
+absl::Status BenchServe(const std::vector<std::string>& argv) {
+  ASSIGN_OR_RETURN(const BenchServeFlags flags, ParseBenchServeFlags(argv));
+  ASSIGN_OR_RETURN(BenchServeSetup setup, SetUpBenchServer(flags));
+  std::mt19937_64 rng(20240601);
+  ASSIGN_OR_RETURN(const std::vector<std::string> vectors,
+                   UploadResidentVectors(*setup.client, setup.info, flags.num_vectors, rng));
+  BenchServeMeasurements measured;
+  uint64_t run_seed = 1;
+  ASSIGN_OR_RETURN(measured.results,
+                   MeasureConcurrencySweep(setup, flags, vectors, run_seed));
+  ASSIGN_OR_RETURN(measured.cold,
+                   MeasureColdVectors(*setup.client, *setup.server->metrics(),
+                                      setup.info.num_layers, setup.info.hidden_size, rng));
+  ASSIGN_OR_RETURN(measured.training, MeasureServingUnderTraining(setup, flags, run_seed));
+  ReportBenchServe(flags, setup, measured);
   return absl::OkStatus();
 }
 

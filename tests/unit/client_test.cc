@@ -1,13 +1,13 @@
-// The C++ client library and steerctl against an in-process fake steerd: a real gRPC
-// server on a free local port whose steerd.v1 services have canned behaviour (they
-// check the authorization metadata, page their lists, stream chunks and scripted job
-// events, fail with given codes) and gRPC's own grpc.health.v1 service. Covers the
-// metadata sent, pagination, streamed chunks and job events in order, cancellation and
-// deadlines, error codes, connection resolution, steerctl's training-job flags and
-// JSONL datasets, its progress output, and its output and exit codes as a subprocess.
+// The C++ client library and steerctl against an in-process fake steerd
+// (tests/testing/fake_steerd_server.h): a real gRPC server on a free local port whose
+// steerd.v1 services have canned behaviour (they check the authorization metadata, page
+// their lists, stream chunks and scripted job events, fail with given codes) and gRPC's
+// own grpc.health.v1 service. Covers the metadata sent, pagination, streamed chunks and
+// job events in order, cancellation and deadlines, error codes, connection resolution,
+// steerctl's training-job flags and JSONL datasets, its progress output, and its output
+// and exit codes as a subprocess.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -15,8 +15,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -34,12 +32,11 @@
 #include "client/steerctl_commands.h"
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
-#include "server/api/grpc_status.h"
-#include "server/util/error_details.h"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
 #include "steerd/v1/training.grpc.pb.h"
 #include "steerd/v1/vectors.grpc.pb.h"
+#include "tests/testing/fake_steerd_server.h"
 #include "tests/testing/subprocess.h"
 
 namespace steerd::client {
@@ -47,6 +44,15 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = ::steerd::v1;
+using ::steerd::testing::FakeSteerdServer;
+using ::steerd::testing::kFailMidStreamPrompt;
+using ::steerd::testing::kFakeApiKey;
+using ::steerd::testing::kFakeExportBytes;
+using ::steerd::testing::kFakeNumJobs;
+using ::steerd::testing::kFakeNumModels;
+using ::steerd::testing::kFakeNumVectors;
+using ::steerd::testing::kForeverPrompt;
+using ::steerd::testing::ObservedCalls;
 using ::steerd::testing::ProcessRun;
 using ::steerd::testing::RunShellCommand;
 using ::steerd::testing::ShellCommand;
@@ -55,580 +61,9 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-constexpr char kKey[] = "test-key";
-constexpr int kNumModels = 5;
-constexpr int kNumVectors = 5;
-// Binary bytes with a NUL in the middle, as a safetensors file has.
-const std::string kExportBytes("ST\0\x01\xff payload", 13);
-
-// ------------------------------------------------------------------ the fake server
-
-grpc::Status CheckAuth(grpc::ServerContext* context) {
-  const auto& metadata = context->client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing API key");
-  }
-  if (std::string(it->second.data(), it->second.size()) !=
-      absl::StrCat("Bearer ", kKey)) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown API key");
-  }
-  return grpc::Status::OK;
-}
-
-// What the fake services saw, for assertions.
-struct Observed {
-  absl::Mutex mu;
-  std::vector<std::string> model_page_tokens ABSL_GUARDED_BY(mu);
-  std::vector<v1::ListVectorsRequest> vector_list_requests ABSL_GUARDED_BY(mu);
-  v1::CreateVectorRequest last_create ABSL_GUARDED_BY(mu);
-  v1::GenerateRequest last_generate ABSL_GUARDED_BY(mu);
-  int streams_cancelled ABSL_GUARDED_BY(mu) = 0;
-  std::vector<v1::CreateJobRequest> job_creates ABSL_GUARDED_BY(mu);
-  std::vector<v1::ListJobsRequest> job_list_requests ABSL_GUARDED_BY(mu);
-  // The authorization metadata of every Training call, in order.
-  std::vector<std::string> training_authorizations ABSL_GUARDED_BY(mu);
-  // Ids of the endless watches that ended (the client went away). Handlers of an
-  // earlier test may still be winding down, so tests wait for their own ids.
-  std::multiset<std::string> endless_watches_ended ABSL_GUARDED_BY(mu);
-
-  // Waits up to 30 s until `ids` holds `id`.
-  bool AwaitId(const std::multiset<std::string>* ids, const std::string& id) {
-    absl::MutexLock lock(&mu);
-    auto holds = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return ids->count(id) > 0; };
-    return mu.AwaitWithTimeout(absl::Condition(&holds), absl::Seconds(30));
-  }
-
-  void Reset() {
-    absl::MutexLock lock(&mu);
-    model_page_tokens.clear();
-    vector_list_requests.clear();
-    last_create.Clear();
-    last_generate.Clear();
-    streams_cancelled = 0;
-    job_creates.clear();
-    job_list_requests.clear();
-    training_authorizations.clear();
-    endless_watches_ended.clear();
-  }
-};
-
-// Parses "page:<index>" tokens of the fake lists.
-int PageStart(const std::string& token) {
-  int start = 0;
-  if (token.rfind("page:", 0) == 0) absl::SimpleAtoi(token.substr(5), &start);
-  return start;
-}
-
-class FakeModels final : public v1::Models::Service {
- public:
-  explicit FakeModels(Observed* observed) : observed_(observed) {}
-
-  grpc::Status ListModels(grpc::ServerContext* context,
-                          const v1::ListModelsRequest* request,
-                          v1::ListModelsResponse* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    {
-      absl::MutexLock lock(&observed_->mu);
-      observed_->model_page_tokens.push_back(request->page_token());
-    }
-    const int size = request->page_size() > 0 ? request->page_size() : 2;
-    const int start = PageStart(request->page_token());
-    for (int i = start; i < std::min(start + size, kNumModels); ++i) {
-      v1::Model* model = response->add_models();
-      model->set_name(absl::StrCat("m", i));
-      model->set_architecture("Qwen2ForCausalLM");
-      model->set_num_layers(4);
-      model->set_hidden_size(64);
-      model->set_vocab_size(512);
-      model->set_max_context(2048);
-      model->set_dtype("float32");
-      model->set_device("cpu");
-      model->set_fingerprint("qwen2-4x64");
-      model->set_chat_template("chatml");
-    }
-    if (start + size < kNumModels)
-      response->set_next_page_token(absl::StrCat("page:", start + size));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
-                        v1::Model* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    if (request->name() != "m0") {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("model '", request->name(), "' is not loaded"));
-    }
-    response->set_name("m0");
-    return grpc::Status::OK;
-  }
-
- private:
-  Observed* observed_;
-};
-
-v1::Vector MakeVector(const std::string& name, int64_t version) {
-  v1::Vector vector;
-  vector.set_name(name);
-  vector.set_version(version);
-  vector.set_model("m0");
-  vector.set_model_fingerprint("qwen2-4x64");
-  vector.set_num_layers(4);
-  vector.set_hidden_size(64);
-  vector.set_dtype("F32");
-  vector.set_sha256("0123456789abcdef0123456789abcdef");
-  vector.set_size_bytes(1136);
-  vector.mutable_create_time()->set_seconds(1700000000);
-  vector.set_source(v1::Vector::SOURCE_UPLOAD);
-  return vector;
-}
-
-class FakeVectors final : public v1::Vectors::Service {
- public:
-  explicit FakeVectors(Observed* observed) : observed_(observed) {}
-
-  grpc::Status CreateVector(grpc::ServerContext* context,
-                            const v1::CreateVectorRequest* request,
-                            v1::Vector* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    {
-      absl::MutexLock lock(&observed_->mu);
-      observed_->last_create = *request;
-    }
-    if (request->safetensors().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty safetensors bytes");
-    }
-    if (request->name() == "over-limit") {  // As the real server refuses a tenant's limit.
-      return ToGrpcStatus(LimitError(absl::StatusCode::kResourceExhausted,
-                                     "stored_vectors limit of 2 reached", "stored_vectors",
-                                     "2", 2));
-    }
-    *response = MakeVector(request->name(), 3);
-    response->set_model(request->model());
-    response->set_size_bytes(static_cast<int64_t>(request->safetensors().size()));
-    response->set_description(request->description());
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetVector(grpc::ServerContext* context,
-                         const v1::GetVectorRequest* request,
-                         v1::Vector* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    if (request->name() == "known") {
-      *response = MakeVector("known", 2);
-    } else if (request->name() == "known@1") {
-      *response = MakeVector("known", 1);
-    } else {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("vector '", request->name(), "' not found"));
-    }
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListVectors(grpc::ServerContext* context,
-                           const v1::ListVectorsRequest* request,
-                           v1::ListVectorsResponse* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    {
-      absl::MutexLock lock(&observed_->mu);
-      observed_->vector_list_requests.push_back(*request);
-    }
-    const int size = request->page_size() > 0 ? request->page_size() : 2;
-    const int start = PageStart(request->page_token());
-    for (int i = start; i < std::min(start + size, kNumVectors); ++i) {
-      *response->add_vectors() = MakeVector(absl::StrCat("v", i), i + 1);
-    }
-    if (start + size < kNumVectors)
-      response->set_next_page_token(absl::StrCat("page:", start + size));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ExportVector(grpc::ServerContext* context,
-                            const v1::ExportVectorRequest* request,
-                            v1::ExportVectorResponse* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    if (request->name() != "known") {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such vector");
-    }
-    *response->mutable_vector() = MakeVector("known", 2);
-    response->set_safetensors(kExportBytes);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status DeleteVector(grpc::ServerContext* context,
-                            const v1::DeleteVectorRequest* request,
-                            v1::DeleteVectorResponse* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    if (request->name() != "known") {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such vector");
-    }
-    for (int version : {1, 2}) {
-      v1::VectorRef* ref = response->add_deleted();
-      ref->set_name("known");
-      ref->set_version(version);
-    }
-    return grpc::Status::OK;
-  }
-
- private:
-  Observed* observed_;
-};
-
-// Prompts with special behaviour in the fake Generation service.
-constexpr char kForever[] = "forever";            // streams until cancelled
-constexpr char kFailMidStream[] = "fail-midway";  // 2 chunks, then INTERNAL
-
-class FakeGeneration final : public v1::Generation::Service {
- public:
-  explicit FakeGeneration(Observed* observed) : observed_(observed) {}
-
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        v1::GenerateResponse* response) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    Record(*request);
-    if (request->model() == "wrong-fingerprint") {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          "vector fingerprint differs from the model's");
-    }
-    response->set_text("Hello, world");
-    response->add_token_ids(11);
-    response->add_token_ids(12);
-    response->set_finish_reason(v1::FINISH_REASON_STOP);
-    response->mutable_usage()->set_prompt_tokens(4);
-    response->mutable_usage()->set_completion_tokens(2);
-    response->set_seed(request->sampling().has_seed() ? request->sampling().seed() : 42);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GenerateStream(grpc::ServerContext* context,
-                              const v1::GenerateRequest* request,
-                              grpc::ServerWriter<v1::GenerateChunk>* writer) override {
-    if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
-    Record(*request);
-    if (request->prompt() == kForever) {
-      // Flow control blocks Write until the client reads; it fails once the call is
-      // cancelled or past its deadline.
-      for (int i = 0;; ++i) {
-        v1::GenerateChunk chunk;
-        chunk.set_text(absl::StrCat("t", i, " "));
-        chunk.add_token_ids(i);
-        if (!writer->Write(chunk)) break;
-      }
-      absl::MutexLock lock(&observed_->mu);
-      ++observed_->streams_cancelled;
-      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-    }
-    const int n = request->prompt() == kFailMidStream ? 2
-                  : request->sampling().max_new_tokens() > 0
-                      ? request->sampling().max_new_tokens()
-                      : 3;
-    for (int i = 0; i < n; ++i) {
-      v1::GenerateChunk chunk;
-      chunk.set_text(absl::StrCat("t", i, " "));
-      chunk.add_token_ids(100 + i);
-      if (request->return_logprobs()) chunk.add_logprobs(-0.5f * (i + 1));
-      const bool last = i + 1 == n && request->prompt() != kFailMidStream;
-      if (last) {
-        chunk.set_finish_reason(v1::FINISH_REASON_LENGTH);
-        chunk.mutable_usage()->set_prompt_tokens(7);
-        chunk.mutable_usage()->set_completion_tokens(n);
-        chunk.set_seed(request->sampling().has_seed() ? request->sampling().seed() : 99);
-        if (request->has_steering()) {
-          const std::string& ref = request->steering().vector();
-          chunk.mutable_vector()->set_name(ref.substr(0, ref.find('@')));
-          chunk.mutable_vector()->set_version(5);
-        }
-      }
-      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
-    }
-    if (request->prompt() == kFailMidStream) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "engine failed mid-stream");
-    }
-    return grpc::Status::OK;
-  }
-
- private:
-  void Record(const v1::GenerateRequest& request) {
-    absl::MutexLock lock(&observed_->mu);
-    observed_->last_generate = request;
-  }
-
-  Observed* observed_;
-};
-
-// Jobs of the fake Training service. WatchJob plays a script per id:
-//   job-ok       QUEUED, RUNNING, steps 1-4 with metrics, SUCCEEDED publishing arith@3
-//   job-fail     QUEUED, RUNNING, step 1, FAILED "out of memory"
-//   job-cancel   QUEUED, CANCELLED
-//   job-endless* RUNNING, then nothing until the client goes (each test its own id)
-//   job-drain    RUNNING, then the stream fails UNAVAILABLE (the server drains)
-//   job-unended  RUNNING, then the stream ends OK (a server bug)
-//   job-slow     QUEUED, RUNNING, SUCCEEDED, 150 ms apart
-//   job-run      RUNNING, then as job-endless (CancelJob leaves it RUNNING)
-// CreateJob answers with the job "job-<output_vector>", so `train --output ok` watches
-// job-ok. ListJobs has kNumJobs other jobs, job-0 ... job-4.
-constexpr int kNumJobs = 5;
-constexpr char kEndless[] = "job-endless";  // a prefix
-
-v1::Job MakeJob(const std::string& id, v1::Job::State state) {
-  v1::Job job;
-  job.set_id(id);
-  job.set_model("m0");
-  job.set_output_vector("arith");
-  job.set_task("arith");
-  job.set_algorithm(v1::ALGORITHM_RLOO);
-  job.mutable_hyperparameters()->set_steps(4);
-  job.set_state(state);
-  job.mutable_progress()->set_total_steps(4);
-  job.mutable_create_time()->set_seconds(1700000000);
-  return job;
-}
-
-// Builds a scripted event stream, keeping the job snapshot current.
-class JobScript {
- public:
-  explicit JobScript(const std::string& id) : job_(MakeJob(id, v1::Job::STATE_QUEUED)) {}
-
-  JobScript& State(v1::Job::State state) {
-    const v1::Job::State previous =
-        events_.empty() ? v1::Job::STATE_UNSPECIFIED : job_.state();
-    job_.set_state(state);
-    if (state == v1::Job::STATE_SUCCEEDED) {
-      job_.mutable_vector()->set_name("arith");
-      job_.mutable_vector()->set_version(3);
-    }
-    if (state == v1::Job::STATE_FAILED) {
-      *job_.mutable_error() = ToRpcStatus(absl::InternalError("out of memory"));
-    }
-    v1::JobEvent& event = Add();
-    event.mutable_state_change()->set_previous_state(previous);
-    event.mutable_state_change()->set_state(state);
-    return *this;
-  }
-
-  // Metrics of `step`: reward and accuracy rise with it, an evaluation from step 2.
-  JobScript& Step(int step) {
-    job_.mutable_progress()->set_step(step);
-    v1::JobMetrics* metrics = job_.mutable_metrics();
-    metrics->set_step(step);
-    metrics->set_reward_mean(-0.5f + 0.25f * step);
-    metrics->set_accuracy(0.25f * step);
-    metrics->set_loss(1.0f / step);
-    metrics->set_eta_seconds(10.0f * (4 - step));
-    if (step >= 2) metrics->set_eval_accuracy(0.2f * step);
-    *Add().mutable_step_metrics() = *metrics;
-    return *this;
-  }
-
-  const std::vector<v1::JobEvent>& events() const { return events_; }
-  const v1::Job& job() const { return job_; }
-
- private:
-  v1::JobEvent& Add() {
-    events_.emplace_back();
-    events_.back().mutable_time()->set_seconds(1700000000 + events_.size());
-    *events_.back().mutable_job() = job_;
-    return events_.back();
-  }
-
-  v1::Job job_;
-  std::vector<v1::JobEvent> events_;
-};
-
-bool IsEndless(const std::string& id) {
-  return id.rfind(kEndless, 0) == 0 || id == "job-run";
-}
-
-// The script of a known job id; nullopt for an unknown one.
-std::optional<JobScript> ScriptOf(const std::string& id) {
-  JobScript script(id);
-  if (id == "job-ok" || id == "job-slow") {
-    script.State(v1::Job::STATE_QUEUED).State(v1::Job::STATE_RUNNING);
-    if (id == "job-ok") script.Step(1).Step(2).Step(3).Step(4);
-    script.State(v1::Job::STATE_SUCCEEDED);
-  } else if (id == "job-fail") {
-    script.State(v1::Job::STATE_QUEUED)
-        .State(v1::Job::STATE_RUNNING)
-        .Step(1)
-        .State(v1::Job::STATE_FAILED);
-  } else if (id == "job-cancel") {
-    script.State(v1::Job::STATE_QUEUED).State(v1::Job::STATE_CANCELLED);
-  } else if (IsEndless(id) || id == "job-drain" || id == "job-unended") {
-    script.State(v1::Job::STATE_RUNNING);
-  } else {
-    return std::nullopt;
-  }
-  return script;
-}
-
-grpc::Status JobNotFound(const std::string& id) {
-  return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                      absl::StrCat("job '", id, "' not found"));
-}
-
-class FakeTraining final : public v1::Training::Service {
- public:
-  explicit FakeTraining(Observed* observed) : observed_(observed) {}
-
-  grpc::Status CreateJob(grpc::ServerContext* context,
-                         const v1::CreateJobRequest* request,
-                         v1::Job* response) override {
-    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
-    {
-      absl::MutexLock lock(&observed_->mu);
-      observed_->job_creates.push_back(*request);
-    }
-    if (request->model() != "m0") {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("model '", request->model(), "' is not loaded"));
-    }
-    *response =
-        MakeJob(absl::StrCat("job-", request->output_vector()), v1::Job::STATE_QUEUED);
-    response->set_output_vector(request->output_vector());
-    response->set_task(request->task());
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
-                      v1::Job* response) override {
-    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
-    std::optional<JobScript> script = ScriptOf(request->id());
-    if (!script.has_value()) return JobNotFound(request->id());
-    *response = script->job();
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
-                        v1::ListJobsResponse* response) override {
-    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
-    {
-      absl::MutexLock lock(&observed_->mu);
-      observed_->job_list_requests.push_back(*request);
-    }
-    // Newest first, no QUEUED job among them.
-    const v1::Job::State states[kNumJobs] = {
-        v1::Job::STATE_SUCCEEDED, v1::Job::STATE_RUNNING, v1::Job::STATE_FAILED,
-        v1::Job::STATE_CANCELLED, v1::Job::STATE_SUCCEEDED};
-    std::vector<v1::Job> jobs;
-    for (int i = 0; i < kNumJobs; ++i) {
-      if (request->state() != v1::Job::STATE_UNSPECIFIED && request->state() != states[i])
-        continue;
-      v1::Job job = MakeJob(absl::StrCat("job-", i), states[i]);
-      job.mutable_progress()->set_step(states[i] == v1::Job::STATE_RUNNING ? 2 : 4);
-      if (states[i] == v1::Job::STATE_SUCCEEDED) {
-        job.mutable_vector()->set_name("arith");
-        job.mutable_vector()->set_version(kNumJobs - i);
-      }
-      if (states[i] == v1::Job::STATE_FAILED) {
-        *job.mutable_error() = ToRpcStatus(absl::InternalError("out of\nmemory"));
-      }
-      jobs.push_back(job);
-    }
-    const int size = request->page_size() > 0 ? request->page_size() : 2;
-    const int start = PageStart(request->page_token());
-    for (int i = start; i < std::min<int>(start + size, jobs.size()); ++i) {
-      *response->add_jobs() = jobs[i];
-    }
-    if (start + size < static_cast<int>(jobs.size()))
-      response->set_next_page_token(absl::StrCat("page:", start + size));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status CancelJob(grpc::ServerContext* context,
-                         const v1::CancelJobRequest* request,
-                         v1::Job* response) override {
-    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
-    std::optional<JobScript> script = ScriptOf(request->id());
-    if (!script.has_value()) return JobNotFound(request->id());
-    *response = script->job();
-    if (response->state() == v1::Job::STATE_SUCCEEDED ||
-        response->state() == v1::Job::STATE_FAILED) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("job '", request->id(), "' already ",
-                                       client::ShortEnumName(response->state())));
-    }
-    // A running job stops after its step: the snapshot still says RUNNING.
-    if (request->id() != "job-run") response->set_state(v1::Job::STATE_CANCELLED);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
-                        grpc::ServerWriter<v1::JobEvent>* writer) override {
-    if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
-    const std::string& id = request->id();
-    std::optional<JobScript> script = ScriptOf(id);
-    if (!script.has_value()) return JobNotFound(id);
-    for (const v1::JobEvent& event : script->events()) {
-      if (id == "job-slow") absl::SleepFor(absl::Milliseconds(150));
-      if (!writer->Write(event)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
-    }
-    if (IsEndless(id)) {
-      // Until the client cancels or its deadline passes (or a minute, not to hang).
-      for (int i = 0; i < 6000 && !context->IsCancelled(); ++i) {
-        absl::SleepFor(absl::Milliseconds(10));
-      }
-      absl::MutexLock lock(&observed_->mu);
-      observed_->endless_watches_ended.insert(id);
-      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-    }
-    if (id == "job-drain") {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
-    }
-    return grpc::Status::OK;
-  }
-
- private:
-  grpc::Status Authorize(grpc::ServerContext* context) {
-    const auto& metadata = context->client_metadata();
-    auto it = metadata.find("authorization");
-    absl::MutexLock lock(&observed_->mu);
-    observed_->training_authorizations.push_back(
-        it == metadata.end() ? "" : std::string(it->second.data(), it->second.size()));
-    return CheckAuth(context);
-  }
-
-  Observed* observed_;
-};
-
-class FakeServer {
- public:
-  explicit FakeServer(std::shared_ptr<grpc::ServerCredentials> credentials =
-                          grpc::InsecureServerCredentials())
-      : models_(&observed_),
-        vectors_(&observed_),
-        generation_(&observed_),
-        training_(&observed_) {
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
-    builder.RegisterService(&models_);
-    builder.RegisterService(&vectors_);
-    builder.RegisterService(&generation_);
-    builder.RegisterService(&training_);
-    server_ = builder.BuildAndStart();
-    server_->GetHealthCheckService()->SetServingStatus("steerd.v1.Generation", false);
-  }
-  ~FakeServer() { server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5))); }
-
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-  bool ok() const { return server_ != nullptr && port_ > 0; }
-  Observed& observed() { return observed_; }
-
- private:
-  Observed observed_;
-  FakeModels models_;
-  FakeVectors vectors_;
-  FakeGeneration generation_;
-  FakeTraining training_;
-  int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
-};
-
-// ----------------------------------------------------------------------- the tests
-
 class ClientTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { server_ = new FakeServer(); }
+  static void SetUpTestSuite() { server_ = new FakeSteerdServer(); }
   static void TearDownTestSuite() {
     delete server_;
     server_ = nullptr;
@@ -639,7 +74,7 @@ class ClientTest : public ::testing::Test {
   }
 
   static std::unique_ptr<SteerdClient> Connect(
-      const std::string& key = kKey, absl::Duration timeout = absl::Seconds(30)) {
+      const std::string& key = kFakeApiKey, absl::Duration timeout = absl::Seconds(30)) {
     ClientOptions options;
     options.address = server_->address();
     options.api_key = key;
@@ -649,12 +84,12 @@ class ClientTest : public ::testing::Test {
     return client.ok() ? *std::move(client) : nullptr;
   }
 
-  static Observed& observed() { return server_->observed(); }
+  static ObservedCalls& observed() { return server_->observed(); }
 
-  static FakeServer* server_;
+  static FakeSteerdServer* server_;
 };
 
-FakeServer* ClientTest::server_ = nullptr;
+FakeSteerdServer* ClientTest::server_ = nullptr;
 
 TEST_F(ClientTest, SendsTheApiKeyAsBearerMetadata) {
   EXPECT_TRUE(Connect()->GetModel("m0").ok());
@@ -727,7 +162,7 @@ TEST_F(ClientTest, ListVectorsFollowsEveryPageWithTheSameFilters) {
   filter.all_versions = true;
   absl::StatusOr<std::vector<v1::Vector>> vectors = Connect()->ListVectors(filter);
   ASSERT_TRUE(vectors.ok()) << vectors.status();
-  ASSERT_EQ(vectors->size(), kNumVectors);
+  ASSERT_EQ(vectors->size(), kFakeNumVectors);
   EXPECT_EQ((*vectors)[4].name(), "v4");
   absl::MutexLock lock(&observed().mu);
   ASSERT_EQ(observed().vector_list_requests.size(), 3);
@@ -742,13 +177,13 @@ TEST_F(ClientTest, ListVectorsFollowsEveryPageWithTheSameFilters) {
 TEST_F(ClientTest, VectorCalls) {
   auto client = Connect();
   absl::StatusOr<v1::Vector> created =
-      client->CreateVector("m0", "tone", kExportBytes, "warmer replies");
+      client->CreateVector("m0", "tone", kFakeExportBytes, "warmer replies");
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_EQ(created->name(), "tone");
-  EXPECT_EQ(created->size_bytes(), static_cast<int64_t>(kExportBytes.size()));
+  EXPECT_EQ(created->size_bytes(), static_cast<int64_t>(kFakeExportBytes.size()));
   {
     absl::MutexLock lock(&observed().mu);
-    EXPECT_EQ(observed().last_create.safetensors(), kExportBytes);
+    EXPECT_EQ(observed().last_create.safetensors(), kFakeExportBytes);
     EXPECT_EQ(observed().last_create.description(), "warmer replies");
   }
   absl::StatusOr<v1::Vector> got = client->GetVector("known@1");
@@ -758,7 +193,7 @@ TEST_F(ClientTest, VectorCalls) {
 
   absl::StatusOr<v1::ExportVectorResponse> exported = client->ExportVector("known");
   ASSERT_TRUE(exported.ok());
-  EXPECT_EQ(exported->safetensors(), kExportBytes);
+  EXPECT_EQ(exported->safetensors(), kFakeExportBytes);
 
   absl::StatusOr<v1::DeleteVectorResponse> deleted = client->DeleteVector("known");
   ASSERT_TRUE(deleted.ok());
@@ -796,7 +231,7 @@ TEST_F(ClientTest, StreamDeliversChunksInOrder) {
 TEST_F(ClientTest, CallbackReturningFalseCancelsTheStream) {
   v1::GenerateRequest request;
   request.set_model("m0");
-  request.set_prompt(kForever);
+  request.set_prompt(kForeverPrompt);
   int calls = 0;
   absl::Status status =
       Connect()->GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
@@ -816,7 +251,7 @@ TEST_F(ClientTest, CallbackReturningFalseCancelsTheStream) {
 TEST_F(ClientTest, CancellerStopsTheStreamFromAnotherThread) {
   v1::GenerateRequest request;
   request.set_model("m0");
-  request.set_prompt(kForever);
+  request.set_prompt(kForeverPrompt);
   StreamCanceller canceller;
   absl::Notification first_chunk;
   std::thread cancel_thread([&] {
@@ -840,7 +275,7 @@ TEST_F(ClientTest, CancellerStopsTheStreamFromAnotherThread) {
 TEST_F(ClientTest, CancellerUsedBeforeTheCallCancelsAtOnce) {
   v1::GenerateRequest request;
   request.set_model("m0");
-  request.set_prompt(kForever);
+  request.set_prompt(kForeverPrompt);
   StreamCanceller canceller;
   canceller.Cancel();
   int calls = 0;
@@ -853,9 +288,9 @@ TEST_F(ClientTest, CancellerUsedBeforeTheCallCancelsAtOnce) {
 TEST_F(ClientTest, StreamPastItsDeadlineIsDeadlineExceeded) {
   v1::GenerateRequest request;
   request.set_model("m0");
-  request.set_prompt(kForever);
+  request.set_prompt(kForeverPrompt);
   absl::Status status =
-      Connect(kKey, absl::Milliseconds(300))
+      Connect(kFakeApiKey, absl::Milliseconds(300))
           ->GenerateStream(request, [](const v1::GenerateChunk&) { return true; });
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
 }
@@ -863,7 +298,7 @@ TEST_F(ClientTest, StreamPastItsDeadlineIsDeadlineExceeded) {
 TEST_F(ClientTest, ErrorAfterSomeChunksEndsTheStreamWithIt) {
   v1::GenerateRequest request;
   request.set_model("m0");
-  request.set_prompt(kFailMidStream);
+  request.set_prompt(kFailMidStreamPrompt);
   int calls = 0;
   absl::Status status = Connect()->GenerateStream(
       request, [&](const v1::GenerateChunk&) { return ++calls > 0; });
@@ -917,7 +352,7 @@ TEST_F(ClientTest, TrainingCallsSendTheKeyAndKeepErrors) {
       absl::UnauthenticatedError("unknown API key"));
 
   absl::MutexLock lock(&observed().mu);
-  const std::string bearer = absl::StrCat("Bearer ", kKey);
+  const std::string bearer = absl::StrCat("Bearer ", kFakeApiKey);
   EXPECT_THAT(
       observed().training_authorizations,
       ElementsAre(bearer, bearer, bearer, bearer, bearer, "", "Bearer other-key"));
@@ -1006,13 +441,13 @@ TEST_F(ClientTest, WatchJobCallbackOrCancellerStopsTheWatch) {
 TEST_F(ClientTest, WatchJobHasItsOwnDeadline) {
   // job-slow takes 450 ms: past the per-call timeout, which a watch ignores.
   absl::Status status =
-      Connect(kKey, absl::Milliseconds(200))
+      Connect(kFakeApiKey, absl::Milliseconds(200))
           ->WatchJob("job-slow", [](const v1::JobEvent&) { return true; });
   EXPECT_TRUE(status.ok()) << status;
 
   ClientOptions options;
   options.address = server_->address();
-  options.api_key = kKey;
+  options.api_key = kFakeApiKey;
   options.watch_timeout = absl::Milliseconds(300);
   absl::StatusOr<std::unique_ptr<SteerdClient>> client = SteerdClient::Create(options);
   ASSERT_TRUE(client.ok());
@@ -1104,7 +539,7 @@ class SteerctlTest : public ClientTest {
   // build/bin/steerctl with the connection flags and `args`, isolated from the
   // caller's STEERD_* environment.
   static ProcessRun Steerctl(const std::vector<std::string>& args,
-                             const std::string& key = kKey) {
+                             const std::string& key = kFakeApiKey) {
     std::vector<std::string> all = {"--addr", server_->address(), "--api-key", key};
     all.insert(all.end(), args.begin(), args.end());
     return RunShellCommand(
@@ -1161,14 +596,14 @@ TEST_F(SteerctlTest, ModelsAsTableAndJson) {
   std::vector<std::string> lines;
   std::istringstream in(run.out);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
-  ASSERT_EQ(lines.size(), 1 + kNumModels);
+  ASSERT_EQ(lines.size(), 1 + kFakeNumModels);
   EXPECT_THAT(lines[0], StartsWith("NAME  ARCHITECTURE      LAYERS"));
   EXPECT_THAT(lines[1], StartsWith("m0    Qwen2ForCausalLM  4 "));
 
   run = Steerctl({"models", "--json"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json json = nlohmann::json::parse(run.out);
-  ASSERT_EQ(json["models"].size(), kNumModels);
+  ASSERT_EQ(json["models"].size(), kFakeNumModels);
   EXPECT_EQ(json["models"][4]["name"], "m4");
   EXPECT_EQ(json["models"][0]["num_layers"], 4);
 }
@@ -1177,12 +612,12 @@ TEST_F(SteerctlTest, ConnectionFromEnvironmentAndDataDir) {
   const std::string binary = std::string(STEERD_BINARY_DIR) + "/bin/steerctl";
   ProcessRun run = RunShellCommand(
       absl::StrCat("env -u STEERD_DATA_DIR STEERD_ADDR=", server_->address(),
-                   " STEERD_API_KEY=", kKey, " ", binary, " models"));
+                   " STEERD_API_KEY=", kFakeApiKey, " ", binary, " models"));
   EXPECT_EQ(run.exit_code, 0) << run.err;
 
   const fs::path dir = TempPath("data_dir");
   fs::create_directories(dir);
-  std::ofstream(dir / "api_key") << kKey << "\n";
+  std::ofstream(dir / "api_key") << kFakeApiKey << "\n";
   run = RunShellCommand(absl::StrCat(
       "env -u STEERD_API_KEY -u STEERD_DATA_DIR STEERD_ADDR=", server_->address(), " ",
       binary, " --data-dir ", dir.string(), " models"));
@@ -1196,7 +631,7 @@ TEST_F(SteerctlTest, ConnectionFromEnvironmentAndDataDir) {
 
 TEST_F(SteerctlTest, VectorsCreateListExportDelete) {
   const std::string upload = TempPath("upload.safetensors");
-  std::ofstream(upload, std::ios::binary) << kExportBytes;
+  std::ofstream(upload, std::ios::binary) << kFakeExportBytes;
   ProcessRun run = Steerctl({"vectors", "create", "--model", "m0", "--name", "tone",
                              "--file", upload, "--description", "warm", "--json"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -1205,7 +640,7 @@ TEST_F(SteerctlTest, VectorsCreateListExportDelete) {
   EXPECT_EQ(created["description"], "warm");
   {
     absl::MutexLock lock(&observed().mu);
-    EXPECT_EQ(observed().last_create.safetensors(), kExportBytes);
+    EXPECT_EQ(observed().last_create.safetensors(), kFakeExportBytes);
   }
 
   run = Steerctl({"vectors", "list", "--model", "m0", "--all-versions"});
@@ -1221,7 +656,7 @@ TEST_F(SteerctlTest, VectorsCreateListExportDelete) {
   std::ifstream in(exported, std::ios::binary);
   std::stringstream bytes;
   bytes << in.rdbuf();
-  EXPECT_EQ(bytes.str(), kExportBytes);
+  EXPECT_EQ(bytes.str(), kFakeExportBytes);
 
   run = Steerctl({"vectors", "delete", "known"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -1331,7 +766,7 @@ TEST_F(SteerctlTest, GenerateJsonAndMessagesFile) {
 }
 
 TEST_F(SteerctlTest, StreamErrorAfterTextEndsTheLineThenReports) {
-  ProcessRun run = Steerctl({"generate", "--model", "m0", "--prompt", kFailMidStream});
+  ProcessRun run = Steerctl({"generate", "--model", "m0", "--prompt", kFailMidStreamPrompt});
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_EQ(run.out, "t0 t1 \n");
   EXPECT_EQ(run.err, "steerctl: INTERNAL: engine failed mid-stream\n");
@@ -1371,18 +806,18 @@ TEST_F(SteerctlTest, TlsWithTheServersCertificateAuthority) {
 
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({ReadAll(key), ReadAll(cert)});
-  FakeServer tls_server(grpc::SslServerCredentials(ssl));
+  FakeSteerdServer tls_server(grpc::SslServerCredentials(ssl));
   ASSERT_TRUE(tls_server.ok());
 
   ClientOptions options;
   options.address = tls_server.address();
-  options.api_key = kKey;
+  options.api_key = kFakeApiKey;
   options.tls_ca_file = cert;
   absl::StatusOr<std::unique_ptr<SteerdClient>> client = SteerdClient::Create(options);
   ASSERT_TRUE(client.ok()) << client.status();
   absl::StatusOr<std::vector<v1::Model>> models = (*client)->ListModels();
   ASSERT_TRUE(models.ok()) << models.status();
-  EXPECT_EQ(models->size(), kNumModels);
+  EXPECT_EQ(models->size(), kFakeNumModels);
 
   options.tls_ca_file = "";  // plaintext to a TLS port
   client = SteerdClient::Create(options);
@@ -1392,7 +827,7 @@ TEST_F(SteerctlTest, TlsWithTheServersCertificateAuthority) {
   ProcessRun run =
       RunShellCommand("env -u STEERD_ADDR -u STEERD_API_KEY -u STEERD_DATA_DIR " +
                       ShellCommand(std::string(STEERD_BINARY_DIR) + "/bin/steerctl",
-                                   {"--addr", tls_server.address(), "--api-key", kKey,
+                                   {"--addr", tls_server.address(), "--api-key", kFakeApiKey,
                                     "--tls-ca", cert, "health"}));
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(run.out, "SERVING\n");
@@ -1415,7 +850,7 @@ TEST_F(SteerctlTest, InProcessGenerateFlushesEveryChunk) {
   FlushRecorder buffer;
   std::ostream out(&buffer);
   std::ostringstream err;
-  const int code = RunSteerctl({"--addr", server_->address(), "--api-key", kKey,
+  const int code = RunSteerctl({"--addr", server_->address(), "--api-key", kFakeApiKey,
                                 "generate", "--model", "m0", "--prompt", "hi"},
                                out, err);
   ASSERT_EQ(code, 0) << err.str();
@@ -1429,7 +864,7 @@ TEST_F(SteerctlTest, InProcessGenerateFlushesEveryChunk) {
 ProcessRun SteerctlInProcess(const std::string& address,
                              const std::vector<std::string>& args,
                              bool terminal = false) {
-  std::vector<std::string> all = {"--addr", address, "--api-key", kKey};
+  std::vector<std::string> all = {"--addr", address, "--api-key", kFakeApiKey};
   all.insert(all.end(), args.begin(), args.end());
   std::ostringstream out;
   std::ostringstream err;
@@ -1704,7 +1139,7 @@ TEST_F(SteerctlJobsTest, ListPrintsOnePageOrAllAsATable) {
   run = Run({"jobs", "list", "--all"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   std::vector<std::string> lines = Lines(run.out);
-  ASSERT_EQ(lines.size(), 1 + kNumJobs);
+  ASSERT_EQ(lines.size(), 1 + kFakeNumJobs);
   EXPECT_EQ(lines[3],
             "job-2  FAILED     4/4   m0     arith   2023-11-14T22:13:20Z  "
             "out of memory");
@@ -1729,7 +1164,7 @@ TEST_F(SteerctlJobsTest, ListPrintsOnePageOrAllAsATable) {
   run = Run({"jobs", "list", "--all", "--json"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json json = nlohmann::json::parse(run.out);
-  ASSERT_EQ(json["jobs"].size(), kNumJobs);
+  ASSERT_EQ(json["jobs"].size(), kFakeNumJobs);
   EXPECT_EQ(json["jobs"][0]["vector"]["name"], "arith");
 
   run = Run({"jobs", "list", "--state", "done"});
@@ -1904,7 +1339,7 @@ TEST_F(SteerctlJobsTest, InterruptStopsWatchingAndSaysTheJobGoesOn) {
       absl::StrCat("echo $$ > ", ShellQuote(pid_file),
                    "; exec env -u STEERD_ADDR -u STEERD_API_KEY -u STEERD_DATA_DIR ",
                    ShellCommand(std::string(STEERD_BINARY_DIR) + "/bin/steerctl",
-                                {"--addr", server_->address(), "--api-key", kKey, "jobs",
+                                {"--addr", server_->address(), "--api-key", kFakeApiKey, "jobs",
                                  "watch", "job-endless-sigint"}),
                    " > ", ShellQuote(out_file));
   ProcessRun run;
