@@ -38,12 +38,14 @@ std::string Bf16Bytes(const std::vector<float>& values) {
   return out;
 }
 
-VectorTarget Tiny() {
+// A [2, 4] model whose residual RMS is 0.5 at layer 0 and 2.0 at layer 1.
+VectorTarget Target() {
   VectorTarget target;
-  target.model = "tiny";
-  target.fingerprint = "fp";
+  target.model = "m";
+  target.fingerprint = "qwen2:2x4";
   target.num_layers = 2;
   target.hidden_size = 4;
+  target.residual_rms = {0.5f, 2.0f};
   return target;
 }
 
@@ -56,7 +58,7 @@ TEST(VectorUploadTest, Bf16DataAtAnOddOffset) {
   if ((8 + header.size()) % 2 == 0) header += " ";
   const std::string bytes = LittleEndian64(header.size()) + header + Bf16Bytes(values);
 
-  absl::StatusOr<ValidatedVector> validated = ValidateVectorUpload(bytes, Tiny());
+  absl::StatusOr<ValidatedVector> validated = ValidateVectorUpload(bytes, Target());
   ASSERT_TRUE(validated.ok()) << validated.status();
   EXPECT_EQ(validated->dtype, "BF16");
   ASSERT_EQ(validated->layer_norms.size(), 2u);
@@ -73,16 +75,6 @@ std::string VectorFile(const std::vector<float>& values, int64_t layers, int64_t
                                     metadata);
   EXPECT_TRUE(bytes.ok()) << bytes.status();
   return bytes.ok() ? *bytes : std::string();
-}
-
-VectorTarget Target() {
-  VectorTarget target;
-  target.model = "m";
-  target.fingerprint = "qwen2:2x4";
-  target.num_layers = 2;
-  target.hidden_size = 4;
-  target.residual_rms = {0.5f, 2.0f};
-  return target;
 }
 
 // Before the fix a vector of all 3e38 was accepted, and at scale 100 it crashed the
