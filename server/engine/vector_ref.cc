@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -16,22 +17,22 @@ std::string VectorReference::ToString() const {
 }
 
 absl::Status ValidateVectorName(absl::string_view name, absl::string_view field) {
-  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+  if (name.empty()) return InvalidFieldError(field, "is empty");
   if (name.size() > 64) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " is ", name.size(), " characters long; the maximum is 64"));
+    return InvalidFieldError(
+        field, absl::StrCat("is ", name.size(), " characters long; the maximum is 64"));
   }
   if (!absl::ascii_isalnum(static_cast<unsigned char>(name[0]))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " must start with a letter or a digit"));
+    return InvalidFieldError(field, "must start with a letter or a digit");
   }
   for (char c : name) {
     const unsigned char u = static_cast<unsigned char>(c);
     if (!absl::ascii_isalnum(u) && c != '.' && c != '_' && c != '-') {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s contains the character %s; allowed are A-Z a-z 0-9 . _ -", field,
-          absl::ascii_isprint(u) ? absl::StrCat("'", std::string(1, c), "'")
-                                 : absl::StrFormat("0x%02x", u)));
+      return InvalidFieldError(
+          field, absl::StrFormat("contains the character %s; allowed are A-Z a-z 0-9 . _ -",
+                                 absl::ascii_isprint(u)
+                                     ? absl::StrCat("'", std::string(1, c), "'")
+                                     : absl::StrFormat("0x%02x", u)));
     }
   }
   return absl::OkStatus();
@@ -52,9 +53,9 @@ absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text,
       std::all_of(version.begin(), version.end(),
                   [](char c) { return absl::ascii_isdigit(static_cast<unsigned char>(c)); });
   if (!digits_only || !absl::SimpleAtoi(version, &number) || number < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, " \"", absl::CHexEscape(text.substr(0, 96)),
-        "\" has a malformed version; use name@N with N a positive integer"));
+    return InvalidFieldError(
+        field, absl::StrCat("\"", absl::CHexEscape(text.substr(0, 96)),
+                            "\" has a malformed version; use name@N with N a positive integer"));
   }
   ref.version = number;
   return ref;
@@ -64,19 +65,20 @@ absl::StatusOr<VectorReference> ParseVectorReference(absl::string_view text, int
                                                      absl::string_view text_field,
                                                      absl::string_view version_field) {
   if (version < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        version_field, " ", version, " is negative; use 0 for the version ", text_field,
-        " names, or N >= 1 for version N"));
+    return InvalidFieldError(
+        version_field, absl::StrCat(version, " is negative; use 0 for the version ", text_field,
+                                    " names, or N >= 1 for version N"));
   }
   if (version > kMaxVectorVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(version_field, " ", version,
-                                                   " is larger than any version (at most ",
-                                                   kMaxVectorVersion, ")"));
+    return InvalidFieldError(version_field,
+                             absl::StrCat(version, " is larger than any version (at most ",
+                                          kMaxVectorVersion, ")"));
   }
   if (version > 0 && text.find('@') != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        text_field, " \"", absl::CHexEscape(text.substr(0, 96)), "\" carries a version and ",
-        version_field, " is ", version, "; give the version in only one of them"));
+    return InvalidFieldError(
+        text_field, absl::StrCat("\"", absl::CHexEscape(text.substr(0, 96)),
+                                 "\" carries a version and ", version_field, " is ", version,
+                                 "; give the version in only one of them"));
   }
   ASSIGN_OR_RETURN(VectorReference ref, ParseVectorReference(text, text_field));
   if (version > 0) ref.version = version;

@@ -11,9 +11,11 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "server/engine/vector_ref.h"
+#include "server/util/error_details.h"
 
 namespace steerd {
 namespace {
@@ -41,6 +43,12 @@ TEST(VectorReferenceTest, RejectsMalformedReferences) {
     const absl::StatusOr<VectorReference> ref = ParseVectorReference(text, "vector");
     EXPECT_EQ(ref.status().code(), absl::StatusCode::kInvalidArgument) << text;
     EXPECT_THAT(Message(ref.status()), HasSubstr("vector")) << text;
+    // The field is named for programs too (google.rpc.BadRequest on the wire).
+    const std::optional<ErrorDetails> details = GetErrorDetails(ref.status());
+    ASSERT_TRUE(details.has_value()) << text;
+    EXPECT_EQ(details->reason, "INVALID_FIELD") << text;
+    ASSERT_EQ(details->field_violations.size(), 1u) << text;
+    EXPECT_EQ(details->field_violations[0].field, "vector") << text;
   }
 }
 
