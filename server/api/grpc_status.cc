@@ -45,10 +45,7 @@ google::rpc::Status ToRpcStatus(const absl::Status& status) {
 
 absl::Status FromRpcStatus(const google::rpc::Status& rpc_status) {
   if (rpc_status.code() == 0) return absl::OkStatus();
-  const int code = rpc_status.code();
-  absl::Status out(code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code)
-                                          : absl::StatusCode::kUnknown,
-                   rpc_status.message());
+  absl::Status out(StatusCodeFromInt(rpc_status.code()), rpc_status.message());
   ErrorDetails details;
   bool any = false;
   for (const google::protobuf::Any& detail : rpc_status.details()) {

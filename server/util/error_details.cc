@@ -58,6 +58,13 @@ std::optional<ErrorDetails> GetErrorDetails(const absl::Status& status) {
   return details;
 }
 
+absl::StatusCode StatusCodeFromInt(int code) {
+  // 0 (OK) is not an error code: a status read as an error with code 0 is malformed.
+  return code > 0 && code <= static_cast<int>(absl::StatusCode::kUnauthenticated)
+             ? static_cast<absl::StatusCode>(code)
+             : absl::StatusCode::kUnknown;
+}
+
 std::string DefaultErrorReason(absl::StatusCode code) {
   // absl spells the canonical names in UPPER_SNAKE_CASE already.
   return absl::StatusCodeToString(code);
@@ -113,9 +120,7 @@ absl::Status DecodeStatus(absl::string_view text) {
     return absl::UnknownError(std::string(text));
   }
   const int code = json["code"].get<int>();
-  absl::Status status(code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code)
-                                             : absl::StatusCode::kUnknown,
-                      json["message"].get<std::string>());
+  absl::Status status(StatusCodeFromInt(code), json["message"].get<std::string>());
   if (json.contains("details") && json["details"].is_string()) {
     status.SetPayload(kPayloadUrl, absl::Cord(json["details"].get<std::string>()));
   }

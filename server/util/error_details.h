@@ -43,6 +43,10 @@ absl::Status WithErrorDetails(absl::Status status, const ErrorDetails& details);
 // The details `status` carries, if any.
 std::optional<ErrorDetails> GetErrorDetails(const absl::Status& status);
 
+// A canonical code from its number as the wire or a stored status spells it; numbers
+// outside the canonical range read as UNKNOWN.
+absl::StatusCode StatusCodeFromInt(int code);
+
 // The reason a status without explicit details is reported with: its code's name
 // ("INVALID_ARGUMENT", "NOT_FOUND", ...), so every error has one.
 std::string DefaultErrorReason(absl::StatusCode code);
