@@ -146,6 +146,12 @@ void AppendChunk(const v1::GenerateChunk& chunk, v1::GenerateResponse* response)
   if (chunk.seed() != 0) response->set_seed(chunk.seed());
 }
 
+grpc::ChannelArguments DefaultChannelArguments() {
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  return arguments;
+}
+
 absl::StatusOr<std::unique_ptr<SteerdClient>> SteerdClient::Create(
     const ClientOptions& options) {
   if (options.address.empty()) {
@@ -161,10 +167,9 @@ absl::StatusOr<std::unique_ptr<SteerdClient>> SteerdClient::Create(
     ssl.pem_root_certs = *std::move(pem);
     credentials = grpc::SslCredentials(ssl);
   }
-  grpc::ChannelArguments arguments;
-  arguments.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   return CreateWithChannel(
-      grpc::CreateCustomChannel(options.address, credentials, arguments), options);
+      grpc::CreateCustomChannel(options.address, credentials, DefaultChannelArguments()),
+      options);
 }
 
 std::unique_ptr<SteerdClient> SteerdClient::CreateWithChannel(

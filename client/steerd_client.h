@@ -11,6 +11,7 @@
 
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
+#include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/status.h>
 
 #include <cstdint>
@@ -74,6 +75,10 @@ absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
 // The bytes of the file at `path`: NOT_FOUND naming it when it cannot be opened,
 // DATA_LOSS when reading fails.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
+
+// The arguments of the client library's channels: a receive limit large enough for any
+// exported vector. For channels made elsewhere (CreateWithChannel).
+grpc::ChannelArguments DefaultChannelArguments();
 
 // `status` as an absl::Status with the same code and message, carrying the server's
 // error details (reason, retry delay, invalid fields: server/util/error_details.h).

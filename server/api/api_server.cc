@@ -78,6 +78,11 @@ ApiServer::~ApiServer() {
   if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
 }
 
+std::shared_ptr<grpc::Channel> ApiServer::InProcessChannel(
+    const grpc::ChannelArguments& arguments) {
+  return server_->InProcessChannel(arguments);
+}
+
 void ApiServer::SetServing(bool serving) {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;

@@ -34,6 +34,9 @@ class ApiServer {
   ~ApiServer();
 
   int port() const { return port_; }
+  // A channel to this server inside the process (no socket, no TLS), for service tests
+  // and in-process drivers; the server's limits and interceptors apply as on the port.
+  std::shared_ptr<grpc::Channel> InProcessChannel(const grpc::ChannelArguments& arguments);
   // Sets the health status of the server and of every steerd.v1 service.
   void SetServing(bool serving);
   // Stops accepting calls; calls still running after `deadline` are cancelled.

@@ -50,6 +50,10 @@ class ComposedServer {
   void Drain(absl::Time deadline);
 
   int port() const { return server_->port(); }
+  // A channel to the server inside this process (see ApiServer::InProcessChannel).
+  std::shared_ptr<grpc::Channel> InProcessChannel(const grpc::ChannelArguments& arguments) {
+    return server_->InProcessChannel(arguments);
+  }
   ServingMetrics* metrics() { return metrics_.get(); }
   ServingCore* core() { return core_.get(); }  // Null before LoadModels().
   TrainingManager* training() { return training_.get(); }  // Null before LoadModels().

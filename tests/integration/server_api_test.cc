@@ -1,9 +1,11 @@
-// The public API of the real server binary over gRPC, as clients see it: API keys and
-// tenant isolation, per-tenant limits, a table of bad requests each answered with its
-// documented status code and a message naming the problem (while a well-formed stream
-// keeps running), persistence across clean restarts and SIGKILL, draining on SIGTERM,
-// client deadlines, and the Prometheus metrics. Torch-free: everything goes through
-// the client library, raw stubs and the /metrics endpoint.
+// The public API over gRPC, as clients see it. Service tests, on the composed server
+// inside this process (tests/testing/in_process_server.h): API keys and tenant
+// isolation, per-tenant limits, a table of bad requests each answered with its
+// documented status code, error details and a message naming the problem (while a
+// well-formed stream keeps running), client deadlines, and the Prometheus metrics.
+// Process tests, on the real binary (tests/testing/server_process.h), for what needs a
+// process: flags, a damaged store refusing to start, persistence across a clean restart
+// and SIGKILL, draining on SIGTERM.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
@@ -41,12 +43,15 @@
 #include "server/model/tokenizer.h"
 #include "server/tenancy/sha256.h"
 #include "server/util/error_details.h"
+#include "server/tenancy/tenants.h"
+#include "tests/testing/in_process_server.h"
 #include "tests/testing/server_process.h"
 
 namespace steerd {
 namespace {
 
 namespace v1 = ::steerd::v1;
+using ::steerd::testing::InProcessServer;
 using ::steerd::testing::MetricSum;
 using ::steerd::testing::ServerProcess;
 using ::testing::HasSubstr;
@@ -156,7 +161,7 @@ absl::StatusOr<v1::GenerateResponse> Stream(client::SteerdClient& client,
   return response;
 }
 
-double Metric(const ServerProcess& server, const std::string& name,
+double Metric(const InProcessServer& server, const std::string& name,
               const std::map<std::string, std::string>& labels = {}) {
   return MetricSum(server.ScrapeMetrics(), name, labels).value_or(-1.0);
 }
@@ -387,9 +392,13 @@ class ServerApiTest : public ::testing::Test {
                       ", "),
         "]}");
     ASSERT_TRUE(WriteFile(tenants_path, tenants));
-    auto server = StartServer(
-        dir + "/data",
-        {"--tenants", tenants_path, "--max-message-bytes", absl::StrCat(kMaxMessageBytes)});
+    InProcessServer::Options options;
+    options.data_dir = dir + "/data";
+    auto loaded = LoadTenantsFile(tenants_path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    options.tenants = *loaded;
+    options.max_message_bytes = kMaxMessageBytes;
+    auto server = InProcessServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -405,12 +414,12 @@ class ServerApiTest : public ::testing::Test {
     ASSERT_NE(beta_, nullptr);
   }
 
-  static ServerProcess* server_;
+  static InProcessServer* server_;
   std::unique_ptr<client::SteerdClient> alpha_;
   std::unique_ptr<client::SteerdClient> beta_;
 };
 
-ServerProcess* ServerApiTest::server_ = nullptr;
+InProcessServer* ServerApiTest::server_ = nullptr;
 
 TEST_F(ServerApiTest, EveryRpcNeedsAValidKeyExceptHealthAndReflection) {
   // No key, an unknown key: the client library's own calls.

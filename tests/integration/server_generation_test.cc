@@ -1,5 +1,5 @@
-// The server's generations against the offline generator, over real gRPC to the real
-// binary: concurrent streams with different vectors (and none) sharing batches must
+// The server's generations against the offline generator, over gRPC to the composed
+// server in this process (tests/testing/in_process_server.h): concurrent streams with different vectors (and none) sharing batches must
 // give, token for token, what `steerd generate` gives for each alone; and versions
 // published and deleted while streams run must never fail a request or mix versions.
 #include <ATen/ATen.h>
@@ -24,13 +24,14 @@
 #include "server/model/safetensors.h"
 #include "server/model/tokenizer.h"
 #include "server/model/transformer.h"
+#include "tests/testing/in_process_server.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/subprocess.h"
 
 namespace steerd {
 namespace {
 
-using ::steerd::testing::ServerProcess;
+using ::steerd::testing::InProcessServer;
 
 const std::string kModelDir = std::string(STEERD_SOURCE_DIR) + "/models/steerd-tiny";
 constexpr int kLayers = 4;
@@ -111,7 +112,10 @@ class ServerGenerationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     data_dir_ = new std::string(steerd::testing::MakeTempDir("steerd-gen"));
-    auto server = ServerProcess::Start({*data_dir_, {"--max-batch", "64"}});
+    InProcessServer::Options options;
+    options.data_dir = *data_dir_;
+    options.core.max_batch_size = 64;
+    auto server = InProcessServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -121,11 +125,11 @@ class ServerGenerationTest : public ::testing::Test {
   }
   void SetUp() override { ASSERT_NE(server_, nullptr); }
 
-  static ServerProcess* server_;
+  static InProcessServer* server_;
   static std::string* data_dir_;
 };
 
-ServerProcess* ServerGenerationTest::server_ = nullptr;
+InProcessServer* ServerGenerationTest::server_ = nullptr;
 std::string* ServerGenerationTest::data_dir_ = nullptr;
 
 // 32 concurrent streams over 8 vectors and no vector, several per (prompt, vector):

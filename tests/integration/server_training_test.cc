@@ -1,7 +1,9 @@
-// Training jobs over the public API against the real server binary (build/bin/steerd
-// serve) on the embedded default model: two tenants training at once with steerctl, the
-// trained vectors' behaviour and accuracy against the offline `steerd eval`, watching,
-// cancelling, kill -9 in the middle of a job, limits, isolation and bad requests.
+// Training jobs over the public API on the embedded default model. Service tests, on
+// the composed server inside this process (tests/testing/in_process_server.h): two
+// tenants training at once with steerctl, the trained vectors' behaviour and accuracy
+// against the offline `steerd eval`, watching, cancelling, limits, isolation, bad
+// requests and the fair scheduling of training slots. Process tests, on the real binary
+// (tests/testing/server_process.h): kill -9 and SIGTERM in the middle of a job, flags.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <signal.h>
@@ -33,12 +35,15 @@
 #include "server/model/safetensors.h"
 #include "server/tenancy/sha256.h"
 #include "steerd/v1/training.grpc.pb.h"
+#include "server/tenancy/tenants.h"
+#include "tests/testing/in_process_server.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/subprocess.h"
 
 namespace steerd {
 namespace {
 
+using ::steerd::testing::InProcessServer;
 using ::steerd::testing::MetricSum;
 using ::steerd::testing::ServerProcess;
 using ::testing::HasSubstr;
@@ -90,6 +95,20 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> StartServer(const std::string& da
   return ServerProcess::Start({data_dir, std::move(args)});
 }
 
+// The composed server in this process with the tenants file at `tenants`, as
+// StartServer's binary would run with `--max-training-jobs max_training_jobs`.
+absl::StatusOr<std::unique_ptr<InProcessServer>> StartInProcess(const std::string& data_dir,
+                                                                const std::string& tenants,
+                                                                int64_t max_training_jobs = 2) {
+  InProcessServer::Options options;
+  options.data_dir = data_dir;
+  absl::StatusOr<std::vector<Tenant>> loaded = LoadTenantsFile(tenants);
+  if (!loaded.ok()) return loaded.status();
+  options.tenants = *std::move(loaded);
+  options.training.max_running_jobs_per_model = max_training_jobs;
+  return InProcessServer::Start(std::move(options));
+}
+
 // A steering file [kLayers, kHidden] of N(0, 0.25) values.
 std::string VectorFile(uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -108,12 +127,12 @@ std::string VectorFile(uint64_t seed) {
     if (!grpc_status.ok()) return client::FromGrpcStatus(grpc_status); \
   } while (false)
 
-// The Training service with a tenant's key, over raw stubs.
+// The Training service with a tenant's key, over raw stubs on a client's channel.
 class TrainingCaller {
  public:
-  TrainingCaller(const std::string& address, const std::string& key)
-      : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
-        key_(key),
+  explicit TrainingCaller(const client::SteerdClient& client)
+      : channel_(client.channel()),
+        key_(client.options().api_key),
         stub_(v1::Training::NewStub(channel_)) {}
 
   absl::StatusOr<v1::Job> Create(const v1::CreateJobRequest& request) {
@@ -223,7 +242,7 @@ absl::StatusOr<double> OfflineAccuracy(const std::string& task, const std::strin
 // reports matches the offline evaluator's on the same problems.
 TEST(ServerTrainingTest, TwoTenantsTrainAtOnceAndTheirVectorsServeByName) {
   const std::string dir = testing::MakeTempDir("steerd-train-e2e");
-  auto server = StartServer(dir + "/data", WriteTenants(dir));
+  auto server = StartInProcess(dir + "/data", WriteTenants(dir));
   ASSERT_TRUE(server.ok()) << server.status();
   constexpr int kEvalCount = 200;
 
@@ -281,7 +300,7 @@ TEST(ServerTrainingTest, TwoTenantsTrainAtOnceAndTheirVectorsServeByName) {
 
   // The job's final evaluation against `steerd eval` on the exported vector.
   for (const Run& run : runs) {
-    TrainingCaller caller((*server)->address(), run.key);
+    TrainingCaller caller(*(*server)->Client(run.key));
     auto listed = caller.List({});
     ASSERT_TRUE(listed.ok()) << listed.status();
     ASSERT_EQ(listed->jobs_size(), 1);
@@ -313,7 +332,7 @@ class TrainingApiTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const std::string dir = testing::MakeTempDir("steerd-train-api");
-    auto server = StartServer(dir + "/data", WriteTenants(dir), {"--max-training-jobs", "1"});
+    auto server = StartInProcess(dir + "/data", WriteTenants(dir), /*max_training_jobs=*/1);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -323,13 +342,13 @@ class TrainingApiTest : public ::testing::Test {
   }
   void SetUp() override { ASSERT_NE(server_, nullptr); }
 
-  static ServerProcess* server_;
+  static InProcessServer* server_;
 };
 
-ServerProcess* TrainingApiTest::server_ = nullptr;
+InProcessServer* TrainingApiTest::server_ = nullptr;
 
 TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
-  TrainingCaller alpha(server_->address(), kAlphaKey);
+  TrainingCaller alpha(*server_->Client(kAlphaKey));
   auto job = alpha.Create(QuickJob("watched", 3));
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->state(), v1::Job::STATE_QUEUED);
@@ -377,7 +396,7 @@ TEST_F(TrainingApiTest, WatchSeesEveryStateAndStepsThenEndsOk) {
 }
 
 TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
-  TrainingCaller alpha(server_->address(), kAlphaKey);
+  TrainingCaller alpha(*server_->Client(kAlphaKey));
   auto running = alpha.Create(QuickJob("cancelled-run", 5000));
   ASSERT_TRUE(running.ok()) << running.status();
   // With one training slot, the next job waits in the queue.
@@ -423,7 +442,7 @@ TEST_F(TrainingApiTest, CancelStopsARunningJobWithinAStepAndPublishesNothing) {
 }
 
 TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
-  TrainingCaller alpha(server_->address(), kAlphaKey);
+  TrainingCaller alpha(*server_->Client(kAlphaKey));
   // SFT on inline examples: the loss is the mean cross-entropy per answer token.
   v1::CreateJobRequest sft = QuickJob("sft", 4);
   sft.clear_task();
@@ -470,8 +489,8 @@ TEST_F(TrainingApiTest, SftGrpoAndChatTemplateJobsTrainAndPublish) {
 }
 
 TEST_F(TrainingApiTest, JobsAreInvisibleToOtherTenants) {
-  TrainingCaller alpha(server_->address(), kAlphaKey);
-  TrainingCaller beta(server_->address(), kBetaKey);
+  TrainingCaller alpha(*server_->Client(kAlphaKey));
+  TrainingCaller beta(*server_->Client(kBetaKey));
   auto job = alpha.Create(QuickJob("private", 1));
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(beta.Get(job->id()).status().code(), absl::StatusCode::kNotFound);
@@ -482,12 +501,12 @@ TEST_F(TrainingApiTest, JobsAreInvisibleToOtherTenants) {
   ASSERT_TRUE(listed.ok()) << listed.status();
   for (const v1::Job& other : listed->jobs()) EXPECT_NE(other.id(), job->id());
   EXPECT_TRUE(alpha.WaitFor(job->id(), absl::Seconds(60), Ended).ok());
-  TrainingCaller nobody(server_->address(), "sk-not-a-key");
+  TrainingCaller nobody(*server_->Client("sk-not-a-key"));
   EXPECT_EQ(nobody.Get(job->id()).status().code(), absl::StatusCode::kUnauthenticated);
 }
 
 TEST_F(TrainingApiTest, TenantLimitsOnJobsStepsAndExamples) {
-  TrainingCaller few(server_->address(), kFewKey);
+  TrainingCaller few(*server_->Client(kFewKey));
   auto too_many_steps = few.Create(QuickJob("limited", 21));
   EXPECT_EQ(too_many_steps.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(too_many_steps.status().message(), HasSubstr("max_job_steps"));
@@ -517,7 +536,7 @@ TEST_F(TrainingApiTest, TenantLimitsOnJobsStepsAndExamples) {
 }
 
 TEST_F(TrainingApiTest, BadRequestsGetPreciseErrorsAndTheServerGoesOn) {
-  TrainingCaller alpha(server_->address(), kAlphaKey);
+  TrainingCaller alpha(*server_->Client(kAlphaKey));
   struct Case {
     std::string name;
     std::function<void(v1::CreateJobRequest&)> change;
@@ -640,7 +659,7 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
   ASSERT_TRUE(server.ok()) << server.status();
   auto kept_before = (*server)->Client(kAlphaKey)->CreateVector(kModel, "kept", VectorFile(11));
   ASSERT_TRUE(kept_before.ok()) << kept_before.status();
-  TrainingCaller alpha((*server)->address(), kAlphaKey);
+  TrainingCaller alpha(*(*server)->Client(kAlphaKey));
   auto finished = alpha.Create(QuickJob("finished", 1));
   ASSERT_TRUE(finished.ok()) << finished.status();
   ASSERT_TRUE(alpha.WaitFor(finished->id(), absl::Seconds(60), Ended).ok());
@@ -659,7 +678,7 @@ TEST(ServerTrainingFaultTest, SigkillDuringAJobResumesItFromItsCheckpoint) {
 
   auto restarted = StartServer(dir + "/data", tenants, args);
   ASSERT_TRUE(restarted.ok()) << restarted.status();
-  TrainingCaller after_restart((*restarted)->address(), kAlphaKey);
+  TrainingCaller after_restart(*(*restarted)->Client(kAlphaKey));
   auto resumed = after_restart.Get(job->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->state(), v1::Job::STATE_RUNNING);
@@ -694,7 +713,7 @@ TEST(ServerTrainingFaultTest, SigtermStopsTrainingAndTheJobContinuesAfterRestart
   const std::vector<std::string> args = {"--checkpoint-every", "1", "--drain-seconds", "5"};
   auto server = StartServer(dir + "/data", tenants, args);
   ASSERT_TRUE(server.ok()) << server.status();
-  TrainingCaller alpha((*server)->address(), kAlphaKey);
+  TrainingCaller alpha(*(*server)->Client(kAlphaKey));
   auto job = alpha.Create(QuickJob("drained", 400));
   ASSERT_TRUE(job.ok()) << job.status();
   ASSERT_TRUE(alpha.WaitFor(job->id(), absl::Seconds(60), [](const v1::Job& j) {
@@ -713,7 +732,7 @@ TEST(ServerTrainingFaultTest, SigtermStopsTrainingAndTheJobContinuesAfterRestart
 
   auto restarted = StartServer(dir + "/data", tenants, args);
   ASSERT_TRUE(restarted.ok()) << restarted.status();
-  TrainingCaller again((*restarted)->address(), kAlphaKey);
+  TrainingCaller again(*(*restarted)->Client(kAlphaKey));
   auto resumed = again.Get(job->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->state(), v1::Job::STATE_RUNNING);
@@ -737,10 +756,10 @@ TEST(ServerTrainingScheduleTest, SlotsGoToTenantsFairlyAndJobsTakeTurns) {
   const std::string dir = testing::MakeTempDir("steerd-train-fair");
   const std::string tenants = WriteTenants(dir);
   {
-    auto server = StartServer(dir + "/one", tenants, {"--max-training-jobs", "1"});
+    auto server = StartInProcess(dir + "/one", tenants, /*max_training_jobs=*/1);
     ASSERT_TRUE(server.ok()) << server.status();
-    TrainingCaller alpha((*server)->address(), kAlphaKey);
-    TrainingCaller beta((*server)->address(), kBetaKey);
+    TrainingCaller alpha(*(*server)->Client(kAlphaKey));
+    TrainingCaller beta(*(*server)->Client(kBetaKey));
     auto a1 = alpha.Create(QuickJob("a1", 40));  // Runs while the others queue.
     auto a2 = alpha.Create(QuickJob("a2", 1));
     auto b1 = beta.Create(QuickJob("b1", 1));
@@ -754,10 +773,10 @@ TEST(ServerTrainingScheduleTest, SlotsGoToTenantsFairlyAndJobsTakeTurns) {
               absl::FromUnixMicros(a2_done->start_time().seconds() * 1000000 +
                                    a2_done->start_time().nanos() / 1000));
   }
-  auto server = StartServer(dir + "/two", tenants, {"--max-training-jobs", "2"});
+  auto server = StartInProcess(dir + "/two", tenants, /*max_training_jobs=*/2);
   ASSERT_TRUE(server.ok()) << server.status();
-  TrainingCaller alpha((*server)->address(), kAlphaKey);
-  TrainingCaller beta((*server)->address(), kBetaKey);
+  TrainingCaller alpha(*(*server)->Client(kAlphaKey));
+  TrainingCaller beta(*(*server)->Client(kBetaKey));
   auto a = alpha.Create(QuickJob("turns", 12));
   auto b = beta.Create(QuickJob("turns", 12));
   ASSERT_TRUE(a.ok() && b.ok());
