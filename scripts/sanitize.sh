@@ -20,11 +20,13 @@
 #
 # Thread mode needs abseil's Mutex to tell TSan about its locking. Debian's abseil is
 # not built with TSan, so TSan would see no ordering between two critical sections of
-# one absl::Mutex and report every guarded variable as a race. The script therefore
-# builds libabsl_synchronization from the Debian source of the installed abseil (apt-get
-# source into build-tsan/absl-src/; needs dpkg-dev and the Debian archive, or
+# one absl::Mutex and report every guarded variable as a race; likewise for the
+# SpinLock that recycles threads' identities. The script therefore builds
+# libabsl_synchronization and the abseil libraries under it (base, spinlock_wait,
+# malloc_internal, graphcycles_internal) from the Debian source of the installed abseil
+# (apt-get source into build-tsan/absl-src/; needs dpkg-dev and the Debian archive, or
 # ABSL_SOURCE_DIR=an unpacked source of the same version) with -fsanitize=thread, and
-# puts it first on LD_LIBRARY_PATH: our code and gRPC then lock through it.
+# puts them first on LD_LIBRARY_PATH: our code and gRPC then lock through them.
 # OpenMP: TSan cannot see libgomp's synchronization, so the tests run with
 # OMP_NUM_THREADS=1 and the servers they start get --threads 1 (STEERD_TEST_SERVER_THREADS):
 # no OpenMP worker threads exist, so none of libgomp's hand-offs are left unseen.
@@ -36,7 +38,7 @@ mode=${1:-}
 supp=$root/tests/sanitizers
 
 # The test programs that run threads: TSan has nothing to check in the others.
-thread_tests='^(engine_test|server_test|server_api_test|server_training_test|client_test|tenancy_storage_test|metrics_http_test|tokenizer_test)$'
+thread_tests='^(engine_test|server_test|server_api_test|server_training_test|client_test|tenancy_storage_test|metrics_http_test|tokenizer_test)(\.[a-z_]+)?$'
 
 torch=ON
 suffix=
@@ -60,65 +62,85 @@ configure() {
   fi
 }
 
-# Builds libabsl_synchronization with TSan into $build/tsan-absl/ (see the header).
+# The abseil libraries rebuilt with TSan (see the header), each with the sources of its
+# CMake target in the abseil tree: synchronization (absl::Mutex, whose annotations tell
+# TSan about its locking), and below it the SpinLock, thread identities and the
+# low-level allocator they recycle per-thread state through.
+tsan_absl_libs=(
+  "synchronization:synchronization/barrier synchronization/blocking_counter
+    synchronization/internal/create_thread_identity synchronization/internal/per_thread_sem
+    synchronization/internal/waiter synchronization/mutex synchronization/notification"
+  "graphcycles_internal:synchronization/internal/graphcycles"
+  "base:base/internal/cycleclock base/internal/spinlock base/internal/sysinfo
+    base/internal/thread_identity base/internal/unscaledcycleclock"
+  "spinlock_wait:base/internal/spinlock_wait"
+  "malloc_internal:base/internal/low_level_alloc"
+)
+
+# The unpacked source of the installed abseil: ABSL_SOURCE_DIR, or fetched once with
+# apt-get source into $build/absl-src/ (private apt state; the system's is untouched).
+absl_source() {
+  if [ -n "${ABSL_SOURCE_DIR:-}" ]; then echo "$ABSL_SOURCE_DIR"; return 0; fi
+  local src=$build/absl-src/source
+  if [ ! -d "$src" ]; then
+    local system_lib package version
+    system_lib=$(readlink -f "$(ldconfig -p | awk '/libabsl_base\.so\./ {print $NF; exit}')")
+    package=$(dpkg -S "$system_lib" | cut -d: -f1)
+    version=$(dpkg-query -W -f='${source:Package}=${source:Version}' "$package")
+    echo "== fetching the source of $version (for TSan builds of abseil)" >&2
+    local apt=$build/absl-src/apt
+    mkdir -p "$apt/parts" "$apt/lists/partial" "$apt/cache/archives/partial"
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+      >"$apt/parts/debian-src.sources"
+    local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt/parts"
+                -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+                -o "Debug::NoLocking=1")
+    apt-get "${opts[@]}" update >/dev/null
+    (cd "$build/absl-src" && apt-get "${opts[@]}" source --download-only "$version" >/dev/null 2>&1)
+    dpkg-source -x "$build"/absl-src/*.dsc "$src" >/dev/null 2>&1
+  fi
+  echo "$src"
+}
+
+# Builds each of tsan_absl_libs with -fsanitize=thread into $build/tsan-absl/, under the
+# system library's soname, linked against the same libraries it needs.
 build_tsan_abseil() {
   local out=$build/tsan-absl
-  local system_lib
-  system_lib=$(readlink -f "$(ldconfig -p | awk '/libabsl_synchronization\.so\./ {print $NF; exit}')")
-  local soname
-  soname=$(readelf -d "$system_lib" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
-  if [ -f "$out/$soname" ]; then return 0; fi
-  local src=${ABSL_SOURCE_DIR:-}
-  if [ -z "$src" ]; then
-    src=$build/absl-src/source
-    if [ ! -d "$src" ]; then
-      local package version
-      package=$(dpkg -S "$system_lib" | cut -d: -f1)
-      version=$(dpkg-query -W -f='${source:Package}=${source:Version}' "$package")
-      echo "== fetching the source of $version (for a TSan build of $soname)"
-      local apt=$build/absl-src/apt
-      mkdir -p "$apt/parts" "$apt/lists/partial" "$apt/cache/archives/partial"
-      # deb-src entries for the suites the system's apt sources use, in a private apt
-      # state (the system's configuration stays untouched).
-      sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
-        >"$apt/parts/debian-src.sources"
-      local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt/parts"
-                  -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
-                  -o "Debug::NoLocking=1")
-      apt-get "${opts[@]}" update >/dev/null
-      (cd "$build/absl-src" && apt-get "${opts[@]}" source --download-only "$version" >/dev/null 2>&1)
-      dpkg-source -x "$build"/absl-src/*.dsc "$src" >/dev/null
-    fi
-  fi
-  echo "== building $soname with ThreadSanitizer"
-  mkdir -p "$out/obj"
   local cxx=${CXX:-c++}
-  local f objs=()
-  # The sources of abseil's CMake target absl::synchronization.
-  for f in barrier blocking_counter internal/create_thread_identity internal/per_thread_sem \
-           internal/waiter mutex notification; do
-    local obj=$out/obj/$(basename "$f").o
-    "$cxx" -std=c++17 -fPIC -O1 -g -fsanitize=thread -I "$src" \
-      -c "$src/absl/synchronization/$f.cc" -o "$obj"
-    objs+=("$obj")
+  local entry src=
+  mkdir -p "$out/obj"
+  for entry in "${tsan_absl_libs[@]}"; do
+    local name=${entry%%:*} sources=${entry#*:}
+    local system_lib soname
+    system_lib=$(readlink -f "$(ldconfig -p | awk -v lib="libabsl_$name.so." 'index($1, lib) == 1 {print $NF; exit}')")
+    soname=$(readelf -d "$system_lib" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
+    if [ -f "$out/$soname" ]; then continue; fi
+    if [ -z "$src" ]; then src=$(absl_source); fi
+    echo "== building $soname with ThreadSanitizer"
+    local f objs=()
+    for f in $sources; do
+      local obj=$out/obj/${f//\//_}.o
+      "$cxx" -std=c++17 -fPIC -O1 -g -fsanitize=thread -I "$src" -c "$src/absl/$f.cc" -o "$obj"
+      objs+=("$obj")
+    done
+    local needed=()
+    for f in $(readelf -d "$system_lib" | sed -n 's/.*NEEDED.*\[\(libabsl_.*\)\]/\1/p'); do
+      needed+=("-l:$f")
+    done
+    "$cxx" -shared -fsanitize=thread -Wl,-soname,"$soname" -o "$out/$soname.tmp" \
+      "${objs[@]}" "${needed[@]}"
+    # The replacement must define everything the system library does, or a program
+    # would fail to start (or, worse, bind a symbol elsewhere).
+    local missing
+    missing=$(comm -23 <(nm -D --defined-only "$system_lib" | awk '{print $3}' | sort -u) \
+                       <(nm -D --defined-only "$out/$soname.tmp" | awk '{print $3}' | sort -u))
+    if [ -n "$missing" ]; then
+      echo "the TSan build of $soname lacks symbols of $system_lib:" >&2
+      echo "$missing" >&2
+      exit 1
+    fi
+    mv "$out/$soname.tmp" "$out/$soname"
   done
-  local needed=()
-  for f in $(readelf -d "$system_lib" | sed -n 's/.*NEEDED.*\[\(libabsl_.*\)\]/\1/p'); do
-    needed+=("-l:$f")
-  done
-  "$cxx" -shared -fsanitize=thread -Wl,-soname,"$soname" -o "$out/$soname.tmp" \
-    "${objs[@]}" "${needed[@]}"
-  # The replacement must define everything the system library does, or a program would
-  # fail to start (or, worse, bind a symbol elsewhere).
-  local missing
-  missing=$(comm -23 <(nm -D --defined-only "$system_lib" | awk '{print $3}' | sort -u) \
-                     <(nm -D --defined-only "$out/$soname.tmp" | awk '{print $3}' | sort -u))
-  if [ -n "$missing" ]; then
-    echo "the TSan build of $soname lacks symbols of $system_lib:" >&2
-    echo "$missing" >&2
-    exit 1
-  fi
-  mv "$out/$soname.tmp" "$out/$soname"
 }
 
 configure

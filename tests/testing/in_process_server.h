@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "client/steerd_client.h"
 #include "server/cli/server_setup.h"
 #include "server/tenancy/tenants.h"
@@ -53,10 +52,6 @@ class InProcessServer {
   std::unique_ptr<client::SteerdClient> Client() const { return Client(default_key_); }
   // What GET /metrics would return.
   std::string ScrapeMetrics() const;
-  // `steerd serve`'s reaction to SIGTERM (ComposedServer::Drain).
-  void Drain(absl::Time deadline) { server_->Drain(deadline); }
-
-  ComposedServer& composed() { return *server_; }
 
  private:
   InProcessServer() = default;
