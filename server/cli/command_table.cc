@@ -71,7 +71,7 @@ CommandDef Serve() {
       "steerd serve",
       {},
       "Serve the gRPC API (Models, Vectors, Generation, Training, health, reflection).",
-      "Serves until SIGTERM or SIGINT, then drains: health NOT_SERVING, no new\n"
+      "Serves until SIGTERM or SIGINT, then drains: health NOT_SERVING, no new "
       "generations, in-flight ones finish within --drain-seconds, exit 0.",
       ConcatFlags({
           {RepeatedFlag("model", "NAME=DIR",
@@ -183,7 +183,7 @@ CommandDef InitModel() {
       "steerd init-model",
       {},
       "Write a random-weight model in Hugging Face layout.",
-      "Without --tokenizer or --tokenizer-corpus the model gets a byte-level tokenizer of\n"
+      "Without --tokenizer or --tokenizer-corpus the model gets a byte-level tokenizer of "
       "256 tokens.",
       {RequiredFlag("config", "CONFIG.json", "The model's config.json."),
        RequiredFlag("out", "DIR", "The folder to write."),

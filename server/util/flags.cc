@@ -97,14 +97,17 @@ FlagDef ValueFlag(std::string name, std::string value_name, std::string help,
 }
 
 FlagDef RequiredFlag(std::string name, std::string value_name, std::string help) {
-  return {std::move(name), FlagKind::kValue, std::move(value_name), "", std::move(help),
-          /*required=*/true};
+  FlagDef flag = ValueFlag(std::move(name), std::move(value_name), std::move(help));
+  flag.required = true;
+  return flag;
 }
 
 FlagDef RepeatedFlag(std::string name, std::string value_name, std::string help,
                      std::string default_text) {
-  return {std::move(name), FlagKind::kRepeated, std::move(value_name),
-          std::move(default_text), std::move(help), /*required=*/false};
+  FlagDef flag = ValueFlag(std::move(name), std::move(value_name), std::move(help),
+                           std::move(default_text));
+  flag.kind = FlagKind::kRepeated;
+  return flag;
 }
 
 FlagDef BoolFlag(std::string name, std::string help) {
@@ -319,38 +322,24 @@ std::vector<std::string> ParsedFlags::GetAll(const std::string& name) const {
 
 absl::StatusOr<int64_t> ParsedFlags::GetInt(const std::string& name,
                                             int64_t fallback) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return fallback;
-  int64_t value = 0;
-  if (!absl::SimpleAtoi(it->second, &value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("flag --", name, ": '", it->second, "' is not an integer"));
-  }
-  return value;
+  return TypedValue(name, fallback, "an integer", [](absl::string_view text, int64_t* value) {
+    return absl::SimpleAtoi(text, value);
+  });
 }
 
 absl::StatusOr<uint64_t> ParsedFlags::GetUint(const std::string& name,
                                               uint64_t fallback) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return fallback;
-  uint64_t value = 0;
-  if (!absl::SimpleAtoi(it->second, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("flag --", name, ": '", it->second,
-                                                   "' is not a non-negative integer"));
-  }
-  return value;
+  return TypedValue(name, fallback, "a non-negative integer",
+                    [](absl::string_view text, uint64_t* value) {
+                      return absl::SimpleAtoi(text, value);
+                    });
 }
 
 absl::StatusOr<double> ParsedFlags::GetDouble(const std::string& name,
                                               double fallback) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return fallback;
-  double value = 0;
-  if (!absl::SimpleAtod(it->second, &value) || !std::isfinite(value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("flag --", name, ": '", it->second, "' is not a finite number"));
-  }
-  return value;
+  return TypedValue(name, fallback, "a finite number", [](absl::string_view text, double* value) {
+    return absl::SimpleAtod(text, value) && std::isfinite(*value);
+  });
 }
 
 absl::StatusOr<std::vector<int64_t>> ParsedFlags::GetIntList(const std::string& name) const {
@@ -393,7 +382,9 @@ std::string FormatHelp(const CommandDef& command) {
     }
   }
   absl::StrAppend(&out, "\n", absl::StrJoin(Wrap(command.summary, kHelpWidth), "\n"), "\n");
-  if (!command.details.empty()) absl::StrAppend(&out, "\n", command.details, "\n");
+  if (!command.details.empty()) {
+    absl::StrAppend(&out, "\n", absl::StrJoin(Wrap(command.details, kHelpWidth), "\n"), "\n");
+  }
   absl::StrAppend(&out, "\nFlags:\n");
   for (const FlagDef& flag : command.flags) {
     std::string text = flag.help;
@@ -423,7 +414,9 @@ std::string FormatCommandList(const ProgramDef& program) {
   }
   absl::StrAppend(&out, "\n`", program.name, " COMMAND --help` (or `", program.name,
                   " help COMMAND`) lists a command's flags.\n");
-  if (!program.details.empty()) absl::StrAppend(&out, "\n", program.details, "\n");
+  if (!program.details.empty()) {
+    absl::StrAppend(&out, "\n", absl::StrJoin(Wrap(program.details, kHelpWidth), "\n"), "\n");
+  }
   return out;
 }
 

@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 
 namespace steerd {
 
@@ -42,7 +43,7 @@ struct CommandDef {
   std::string name;                  // the whole invocation: "steerctl vectors get"
   std::vector<std::string> arguments;  // required positional arguments: {"NAME[@VERSION]"}
   std::string summary;               // one sentence, also in the program's command list
-  std::string details;               // more paragraphs of help, or ""
+  std::string details;               // more help, or ""; wrapped, "\n" breaks a line
   std::vector<FlagDef> flags;
 };
 
@@ -50,7 +51,7 @@ struct ProgramDef {
   std::string name;                  // "steerd"
   std::string summary;               // the first line of the command list
   std::vector<CommandDef> commands;  // listed in this order
-  std::string details;               // paragraphs after the command list, or ""
+  std::string details;               // after the command list, or ""; wrapped likewise
 };
 
 // Shorthands for writing tables.
@@ -114,6 +115,21 @@ class ParsedFlags {
   absl::StatusOr<std::vector<int64_t>> GetIntList(const std::string& name) const;
 
  private:
+  // The value of flag `name` as `parse` reads it, or `fallback` when the flag was not
+  // given; INVALID_ARGUMENT "flag --name: 'VALUE' is not <what>" when `parse` fails.
+  template <typename T, typename Parse>
+  absl::StatusOr<T> TypedValue(const std::string& name, T fallback, const char* what,
+                               const Parse& parse) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return fallback;
+    T value{};
+    if (!parse(it->second, &value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("flag --", name, ": '", it->second, "' is not ", what));
+    }
+    return value;
+  }
+
   bool help_requested_ = false;
   std::vector<std::string> positional_;
   std::map<std::string, std::string> values_;

@@ -4,6 +4,7 @@
 // in client_test).
 #include "server/util/flags.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -304,6 +305,15 @@ TEST(HelpTest, NamesEveryFlagWithValueNameDefaultAndHelp) {
   EXPECT_THAT(help, HasSubstr("-h, --help"));
 }
 
+// The longest line of `text`, in bytes.
+size_t LongestLine(const std::string& text) {
+  size_t longest = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    longest = std::max(longest, line.size());
+  }
+  return longest;
+}
+
 TEST(HelpTest, LinesFitEightyColumns) {
   FlagDef long_help = ValueFlag(
       "a-rather-long-flag-name", "VALUE",
@@ -312,11 +322,7 @@ TEST(HelpTest, LinesFitEightyColumns) {
       "a default that is long too");
   const CommandDef command{"prog long", {}, "Long.", "", {long_help}};
   const std::string help = FormatHelp(command);
-  size_t start = 0;
-  for (size_t end = help.find('\n'); end != std::string::npos;
-       start = end + 1, end = help.find('\n', start)) {
-    EXPECT_LE(end - start, 80u) << help.substr(start, end - start);
-  }
+  EXPECT_LE(LongestLine(help), 80u) << help;
   EXPECT_THAT(help, HasSubstr("  --a-rather-long-flag-name VALUE\n"));
   EXPECT_THAT(help, HasSubstr("(default: a\n"));
 }
@@ -367,10 +373,12 @@ TEST(SteerdCommandTableTest, IsConsistentAndEveryHelpNamesEveryFlag) {
   for (const CommandDef& command : program.commands) {
     EXPECT_THAT(list, HasSubstr(command.summary)) << command.name;
     const std::string help = FormatHelp(command);
+    EXPECT_LE(LongestLine(help), 80u) << help;
     for (const FlagDef& flag : command.flags) {
       EXPECT_THAT(help, HasSubstr("--" + flag.name + " ")) << command.name;
     }
   }
+  EXPECT_LE(LongestLine(FormatCommandList(program)), 80u);
 }
 
 }  // namespace
