@@ -82,7 +82,7 @@ std::vector<FlagDef> JobSpecFlags() {
 }
 
 const char kWatchDetails[] =
-    "On a terminal the watch redraws one progress line; otherwise it prints a line per\n"
+    "On a terminal the watch redraws one progress line; otherwise it prints a line per "
     "state change and per step. With --json it prints each event as one JSON line.";
 
 }  // namespace
@@ -160,10 +160,10 @@ const ProgramDef& SteerctlProgram() {
                   {ValueFlag("service", "S", "A service's status, e.g. steerd.v1.Generation.",
                              "the server's")}),
       },
-      "--json prints protobuf JSON with the proto field and enum value names (e.g.\n"
-      "\"token_ids\", \"FINISH_REASON_LENGTH\", \"STATE_SUCCEEDED\"); text output shows values\n"
-      "without the prefix.\n"
-      "Exit status: 0 success; 1 error, printed as \"steerctl: CODE: message\", or a watched\n"
+      "--json prints protobuf JSON with the proto field and enum value names (e.g. "
+      "\"token_ids\", \"FINISH_REASON_LENGTH\", \"STATE_SUCCEEDED\"); text output shows "
+      "values without the prefix.\n"
+      "Exit status: 0 success; 1 error, printed as \"steerctl: CODE: message\", or a watched "
       "job that FAILED or was CANCELLED; 2 usage error; 130 Ctrl-C while watching a job.",
   };
   return *program;

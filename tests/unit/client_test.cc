@@ -593,6 +593,9 @@ TEST_F(SteerctlTest, EveryCommandsHelpNamesEveryFlag) {
     EXPECT_EQ(run.err, "") << command.name;
     EXPECT_EQ(run.out, FormatHelp(command)) << command.name;
     EXPECT_THAT(run.out, StartsWith("usage: " + command.name)) << command.name;
+    for (absl::string_view line : absl::StrSplit(run.out, '\n')) {
+      EXPECT_LE(line.size(), 80u) << command.name << ": " << line;
+    }
     for (const FlagDef& flag : command.flags) {
       EXPECT_THAT(run.out, HasSubstr("--" + flag.name + " ")) << command.name;
       EXPECT_THAT(run.out, HasSubstr(flag.value_name)) << command.name << " --" << flag.name;
