@@ -15,9 +15,10 @@
 #     -v "$PWD/tenants.json:/etc/steerd/tenants.json:ro" -v steerd-data:/var/lib/steerd steerd
 #
 # Arguments given to `docker run` (or `args:` in Kubernetes) replace the CMD, so repeat
-# `--tenants FILE` there; they come after the ENTRYPOINT's flags, and when a flag is
-# given twice the last one wins (e.g. `--listen [::]:50051` for IPv6). See
-# deploy/README.md.
+# `--tenants FILE` there; they come after the ENTRYPOINT's flags. steerd refuses a flag
+# given twice: to change one of the ENTRYPOINT's (e.g. `--listen [::]:50051` for IPv6),
+# replace the entry point too (`--entrypoint steerd` ... `serve --listen ...`). See
+# deploy/README.md; `steerd serve --help` lists every flag.
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 

@@ -4,9 +4,11 @@
 // watched job's progress event by event), errors to `err` as "steerctl:
 // <GRPC_CODE_NAME>: <message>". The exit code is 0 on success, 1 when the command
 // failed (an RPC error, an unreadable file, a server that is not SERVING, a watched job
-// that FAILED or was CANCELLED), 2 for a usage error (after the message, the usage
-// text) and 130 when Ctrl-C stopped a watch. The steerctl binary is a thin main() over
-// RunSteerctl; tests may call it in-process.
+// that FAILED or was CANCELLED), 2 for a usage error (after the message, the command's
+// help) and 130 when Ctrl-C stopped a watch. `--help` / `-h` on any command, `steerctl
+// help [COMMAND]` and `steerctl --help` print help generated from SteerctlProgram()'s
+// tables to `out` and exit 0. The steerctl binary is a thin main() over RunSteerctl;
+// tests may call it in-process.
 #ifndef STEERD_CLIENT_STEERCTL_COMMANDS_H_
 #define STEERD_CLIENT_STEERCTL_COMMANDS_H_
 
@@ -14,10 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "server/util/flags.h"
+
 namespace steerd::client {
 
-// The text of `steerctl help`.
-extern const char kSteerctlUsage[];
+// steerctl's commands ("steerctl models", "steerctl vectors get", ...) and their flag
+// tables (steerctl_command_table.cc): what RunSteerctl parses by and prints as help.
+const ProgramDef& SteerctlProgram();
 
 // `args` excludes the program name. `out_is_terminal`: `out` is a terminal, where a
 // watched job's progress line is redrawn in place instead of printed line by line.

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -16,7 +15,6 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "client/command_line.h"
 #include "client/steerd_client.h"
 #include "server/util/status_macros.h"
 
@@ -45,18 +43,13 @@ absl::Status CommandFailure(absl::string_view message, int exit_code) {
   return status;
 }
 
-std::set<std::string> With(std::set<std::string> names) {
-  names.insert({"addr", "api-key", "tls-ca", "timeout", "data-dir", "help"});
-  return names;
-}
-
-absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const CommandLine& line) {
+absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const ParsedFlags& flags) {
   ASSIGN_OR_RETURN(
       ClientOptions options,
-      ResolveConnection(line.Get("addr"), line.Get("api-key"), line.Get("data-dir")));
-  options.tls_ca_file = line.Get("tls-ca");
+      ResolveConnection(flags.Get("addr"), flags.Get("api-key"), flags.Get("data-dir")));
+  options.tls_ca_file = flags.Get("tls-ca");
   ASSIGN_OR_RETURN(double timeout,
-                   AsUsage(line.GetDouble("timeout", kDefaultTimeoutSeconds)));
+                   AsUsage(flags.GetDouble("timeout", kDefaultTimeoutSeconds)));
   if (timeout < 0) return UsageError("--timeout must not be negative");
   options.timeout = timeout == 0 ? absl::InfiniteDuration() : absl::Seconds(timeout);
   return SteerdClient::Create(options);
@@ -107,30 +100,6 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
   if (time.seconds() == 0 && time.nanos() == 0) return "-";
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(time.seconds()),
                           absl::UTCTimeZone());
-}
-
-absl::Status CheckFlags(const CommandLine& line, const std::set<std::string>& allowed,
-                        const std::string& command) {
-  absl::Status status = line.CheckAllowed(allowed, command);
-  return status.ok() ? status : UsageError(status.message());
-}
-
-absl::StatusOr<std::string> OnePositional(const CommandLine& line, size_t words,
-                                          const std::string& what) {
-  const auto& positional = line.positional();
-  if (positional.size() < words + 1) return UsageError(absl::StrCat("missing ", what));
-  if (positional.size() > words + 1) {
-    return UsageError(absl::StrCat("unexpected argument '", positional[words + 1], "'"));
-  }
-  return positional[words];
-}
-
-absl::Status NoPositional(const CommandLine& line, size_t words) {
-  if (line.positional().size() > words) {
-    return UsageError(
-        absl::StrCat("unexpected argument '", line.positional()[words], "'"));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace steerd::client::steerctl

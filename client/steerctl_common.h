@@ -1,11 +1,12 @@
 // What every steerctl command shares, internal to steerctl_lib: the Command a handler
 // runs on, the errors that decide the exit code (usage errors exit 2, CommandFailure
-// its own code), flag checks and typed flag parsing (every bad value a usage error),
-// connecting to the server, and the text and JSON output helpers. The handlers
-// themselves live one file per resource: steerctl_models.cc, steerctl_vectors.cc,
-// steerctl_generate.cc, steerctl_jobs.cc (jobs and train); steerctl_commands.cc parses
-// the command line and dispatches to them (RunSteerctl). Nothing here is for callers
-// outside client/.
+// its own code), typed flag parsing (every bad value a usage error), connecting to the
+// server, and the text and JSON output helpers. The handlers themselves live one file
+// per resource: steerctl_models.cc, steerctl_vectors.cc, steerctl_generate.cc,
+// steerctl_jobs.cc (jobs and train); steerctl_commands.cc parses the command line by the
+// command's table (steerctl_command_table.cc), so a handler gets only flags and
+// positional arguments its command declares, and dispatches to them (RunSteerctl).
+// Nothing here is for callers outside client/.
 #ifndef STEERD_CLIENT_STEERCTL_COMMON_H_
 #define STEERD_CLIENT_STEERCTL_COMMON_H_
 
@@ -17,7 +18,6 @@
 #include <limits>
 #include <memory>
 #include <ostream>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -27,9 +27,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "client/command_line.h"
 #include "client/enum_names.h"
 #include "client/steerd_client.h"
+#include "server/util/flags.h"
 #include "server/util/status_macros.h"
 
 namespace steerd::client::steerctl {
@@ -40,7 +40,7 @@ inline constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 // One command's parsed line and where it writes.
 struct Command {
-  const CommandLine& line;
+  const ParsedFlags& flags;  // positional() holds exactly the command's arguments
   std::ostream& out;
   std::ostream& err;
   bool out_is_terminal;
@@ -51,9 +51,9 @@ absl::Status UsageError(absl::string_view message);
 
 bool IsUsageError(const absl::Status& status);
 
-// A failure that is no RPC's (a watched job that FAILED, a watch stopped by Ctrl-C):
-// RunSteerctl prints "steerctl: <message>", without a code name, and exits with
-// `exit_code`.
+// A failure that is no RPC's (a watched job that FAILED, a watch stopped by Ctrl-C, a
+// server that is not SERVING): RunSteerctl prints "steerctl: <message>" (nothing when
+// `message` is empty), without a code name, and exits with `exit_code`.
 absl::Status CommandFailure(absl::string_view message, int exit_code);
 
 // Parse errors of flags are usage errors.
@@ -63,15 +63,8 @@ absl::StatusOr<T> AsUsage(absl::StatusOr<T> value) {
   return value;
 }
 
-// The flags that describe a training job (jobs create, train); all take a value
-// except --chat. Defined in steerctl_jobs.cc.
-std::set<std::string> JobSpecFlags();
-
-// `names` and the flags every command takes.
-std::set<std::string> With(std::set<std::string> names);
-
 // A client for --addr, --api-key, --tls-ca, --timeout and --data-dir.
-absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const CommandLine& line);
+absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const ParsedFlags& flags);
 
 // `message` as proto3 JSON with the proto field names, indented, or on one line when
 // `one_line` (a stream of events, one JSON document per line).
@@ -90,25 +83,14 @@ std::string OneLine(const std::string& text);
 // "2024-01-02T03:04:05Z", or "-" for the unset timestamp.
 std::string FormatTimestamp(const google::protobuf::Timestamp& time);
 
-// A usage error naming the first flag `command` does not take.
-absl::Status CheckFlags(const CommandLine& line, const std::set<std::string>& allowed,
-                        const std::string& command);
-
-// The single positional argument after `words` command words, e.g. NAME[@VERSION].
-absl::StatusOr<std::string> OnePositional(const CommandLine& line, size_t words,
-                                          const std::string& what);
-
-// A usage error when there is a positional argument after `words` command words.
-absl::Status NoPositional(const CommandLine& line, size_t words);
-
 // --name's value, in any case, as a value of the proto enum `Enum` other than its
 // UNSPECIFIED zero: its short name ("queued") or its full one ("state_queued"). The error
 // lists the short names.
 template <typename Enum>
-absl::StatusOr<Enum> ParseEnumFlag(const CommandLine& line, const std::string& name) {
+absl::StatusOr<Enum> ParseEnumFlag(const ParsedFlags& flags, const std::string& name) {
   const google::protobuf::EnumDescriptor* descriptor =
       google::protobuf::GetEnumDescriptor<Enum>();
-  const std::string text = line.Get(name);
+  const std::string text = flags.Get(name);
   const google::protobuf::EnumValueDescriptor* value =
       FindEnumValue(*descriptor, absl::AsciiStrToUpper(text));
   if (value != nullptr && value->number() != 0) return static_cast<Enum>(value->number());
@@ -124,10 +106,10 @@ absl::StatusOr<Enum> ParseEnumFlag(const CommandLine& line, const std::string& n
 
 // Calls `set` with --name when it is given: an integer in [min, max].
 template <typename Set>
-absl::Status SetIntFlag(const CommandLine& line, const std::string& name, int64_t min,
+absl::Status SetIntFlag(const ParsedFlags& flags, const std::string& name, int64_t min,
                         int64_t max, const Set& set) {
-  if (!line.Has(name)) return absl::OkStatus();
-  ASSIGN_OR_RETURN(int64_t value, AsUsage(line.GetInt(name, 0)));
+  if (!flags.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int64_t value, AsUsage(flags.GetInt(name, 0)));
   if (value < min || value > max) {
     return UsageError(
         absl::StrCat("flag --", name, ": ", value, " is not in [", min, ", ", max, "]"));
@@ -139,25 +121,33 @@ absl::Status SetIntFlag(const CommandLine& line, const std::string& name, int64_
 // Calls `set` with --name when it is given: a number in [min, max], or in (min, max]
 // when `min_excluded`.
 template <typename Set>
-absl::Status SetFloatFlag(const CommandLine& line, const std::string& name, double min,
+absl::Status SetFloatFlag(const ParsedFlags& flags, const std::string& name, double min,
                           bool min_excluded, double max, const Set& set) {
-  if (!line.Has(name)) return absl::OkStatus();
-  ASSIGN_OR_RETURN(double value, AsUsage(line.GetDouble(name, 0)));
+  if (!flags.Has(name)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(double value, AsUsage(flags.GetDouble(name, 0)));
   if (value < min || (min_excluded && value == min) || value > max) {
-    return UsageError(absl::StrCat("flag --", name, ": ", line.Get(name), " is not in ",
+    return UsageError(absl::StrCat("flag --", name, ": ", flags.Get(name), " is not in ",
                                    min_excluded ? "(" : "[", min, ", ", max, "]"));
   }
   set(static_cast<float>(value));
   return absl::OkStatus();
 }
 
-// The commands, one file per resource. Each checks its flags and positional arguments
-// (a usage error names the first one it does not take) before it connects.
-absl::Status RunModels(const Command& c);    // steerctl_models.cc
-absl::Status RunVectors(const Command& c);   // steerctl_vectors.cc
-absl::Status RunGenerate(const Command& c);  // steerctl_generate.cc
-absl::Status RunJobs(const Command& c);      // steerctl_jobs.cc
-absl::Status RunTrain(const Command& c);     // steerctl_jobs.cc
+// The commands, one file per resource, in the order of their table.
+absl::Status RunModels(const Command& c);         // steerctl_models.cc
+absl::Status RunVectorsCreate(const Command& c);  // steerctl_vectors.cc
+absl::Status RunVectorsGet(const Command& c);
+absl::Status RunVectorsList(const Command& c);
+absl::Status RunVectorsExport(const Command& c);
+absl::Status RunVectorsDelete(const Command& c);
+absl::Status RunGenerate(const Command& c);       // steerctl_generate.cc
+absl::Status RunJobsCreate(const Command& c);     // steerctl_jobs.cc
+absl::Status RunJobsGet(const Command& c);
+absl::Status RunJobsList(const Command& c);
+absl::Status RunJobsCancel(const Command& c);
+absl::Status RunJobsWatch(const Command& c);
+absl::Status RunTrain(const Command& c);
+absl::Status RunHealth(const Command& c);         // steerctl_commands.cc
 
 }  // namespace steerd::client::steerctl
 

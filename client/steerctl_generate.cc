@@ -67,25 +67,25 @@ absl::Status ReadMessagesFile(const std::string& path, v1::ChatMessages* message
   return absl::OkStatus();
 }
 
-absl::StatusOr<int32_t> GetInt32(const CommandLine& line, const std::string& name) {
+absl::StatusOr<int32_t> GetInt32(const ParsedFlags& flags, const std::string& name) {
   int32_t value = 0;
-  RETURN_IF_ERROR(SetIntFlag(line, name, std::numeric_limits<int32_t>::min(), kInt32Max,
+  RETURN_IF_ERROR(SetIntFlag(flags, name, std::numeric_limits<int32_t>::min(), kInt32Max,
                              [&](int32_t given) { value = given; }));
   return value;
 }
 
-absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const CommandLine& line) {
+absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const ParsedFlags& flags) {
   v1::GenerateRequest request;
-  ASSIGN_OR_RETURN(*request.mutable_model(), AsUsage(line.Required("model")));
+  ASSIGN_OR_RETURN(*request.mutable_model(), AsUsage(flags.Required("model")));
 
-  const int inputs = line.Has("prompt") + line.Has("message") + line.Has("messages-file");
+  const int inputs = flags.Has("prompt") + flags.Has("message") + flags.Has("messages-file");
   if (inputs != 1) {
     return UsageError("give exactly one of --prompt, --message or --messages-file");
   }
-  if (line.Has("prompt")) {
-    request.set_prompt(line.Get("prompt"));
-  } else if (line.Has("message")) {
-    for (const std::string& text : line.GetAll("message")) {
+  if (flags.Has("prompt")) {
+    request.set_prompt(flags.Get("prompt"));
+  } else if (flags.Has("message")) {
+    for (const std::string& text : flags.GetAll("message")) {
       const size_t colon = text.find(':');
       if (colon == std::string::npos) {
         return UsageError(absl::StrCat("--message '", text, "' is not ROLE:TEXT"));
@@ -99,40 +99,40 @@ absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const CommandLine& line
     }
   } else {
     RETURN_IF_ERROR(
-        ReadMessagesFile(line.Get("messages-file"), request.mutable_messages()));
+        ReadMessagesFile(flags.Get("messages-file"), request.mutable_messages()));
   }
 
-  if (line.Has("vector")) {
-    request.mutable_steering()->set_vector(line.Get("vector"));
-    if (line.Has("scale")) {
-      ASSIGN_OR_RETURN(double scale, AsUsage(line.GetDouble("scale", 1.0)));
+  if (flags.Has("vector")) {
+    request.mutable_steering()->set_vector(flags.Get("vector"));
+    if (flags.Has("scale")) {
+      ASSIGN_OR_RETURN(double scale, AsUsage(flags.GetDouble("scale", 1.0)));
       request.mutable_steering()->set_scale(static_cast<float>(scale));
     }
-  } else if (line.Has("scale")) {
+  } else if (flags.Has("scale")) {
     return UsageError("--scale needs --vector");
   }
 
-  const bool any_sampling = line.Has("temperature") || line.Has("top-p") ||
-                            line.Has("top-k") || line.Has("seed") ||
-                            line.Has("max-new-tokens") || line.Has("stop");
+  const bool any_sampling = flags.Has("temperature") || flags.Has("top-p") ||
+                            flags.Has("top-k") || flags.Has("seed") ||
+                            flags.Has("max-new-tokens") || flags.Has("stop");
   if (any_sampling) {
     v1::SamplingParams* sampling = request.mutable_sampling();
-    ASSIGN_OR_RETURN(double temperature, AsUsage(line.GetDouble("temperature", 0)));
-    ASSIGN_OR_RETURN(double top_p, AsUsage(line.GetDouble("top-p", 0)));
-    ASSIGN_OR_RETURN(int32_t top_k, GetInt32(line, "top-k"));
-    ASSIGN_OR_RETURN(int32_t max_new_tokens, GetInt32(line, "max-new-tokens"));
+    ASSIGN_OR_RETURN(double temperature, AsUsage(flags.GetDouble("temperature", 0)));
+    ASSIGN_OR_RETURN(double top_p, AsUsage(flags.GetDouble("top-p", 0)));
+    ASSIGN_OR_RETURN(int32_t top_k, GetInt32(flags, "top-k"));
+    ASSIGN_OR_RETURN(int32_t max_new_tokens, GetInt32(flags, "max-new-tokens"));
     sampling->set_temperature(static_cast<float>(temperature));
     sampling->set_top_p(static_cast<float>(top_p));
     sampling->set_top_k(top_k);
     sampling->set_max_new_tokens(max_new_tokens);
-    if (line.Has("seed")) {
-      ASSIGN_OR_RETURN(uint64_t seed, AsUsage(line.GetUint("seed", 0)));
+    if (flags.Has("seed")) {
+      ASSIGN_OR_RETURN(uint64_t seed, AsUsage(flags.GetUint("seed", 0)));
       sampling->set_seed(seed);
     }
-    for (const std::string& stop : line.GetAll("stop")) sampling->add_stop(stop);
+    for (const std::string& stop : flags.GetAll("stop")) sampling->add_stop(stop);
   }
-  request.set_return_logprobs(line.Bool("logprobs"));
-  request.set_ignore_eos(line.Bool("ignore-eos"));
+  request.set_return_logprobs(flags.Bool("logprobs"));
+  request.set_ignore_eos(flags.Bool("ignore-eos"));
   return request;
 }
 
@@ -147,19 +147,12 @@ void PrintSummary(const v1::GenerateResponse& response, std::ostream& err) {
 }  // namespace
 
 absl::Status RunGenerate(const Command& c) {
-  RETURN_IF_ERROR(
-      CheckFlags(c.line,
-                 With({"model", "prompt", "message", "messages-file", "vector", "scale",
-                       "temperature", "top-p", "top-k", "seed", "max-new-tokens", "stop",
-                       "logprobs", "ignore-eos", "no-stream", "json", "verbose"}),
-                 "generate"));
-  RETURN_IF_ERROR(NoPositional(c.line, 1));
-  ASSIGN_OR_RETURN(v1::GenerateRequest request, BuildGenerateRequest(c.line));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
-  const bool json = c.line.Bool("json");
+  ASSIGN_OR_RETURN(v1::GenerateRequest request, BuildGenerateRequest(c.flags));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
+  const bool json = c.flags.Bool("json");
 
   v1::GenerateResponse response;
-  if (c.line.Bool("no-stream")) {
+  if (c.flags.Bool("no-stream")) {
     ASSIGN_OR_RETURN(response, client->Generate(request));
     if (!json) {
       c.out << response.text();
@@ -180,7 +173,7 @@ absl::Status RunGenerate(const Command& c) {
     RETURN_IF_ERROR(status);
   }
   if (json) RETURN_IF_ERROR(PrintJson(response, c.out));
-  if (c.line.Bool("verbose")) PrintSummary(response, c.err);
+  if (c.flags.Bool("verbose")) PrintSummary(response, c.err);
   return absl::OkStatus();
 }
 

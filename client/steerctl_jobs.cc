@@ -41,21 +41,6 @@ constexpr int kInterruptedExitCode = 130;  // 128 + SIGINT, as shells report it
 // InlineDataset's documented maximum.
 constexpr size_t kMaxInlineExamples = 100000;
 
-}  // namespace
-
-std::set<std::string> JobSpecFlags() {
-  std::set<std::string> flags = {"model", "output", "task",
-                                 "data",  "chat",   "description"};
-  flags.insert({"eval-split", "eval-data", "eval-max", "eval-every"});
-  flags.insert({"algorithm", "reward", "pattern", "correct-reward", "incorrect-reward",
-                "format-reward"});
-  flags.insert({"steps", "prompts-per-step", "rollouts", "lr", "max-new-tokens",
-                "temperature", "seed", "layers", "clip-epsilon", "inner-epochs"});
-  return flags;
-}
-
-namespace {
-
 // "0,1,2": distinct layer indices.
 absl::Status ParseLayers(const std::string& text, v1::Hyperparameters* hyperparameters) {
   std::set<int32_t> seen;
@@ -93,50 +78,50 @@ absl::Status LoadDataset(const std::string& path, v1::InlineDataset* dataset) {
 // The request of `jobs create` and `train`. Every malformed or out-of-bounds value (the
 // bounds training.proto documents) is a usage error here, before any RPC; the dataset
 // files are read last, so a usage error is not hidden behind a slow read.
-absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& line) {
+absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const ParsedFlags& flags) {
   v1::CreateJobRequest request;
-  ASSIGN_OR_RETURN(*request.mutable_model(), AsUsage(line.Required("model")));
-  ASSIGN_OR_RETURN(*request.mutable_output_vector(), AsUsage(line.Required("output")));
-  if (line.Has("task") == line.Has("data")) {
+  ASSIGN_OR_RETURN(*request.mutable_model(), AsUsage(flags.Required("model")));
+  ASSIGN_OR_RETURN(*request.mutable_output_vector(), AsUsage(flags.Required("output")));
+  if (flags.Has("task") == flags.Has("data")) {
     return UsageError("give exactly one of --task or --data");
   }
-  if (line.Has("task")) request.set_task(line.Get("task"));
+  if (flags.Has("task")) request.set_task(flags.Get("task"));
 
-  if (line.Has("eval-split") && line.Has("eval-data")) {
+  if (flags.Has("eval-split") && flags.Has("eval-data")) {
     return UsageError("give at most one of --eval-split or --eval-data");
   }
-  if (line.Has("eval-split")) {
-    if (!line.Has("task")) {
+  if (flags.Has("eval-split")) {
+    if (!flags.Has("task")) {
       return UsageError("--eval-split needs --task (with --data, use --eval-data)");
     }
-    request.mutable_eval()->set_split(line.Get("eval-split"));
+    request.mutable_eval()->set_split(flags.Get("eval-split"));
   }
-  const bool has_eval = line.Has("eval-split") || line.Has("eval-data");
+  const bool has_eval = flags.Has("eval-split") || flags.Has("eval-data");
   for (const char* flag : {"eval-max", "eval-every"}) {
-    if (line.Has(flag) && !has_eval) {
+    if (flags.Has(flag) && !has_eval) {
       return UsageError(absl::StrCat("--", flag, " needs --eval-split or --eval-data"));
     }
   }
-  RETURN_IF_ERROR(SetIntFlag(line, "eval-max", 0, kInt32Max, [&](int32_t value) {
+  RETURN_IF_ERROR(SetIntFlag(flags, "eval-max", 0, kInt32Max, [&](int32_t value) {
     request.mutable_eval()->set_max_examples(value);
   }));
 
   v1::Algorithm algorithm = v1::ALGORITHM_RLOO;  // the server's default
-  if (line.Has("algorithm")) {
-    ASSIGN_OR_RETURN(algorithm, ParseEnumFlag<v1::Algorithm>(line, "algorithm"));
+  if (flags.Has("algorithm")) {
+    ASSIGN_OR_RETURN(algorithm, ParseEnumFlag<v1::Algorithm>(flags, "algorithm"));
     request.set_algorithm(algorithm);
   }
   // Flags the algorithm ignores are mistakes worth naming, not silently dropped.
   if (algorithm != v1::ALGORITHM_GRPO) {
     for (const char* flag : {"clip-epsilon", "inner-epochs"}) {
-      if (line.Has(flag)) {
+      if (flags.Has(flag)) {
         return UsageError(absl::StrCat("--", flag, " is for --algorithm grpo only"));
       }
     }
   }
   if (algorithm == v1::ALGORITHM_SFT) {
     for (const char* flag : {"rollouts", "temperature"}) {
-      if (line.Has(flag)) {
+      if (flags.Has(flag)) {
         return UsageError(
             absl::StrCat("--", flag, " is not used by --algorithm sft (no rollouts)"));
       }
@@ -144,61 +129,61 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreateJobRequest(const CommandLine& li
   }
 
   v1::RewardSpec* reward = request.mutable_reward();
-  if (line.Has("reward")) {
+  if (flags.Has("reward")) {
     ASSIGN_OR_RETURN(v1::RewardSpec::Type type,
-                     ParseEnumFlag<v1::RewardSpec::Type>(line, "reward"));
+                     ParseEnumFlag<v1::RewardSpec::Type>(flags, "reward"));
     reward->set_type(type);
   }
   if (reward->type() == v1::RewardSpec::TYPE_REGEX) {
-    if (!line.Has("pattern")) return UsageError("--reward regex needs --pattern");
-    reward->set_pattern(line.Get("pattern"));
-  } else if (line.Has("pattern")) {
+    if (!flags.Has("pattern")) return UsageError("--reward regex needs --pattern");
+    reward->set_pattern(flags.Get("pattern"));
+  } else if (flags.Has("pattern")) {
     return UsageError("--pattern needs --reward regex");
   }
-  RETURN_IF_ERROR(SetFloatFlag(line, "correct-reward", -100, false, 100,
+  RETURN_IF_ERROR(SetFloatFlag(flags, "correct-reward", -100, false, 100,
                                [&](float value) { reward->set_correct_reward(value); }));
   RETURN_IF_ERROR(
-      SetFloatFlag(line, "incorrect-reward", -100, false, 100,
+      SetFloatFlag(flags, "incorrect-reward", -100, false, 100,
                    [&](float value) { reward->set_incorrect_reward(value); }));
-  RETURN_IF_ERROR(SetFloatFlag(line, "format-reward", -100, false, 100,
+  RETURN_IF_ERROR(SetFloatFlag(flags, "format-reward", -100, false, 100,
                                [&](float value) { reward->set_format_reward(value); }));
   if (reward->ByteSizeLong() == 0) request.clear_reward();
 
   v1::Hyperparameters* hp = request.mutable_hyperparameters();
   RETURN_IF_ERROR(
-      SetIntFlag(line, "steps", 1, 100000, [&](int32_t value) { hp->set_steps(value); }));
-  RETURN_IF_ERROR(SetIntFlag(line, "prompts-per-step", 1, 1024,
+      SetIntFlag(flags, "steps", 1, 100000, [&](int32_t value) { hp->set_steps(value); }));
+  RETURN_IF_ERROR(SetIntFlag(flags, "prompts-per-step", 1, 1024,
                              [&](int32_t value) { hp->set_prompts_per_step(value); }));
-  RETURN_IF_ERROR(SetIntFlag(line, "rollouts", 2, 256,
+  RETURN_IF_ERROR(SetIntFlag(flags, "rollouts", 2, 256,
                              [&](int32_t value) { hp->set_rollouts_per_prompt(value); }));
-  RETURN_IF_ERROR(SetFloatFlag(line, "lr", 0, true, 1,
+  RETURN_IF_ERROR(SetFloatFlag(flags, "lr", 0, true, 1,
                                [&](float value) { hp->set_learning_rate(value); }));
-  RETURN_IF_ERROR(SetIntFlag(line, "max-new-tokens", 1, kInt32Max,
+  RETURN_IF_ERROR(SetIntFlag(flags, "max-new-tokens", 1, kInt32Max,
                              [&](int32_t value) { hp->set_max_new_tokens(value); }));
-  RETURN_IF_ERROR(SetFloatFlag(line, "temperature", 0, true, 2,
+  RETURN_IF_ERROR(SetFloatFlag(flags, "temperature", 0, true, 2,
                                [&](float value) { hp->set_temperature(value); }));
-  if (line.Has("seed")) {
-    ASSIGN_OR_RETURN(uint64_t seed, AsUsage(line.GetUint("seed", 0)));
+  if (flags.Has("seed")) {
+    ASSIGN_OR_RETURN(uint64_t seed, AsUsage(flags.GetUint("seed", 0)));
     hp->set_seed(seed);
   }
-  if (line.Has("layers")) RETURN_IF_ERROR(ParseLayers(line.Get("layers"), hp));
-  RETURN_IF_ERROR(SetIntFlag(line, "eval-every", 0, kInt32Max,
+  if (flags.Has("layers")) RETURN_IF_ERROR(ParseLayers(flags.Get("layers"), hp));
+  RETURN_IF_ERROR(SetIntFlag(flags, "eval-every", 0, kInt32Max,
                              [&](int32_t value) { hp->set_eval_every(value); }));
-  RETURN_IF_ERROR(SetFloatFlag(line, "clip-epsilon", 0, true, 1,
+  RETURN_IF_ERROR(SetFloatFlag(flags, "clip-epsilon", 0, true, 1,
                                [&](float value) { hp->set_clip_epsilon(value); }));
-  RETURN_IF_ERROR(SetIntFlag(line, "inner-epochs", 1, 16,
+  RETURN_IF_ERROR(SetIntFlag(flags, "inner-epochs", 1, 16,
                              [&](int32_t value) { hp->set_inner_epochs(value); }));
   if (hp->ByteSizeLong() == 0) request.clear_hyperparameters();
 
-  request.set_apply_chat_template(line.Bool("chat"));
-  request.set_description(line.Get("description"));
+  request.set_apply_chat_template(flags.Bool("chat"));
+  request.set_description(flags.Get("description"));
 
-  if (line.Has("data")) {
-    RETURN_IF_ERROR(LoadDataset(line.Get("data"), request.mutable_examples()));
+  if (flags.Has("data")) {
+    RETURN_IF_ERROR(LoadDataset(flags.Get("data"), request.mutable_examples()));
   }
-  if (line.Has("eval-data")) {
+  if (flags.Has("eval-data")) {
     RETURN_IF_ERROR(
-        LoadDataset(line.Get("eval-data"), request.mutable_eval()->mutable_examples()));
+        LoadDataset(flags.Get("eval-data"), request.mutable_eval()->mutable_examples()));
   }
   return request;
 }
@@ -308,7 +293,7 @@ class CancelOnInterrupt {
 // this command created the job, so an error must say that it goes on.
 absl::Status WatchUntilDone(SteerdClient& client, const std::string& id, bool created,
                             const Command& c) {
-  const bool json = c.line.Bool("json");
+  const bool json = c.flags.Bool("json");
   JobWatchPrinter printer(c.out, c.out_is_terminal);
   v1::Job job;
   bool seen = false;
@@ -364,42 +349,36 @@ absl::Status WatchUntilDone(SteerdClient& client, const std::string& id, bool cr
   }
 }
 
+}  // namespace
+
 absl::Status RunJobsCreate(const Command& c) {
-  std::set<std::string> allowed = JobSpecFlags();
-  allowed.insert("json");
-  RETURN_IF_ERROR(CheckFlags(c.line, With(allowed), "jobs create"));
-  RETURN_IF_ERROR(NoPositional(c.line, 2));
-  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.line));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.flags));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Job job, client->CreateJob(request));
-  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  if (c.flags.Bool("json")) return PrintJson(job, c.out);
   PrintJobs({job}, c.out);
   return absl::OkStatus();
 }
 
 absl::Status RunJobsGet(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs get"));
-  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& id = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Job job, client->GetJob(id));
-  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  if (c.flags.Bool("json")) return PrintJson(job, c.out);
   PrintJobs({job}, c.out);
   return absl::OkStatus();
 }
 
 absl::Status RunJobsList(const Command& c) {
-  RETURN_IF_ERROR(
-      CheckFlags(c.line, With({"state", "page-size", "all", "json"}), "jobs list"));
-  RETURN_IF_ERROR(NoPositional(c.line, 2));
   JobFilter filter;
-  if (c.line.Has("state")) {
-    ASSIGN_OR_RETURN(filter.state, ParseEnumFlag<v1::Job::State>(c.line, "state"));
+  if (c.flags.Has("state")) {
+    ASSIGN_OR_RETURN(filter.state, ParseEnumFlag<v1::Job::State>(c.flags, "state"));
   }
-  RETURN_IF_ERROR(SetIntFlag(c.line, "page-size", 0, kInt32Max,
+  RETURN_IF_ERROR(SetIntFlag(c.flags, "page-size", 0, kInt32Max,
                              [&](int32_t value) { filter.page_size = value; }));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   v1::ListJobsResponse response;
-  if (c.line.Bool("all")) {
+  if (c.flags.Bool("all")) {
     ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, client->ListJobs(filter));
     for (v1::Job& job : jobs) *response.add_jobs() = std::move(job);
   } else {
@@ -408,7 +387,7 @@ absl::Status RunJobsList(const Command& c) {
     request.set_page_size(filter.page_size);
     ASSIGN_OR_RETURN(response, client->ListJobsPage(request));
   }
-  if (c.line.Bool("json")) return PrintJson(response, c.out);
+  if (c.flags.Bool("json")) return PrintJson(response, c.out);
   if (response.jobs().empty()) {
     c.err << "no jobs\n";
   } else {
@@ -421,11 +400,10 @@ absl::Status RunJobsList(const Command& c) {
 }
 
 absl::Status RunJobsCancel(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs cancel"));
-  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& id = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Job job, client->CancelJob(id));
-  if (c.line.Bool("json")) return PrintJson(job, c.out);
+  if (c.flags.Bool("json")) return PrintJson(job, c.out);
   PrintJobs({job}, c.out);
   // A running job stops only after its current step.
   if (job.state() == v1::Job::STATE_RUNNING) {
@@ -436,35 +414,14 @@ absl::Status RunJobsCancel(const Command& c) {
 }
 
 absl::Status RunJobsWatch(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "jobs watch"));
-  ASSIGN_OR_RETURN(std::string id, OnePositional(c.line, 2, "job ID"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& id = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   return WatchUntilDone(*client, id, /*created=*/false, c);
 }
 
-}  // namespace
-
-absl::Status RunJobs(const Command& c) {
-  const auto& positional = c.line.positional();
-  if (positional.size() < 2) {
-    return UsageError("missing jobs subcommand (create, get, list, cancel, watch)");
-  }
-  const std::string& sub = positional[1];
-  if (sub == "create") return RunJobsCreate(c);
-  if (sub == "get") return RunJobsGet(c);
-  if (sub == "list") return RunJobsList(c);
-  if (sub == "cancel") return RunJobsCancel(c);
-  if (sub == "watch") return RunJobsWatch(c);
-  return UsageError(absl::StrCat("unknown jobs subcommand '", sub, "'"));
-}
-
 absl::Status RunTrain(const Command& c) {
-  std::set<std::string> allowed = JobSpecFlags();
-  allowed.insert("json");
-  RETURN_IF_ERROR(CheckFlags(c.line, With(allowed), "train"));
-  RETURN_IF_ERROR(NoPositional(c.line, 1));
-  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.line));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(v1::CreateJobRequest request, BuildCreateJobRequest(c.flags));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Job job, client->CreateJob(request));
   return WatchUntilDone(*client, job.id(), /*created=*/true, c);
 }

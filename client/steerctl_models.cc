@@ -16,11 +16,9 @@ namespace steerd::client::steerctl {
 namespace v1 = ::steerd::v1;
 
 absl::Status RunModels(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "models"));
-  RETURN_IF_ERROR(NoPositional(c.line, 1));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(std::vector<v1::Model> models, client->ListModels());
-  if (c.line.Bool("json")) {
+  if (c.flags.Bool("json")) {
     v1::ListModelsResponse response;
     for (v1::Model& model : models) *response.add_models() = std::move(model);
     return PrintJson(response, c.out);

@@ -68,43 +68,38 @@ void PrintVectors(const std::vector<v1::Vector>& vectors, std::ostream& out) {
   PrintTable(rows, out);
 }
 
+}  // namespace
+
 absl::Status RunVectorsCreate(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(
-      c.line, With({"model", "name", "file", "description", "json"}), "vectors create"));
-  RETURN_IF_ERROR(NoPositional(c.line, 2));
-  ASSIGN_OR_RETURN(std::string model, AsUsage(c.line.Required("model")));
-  ASSIGN_OR_RETURN(std::string name, AsUsage(c.line.Required("name")));
-  ASSIGN_OR_RETURN(std::string file, AsUsage(c.line.Required("file")));
+  ASSIGN_OR_RETURN(std::string model, AsUsage(c.flags.Required("model")));
+  ASSIGN_OR_RETURN(std::string name, AsUsage(c.flags.Required("name")));
+  ASSIGN_OR_RETURN(std::string file, AsUsage(c.flags.Required("file")));
   ASSIGN_OR_RETURN(std::string bytes, ReadFile(file));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Vector vector, client->CreateVector(model, name, std::move(bytes),
-                                                           c.line.Get("description")));
-  if (c.line.Bool("json")) return PrintJson(vector, c.out);
+                                                           c.flags.Get("description")));
+  if (c.flags.Bool("json")) return PrintJson(vector, c.out);
   PrintVectors({vector}, c.out);
   return absl::OkStatus();
 }
 
 absl::Status RunVectorsGet(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "vectors get"));
-  ASSIGN_OR_RETURN(std::string ref, OnePositional(c.line, 2, "NAME[@VERSION]"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& ref = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::Vector vector, client->GetVector(ref));
-  if (c.line.Bool("json")) return PrintJson(vector, c.out);
+  if (c.flags.Bool("json")) return PrintJson(vector, c.out);
   PrintVectors({vector}, c.out);
   return absl::OkStatus();
 }
 
 absl::Status RunVectorsList(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"model", "name", "all-versions", "json"}),
-                             "vectors list"));
-  RETURN_IF_ERROR(NoPositional(c.line, 2));
   VectorFilter filter;
-  filter.model = c.line.Get("model");
-  filter.name = c.line.Get("name");
-  filter.all_versions = c.line.Bool("all-versions");
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  filter.model = c.flags.Get("model");
+  filter.name = c.flags.Get("name");
+  filter.all_versions = c.flags.Bool("all-versions");
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(std::vector<v1::Vector> vectors, client->ListVectors(filter));
-  if (c.line.Bool("json")) {
+  if (c.flags.Bool("json")) {
     v1::ListVectorsResponse response;
     for (v1::Vector& vector : vectors) *response.add_vectors() = std::move(vector);
     return PrintJson(response, c.out);
@@ -118,14 +113,13 @@ absl::Status RunVectorsList(const Command& c) {
 }
 
 absl::Status RunVectorsExport(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"out", "json"}), "vectors export"));
-  ASSIGN_OR_RETURN(std::string ref, OnePositional(c.line, 2, "NAME[@VERSION]"));
-  ASSIGN_OR_RETURN(std::string path, AsUsage(c.line.Required("out")));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& ref = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::string path, AsUsage(c.flags.Required("out")));
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::ExportVectorResponse response, client->ExportVector(ref));
   RETURN_IF_ERROR(WriteFile(path, response.safetensors()));
   // The JSON is the metadata: the file itself went to --out.
-  if (c.line.Bool("json")) return PrintJson(response.vector(), c.out);
+  if (c.flags.Bool("json")) return PrintJson(response.vector(), c.out);
   c.out << "wrote " << response.vector().name() << "@" << response.vector().version()
         << " (" << response.safetensors().size() << " bytes, sha256 "
         << OrDash(response.vector().sha256()) << ") to " << path << "\n";
@@ -133,31 +127,14 @@ absl::Status RunVectorsExport(const Command& c) {
 }
 
 absl::Status RunVectorsDelete(const Command& c) {
-  RETURN_IF_ERROR(CheckFlags(c.line, With({"json"}), "vectors delete"));
-  ASSIGN_OR_RETURN(std::string ref, OnePositional(c.line, 2, "NAME[@VERSION]"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.line));
+  const std::string& ref = c.flags.positional()[0];
+  ASSIGN_OR_RETURN(std::unique_ptr<SteerdClient> client, Connect(c.flags));
   ASSIGN_OR_RETURN(v1::DeleteVectorResponse response, client->DeleteVector(ref));
-  if (c.line.Bool("json")) return PrintJson(response, c.out);
+  if (c.flags.Bool("json")) return PrintJson(response, c.out);
   for (const v1::VectorRef& deleted : response.deleted()) {
     c.out << "deleted " << FormatVectorRef(deleted) << "\n";
   }
   return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::Status RunVectors(const Command& c) {
-  const auto& positional = c.line.positional();
-  if (positional.size() < 2) {
-    return UsageError("missing vectors subcommand (create, get, list, export, delete)");
-  }
-  const std::string& sub = positional[1];
-  if (sub == "create") return RunVectorsCreate(c);
-  if (sub == "get") return RunVectorsGet(c);
-  if (sub == "list") return RunVectorsList(c);
-  if (sub == "export") return RunVectorsExport(c);
-  if (sub == "delete") return RunVectorsDelete(c);
-  return UsageError(absl::StrCat("unknown vectors subcommand '", sub, "'"));
 }
 
 }  // namespace steerd::client::steerctl

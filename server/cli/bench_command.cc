@@ -17,7 +17,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/model_flags.h"
 #include "server/cli/process_info.h"
@@ -89,10 +88,9 @@ absl::StatusOr<DecodeRun> BenchDecode(const Transformer& model, const Tokenizer*
   return best;
 }
 
-absl::Status BenchDecodeCommand(const std::vector<std::string>& argv) {
-  std::set<std::string> flags = ModelFlagNames();
-  flags.insert({"batch", "new-tokens", "prompt-tokens", "repeats"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags, {"json"}));
+}  // namespace
+
+absl::Status RunBenchDecodeCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(Transformer::Options options, TransformerOptionsFromArgs(args));
   std::vector<int64_t> batches = {1, 16};
   if (args.Has("batch")) {
@@ -198,33 +196,8 @@ absl::Status BenchDecodeCommand(const std::vector<std::string>& argv) {
               static_cast<long long>(config.hidden_size), ScalarTypeName(model->dtype()).c_str(),
               at::get_num_threads(), CpuModel().c_str());
   for (const auto& [name, value] : table) std::printf("  %-36s %s\n", name.c_str(), value.c_str());
-  if (args.Flag("json")) std::cout << result.dump() << "\n";
+  if (args.Bool("json")) std::cout << result.dump() << "\n";
   return absl::OkStatus();
-}
-
-}  // namespace
-
-// `bench serve`, in bench_serve_command.cc.
-int RunBenchServeCommand(const std::vector<std::string>& args);
-
-int RunBenchCommand(const std::vector<std::string>& args) {
-  if (!args.empty() && args[0] == "paper-table") {
-    return RunPaperTableCommand({args.begin() + 1, args.end()});
-  }
-  if (!args.empty() && args[0] == "serve") {
-    return RunBenchServeCommand({args.begin() + 1, args.end()});
-  }
-  if (args.empty() || args[0] != "decode") {
-    std::fprintf(stderr, "error: usage: steerd bench decode --model DIR [--batch 1,16] "
-                         "[--new-tokens 32] [--json]\n"
-                         "       steerd bench paper-table --model DIR [--task arith] "
-                         "[--seeds 3] [--steps N] [--json]\n"
-                         "       steerd bench serve [--model DIR] [--concurrency 1,8,32] "
-                         "[--seconds 5] [--new-tokens 64] [--threads N] [--max-batch 64] "
-                         "[--json]\n");
-    return 2;
-  }
-  return ExitWithStatus(BenchDecodeCommand({args.begin() + 1, args.end()}));
 }
 
 }  // namespace steerd

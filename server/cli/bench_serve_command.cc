@@ -36,7 +36,6 @@
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/metric_family.h"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/default_model.h"
 #include "server/cli/process_info.h"
@@ -378,14 +377,9 @@ struct BenchServeFlags {
   int64_t num_vectors = 0;
 };
 
-absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
-                                          {"model", "concurrency", "seconds", "new-tokens",
-                                           "threads", "max-batch", "dtype", "device",
-                                           "training-concurrency"},
-                                          {"json"}));
+absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const ParsedFlags& args) {
   BenchServeFlags flags;
-  flags.model_dir = args.GetString("model", "");
+  flags.model_dir = args.Get("model", "");
   if (flags.model_dir.empty()) {
     ASSIGN_OR_RETURN(flags.model_dir, FindDefaultModel());
   }
@@ -398,9 +392,9 @@ absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const std::vector<std::stri
   ASSIGN_OR_RETURN(flags.threads, args.GetInt("threads", 0));
   ASSIGN_OR_RETURN(flags.max_batch, args.GetInt("max-batch", 64));
   ASSIGN_OR_RETURN(flags.training_c, args.GetInt("training-concurrency", 8));
-  flags.json_only = args.Flag("json");
-  flags.dtype = args.GetString("dtype", "auto");
-  flags.device = args.GetString("device", "auto");
+  flags.json_only = args.Bool("json");
+  flags.dtype = args.Get("dtype", "auto");
+  flags.device = args.Get("device", "auto");
   if (flags.concurrencies.empty()) return absl::InvalidArgumentError("--concurrency is empty");
   for (int64_t c : flags.concurrencies) {
     if (c < 1 || c > 1024) {
@@ -736,8 +730,8 @@ void ReportBenchServe(const BenchServeFlags& flags, const BenchServeSetup& setup
   std::cout << result.dump() << std::endl;
 }
 
-absl::Status BenchServe(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(const BenchServeFlags flags, ParseBenchServeFlags(argv));
+absl::Status BenchServe(const ParsedFlags& args) {
+  ASSIGN_OR_RETURN(const BenchServeFlags flags, ParseBenchServeFlags(args));
   ASSIGN_OR_RETURN(BenchServeSetup setup, SetUpBenchServer(flags));
   std::mt19937_64 rng(20240601);
   ASSIGN_OR_RETURN(const std::vector<std::string> vectors,
@@ -756,8 +750,6 @@ absl::Status BenchServe(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int RunBenchServeCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(BenchServe(args));
-}
+absl::Status RunBenchServeCommand(const ParsedFlags& args) { return BenchServe(args); }
 
 }  // namespace steerd

@@ -8,7 +8,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/train/dataset.h"
 #include "server/train/tasks.h"
@@ -17,7 +16,7 @@
 namespace steerd {
 namespace {
 
-absl::StatusOr<uint64_t> GetSeed(const Args& args) {
+absl::StatusOr<uint64_t> GetSeed(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(const int64_t seed, args.GetInt("seed", 0));
   if (seed < 0) return absl::InvalidArgumentError(absl::StrCat("--seed must be >= 0, got ", seed));
   return static_cast<uint64_t>(seed);
@@ -35,9 +34,9 @@ int64_t DefaultCount(train::Split split) {
   return 0;
 }
 
-absl::Status WriteDataset(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(const Args args,
-                   Args::Parse(argv, {"task", "split", "count", "seed", "out"}, {}));
+}  // namespace
+
+absl::Status RunDatasetCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(const std::string task, args.Required("task"));
   ASSIGN_OR_RETURN(const std::string split_name, args.Required("split"));
   ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
@@ -52,8 +51,7 @@ absl::Status WriteDataset(const std::vector<std::string>& argv) {
   return absl::OkStatus();
 }
 
-absl::Status WriteCorpus(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(const Args args, Args::Parse(argv, {"count", "seed", "out", "tagged-fraction"}, {}));
+absl::Status RunCorpusCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
   train::CorpusOptions options;
   ASSIGN_OR_RETURN(options.count, args.GetInt("count", options.count));
@@ -64,16 +62,6 @@ absl::Status WriteCorpus(const std::vector<std::string>& argv) {
   std::printf("wrote %zu corpus records (seed %llu) to %s\n", corpus.size(),
               static_cast<unsigned long long>(options.seed), out.c_str());
   return absl::OkStatus();
-}
-
-}  // namespace
-
-int RunDatasetCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(WriteDataset(args));
-}
-
-int RunCorpusCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(WriteCorpus(args));
 }
 
 }  // namespace steerd

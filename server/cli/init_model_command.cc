@@ -20,7 +20,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/model/bpe_trainer.h"
 #include "server/model/chat_template.h"
@@ -173,10 +172,9 @@ absl::StatusOr<std::string> TrainTokenizer(const std::string& path, const std::s
   return *std::move(json);
 }
 
-absl::Status InitModel(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(
-      Args args,
-      Args::Parse(argv, {"config", "out", "seed", "dtype", "tokenizer", "tokenizer-corpus"}, {}));
+}  // namespace
+
+absl::Status RunInitModelCommand(const ParsedFlags& args) {
   if (args.Has("tokenizer") && args.Has("tokenizer-corpus")) {
     return absl::InvalidArgumentError(
         "--tokenizer and --tokenizer-corpus are mutually exclusive: copy a tokenizer or train "
@@ -185,7 +183,7 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(std::string config_path, args.Required("config"));
   ASSIGN_OR_RETURN(std::string out, args.Required("out"));
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
-  const std::string dtype_name = args.GetString("dtype", "bf16");
+  const std::string dtype_name = args.Get("dtype", "bf16");
   ASSIGN_OR_RETURN(std::string config_text, ReadFile(config_path));
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text, config_path));
 
@@ -204,7 +202,7 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
   std::string trained_tokenizer;
   if (args.Has("tokenizer-corpus")) {
     ASSIGN_OR_RETURN(trained_tokenizer,
-                     TrainTokenizer(args.GetString("tokenizer-corpus", ""), config_path, &config));
+                     TrainTokenizer(args.Get("tokenizer-corpus", ""), config_path, &config));
   } else if (!args.Has("tokenizer")) {
     if (config.vocab_size < 257) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -250,7 +248,7 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
   RETURN_IF_ERROR(WriteFile(fs::path(out) / "config.json", ModelConfigToJson(config)));
 
   if (args.Has("tokenizer")) {
-    const fs::path from = args.GetString("tokenizer", "");
+    const fs::path from = args.Get("tokenizer", "");
     for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
       if (!fs::exists(from / file)) {
         if (std::string(file) == "tokenizer.json") {
@@ -278,12 +276,6 @@ absl::Status InitModel(const std::vector<std::string>& argv) {
   std::printf("wrote %s: %lld parameters (%s)\n", out.c_str(), static_cast<long long>(params),
               config.torch_dtype.c_str());
   return absl::OkStatus();
-}
-
-}  // namespace
-
-int RunInitModelCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(InitModel(args));
 }
 
 }  // namespace steerd

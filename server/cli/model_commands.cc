@@ -7,7 +7,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/model_flags.h"
 #include "server/model/generator.h"
@@ -19,14 +18,7 @@
 namespace steerd {
 namespace {
 
-// Model flags plus the steering ones both commands take.
-std::set<std::string> SteeredModelFlags() {
-  std::set<std::string> flags = ModelFlagNames();
-  flags.insert({"steering", "scale"});
-  return flags;
-}
-
-absl::StatusOr<std::vector<int32_t>> IdsFlag(const Args& args) {
+absl::StatusOr<std::vector<int32_t>> IdsFlag(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(std::vector<int64_t> ids, args.GetIntList("ids"));
   std::vector<int32_t> out;
   for (int64_t id : ids) {
@@ -38,11 +30,10 @@ absl::StatusOr<std::vector<int32_t>> IdsFlag(const Args& args) {
   return out;
 }
 
-absl::Status Logits(const std::vector<std::string>& argv) {
-  std::set<std::string> value_flags = SteeredModelFlags();
-  value_flags.insert("ids");
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, value_flags, {"json"}));
-  if (!args.Flag("json")) {
+}  // namespace
+
+absl::Status RunLogitsCommand(const ParsedFlags& args) {
+  if (!args.Bool("json")) {
     return absl::InvalidArgumentError("logits prints JSON only: pass --json");
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, IdsFlag(args));
@@ -66,18 +57,12 @@ absl::Status Logits(const std::vector<std::string>& argv) {
   return absl::OkStatus();
 }
 
-absl::Status Generate(const std::vector<std::string>& argv) {
-  std::set<std::string> value_flags = SteeredModelFlags();
-  for (const char* f : {"prompt", "ids", "max-new-tokens", "temperature", "top-p", "top-k",
-                        "seed", "stop"}) {
-    value_flags.insert(f);
-  }
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, value_flags, {"json", "ignore-eos", "logprobs"}));
+absl::Status RunGenerateCommand(const ParsedFlags& args) {
   if (args.Has("prompt") == args.Has("ids")) {
     return absl::InvalidArgumentError("pass exactly one of --prompt TEXT or --ids 1,2,3");
   }
   ASSIGN_OR_RETURN(auto model, LoadModelFromArgs(args));
-  ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizerIfPresent(args.GetString("model", "")));
+  ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizerIfPresent(args.Get("model", "")));
 
   GenerationRequest request;
   if (args.Has("prompt")) {
@@ -85,7 +70,7 @@ absl::Status Generate(const std::vector<std::string>& argv) {
       return absl::FailedPreconditionError(
           "--prompt needs tokenizer.json in the model folder (or pass --ids)");
     }
-    ASSIGN_OR_RETURN(request.prompt, tokenizer->Encode(args.GetString("prompt", "")));
+    ASSIGN_OR_RETURN(request.prompt, tokenizer->Encode(args.Get("prompt", "")));
   } else {
     ASSIGN_OR_RETURN(request.prompt, IdsFlag(args));
   }
@@ -95,14 +80,14 @@ absl::Status Generate(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(request.sampling.top_k, args.GetInt("top-k", 0));
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   request.sampling.seed = static_cast<uint64_t>(seed);
-  if (args.Has("stop")) request.stop_strings.push_back(args.GetString("stop", ""));
-  request.ignore_eos = args.Flag("ignore-eos");
-  request.return_logprobs = args.Flag("logprobs");
+  if (args.Has("stop")) request.stop_strings.push_back(args.Get("stop", ""));
+  request.ignore_eos = args.Bool("ignore-eos");
+  request.return_logprobs = args.Bool("logprobs");
   ASSIGN_OR_RETURN(SteeringRow steering, LoadSteeringFromArgs(args, model->config()));
   request.steering = steering.vector;
   request.steering_scale = steering.scale;
 
-  const bool json = args.Flag("json");
+  const bool json = args.Bool("json");
   Generator generator(model.get(), tokenizer.get());
   TextCallback stream;
   if (!json) {
@@ -131,14 +116,6 @@ absl::Status Generate(const std::vector<std::string>& argv) {
     std::printf("\n");
   }
   return absl::OkStatus();
-}
-
-}  // namespace
-
-int RunLogitsCommand(const std::vector<std::string>& args) { return ExitWithStatus(Logits(args)); }
-
-int RunGenerateCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(Generate(args));
 }
 
 }  // namespace steerd

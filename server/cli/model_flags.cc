@@ -8,22 +8,18 @@
 
 namespace steerd {
 
-std::set<std::string> ModelFlagNames() {
-  return {"model", "dtype", "device", "threads", "weights"};
-}
-
-absl::StatusOr<Transformer::Options> TransformerOptionsFromArgs(const Args& args) {
+absl::StatusOr<Transformer::Options> TransformerOptionsFromArgs(const ParsedFlags& args) {
   Transformer::Options options;
   ASSIGN_OR_RETURN(options.model_dir, args.Required("model"));
-  options.dtype = args.GetString("dtype", "auto");
-  options.device = args.GetString("device", "auto");
-  options.weights = args.GetString("weights", options.weights);
+  options.dtype = args.Get("dtype", "auto");
+  options.device = args.Get("device", "auto");
+  options.weights = args.Get("weights", options.weights);
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   options.num_threads = static_cast<int>(threads);
   return options;
 }
 
-absl::StatusOr<std::unique_ptr<Transformer>> LoadModelFromArgs(const Args& args) {
+absl::StatusOr<std::unique_ptr<Transformer>> LoadModelFromArgs(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(Transformer::Options options, TransformerOptionsFromArgs(args));
   return Transformer::Create(options);
 }
@@ -35,13 +31,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerIfPresent(const std::str
   return Tokenizer::Load(dir);
 }
 
-absl::StatusOr<SteeringRow> LoadSteeringFromArgs(const Args& args, const ModelConfig& config) {
+absl::StatusOr<SteeringRow> LoadSteeringFromArgs(const ParsedFlags& args,
+                                                 const ModelConfig& config) {
   SteeringRow row;
   if (!args.Has("steering")) {
     if (args.Has("scale")) return absl::InvalidArgumentError("--scale needs --steering");
     return row;
   }
-  ASSIGN_OR_RETURN(SteeringFile file, LoadSteeringFile(args.GetString("steering", "")));
+  ASSIGN_OR_RETURN(SteeringFile file, LoadSteeringFile(args.Get("steering", "")));
   RETURN_IF_ERROR(CheckSteeringMatchesModel(file, config));
   row.vector = file.vector;
   ASSIGN_OR_RETURN(row.scale, args.GetDouble("scale", file.scale));

@@ -8,14 +8,12 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
-#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/process_info.h"
 #include "server/model/config.h"
@@ -74,13 +72,11 @@ double StdDev(const std::vector<double>& v) {
   return std::sqrt(sq / (v.size() - 1));
 }
 
-absl::Status PaperTable(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv,
-                                          {"model", "task", "seeds", "steps", "prompts-per-step",
-                                           "rollouts", "test-count", "threads"},
-                                          {"json"}));
+}  // namespace
+
+absl::Status RunPaperTableCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(std::string model, args.Required("model"));
-  const std::string task = args.GetString("task", "arith");
+  const std::string task = args.Get("task", "arith");
   ASSIGN_OR_RETURN(int64_t seeds, args.GetInt("seeds", 3));
   if (seeds < 1) return absl::InvalidArgumentError("--seeds must be >= 1");
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model));
@@ -95,7 +91,7 @@ absl::Status PaperTable(const std::vector<std::string>& argv) {
   for (const char* flag : {"steps", "prompts-per-step", "rollouts", "test-count", "threads"}) {
     if (args.Has(flag)) {
       recipe.push_back(absl::StrCat("--", flag));
-      recipe.push_back(args.GetString(flag, ""));
+      recipe.push_back(args.Get(flag, ""));
     }
   }
   ASSIGN_OR_RETURN(nlohmann::json base,
@@ -154,14 +150,8 @@ absl::Status PaperTable(const std::vector<std::string>& argv) {
               "less optimizer state\n",
               100 * result["steering_recovery"].get<double>(),
               result["optimizer_state_ratio_full_over_steering"].get<double>());
-  if (args.Flag("json")) std::cout << result.dump() << "\n";
+  if (args.Bool("json")) std::cout << result.dump() << "\n";
   return absl::OkStatus();
-}
-
-}  // namespace
-
-int RunPaperTableCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(PaperTable(args));
 }
 
 }  // namespace steerd

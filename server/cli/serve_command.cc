@@ -19,7 +19,6 @@
 #include "absl/time/clock.h"
 #include "server/api/api_server.h"
 #include "server/api/metrics_http.h"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/default_model.h"
 #include "server/cli/server_setup.h"
@@ -30,14 +29,6 @@
 namespace steerd {
 namespace {
 
-const std::set<std::string> kValueFlags = {
-    "model",         "listen",        "metrics-listen",    "metrics-port",
-    "data-dir",      "tenants",       "tls-cert",          "tls-key",
-    "drain-seconds", "max-batch",     "max-waiting",       "vector-cache-size",
-    "max-prompt-tokens", "max-new-tokens", "max-message-bytes", "dtype",
-    "device",        "threads",       "weights",           "max-training-jobs",
-    "checkpoint-every", "training-rows", "min-training-rows", "job-retention-days"};
-
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
          absl::StartsWith(address, "[::1]:") || absl::StartsWith(address, "unix:");
@@ -45,7 +36,7 @@ bool IsLoopback(const std::string& address) {
 
 // "--model NAME=DIR" (repeatable) or "--model DIR" (named after the folder); none: the
 // embedded default model.
-absl::StatusOr<std::vector<ModelSpec>> ModelSpecs(const Args& args) {
+absl::StatusOr<std::vector<ModelSpec>> ModelSpecs(const ParsedFlags& args) {
   std::vector<ModelSpec> specs;
   for (const std::string& value : args.GetAll("model")) {
     ModelSpec spec;
@@ -76,15 +67,14 @@ absl::Status RequireAtLeast(const char* flag, int64_t value, int64_t min) {
       absl::StrCat("--", flag, " must be at least ", min, ", got ", value));
 }
 
-absl::Status Serve(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, kValueFlags, {}));
+absl::Status Serve(const ParsedFlags& args) {
   ServingCore::Options core_options;
   ASSIGN_OR_RETURN(core_options.models, ModelSpecs(args));
-  core_options.dtype = args.GetString("dtype", "auto");
-  core_options.device = args.GetString("device", "auto");
+  core_options.dtype = args.Get("dtype", "auto");
+  core_options.device = args.Get("device", "auto");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   core_options.num_threads = static_cast<int>(threads);
-  core_options.weights = args.GetString("weights", "mapped");
+  core_options.weights = args.Get("weights", "mapped");
   ASSIGN_OR_RETURN(core_options.max_batch_size, args.GetInt("max-batch", 64));
   RETURN_IF_ERROR(RequireAtLeast("max-batch", core_options.max_batch_size, 1));
   ASSIGN_OR_RETURN(core_options.max_waiting, args.GetInt("max-waiting", 256));
@@ -112,22 +102,22 @@ absl::Status Serve(const std::vector<std::string>& argv) {
   }
   ASSIGN_OR_RETURN(int64_t drain_seconds, args.GetInt("drain-seconds", 30));
   ApiServer::Options server_options;
-  server_options.listen_address = args.GetString("listen", "127.0.0.1:50051");
-  server_options.tls_cert_file = args.GetString("tls-cert", "");
-  server_options.tls_key_file = args.GetString("tls-key", "");
+  server_options.listen_address = args.Get("listen", "127.0.0.1:50051");
+  server_options.tls_cert_file = args.Get("tls-cert", "");
+  server_options.tls_key_file = args.Get("tls-key", "");
   ASSIGN_OR_RETURN(server_options.max_message_bytes,
                    args.GetInt("max-message-bytes", 16 << 20));
-  std::string metrics_listen = args.GetString("metrics-listen", "127.0.0.1:9090");
+  std::string metrics_listen = args.Get("metrics-listen", "127.0.0.1:9090");
   if (args.Has("metrics-port")) {
     ASSIGN_OR_RETURN(int64_t port, args.GetInt("metrics-port", 9090));
     metrics_listen = absl::StrCat("127.0.0.1:", port);
   }
-  const std::string data_dir = args.GetString("data-dir", "data");
+  const std::string data_dir = args.Get("data-dir", "data");
 
   // Tenants: the file, or the default tenant whose key lives in the data directory.
   std::vector<Tenant> tenants;
   if (args.Has("tenants")) {
-    ASSIGN_OR_RETURN(tenants, LoadTenantsFile(args.GetString("tenants", "")));
+    ASSIGN_OR_RETURN(tenants, LoadTenantsFile(args.Get("tenants", "")));
   } else {
     if (!IsLoopback(server_options.listen_address)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -208,7 +198,7 @@ absl::Status Serve(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int RunServeCommand(const std::vector<std::string>& args) {
+absl::Status RunServeCommand(const ParsedFlags& args) {
   // Block the shutdown signals before any thread starts, so every thread inherits the
   // mask and only sigwait() in Serve() receives them.
   sigset_t signals;
@@ -216,7 +206,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  return ExitWithStatus(Serve(args));
+  return Serve(args);
 }
 
 }  // namespace steerd

@@ -10,7 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
+#include "server/cli/commands.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -39,8 +39,8 @@ absl::StatusOr<std::string> TokenizeLine(const Tokenizer& tokenizer, absl::strin
   return output.dump(/*indent=*/-1, /*indent_char=*/' ', /*ensure_ascii=*/false);
 }
 
-absl::Status Tokenize(const std::vector<std::string>& argv) {
-  ASSIGN_OR_RETURN(const Args args, Args::Parse(argv, {"model", "input"}, {}));
+// A bad input line's error names it by its 1-based number.
+absl::Status Tokenize(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(const std::string model_dir, args.Required("model"));
   ASSIGN_OR_RETURN(const std::string input_path, args.Required("input"));
   ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(model_dir));
@@ -60,10 +60,10 @@ absl::Status Tokenize(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int RunTokenizeCommand(const std::vector<std::string>& args) {
+absl::Status RunTokenizeCommand(const ParsedFlags& args) {
   const absl::Status status = Tokenize(args);
   std::cout.flush();  // Lines before a bad one come out before the error.
-  return ExitWithStatus(status);
+  return status;
 }
 
 absl::StatusOr<double> MeasureTokenizerMbPerSecond(const Tokenizer& tokenizer,

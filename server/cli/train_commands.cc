@@ -7,14 +7,12 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
-#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
-#include "server/cli/args.h"
 #include "server/cli/commands.h"
 #include "server/cli/model_flags.h"
 #include "server/cli/process_info.h"
@@ -45,13 +43,13 @@ struct DataSource {
   int64_t seed = 0;  // Task generator seed.
 };
 
-absl::StatusOr<DataSource> DataSourceFromArgs(const Args& args) {
+absl::StatusOr<DataSource> DataSourceFromArgs(const ParsedFlags& args) {
   if (args.Has("task") == args.Has("data")) {
     return absl::InvalidArgumentError("pass exactly one of --task NAME or --data FILE.jsonl");
   }
   DataSource source;
-  source.task = args.GetString("task", "");
-  source.file = args.GetString("data", "");
+  source.task = args.Get("task", "");
+  source.file = args.Get("data", "");
   ASSIGN_OR_RETURN(source.seed, args.GetInt("data-seed", 0));
   if (!source.task.empty()) RETURN_IF_ERROR(train::FindTask(source.task).status());
   return source;
@@ -65,7 +63,7 @@ absl::StatusOr<std::vector<Example>> LoadExamples(const DataSource& source, trai
 
 // --verifier/--regex/--correct-reward/--wrong-reward/--format-reward; the task's own
 // verifier by default.
-absl::StatusOr<train::RewardOptions> RewardOptionsFromArgs(const Args& args,
+absl::StatusOr<train::RewardOptions> RewardOptionsFromArgs(const ParsedFlags& args,
                                                            const DataSource& source) {
   train::RewardOptions reward;
   if (!source.task.empty()) {
@@ -73,29 +71,22 @@ absl::StatusOr<train::RewardOptions> RewardOptionsFromArgs(const Args& args,
     reward.verifier = info.verifier;
   }
   if (args.Has("verifier")) {
-    ASSIGN_OR_RETURN(reward.verifier, train::ParseVerifierKind(args.GetString("verifier", "")));
+    ASSIGN_OR_RETURN(reward.verifier, train::ParseVerifierKind(args.Get("verifier", "")));
   }
-  reward.regex = args.GetString("regex", "");
+  reward.regex = args.Get("regex", "");
   ASSIGN_OR_RETURN(reward.correct_reward, args.GetDouble("correct-reward", 1.0));
   ASSIGN_OR_RETURN(reward.wrong_reward, args.GetDouble("wrong-reward", -1.0));
   ASSIGN_OR_RETURN(reward.format_reward, args.GetDouble("format-reward", 0.0));
   return reward;
 }
 
-std::set<std::string> DataFlagNames() {
-  std::set<std::string> flags = ModelFlagNames();
-  flags.insert({"task", "data", "data-seed", "verifier", "regex", "correct-reward",
-                "wrong-reward", "format-reward", "max-new-tokens"});
-  return flags;
-}
-
-absl::StatusOr<train::TrainerOptions> TrainerOptionsFromArgs(const Args& args,
+absl::StatusOr<train::TrainerOptions> TrainerOptionsFromArgs(const ParsedFlags& args,
                                                              const DataSource& source) {
   train::TrainerOptions o;
-  ASSIGN_OR_RETURN(o.method, train::ParseTrainableSet(args.GetString("method", "steering")));
-  ASSIGN_OR_RETURN(o.objective, train::ParseObjective(args.GetString("objective", "rl")));
-  ASSIGN_OR_RETURN(o.algorithm, train::ParseRlAlgorithm(args.GetString("algorithm", "rloo")));
-  ASSIGN_OR_RETURN(o.schedule, train::ParseLrSchedule(args.GetString("schedule", "constant")));
+  ASSIGN_OR_RETURN(o.method, train::ParseTrainableSet(args.Get("method", "steering")));
+  ASSIGN_OR_RETURN(o.objective, train::ParseObjective(args.Get("objective", "rl")));
+  ASSIGN_OR_RETURN(o.algorithm, train::ParseRlAlgorithm(args.Get("algorithm", "rloo")));
+  ASSIGN_OR_RETURN(o.schedule, train::ParseLrSchedule(args.Get("schedule", "constant")));
   if (args.Has("layers")) {
     ASSIGN_OR_RETURN(o.steering_layers, args.GetIntList("layers"));
   }
@@ -104,12 +95,12 @@ absl::StatusOr<train::TrainerOptions> TrainerOptionsFromArgs(const Args& args,
   if (args.Has("lora-targets")) {
     o.lora.targets.clear();
     for (absl::string_view name :
-         absl::StrSplit(args.GetString("lora-targets", ""), ',', absl::SkipWhitespace())) {
+         absl::StrSplit(args.Get("lora-targets", ""), ',', absl::SkipWhitespace())) {
       ASSIGN_OR_RETURN(LoraTarget target, ParseLoraTarget(std::string(name)));
       o.lora.targets.push_back(target);
     }
   }
-  o.relative_steering_lr = !args.Flag("absolute-lr");
+  o.relative_steering_lr = !args.Bool("absolute-lr");
   ASSIGN_OR_RETURN(o.steps, args.GetInt("steps", o.steps));
   ASSIGN_OR_RETURN(o.prompts_per_step, args.GetInt("prompts-per-step", o.prompts_per_step));
   ASSIGN_OR_RETURN(o.rollouts_per_prompt, args.GetInt("rollouts", o.rollouts_per_prompt));
@@ -175,16 +166,9 @@ class Progress {
   int64_t tokens_ = 0;
 };
 
-absl::Status Train(const std::vector<std::string>& argv) {
-  std::set<std::string> flags = DataFlagNames();
-  flags.insert({"method", "objective", "algorithm", "schedule", "layers", "lora-rank",
-                "lora-alpha", "lora-targets", "steps", "prompts-per-step", "rollouts",
-                "batch-size", "micro-batch", "lr", "weight-decay", "warmup", "grad-clip",
-                "temperature", "grpo-epochs", "grpo-clip", "seed", "train-count",
-                "eval-count", "test-count", "eval-every", "eval-data", "checkpoint",
-                "checkpoint-every", "out", "save-dtype"});
-  ASSIGN_OR_RETURN(Args args,
-                   Args::Parse(argv, flags, {"json", "quiet", "resume", "absolute-lr"}));
+}  // namespace
+
+absl::Status RunTrainCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(DataSource source, DataSourceFromArgs(args));
   ASSIGN_OR_RETURN(train::TrainerOptions options, TrainerOptionsFromArgs(args, source));
   ASSIGN_OR_RETURN(Transformer::Options model_options, TransformerOptionsFromArgs(args));
@@ -203,15 +187,15 @@ absl::Status Train(const std::vector<std::string>& argv) {
   if (eval_every < 0 || checkpoint_every < 0) {
     return absl::InvalidArgumentError("--eval-every and --checkpoint-every must be >= 0");
   }
-  const std::string checkpoint = args.GetString("checkpoint", "");
-  if ((checkpoint_every > 0 || args.Flag("resume")) && checkpoint.empty()) {
+  const std::string checkpoint = args.Get("checkpoint", "");
+  if ((checkpoint_every > 0 || args.Bool("resume")) && checkpoint.empty()) {
     return absl::InvalidArgumentError("--checkpoint-every and --resume need --checkpoint FILE");
   }
   ASSIGN_OR_RETURN(std::vector<Example> train_set,
                    LoadExamples(source, train::Split::kTrain, train_count));
   std::vector<Example> dev_set, test_set;
   if (args.Has("eval-data")) {
-    ASSIGN_OR_RETURN(dev_set, train::LoadJsonl(args.GetString("eval-data", "")));
+    ASSIGN_OR_RETURN(dev_set, train::LoadJsonl(args.Get("eval-data", "")));
   } else if (!source.task.empty() && eval_every > 0) {
     ASSIGN_OR_RETURN(dev_set, train::GenerateTask(source.task, train::Split::kDev, eval_count,
                                                   static_cast<uint64_t>(source.seed)));
@@ -229,7 +213,7 @@ absl::Status Train(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
                    train::Trainer::Create(options, model.get(), tokenizer.get(),
                                           std::move(train_set)));
-  Progress progress(options.steps, args.Flag("quiet"));
+  Progress progress(options.steps, args.Bool("quiet"));
   if (options.method == train::TrainableSet::kSteering && options.relative_steering_lr) {
     const at::Tensor scale = trainer->steering_lr_scale().to(at::kCPU).flatten();
     std::string rms;
@@ -238,7 +222,7 @@ absl::Status Train(const std::vector<std::string>& argv) {
     }
     progress.Line(absl::StrCat("steering lr relative to the residual RMS per layer: ", rms));
   }
-  if (args.Flag("resume") && fs::exists(checkpoint)) {
+  if (args.Bool("resume") && fs::exists(checkpoint)) {
     RETURN_IF_ERROR(trainer->LoadCheckpoint(checkpoint));
     progress.Line(absl::StrCat("resumed from ", checkpoint, " at step ", trainer->step()));
   }
@@ -286,7 +270,7 @@ absl::Status Train(const std::vector<std::string>& argv) {
   }
 
   if (args.Has("out")) {
-    const std::string out = args.GetString("out", "");
+    const std::string out = args.Get("out", "");
     switch (options.method) {
       case train::TrainableSet::kSteering: {
         std::map<std::string, std::string> metadata = {
@@ -305,7 +289,7 @@ absl::Status Train(const std::vector<std::string>& argv) {
         RETURN_IF_ERROR(trainer->lora()->Save(out));
         break;
       case train::TrainableSet::kFull: {
-        const std::string dtype = args.GetString("save-dtype", "f32");
+        const std::string dtype = args.Get("save-dtype", "f32");
         if (dtype != "f32" && dtype != "bf16") {
           return absl::InvalidArgumentError("--save-dtype must be f32 or bf16");
         }
@@ -318,29 +302,25 @@ absl::Status Train(const std::vector<std::string>& argv) {
     progress.Line(absl::StrCat("wrote ", out));
   }
   summary["peak_rss_bytes"] = PeakRssBytes();
-  if (args.Flag("json")) std::cout << summary.dump() << "\n";
+  if (args.Bool("json")) std::cout << summary.dump() << "\n";
   return absl::OkStatus();
 }
 
-absl::Status Eval(const std::vector<std::string>& argv) {
-  std::set<std::string> flags = DataFlagNames();
-  flags.insert({"split", "count", "steering", "scale", "lora", "prefix", "batch-size", "show",
-                "temperature", "seed"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags, {"json"}));
+absl::Status RunEvalCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(DataSource source, DataSourceFromArgs(args));
-  ASSIGN_OR_RETURN(train::Split split, train::ParseSplit(args.GetString("split", "test")));
+  ASSIGN_OR_RETURN(train::Split split, train::ParseSplit(args.Get("split", "test")));
   ASSIGN_OR_RETURN(int64_t count, args.GetInt("count", split == train::Split::kTest ? 500 : 200));
   ASSIGN_OR_RETURN(std::vector<Example> examples, LoadExamples(source, split, count));
   // --prefix forces the first words of the completion (appended to every prompt).
-  const std::string prefix = args.GetString("prefix", "");
+  const std::string prefix = args.Get("prefix", "");
   for (Example& e : examples) e.prompt += prefix;
 
   ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadModelFromArgs(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(args.GetString("model", "")));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(args.Get("model", "")));
   ASSIGN_OR_RETURN(SteeringRow steering, LoadSteeringFromArgs(args, model->config()));
   std::optional<LoraAdapter> lora;
   if (args.Has("lora")) {
-    ASSIGN_OR_RETURN(lora, LoraAdapter::Load(args.GetString("lora", ""), model->config(),
+    ASSIGN_OR_RETURN(lora, LoraAdapter::Load(args.Get("lora", ""), model->config(),
                                              model->device()));
   }
   ASSIGN_OR_RETURN(train::RewardOptions reward, RewardOptionsFromArgs(args, source));
@@ -361,7 +341,7 @@ absl::Status Eval(const std::vector<std::string>& argv) {
     std::printf("--- %s\n>>> %s\n(expected %s)\n", examples[i].prompt.c_str(),
                 result.completions[i].c_str(), examples[i].answer.c_str());
   }
-  if (args.Flag("json")) {
+  if (args.Bool("json")) {
     nlohmann::json out = {{"accuracy", result.accuracy}, {"n", result.n}};
     std::cout << out.dump() << "\n";
   } else {
@@ -372,15 +352,11 @@ absl::Status Eval(const std::vector<std::string>& argv) {
   return absl::OkStatus();
 }
 
-absl::Status Inspect(const std::vector<std::string>& argv) {
-  std::set<std::string> flags = ModelFlagNames();
-  flags.insert({"steering", "scale", "top"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags, {"json"}));
-  if (!args.Has("steering")) return absl::InvalidArgumentError("missing required flag --steering");
+absl::Status RunInspectCommand(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(int64_t top, args.GetInt("top", 8));
   if (top < 1) return absl::InvalidArgumentError("--top must be >= 1");
   ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadModelFromArgs(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(args.GetString("model", "")));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(args.Get("model", "")));
   ASSIGN_OR_RETURN(SteeringRow steering, LoadSteeringFromArgs(args, model->config()));
   ASSIGN_OR_RETURN(at::Tensor lens, model->LogitLens(steering.vector * steering.scale));  // [L, V]
   const at::Tensor norms = steering.vector.norm(2, {1}).to(at::kCPU);                  // [L]
@@ -404,18 +380,10 @@ absl::Status Inspect(const std::vector<std::string>& argv) {
                             logit);
     }
     layers.push_back({{"layer", l}, {"norm", norms[l].item<double>()}, {"boosts", boosted}});
-    if (!args.Flag("json")) std::printf("%s\n", line.c_str());
+    if (!args.Bool("json")) std::printf("%s\n", line.c_str());
   }
-  if (args.Flag("json")) std::cout << nlohmann::json{{"layers", layers}}.dump() << "\n";
+  if (args.Bool("json")) std::cout << nlohmann::json{{"layers", layers}}.dump() << "\n";
   return absl::OkStatus();
-}
-
-}  // namespace
-
-int RunTrainCommand(const std::vector<std::string>& args) { return ExitWithStatus(Train(args)); }
-int RunEvalCommand(const std::vector<std::string>& args) { return ExitWithStatus(Eval(args)); }
-int RunInspectCommand(const std::vector<std::string>& args) {
-  return ExitWithStatus(Inspect(args));
 }
 
 }  // namespace steerd

@@ -1,6 +1,7 @@
 // The offline CLI as users and scripts run it: build/bin/steerd's logits, generate,
-// tokenize and init-model commands against the reference fixtures, and its error
-// reporting (message on stderr, non-zero exit) for bad invocations.
+// tokenize and init-model commands against the reference fixtures, its help (every
+// command's --help names every flag of its table), and its error reporting (message on
+// stderr, non-zero exit) for bad invocations.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "nlohmann/json.hpp"
+#include "server/cli/command_table.h"
 #include "server/model/safetensors.h"
 #include "tests/testing/cli.h"
 
@@ -21,6 +23,7 @@ namespace fs = std::filesystem;
 using ::steerd::testing::CliRun;
 using ::steerd::testing::Steerd;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 const std::string kFixtures = STEERD_FIXTURES_DIR;
 
@@ -275,6 +278,75 @@ TEST(CliTest, BadInvocationsExplainThemselves) {
     EXPECT_THAT(run.err, HasSubstr(expected)) << args;
     EXPECT_THAT(run.err, HasSubstr("error")) << args;
   }
+}
+
+// `steerd COMMAND --help` for every command of the table: exit 0, nothing else done
+// (serve would listen, bench would run), and every flag of the command's table in
+// the text.
+TEST(CliTest, EveryCommandsHelpNamesEveryFlag) {
+  const std::string list = FormatCommandList(SteerdProgram());
+  for (const CommandDef& command : SteerdProgram().commands) {
+    const std::string words = command.name.substr(command.name.find(' ') + 1);
+    EXPECT_THAT(list, HasSubstr(words)) << command.name;
+    for (const char* help : {" --help", " -h"}) {
+      CliRun run = Steerd(words + help);
+      EXPECT_EQ(run.exit_code, 0) << command.name << help << ": " << run.err;
+      EXPECT_EQ(run.err, "") << command.name;
+      EXPECT_EQ(run.out, FormatHelp(command)) << command.name;
+      EXPECT_THAT(run.out, StartsWith("usage: " + command.name)) << command.name;
+      for (const FlagDef& flag : command.flags) {
+        EXPECT_THAT(run.out, HasSubstr("--" + flag.name + " ")) << command.name;
+      }
+    }
+  }
+  for (const char* help : {"help", "--help", "-h"}) {
+    CliRun run = Steerd(help);
+    EXPECT_EQ(run.exit_code, 0) << help;
+    EXPECT_EQ(run.out, list) << help;
+  }
+}
+
+TEST(CliTest, ServeHelpListsItsFlags) {
+  CliRun run = Steerd("serve --help");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, StartsWith("usage: steerd serve [flags]\n"));
+  for (const char* flag : {"--job-retention-days N", "--max-training-jobs N",
+                           "--metrics-listen HOST:PORT", "--listen HOST:PORT",
+                           "--model NAME=DIR", "--tenants FILE.json"}) {
+    EXPECT_THAT(run.out, HasSubstr(flag));
+  }
+  EXPECT_THAT(run.out, HasSubstr("(default: 127.0.0.1:50051)"));
+
+  run = Steerd("bench serve --help");
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, StartsWith("usage: steerd bench serve [flags]\n"));
+  EXPECT_THAT(run.out, HasSubstr("--concurrency 1,8,32"));
+
+  run = Steerd("help bench decode");
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, StartsWith("usage: steerd bench decode --model DIR [flags]\n"));
+}
+
+TEST(CliTest, FlagErrorsNameTheFlag) {
+  CliRun run = Steerd("serve --max-batch 8 --colour red");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "error: unknown flag --colour (see steerd serve --help)\n");
+
+  run = Steerd("serve --listen 127.0.0.1:0 --listen 127.0.0.1:1");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err, StartsWith("error: flag --listen given twice"));
+
+  run = Steerd("bench serve --seconds 1 --seconds=2");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err, StartsWith("error: flag --seconds given twice"));
+
+  run = Steerd("dataset --task arith --split test --out /tmp/x.jsonl extra");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "error: unexpected argument 'extra'\n");
+
+  run = Steerd("tokenize --input x.jsonl");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "error: missing required flag --model\n");
 }
 
 }  // namespace

@@ -4,8 +4,9 @@
 // their lists, stream chunks and scripted job events, fail with given codes) and gRPC's
 // own grpc.health.v1 service. Covers the metadata sent, pagination, streamed chunks and
 // job events in order, cancellation and deadlines, error codes, connection resolution,
-// steerctl's training-job flags and JSONL datasets, its progress output, and its output
-// and exit codes as a subprocess.
+// steerctl's training-job flags and JSONL datasets, its progress output, its help (every
+// command's --help names every flag of its table), and its output and exit codes as a
+// subprocess.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -23,15 +24,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "client/command_line.h"
 #include "client/enum_names.h"
 #include "client/job_progress.h"
 #include "client/steerctl_commands.h"
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
+#include "server/util/flags.h"
 #include "steerd/v1/generation.grpc.pb.h"
 #include "steerd/v1/models.grpc.pb.h"
 #include "steerd/v1/training.grpc.pb.h"
@@ -506,32 +508,6 @@ TEST_F(ResolveConnectionTest, FlagsThenEnvironmentThenKeyFileThenDefaults) {
   EXPECT_EQ(options->api_key, "flag-key");
 }
 
-// ---------------------------------------------------------------- the flag parser
-
-TEST(CommandLineTest, PositionalValuesRepeatedAndBooleanFlags) {
-  FlagSpec spec;
-  spec.value_flags = {"model"};
-  spec.repeated_flags = {"stop"};
-  spec.bool_flags = {"json"};
-  absl::StatusOr<CommandLine> line =
-      CommandLine::Parse({"vectors", "--model=m", "get", "--stop", "a", "--json",
-                          "--stop", "--b", "--", "--literal"},
-                         spec);
-  ASSERT_TRUE(line.ok()) << line.status();
-  EXPECT_THAT(line->positional(), ElementsAre("vectors", "get", "--literal"));
-  EXPECT_EQ(line->Get("model"), "m");
-  EXPECT_THAT(line->GetAll("stop"), ElementsAre("a", "--b"));
-  EXPECT_TRUE(line->Bool("json"));
-  EXPECT_FALSE(line->CheckAllowed({"model", "stop"}, "x").ok());
-  EXPECT_TRUE(line->CheckAllowed({"model", "stop", "json"}, "x").ok());
-
-  EXPECT_FALSE(CommandLine::Parse({"--nope"}, spec).ok());
-  EXPECT_FALSE(CommandLine::Parse({"--model"}, spec).ok());
-  EXPECT_FALSE(CommandLine::Parse({"--model", "a", "--model", "b"}, spec).ok());
-  EXPECT_FALSE(CommandLine::Parse({"--json=1"}, spec).ok());
-  EXPECT_FALSE(CommandLine::Parse({"-x"}, spec).ok());
-}
-
 // ---------------------------------------------------------------------- steerctl
 
 class SteerctlTest : public ClientTest {
@@ -585,9 +561,80 @@ TEST_F(SteerctlTest, UsageErrorsExitTwoWithUsage) {
     EXPECT_THAT(run.err, StartsWith("steerctl: ")) << args[0];
     EXPECT_THAT(run.err, HasSubstr("usage: steerctl")) << args[0];
   }
-  ProcessRun help = Steerctl({"help"});
-  EXPECT_EQ(help.exit_code, 0);
-  EXPECT_EQ(help.out, kSteerctlUsage);
+  for (const char* help : {"help", "--help", "-h"}) {
+    ProcessRun run = Steerctl({help});
+    EXPECT_EQ(run.exit_code, 0) << help;
+    EXPECT_EQ(run.out, FormatCommandList(SteerctlProgram())) << help;
+    EXPECT_EQ(run.err, "") << help;
+  }
+}
+
+TEST_F(SteerctlTest, CommandTableIsConsistent) {
+  EXPECT_TRUE(CheckProgramDef(SteerctlProgram()).ok()) << CheckProgramDef(SteerctlProgram());
+}
+
+// `steerctl COMMAND --help` for every command of the table: exit 0, no RPC, and every
+// flag of the command's table in the text (which is what FormatHelp makes of it).
+TEST_F(SteerctlTest, EveryCommandsHelpNamesEveryFlag) {
+  // Without the line breaks and indentation of the wrapped summaries.
+  const std::string list =
+      absl::StrJoin(absl::StrSplit(FormatCommandList(SteerctlProgram()),
+                                   absl::ByAnyChar(" \n"), absl::SkipEmpty()),
+                    " ");
+  for (const CommandDef& command : SteerctlProgram().commands) {
+    std::vector<std::string> args = absl::StrSplit(command.name, ' ');
+    args.erase(args.begin());
+    EXPECT_THAT(list, HasSubstr(absl::StrJoin(args, " "))) << command.name;
+    EXPECT_THAT(list, HasSubstr(command.summary)) << command.name;
+    args.push_back("--help");
+    // With a wrong key, any RPC would fail.
+    ProcessRun run = Steerctl(args, "wrong-key");
+    EXPECT_EQ(run.exit_code, 0) << command.name << ": " << run.err;
+    EXPECT_EQ(run.err, "") << command.name;
+    EXPECT_EQ(run.out, FormatHelp(command)) << command.name;
+    EXPECT_THAT(run.out, StartsWith("usage: " + command.name)) << command.name;
+    for (absl::string_view line : absl::StrSplit(run.out, '\n')) {
+      EXPECT_LE(line.size(), 80u) << command.name << ": " << line;
+    }
+    for (const FlagDef& flag : command.flags) {
+      EXPECT_THAT(run.out, HasSubstr("--" + flag.name + " ")) << command.name;
+      EXPECT_THAT(run.out, HasSubstr(flag.value_name)) << command.name << " --" << flag.name;
+    }
+    // -h and `steerctl help COMMAND` print the same, in-process.
+    args.back() = "-h";
+    std::ostringstream out, err;
+    EXPECT_EQ(RunSteerctl(args, out, err), 0) << command.name;
+    EXPECT_EQ(out.str(), run.out) << command.name;
+  }
+  std::ostringstream out, err;
+  EXPECT_EQ(RunSteerctl({"help", "vectors", "get"}, out, err), 0);
+  EXPECT_THAT(out.str(), StartsWith("usage: steerctl vectors get NAME[@VERSION] [flags]\n"));
+}
+
+TEST_F(SteerctlTest, FlagErrorsNameTheFlag) {
+  ProcessRun run = Steerctl({"models", "--colour", "red"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err,
+              StartsWith("steerctl: unknown flag --colour (see steerctl models --help)\n"));
+  EXPECT_THAT(run.err, HasSubstr("usage: steerctl models [flags]"));
+
+  run = Steerctl({"vectors", "list", "--model", "m0", "--model=m1"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, StartsWith("steerctl: flag --model given twice"));
+
+  run = Steerctl({"generate", "--model", "m0", "--prompt", "a", "--prompt", "b"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, StartsWith("steerctl: flag --prompt given twice"));
+
+  // Repeatable flags may be repeated.
+  run = Steerctl({"generate", "--model", "m0", "--message", "user:a", "--message",
+                  "assistant:b", "--message", "user:c", "--stop", "x", "--stop", "y",
+                  "--no-stream"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+
+  run = Steerctl({"jobs", "get"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, StartsWith("steerctl: missing ID\n"));
 }
 
 TEST_F(SteerctlTest, ModelsAsTableAndJson) {
@@ -1107,7 +1154,7 @@ TEST_F(SteerctlJobsTest, BadValuesAreUsageErrorsBeforeAnyRpc) {
        "--rollouts is not used by --algorithm sft (no rollouts)"},
       {{"--algorithm", "sft", "--temperature", "1"},
        "--temperature is not used by --algorithm sft (no rollouts)"},
-      {{"--all"}, "'jobs create' does not take --all"},
+      {{"--all"}, "unknown flag --all (see steerctl jobs create --help)"},
       {{"extra"}, "unexpected argument 'extra'"},
   };
   for (const Case& c : cases) {
