@@ -134,29 +134,30 @@ absl::Status DefaultPositive(absl::string_view field, double default_value, doub
 
 absl::Status CheckReward(absl::string_view field, double value) {
   if (!std::isfinite(value) || std::abs(value) > kMaxRewardMagnitude) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "reward.", field, " ", value, " must be finite and within [-100, 100]"));
+    return InvalidFieldError(absl::StrCat("reward.", field),
+                             absl::StrCat(value, " must be finite and within [-100, 100]"));
   }
   return absl::OkStatus();
 }
 
-// Checks `value` (described by `what`, e.g. "hyperparameters.steps is 500") against
-// the documented bound, the server's cap and the tenant's limit (0: none). Past the
-// first two is INVALID_ARGUMENT (no retry helps); past the tenant's own limit is
-// RESOURCE_EXHAUSTED naming the limit, as common.proto's per-tenant limits are.
-absl::Status CheckLimit(absl::string_view what, int64_t value, int64_t documented_max,
-                        int64_t server_cap, int64_t tenant_limit, absl::string_view limit_name) {
+// Checks `value` of the request field `field` (described by `what`, e.g. "is 500" for
+// hyperparameters.steps) against the documented bound, the server's cap and the
+// tenant's limit (0: none). Past the first two is INVALID_ARGUMENT naming the field (no
+// retry helps); past the tenant's own limit is RESOURCE_EXHAUSTED naming the limit, as
+// common.proto's per-tenant limits are.
+absl::Status CheckLimit(absl::string_view field, absl::string_view what, int64_t value,
+                        int64_t documented_max, int64_t server_cap, int64_t tenant_limit,
+                        absl::string_view limit_name) {
   if (value > documented_max) {
-    return absl::InvalidArgumentError(absl::StrCat(what, "; the maximum is ", documented_max));
+    return InvalidFieldError(field, absl::StrCat(what, "; the maximum is ", documented_max));
   }
   if (server_cap > 0 && value > server_cap) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "; this server's maximum is ", server_cap));
+    return InvalidFieldError(field, absl::StrCat(what, "; this server's maximum is ", server_cap));
   }
   if (tenant_limit > 0 && value > tenant_limit) {
     return LimitError(absl::StatusCode::kResourceExhausted,
-                      absl::StrCat(what, "; the tenant's limit is ", tenant_limit, " (",
-                                   limit_name, ")"),
+                      absl::StrCat(field, " ", what, "; the tenant's limit is ", tenant_limit,
+                                   " (", limit_name, ")"),
                       limit_name, absl::StrCat(tenant_limit), value);
   }
   return absl::OkStatus();
@@ -167,11 +168,11 @@ absl::Status CheckInlineExamples(absl::string_view field,
                                  const std::vector<train::Example>& examples,
                                  const JobLimits& limits, const JobSpecCaps& caps) {
   if (examples.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " is empty; give 1 to ", kMaxRequestExamples, " examples"));
+    return InvalidFieldError(
+        field, absl::StrCat("is empty; give 1 to ", kMaxRequestExamples, " examples"));
   }
   const int64_t count = static_cast<int64_t>(examples.size());
-  RETURN_IF_ERROR(CheckLimit(absl::StrCat(field, " has ", count, " examples"), count,
+  RETURN_IF_ERROR(CheckLimit(field, absl::StrCat("has ", count, " examples"), count,
                              kMaxRequestExamples, caps.max_examples, limits.max_examples,
                              "max_job_examples"));
   for (size_t i = 0; i < examples.size(); ++i) {
@@ -199,16 +200,20 @@ absl::Status CheckDatasets(const JobLimits& limits, const JobSpecCaps& caps,
                            const CreateJobParams& params) {
   const JobSpec& spec = params.spec;
   if (spec.task.empty() && params.examples.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no dataset: set examples (1 to ", kMaxRequestExamples, ") or a built-in task"));
+    // The oneof `dataset` is what is missing: no one of its fields is more at fault.
+    return InvalidFieldError(
+        "dataset", absl::StrCat("is required, but no dataset was given: set examples (1 to ",
+                                kMaxRequestExamples, ") or a built-in task"));
   }
   if (!spec.task.empty() && !params.examples.empty()) {
-    return absl::InvalidArgumentError("set one dataset: examples or task, not both");
+    // Only a caller other than the proto (a oneof) can give both.
+    return InvalidFieldError("dataset", "has two sources; set one dataset: examples or task, "
+                                        "not both");
   }
   if (!spec.task.empty()) {
     // FindTask's NOT_FOUND lists the known tasks; an unknown name is a bad argument.
     if (absl::Status found = train::FindTask(spec.task).status(); !found.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("task: ", found.message()));
+      return InvalidFieldError("task", absl::StrCat("is invalid: ", found.message()));
     }
   } else {
     RETURN_IF_ERROR(CheckInlineExamples("examples", params.examples, limits, caps));
@@ -217,36 +222,37 @@ absl::Status CheckDatasets(const JobLimits& limits, const JobSpecCaps& caps,
   const JobEval& eval = spec.eval;
   if (!eval.enabled) {
     if (!eval.split.empty() || !params.eval_examples.empty()) {
-      return absl::InvalidArgumentError("eval has examples or a split but is not enabled");
+      return InvalidFieldError("eval", "has examples or a split but is not enabled");
     }
     return absl::OkStatus();
   }
   if (eval.split.empty() && params.eval_examples.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "eval has no examples: set eval.examples (1 to ", kMaxRequestExamples,
-        ") or eval.split"));
+    return InvalidFieldError("eval", absl::StrCat("has no examples: set eval.examples (1 to ",
+                                                  kMaxRequestExamples, ") or eval.split"));
   }
   if (!eval.split.empty() && !params.eval_examples.empty()) {
-    return absl::InvalidArgumentError("set one eval source: eval.examples or eval.split, not both");
+    // Only a caller other than the proto (a oneof) can give both.
+    return InvalidFieldError(
+        "eval", "has two sources; set one eval source: eval.examples or eval.split, not both");
   }
   if (!eval.split.empty()) {
     if (spec.task.empty()) {
-      return absl::InvalidArgumentError(
-          "eval.split needs a built-in task; with inline examples, give eval.examples");
+      return InvalidFieldError(
+          "eval.split", "needs a built-in task; with inline examples, give eval.examples");
     }
     auto split = train::ParseSplit(eval.split);
     // Evaluating on the training split would measure memorisation, not accuracy.
     if (!split.ok() || *split == train::Split::kTrain) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("eval.split \"", absl::CHexEscape(eval.split), "\" is not a held-out ",
-                       "split of task \"", spec.task, "\"; use dev or test"));
+      return InvalidFieldError(
+          "eval.split", absl::StrCat("\"", absl::CHexEscape(eval.split), "\" is not a held-out ",
+                                     "split of task \"", spec.task, "\"; use dev or test"));
     }
   } else {
     RETURN_IF_ERROR(CheckInlineExamples("eval.examples", params.eval_examples, limits, caps));
   }
   if (eval.max_examples < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("eval.max_examples ", eval.max_examples, " must not be negative"));
+    return InvalidFieldError("eval.max_examples",
+                             absl::StrCat(eval.max_examples, " must not be negative"));
   }
   return absl::OkStatus();
 }
@@ -254,19 +260,19 @@ absl::Status CheckDatasets(const JobLimits& limits, const JobSpecCaps& caps,
 // Validates the reward and fills its defaults in.
 absl::Status NormalizeReward(const std::string& task, JobReward* reward) {
   if (reward->type != RewardType::kRegex && !reward->pattern.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("reward.pattern is set but reward.type is ",
-                                                   RewardTypeName(reward->type),
-                                                   "; a pattern is only used by TYPE_REGEX"));
+    return InvalidFieldError("reward.pattern", absl::StrCat("is set but reward.type is ",
+                                                            RewardTypeName(reward->type),
+                                                            "; a pattern is only used by "
+                                                            "TYPE_REGEX"));
   }
   if (reward->type == RewardType::kRegex) {
     if (reward->pattern.empty()) {
-      return absl::InvalidArgumentError("reward.pattern is empty; a TYPE_REGEX reward needs one");
+      return InvalidFieldError("reward.pattern", "is empty; a TYPE_REGEX reward needs one");
     }
     if (reward->pattern.size() > kMaxPatternBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("reward.pattern is ",
-                                                     reward->pattern.size(),
-                                                     " bytes; the maximum is ",
-                                                     kMaxPatternBytes));
+      return InvalidFieldError("reward.pattern", absl::StrCat("is ", reward->pattern.size(),
+                                                              " bytes; the maximum is ",
+                                                              kMaxPatternBytes));
     }
   }
   if (reward->type == RewardType::kDefault) {
@@ -293,7 +299,7 @@ absl::Status NormalizeHyperparameters(const ModelInfo& model, const JobLimits& l
     if (limits.max_steps > 0) steps = std::min(steps, limits.max_steps);
     h->steps = static_cast<int32_t>(steps);
   }
-  RETURN_IF_ERROR(CheckLimit(absl::StrCat("hyperparameters.steps is ", h->steps), h->steps,
+  RETURN_IF_ERROR(CheckLimit("hyperparameters.steps", absl::StrCat("is ", h->steps), h->steps,
                              kMaxSteps, caps.max_steps, limits.max_steps, "max_job_steps"));
   RETURN_IF_ERROR(DefaultCount("prompts_per_step", kDefaultPromptsPerStep, 1, kMaxPromptsPerStep,
                                &h->prompts_per_step));
@@ -324,22 +330,20 @@ absl::Status NormalizeHyperparameters(const ModelInfo& model, const JobLimits& l
   std::vector<bool> seen(std::max(0, model.num_layers), false);
   for (size_t i = 0; i < h->layers.size(); ++i) {
     const int32_t layer = h->layers[i];
+    const std::string field = absl::StrCat("hyperparameters.layers[", i, "]");
     if (layer < 0 || layer >= model.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "hyperparameters.layers[", i, "] ", layer, " is outside [0, ", model.num_layers,
-          "): model \"", model.name, "\" has ", model.num_layers, " layers"));
+      return InvalidFieldError(field, absl::StrCat(layer, " is outside [0, ", model.num_layers,
+                                                   "): model \"", model.name, "\" has ",
+                                                   model.num_layers, " layers"));
     }
-    if (seen[layer]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("hyperparameters.layers[", i, "] ", layer, " is given twice"));
-    }
+    if (seen[layer]) return InvalidFieldError(field, absl::StrCat(layer, " is given twice"));
     seen[layer] = true;
   }
 
   if (h->eval_every < 0) return OutOfBounds("eval_every", h->eval_every, ">= 0");
   if (h->eval_every > 0 && !eval.enabled) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hyperparameters.eval_every ", h->eval_every, " needs eval data; set eval"));
+    return InvalidFieldError("hyperparameters.eval_every",
+                             absl::StrCat(h->eval_every, " needs eval data; set eval"));
   }
   RETURN_IF_ERROR(DefaultPositive("clip_epsilon", kDefaultClipEpsilon, 1.0, &h->clip_epsilon));
   RETURN_IF_ERROR(DefaultCount("inner_epochs", kDefaultInnerEpochs, 1, kMaxInnerEpochs,
@@ -382,18 +386,18 @@ absl::StatusOr<JobDatasets> NormalizeJobSpec(const ModelInfo& model, const JobLi
   }
   if (spec.output_vector.empty()) return InvalidFieldError("output_vector", "is empty");
   if (spec.output_vector.find('@') != std::string::npos) {
-    return absl::InvalidArgumentError(
-        "output_vector must be a plain vector name; a job publishes the next version itself, "
-        "so \"@version\" is not allowed");
+    return InvalidFieldError(
+        "output_vector", "must be a plain vector name; a job publishes the next version "
+                         "itself, so \"@version\" is not allowed");
   }
   RETURN_IF_ERROR(ValidateVectorName(spec.output_vector, "output_vector"));
   if (spec.description.size() > kMaxDescriptionBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("description is ", spec.description.size(),
-                                                   " bytes; the maximum is ",
-                                                   kMaxDescriptionBytes));
+    return InvalidFieldError("description", absl::StrCat("is ", spec.description.size(),
+                                                         " bytes; the maximum is ",
+                                                         kMaxDescriptionBytes));
   }
   if (absl::Status utf8 = tokenizer_text::ValidateUtf8(spec.description); !utf8.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("description: ", utf8.message()));
+    return InvalidFieldError("description", absl::StrCat("is invalid: ", utf8.message()));
   }
 
   RETURN_IF_ERROR(CheckDatasets(limits, caps, *params));
@@ -403,12 +407,13 @@ absl::StatusOr<JobDatasets> NormalizeJobSpec(const ModelInfo& model, const JobLi
     const train::RewardOptions options = RewardOptionsOf(spec);
     auto verifier = train::Verifier::Create(options);
     if (!verifier.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
+      return InvalidFieldError(
           "reward.pattern",
-          options.regex == spec.reward.pattern
-              ? ": "
-              : " has no capture group, and wrapped in one to capture the whole match: ",
-          verifier.status().message()));
+          absl::StrCat(options.regex == spec.reward.pattern
+                           ? "is invalid: "
+                           : "has no capture group, and wrapped in one to capture the whole "
+                             "match: ",
+                       verifier.status().message()));
     }
   }
   RETURN_IF_ERROR(
