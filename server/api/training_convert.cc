@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/api/grpc_status.h"
+#include "server/util/error_details.h"
 
 namespace steerd {
 namespace {
@@ -28,8 +29,9 @@ absl::StatusOr<RewardType> RewardTypeOf(v1::RewardSpec::Type type) {
     case v1::RewardSpec::TYPE_REGEX: return RewardType::kRegex;
     default: break;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("reward.type ", static_cast<int>(type),
+  return InvalidFieldError(
+      "reward.type",
+      absl::StrCat(static_cast<int>(type),
                    " is unknown; use TYPE_EXACT, TYPE_NUMERIC, TYPE_BOXED or TYPE_REGEX"));
 }
 
@@ -41,8 +43,9 @@ absl::StatusOr<JobAlgorithm> AlgorithmOf(v1::Algorithm algorithm) {
     case v1::ALGORITHM_SFT: return JobAlgorithm::kSft;
     default: break;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("algorithm ", static_cast<int>(algorithm),
+  return InvalidFieldError(
+      "algorithm",
+      absl::StrCat(static_cast<int>(algorithm),
                    " is unknown; use ALGORITHM_RLOO, ALGORITHM_GRPO or ALGORITHM_SFT"));
 }
 
@@ -140,10 +143,10 @@ absl::StatusOr<CreateJobParams> FromProto(const v1::CreateJobRequest& request) {
 absl::StatusOr<std::optional<JobState>> JobStateFilter(v1::Job::State state) {
   if (state == v1::Job::STATE_UNSPECIFIED) return std::optional<JobState>();
   if (!v1::Job::State_IsValid(state)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("state ", static_cast<int>(state),
-                     " is unknown; use STATE_QUEUED, STATE_RUNNING, STATE_SUCCEEDED, "
-                     "STATE_FAILED or STATE_CANCELLED"));
+    return InvalidFieldError(
+        "state", absl::StrCat(static_cast<int>(state),
+                              " is unknown; use STATE_QUEUED, STATE_RUNNING, STATE_SUCCEEDED, "
+                              "STATE_FAILED or STATE_CANCELLED"));
   }
   // JobState is numbered as the proto.
   return std::optional<JobState>(static_cast<JobState>(state));

@@ -1,6 +1,7 @@
 // The Training protos <-> the manager's plain types (server/api/training_convert.h):
-// optional fields stay optional, unknown enum values are INVALID_ARGUMENT, and a Job
-// shows every default NormalizeJobSpec filled in, with "not yet" timestamps unset.
+// optional fields stay optional, unknown enum values are INVALID_ARGUMENT naming their
+// field (INVALID_FIELD), and a Job shows every default NormalizeJobSpec filled in, with
+// "not yet" timestamps unset.
 #include "server/api/training_convert.h"
 
 #include <gmock/gmock.h>
@@ -8,9 +9,13 @@
 
 #include <google/protobuf/text_format.h>
 
+#include <functional>
+#include <string>
+
 #include "google/rpc/error_details.pb.h"
 #include "server/engine/job_spec.h"
 #include "server/util/error_details.h"
+#include "tests/testing/invalid_field.h"
 
 namespace steerd {
 namespace {
@@ -114,26 +119,40 @@ TEST(TrainingConvertTest, EvalSplitAndEmptyEval) {
   EXPECT_TRUE(params->spec.eval.enabled);
 }
 
-TEST(TrainingConvertTest, UnknownEnumValuesAreInvalid) {
-  v1::CreateJobRequest request = ParseRequest(R"pb(model: "tiny" output_vector: "v")pb");
-  request.set_algorithm(static_cast<v1::Algorithm>(9));
-  absl::StatusOr<CreateJobParams> params = FromProto(request);
-  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(params.status().message()), HasSubstr("algorithm 9"));
-
-  request.set_algorithm(v1::ALGORITHM_SFT);
-  request.mutable_reward()->set_type(static_cast<v1::RewardSpec::Type>(17));
-  params = FromProto(request);
-  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(params.status().message()), HasSubstr("reward.type 17"));
+TEST(TrainingConvertTest, UnknownEnumValuesAreInvalidAndNameTheirField) {
+  auto create = [](const std::function<void(v1::CreateJobRequest*)>& change) {
+    v1::CreateJobRequest request = ParseRequest(R"pb(model: "tiny" output_vector: "v")pb");
+    change(&request);
+    return FromProto(request).status();
+  };
+  const struct {
+    std::string name;
+    absl::Status status;
+    std::string fragment;  // Part of the message, naming the field.
+    std::string field;     // The field google.rpc.BadRequest names.
+  } cases[] = {
+      {"algorithm",
+       create([](auto* r) { r->set_algorithm(static_cast<v1::Algorithm>(9)); }),
+       "algorithm 9 is unknown", "algorithm"},
+      {"reward type",
+       create([](auto* r) {
+         r->set_algorithm(v1::ALGORITHM_SFT);
+         r->mutable_reward()->set_type(static_cast<v1::RewardSpec::Type>(17));
+       }),
+       "reward.type 17 is unknown", "reward.type"},
+      {"job state filter", JobStateFilter(static_cast<v1::Job::State>(6)).status(),
+       "state 6 is unknown", "state"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    EXPECT_EQ(c.status.code(), absl::StatusCode::kInvalidArgument) << c.status;
+    EXPECT_THAT(std::string(c.status.message()), HasSubstr(c.fragment));
+    EXPECT_EQ(testing::InvalidField(c.status), c.field) << c.status;
+  }
 
   EXPECT_FALSE(JobStateFilter(v1::Job::STATE_UNSPECIFIED)->has_value());
   EXPECT_EQ(JobStateFilter(v1::Job::STATE_RUNNING)->value(), JobState::kRunning);
   EXPECT_EQ(JobStateFilter(v1::Job::STATE_CANCELLED)->value(), JobState::kCancelled);
-  absl::StatusOr<std::optional<JobState>> bad =
-      JobStateFilter(static_cast<v1::Job::State>(6));
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("state 6"));
 }
 
 JobRecord NormalizedJob() {
