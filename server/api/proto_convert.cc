@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "server/engine/vector_ref.h"
 #include "server/tenancy/sha256.h"
+#include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -20,9 +21,9 @@ std::string FilterDigest(const std::string& filters) {
 }
 
 absl::Status BadToken() {
-  return absl::InvalidArgumentError(
-      "page_token is malformed or belongs to a request with different fields; start again "
-      "with an empty page_token");
+  return InvalidFieldError("page_token",
+                           "is malformed or belongs to a request with different fields; start "
+                           "again with an empty page_token");
 }
 
 }  // namespace
@@ -86,13 +87,15 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
           case v1::ChatMessage::ROLE_USER: turn.role = ChatTurn::Role::kUser; break;
           case v1::ChatMessage::ROLE_ASSISTANT: turn.role = ChatTurn::Role::kAssistant; break;
           default:
-            return absl::InvalidArgumentError(absl::StrCat(
-                "messages[", i, "].role is ", messages[i].role() == 0 ? "unspecified" : "unknown",
-                "; use SYSTEM, USER or ASSISTANT"));
+            return InvalidFieldError(
+                absl::StrCat("messages[", i, "].role"),
+                absl::StrCat("is ", messages[i].role() == 0 ? "unspecified" : "unknown",
+                             "; use SYSTEM, USER or ASSISTANT"));
         }
         if (turn.role == ChatTurn::Role::kSystem && i != 0) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("messages[", i, "] is a SYSTEM message; only the first may be"));
+          // The message is misplaced rather than its role wrong: it names the message.
+          return InvalidFieldError(absl::StrCat("messages[", i, "]"),
+                                   "is a SYSTEM message; only the first may be");
         }
         turn.content = messages[i].content();
         turns.push_back(std::move(turn));
@@ -101,13 +104,15 @@ absl::StatusOr<GenerateParams> FromProto(const v1::GenerateRequest& request) {
       break;
     }
     default:
-      return absl::InvalidArgumentError("no input: set prompt or messages");
+      // The oneof `input` is what is missing: no one of its fields is more at fault.
+      return InvalidFieldError("input", "is required, but no input was given: set prompt or "
+                                        "messages");
   }
   if (request.has_steering()) {
     const v1::SteeringSpec& steering = request.steering();
     if (steering.vector().empty()) {
-      return absl::InvalidArgumentError(
-          "steering.vector is empty; leave steering unset for the base model");
+      return InvalidFieldError("steering.vector",
+                               "is empty; leave steering unset for the base model");
     }
     // The core takes one reference string; folding the typed version in here keeps the
     // engine unaware of where a version came from.
@@ -152,8 +157,7 @@ absl::StatusOr<std::string> ReferenceFromProto(const v1::DeleteVectorRequest& re
 absl::StatusOr<int64_t> EffectivePageSize(int32_t page_size, int64_t default_size,
                                           int64_t max_size) {
   if (page_size < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("page_size ", page_size, " must not be negative"));
+    return InvalidFieldError("page_size", absl::StrCat(page_size, " must not be negative"));
   }
   if (page_size == 0) return default_size;
   return std::min<int64_t>(page_size, max_size);

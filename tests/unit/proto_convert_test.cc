@@ -3,19 +3,23 @@
 // steering and the Get/Export/DeleteVector requests fold into the one reference the core
 // takes, and every way of saying a version twice, or a bad one, is INVALID_ARGUMENT
 // naming the fields involved. Also the parsing rules of server/engine/vector_ref.h that
-// the folding builds on. Torch-free: steerd_proto_convert and steerd_job_spec only.
+// the folding builds on, and the field every invalid request names for programs
+// (INVALID_FIELD). Torch-free: steerd_proto_convert and steerd_job_spec only.
 #include "server/api/proto_convert.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "server/engine/vector_ref.h"
 #include "server/util/error_details.h"
+#include "tests/testing/invalid_field.h"
 
 namespace steerd {
 namespace {
@@ -147,6 +151,69 @@ TEST(GenerateConvertTest, NoSteeringMeansNoVector) {
   const absl::StatusOr<GenerateParams> params = FromProto(request);
   ASSERT_TRUE(params.ok()) << params.status();
   EXPECT_EQ(params->vector, "");
+}
+
+v1::GenerateRequest WithMessages(
+    std::initializer_list<std::pair<v1::ChatMessage::Role, std::string>> turns) {
+  v1::GenerateRequest request;
+  request.set_model("tiny");
+  for (const auto& [role, content] : turns) {
+    v1::ChatMessage* message = request.mutable_messages()->add_messages();
+    message->set_role(role);
+    message->set_content(content);
+  }
+  return request;
+}
+
+// Every invalid request field the conversions find is named for programs too
+// (reason INVALID_FIELD, google.rpc.BadRequest), with the path a client would change.
+TEST(ProtoConvertTest, InvalidRequestsNameTheirField) {
+  v1::GenerateRequest no_input;
+  no_input.set_model("tiny");
+  const auto unknown_role = static_cast<v1::ChatMessage::Role>(9);
+  v1::GetVectorRequest get;
+  get.set_name("tone@4");
+  get.set_version(4);
+  const struct {
+    std::string name;
+    absl::Status status;
+    std::string fragment;  // Part of the message, naming the field.
+    std::string field;
+  } cases[] = {
+      {"no input", FromProto(no_input).status(), "no input", "input"},
+      {"unspecified role",
+       FromProto(WithMessages({{v1::ChatMessage::ROLE_UNSPECIFIED, "hi"}})).status(),
+       "messages[0].role is unspecified", "messages[0].role"},
+      {"unknown role",
+       FromProto(WithMessages({{v1::ChatMessage::ROLE_USER, "hi"}, {unknown_role, "?"}}))
+           .status(),
+       "messages[1].role is unknown", "messages[1].role"},
+      {"SYSTEM message not first",
+       FromProto(WithMessages({{v1::ChatMessage::ROLE_USER, "2+2?"},
+                               {v1::ChatMessage::ROLE_SYSTEM, "be brief"}}))
+           .status(),
+       "messages[1] is a SYSTEM message", "messages[1]"},
+      {"empty steering vector", FromProto(SteeredRequest("", 1)).status(),
+       "steering.vector is empty", "steering.vector"},
+      {"steering version twice", FromProto(SteeredRequest("tone@1", 1)).status(),
+       "steering.version is 1", "steering.vector"},
+      {"negative steering version", FromProto(SteeredRequest("tone", -2)).status(),
+       "steering.version -2", "steering.version"},
+      {"vector version twice", ReferenceFromProto(get).status(), "version is 4", "name"},
+      {"negative page_size", EffectivePageSize(-1, 50, 1000).status(),
+       "page_size -1 must not be negative", "page_size"},
+      {"page_token not base64", DecodePageToken("%%%", "").status(), "page_token is malformed",
+       "page_token"},
+      {"page_token of other filters",
+       DecodePageToken(EncodePageToken("model=a", "tone", 1), "model=b").status(),
+       "page_token is malformed or belongs to a request with different fields", "page_token"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    EXPECT_EQ(c.status.code(), absl::StatusCode::kInvalidArgument) << c.status;
+    EXPECT_THAT(Message(c.status), HasSubstr(c.fragment));
+    EXPECT_EQ(testing::InvalidField(c.status), c.field) << c.status;
+  }
 }
 
 template <typename Request>
