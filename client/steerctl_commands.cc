@@ -97,29 +97,19 @@ int ExitCode(const absl::Status& status, const CommandDef& command, std::ostream
 
 int RunSteerctl(const std::vector<std::string>& args, std::ostream& out,
                 std::ostream& err, bool out_is_terminal) {
-  const ProgramDef& program = SteerctlProgram();
-  const absl::StatusOr<CommandInvocation> invocation = FindCommand(program, args);
-  if (!invocation.ok()) return PrintUsageError(invocation.status(), nullptr, err);
-  if (invocation->command == nullptr) {
-    out << FormatCommandList(program);
+  const ResolvedCommandLine line = ResolveCommandLine(SteerctlProgram(), args);
+  if (line.help.has_value()) {
+    out << *line.help;
     return 0;
   }
-  const CommandDef& command = *invocation->command;
-  if (invocation->help) {
-    out << FormatHelp(command);
-    return 0;
-  }
-  const absl::StatusOr<ParsedFlags> flags = ParsedFlags::Parse(command, invocation->args);
-  if (!flags.ok()) return PrintUsageError(flags.status(), &command, err);
-  if (flags->help_requested()) {
-    out << FormatHelp(command);
-    return 0;
-  }
+  if (!line.usage_error.ok()) return PrintUsageError(line.usage_error, line.command, err);
+  const CommandDef& command = *line.command;
   const auto function = CommandFunctions().find(command.name);
   if (function == CommandFunctions().end()) {
     return ExitCode(absl::InternalError("no function runs " + command.name), command, err);
   }
-  return ExitCode(function->second(Command{*flags, out, err, out_is_terminal}), command, err);
+  return ExitCode(function->second(Command{line.flags, out, err, out_is_terminal}), command,
+                  err);
 }
 
 }  // namespace steerd::client

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh
-# One test program per core: most are single-threaded (the servers they start compute on
-# one thread), and the long programs are split into parts (tests/CMakeLists.txt).
+# One test per core, except the programs that compute on every core, which run alone
+# (RUN_SERIAL in tests/CMakeLists.txt); the long programs are split into parts.
 ctest --test-dir build --output-on-failure -j "$(nproc)"

@@ -49,24 +49,18 @@ int PrintHelp(const std::string& text) {
 
 int main(int argc, char** argv) {
   const steerd::ProgramDef& program = steerd::SteerdProgram();
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  const absl::StatusOr<steerd::CommandInvocation> invocation =
-      steerd::FindCommand(program, args);
-  if (!invocation.ok()) {
-    std::fprintf(stderr, "error: %s\n\n%s", std::string(invocation.status().message()).c_str(),
+  const steerd::ResolvedCommandLine line =
+      steerd::ResolveCommandLine(program, std::vector<std::string>(argv + 1, argv + argc));
+  if (line.help.has_value()) return PrintHelp(*line.help);
+  if (!line.usage_error.ok() && line.command == nullptr) {
+    std::fprintf(stderr, "error: %s\n\n%s", std::string(line.usage_error.message()).c_str(),
                  steerd::FormatCommandList(program).c_str());
     return 2;
   }
-  if (invocation->command == nullptr) return PrintHelp(steerd::FormatCommandList(program));
-  const steerd::CommandDef& command = *invocation->command;
-  if (invocation->help) return PrintHelp(steerd::FormatHelp(command));
-  const absl::StatusOr<steerd::ParsedFlags> flags =
-      steerd::ParsedFlags::Parse(command, invocation->args);
-  if (!flags.ok()) return ExitWithStatus(flags.status());
-  if (flags->help_requested()) return PrintHelp(steerd::FormatHelp(command));
-  const auto function = CommandFunctions().find(command.name);
+  if (!line.usage_error.ok()) return ExitWithStatus(line.usage_error);
+  const auto function = CommandFunctions().find(line.command->name);
   if (function == CommandFunctions().end()) {
-    return ExitWithStatus(absl::InternalError("no function runs " + command.name));
+    return ExitWithStatus(absl::InternalError("no function runs " + line.command->name));
   }
-  return ExitWithStatus(function->second(*flags));
+  return ExitWithStatus(function->second(line.flags));
 }

@@ -362,6 +362,36 @@ absl::StatusOr<std::vector<int64_t>> ParsedFlags::GetIntList(const std::string& 
   return out;
 }
 
+// ------------------------------------------------------------------ ResolveCommandLine
+
+ResolvedCommandLine ResolveCommandLine(const ProgramDef& program,
+                                       const std::vector<std::string>& argv) {
+  ResolvedCommandLine resolved;
+  absl::StatusOr<CommandInvocation> invocation = FindCommand(program, argv);
+  if (!invocation.ok()) {
+    resolved.usage_error = invocation.status();
+    return resolved;
+  }
+  resolved.command = invocation->command;
+  if (resolved.command == nullptr) {
+    resolved.help = FormatCommandList(program);
+    return resolved;
+  }
+  if (invocation->help) {
+    resolved.help = FormatHelp(*resolved.command);
+    return resolved;
+  }
+  absl::StatusOr<ParsedFlags> flags = ParsedFlags::Parse(*resolved.command, invocation->args);
+  if (!flags.ok()) {
+    resolved.usage_error = flags.status();
+  } else if (flags->help_requested()) {
+    resolved.help = FormatHelp(*resolved.command);
+  } else {
+    resolved.flags = *std::move(flags);
+  }
+  return resolved;
+}
+
 // -------------------------------------------------------------------------------- help
 
 std::string FormatHelp(const CommandDef& command) {

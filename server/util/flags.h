@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -136,6 +137,25 @@ class ParsedFlags {
   std::map<std::string, std::vector<std::string>> repeated_;
   std::set<std::string> bools_;
 };
+
+// What a command line asks for, before anything runs: help to print, a usage error, or
+// a command to run with its flags. Both programs' mains act on it the same way.
+struct ResolvedCommandLine {
+  // The command the line names; null for the command list (help or a usage error).
+  const CommandDef* command = nullptr;
+  // Set when the line asks for help (the command's, or the command list when `command`
+  // is null): print it to stdout, exit 0, run nothing.
+  std::optional<std::string> help;
+  // Not OK when the line cannot run (an unknown command or flag, a missing value, ...):
+  // the INVALID_ARGUMENT of FindCommand or ParsedFlags::Parse.
+  absl::Status usage_error;
+  // The command's flags, when neither help nor a usage error.
+  ParsedFlags flags;
+};
+
+// FindCommand, then ParsedFlags::Parse, with "help", --help and -h answered.
+ResolvedCommandLine ResolveCommandLine(const ProgramDef& program,
+                                       const std::vector<std::string>& argv);
 
 // `command`'s help: its usage line, summary and details, then every flag with its
 // value name, help text and default, wrapped to 80 columns.

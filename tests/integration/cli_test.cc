@@ -280,35 +280,18 @@ TEST(CliTest, BadInvocationsExplainThemselves) {
   }
 }
 
-// `steerd COMMAND --help` for every command of the table: exit 0, nothing else done
-// (serve would listen, bench would run), and every flag of the command's table in
-// the text.
-TEST(CliTest, EveryCommandsHelpNamesEveryFlag) {
+// The binary acts on what the command line resolves to (every command's help and the
+// flag errors are checked on the tables in tests/unit/flags_test.cc): help exits 0 and
+// runs nothing (serve would listen, bench would run), errors go to stderr.
+TEST(CliTest, HelpRunsNothingAndListsTheFlags) {
   const std::string list = FormatCommandList(SteerdProgram());
-  for (const CommandDef& command : SteerdProgram().commands) {
-    const std::string words = command.name.substr(command.name.find(' ') + 1);
-    EXPECT_THAT(list, HasSubstr(words)) << command.name;
-    for (const char* help : {" --help", " -h"}) {
-      CliRun run = Steerd(words + help);
-      EXPECT_EQ(run.exit_code, 0) << command.name << help << ": " << run.err;
-      EXPECT_EQ(run.err, "") << command.name;
-      EXPECT_EQ(run.out, FormatHelp(command)) << command.name;
-      EXPECT_THAT(run.out, StartsWith("usage: " + command.name)) << command.name;
-      for (const FlagDef& flag : command.flags) {
-        EXPECT_THAT(run.out, HasSubstr("--" + flag.name + " ")) << command.name;
-      }
-    }
-  }
-  for (const char* help : {"help", "--help", "-h"}) {
-    CliRun run = Steerd(help);
-    EXPECT_EQ(run.exit_code, 0) << help;
-    EXPECT_EQ(run.out, list) << help;
-  }
-}
+  CliRun run = Steerd("--help");
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, list);
 
-TEST(CliTest, ServeHelpListsItsFlags) {
-  CliRun run = Steerd("serve --help");
+  run = Steerd("serve --help");
   ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.err, "");
   EXPECT_THAT(run.out, StartsWith("usage: steerd serve [flags]\n"));
   for (const char* flag : {"--job-retention-days N", "--max-training-jobs N",
                            "--metrics-listen HOST:PORT", "--listen HOST:PORT",
@@ -317,7 +300,7 @@ TEST(CliTest, ServeHelpListsItsFlags) {
   }
   EXPECT_THAT(run.out, HasSubstr("(default: 127.0.0.1:50051)"));
 
-  run = Steerd("bench serve --help");
+  run = Steerd("bench serve -h");
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.out, StartsWith("usage: steerd bench serve [flags]\n"));
   EXPECT_THAT(run.out, HasSubstr("--concurrency 1,8,32"));
@@ -330,19 +313,8 @@ TEST(CliTest, ServeHelpListsItsFlags) {
 TEST(CliTest, FlagErrorsNameTheFlag) {
   CliRun run = Steerd("serve --max-batch 8 --colour red");
   EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.out, "");
   EXPECT_EQ(run.err, "error: unknown flag --colour (see steerd serve --help)\n");
-
-  run = Steerd("serve --listen 127.0.0.1:0 --listen 127.0.0.1:1");
-  EXPECT_EQ(run.exit_code, 1);
-  EXPECT_THAT(run.err, StartsWith("error: flag --listen given twice"));
-
-  run = Steerd("bench serve --seconds 1 --seconds=2");
-  EXPECT_EQ(run.exit_code, 1);
-  EXPECT_THAT(run.err, StartsWith("error: flag --seconds given twice"));
-
-  run = Steerd("dataset --task arith --split test --out /tmp/x.jsonl extra");
-  EXPECT_EQ(run.exit_code, 1);
-  EXPECT_EQ(run.err, "error: unexpected argument 'extra'\n");
 
   run = Steerd("tokenize --input x.jsonl");
   EXPECT_EQ(run.exit_code, 1);

@@ -289,6 +289,52 @@ TEST(FindCommandTest, MissingUnknownAndIncompleteCommands) {
   EXPECT_EQ(error({"vectors", "bogus"}), "unknown vectors subcommand 'bogus'");
 }
 
+// ------------------------------------------------------------- ResolveCommandLine
+
+TEST(ResolveCommandLineTest, HelpInEveryFormRunsNothing) {
+  const ProgramDef& program = TestProgram();
+  const CommandDef& list = program.commands[2];
+  for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
+           {"vectors", "list", "--help"}, {"vectors", "list", "-h", "--bogus"},
+           {"help", "vectors", "list"}, {"vectors", "--addr", "x", "list", "--help"}}) {
+    const ResolvedCommandLine line = ResolveCommandLine(program, argv);
+    EXPECT_TRUE(line.usage_error.ok()) << argv[0] << ": " << line.usage_error;
+    EXPECT_EQ(line.command, &list) << argv[0];
+    EXPECT_EQ(line.help, FormatHelp(list)) << argv[0];
+  }
+  for (const std::vector<std::string>& argv :
+       std::vector<std::vector<std::string>>{{"help"}, {"--help"}, {"-h"}}) {
+    const ResolvedCommandLine line = ResolveCommandLine(program, argv);
+    EXPECT_EQ(line.command, nullptr) << argv[0];
+    EXPECT_EQ(line.help, FormatCommandList(program)) << argv[0];
+  }
+}
+
+TEST(ResolveCommandLineTest, UsageErrorsKeepTheCommandTheyFound) {
+  ResolvedCommandLine line = ResolveCommandLine(TestProgram(), {"frobnicate"});
+  EXPECT_EQ(line.command, nullptr);
+  EXPECT_FALSE(line.help.has_value());
+  EXPECT_EQ(line.usage_error.message(), "unknown command 'frobnicate'");
+
+  line = ResolveCommandLine(TestProgram(), {"vectors", "list", "--colour", "red"});
+  ASSERT_NE(line.command, nullptr);
+  EXPECT_EQ(line.command->name, "prog vectors list");
+  EXPECT_FALSE(line.help.has_value());
+  EXPECT_EQ(line.usage_error.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(line.usage_error.message(), HasSubstr("unknown flag --colour"));
+}
+
+TEST(ResolveCommandLineTest, ACommandToRunCarriesItsFlags) {
+  const ResolvedCommandLine line =
+      ResolveCommandLine(TestProgram(), {"vectors", "get", "v1", "--json"});
+  ASSERT_TRUE(line.usage_error.ok()) << line.usage_error;
+  ASSERT_NE(line.command, nullptr);
+  EXPECT_EQ(line.command->name, "prog vectors get");
+  EXPECT_FALSE(line.help.has_value());
+  EXPECT_THAT(line.flags.positional(), ElementsAre("v1"));
+  EXPECT_TRUE(line.flags.Bool("json"));
+}
+
 // --------------------------------------------------------------------------- help
 
 TEST(HelpTest, NamesEveryFlagWithValueNameDefaultAndHelp) {
@@ -377,8 +423,39 @@ TEST(SteerdCommandTableTest, IsConsistentAndEveryHelpNamesEveryFlag) {
     for (const FlagDef& flag : command.flags) {
       EXPECT_THAT(help, HasSubstr("--" + flag.name + " ")) << command.name;
     }
+    // What `steerd <command> --help` (-h, `steerd help <command>`) prints; main.cc
+    // prints it and runs nothing (tests/integration/cli_test.cc runs the binary).
+    std::vector<std::string> words = absl::StrSplit(command.name, ' ');
+    words.erase(words.begin());
+    std::vector<std::vector<std::string>> asks_for_help = {words, words, words};
+    asks_for_help[0].push_back("--help");
+    asks_for_help[1].push_back("-h");
+    asks_for_help[2].insert(asks_for_help[2].begin(), "help");
+    for (const std::vector<std::string>& argv : asks_for_help) {
+      const ResolvedCommandLine line = ResolveCommandLine(program, argv);
+      EXPECT_EQ(line.command, &command) << absl::StrJoin(argv, " ");
+      EXPECT_EQ(line.help, help) << absl::StrJoin(argv, " ");
+    }
   }
   EXPECT_LE(LongestLine(FormatCommandList(program)), 80u);
+}
+
+// Flag errors on steerd's own tables name the flag (cli_test checks how the binary
+// prints one of them).
+TEST(SteerdCommandTableTest, FlagErrorsNameTheFlag) {
+  auto error = [](const std::vector<std::string>& argv) {
+    return std::string(ResolveCommandLine(SteerdProgram(), argv).usage_error.message());
+  };
+  EXPECT_EQ(error({"serve", "--max-batch", "8", "--colour", "red"}),
+            "unknown flag --colour (see steerd serve --help)");
+  EXPECT_THAT(error({"serve", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:1"}),
+              StartsWith("flag --listen given twice"));
+  EXPECT_THAT(error({"bench", "serve", "--seconds", "1", "--seconds=2"}),
+              StartsWith("flag --seconds given twice"));
+  EXPECT_EQ(error({"dataset", "--task", "arith", "--split", "test", "--out", "x.jsonl",
+                   "extra"}),
+            "unexpected argument 'extra'");
+  EXPECT_EQ(error({"tokenize", "--input", "x.jsonl"}), "missing required flag --model");
 }
 
 }  // namespace
