@@ -14,7 +14,10 @@ FlagDef DtypeFlag() {
 FlagDef DeviceFlag() { return ValueFlag("device", "NAME", "auto, cpu or cuda.", "auto"); }
 
 FlagDef ThreadsFlag() {
-  return ValueFlag("threads", "N", "CPU compute threads; 0 uses every core.", "0");
+  return ValueFlag("threads", "N",
+                   "CPU compute threads; 0 takes OMP_NUM_THREADS when it is set, else every "
+                   "core (serve: every core but one, left to gRPC).",
+                   "0");
 }
 
 // How the model's weights are loaded and run (every command that loads one model).

@@ -101,9 +101,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     model_options.dtype = options.dtype;
     model_options.device = options.device;
     model_options.num_threads =
-        options.num_threads > 0
-            ? options.num_threads
-            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
+        options.num_threads > 0 ? options.num_threads : DefaultComputeThreads(/*spare_cores=*/1);
     model_options.weights = options.weights;
     auto model = Transformer::Create(model_options);
     if (!model.ok()) {

@@ -69,8 +69,8 @@ class ServingCore {
     std::vector<ModelSpec> models;
     std::string dtype = "auto";      // auto | f32 | bf16
     std::string device = "auto";     // auto | cpu | cuda
-    // CPU intra-op threads of each model's engine; 0 = all cores but one (at least
-    // one). The engine's OpenMP team spins at its barriers: a team as large as the
+    // CPU intra-op threads of each model's engine; 0 = DefaultComputeThreads(1): all
+    // cores but one (at least one), or OMP_NUM_THREADS when set. The engine's OpenMP team spins at its barriers: a team as large as the
     // machine collapses (50x slower steps, measured) as soon as gRPC threads need a core.
     int num_threads = 0;
     std::string weights = "mapped";  // mapped | hugepages

@@ -1,6 +1,11 @@
 #include "server/model/torch_util.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/util/status_macros.h"
 
@@ -95,6 +100,13 @@ std::string ScalarTypeName(at::ScalarType type) {
     case at::kHalf: return "f16";
     default: return c10::toString(type);
   }
+}
+
+int DefaultComputeThreads(int spare_cores) {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  int threads = 0;
+  if (omp != nullptr && absl::SimpleAtoi(omp, &threads) && threads > 0) return threads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - spare_cores);
 }
 
 }  // namespace steerd

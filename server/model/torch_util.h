@@ -1,6 +1,7 @@
 // Small bridges between steerd's torch-free types and libtorch: safetensors dtypes to
 // ScalarTypes, zero-copy tensors over mapped file data, run-time device and dtype
-// selection from flags ("auto|cpu|cuda", "auto|f32|bf16"), and the one place where
+// selection from flags ("auto|cpu|cuda", "auto|f32|bf16"), the default thread count, and
+// the one place where
 // c10::Error is turned into an absl::Status. Included only by torch translation units.
 #ifndef STEERD_SERVER_MODEL_TORCH_UTIL_H_
 #define STEERD_SERVER_MODEL_TORCH_UTIL_H_
@@ -34,6 +35,11 @@ absl::StatusOr<at::ScalarType> ParseComputeDType(const std::string& name,
                                                  const at::Device& device);
 
 std::string ScalarTypeName(at::ScalarType type);  // "f32", "bf16", "f16"
+
+// The CPU compute threads of a model whose --threads is 0: OMP_NUM_THREADS when it is a
+// positive number (libtorch's own convention; scripts/sanitize.sh thread sets 1, since
+// TSan cannot see libgomp's barriers), else every core less `spare_cores`, at least one.
+int DefaultComputeThreads(int spare_cores);
 
 // Runs `fn`, turning a libtorch exception into INTERNAL with `context` in the message.
 template <typename Fn>

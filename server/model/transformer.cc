@@ -105,9 +105,8 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Options& 
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError("--threads must be >= 0");
   }
-  const int threads = options.num_threads > 0
-                          ? options.num_threads
-                          : std::max(1u, std::thread::hardware_concurrency());
+  const int threads =
+      options.num_threads > 0 ? options.num_threads : DefaultComputeThreads(/*spare_cores=*/0);
   at::set_num_threads(threads);
 
   ASSIGN_OR_RETURN(WeightPlacement placement, ParseWeightPlacement(options.weights));

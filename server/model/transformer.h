@@ -55,7 +55,7 @@ class Transformer {
     std::string model_dir;         // Hugging Face folder: config.json + safetensors.
     std::string dtype = "auto";    // auto | f32 | bf16 | f16 (auto: the checkpoint's).
     std::string device = "auto";   // auto | cpu | cuda
-    int num_threads = 0;           // CPU intra-op threads; 0 = all cores.
+    int num_threads = 0;           // CPU intra-op threads; 0 = DefaultComputeThreads(0).
     std::string weights = "mapped";  // CPU weight memory: mapped | hugepages (see
                                      // weights.h).
   };

@@ -231,7 +231,10 @@ absl::StatusOr<double> OfflineAccuracy(const std::string& task, const std::strin
   const std::string model_dir = absl::StrCat(STEERD_SOURCE_DIR, "/models/steerd-tiny");
   const testing::ProcessRun run = testing::RunShellCommand(testing::ShellCommand(
       Binary("steerd"), {"eval", "--model", model_dir, "--task", task, "--split", "test",
-                         "--count", absl::StrCat(count), "--steering", vector_path, "--json"}));
+                         "--count", absl::StrCat(count), "--steering", vector_path, "--json",
+                         // One thread like the server's: no OpenMP team for TSan to miss
+                         // the barriers of (scripts/sanitize.sh thread).
+                         "--threads", "1"}));
   if (run.exit_code != 0) return absl::InternalError(run.err);
   return nlohmann::json::parse(run.out).at("accuracy").get<double>();
 }
