@@ -4,12 +4,17 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <string>
+#include <thread>
 #include <fstream>
 
 #include "server/model/generator.h"
 #include "server/model/safetensors.h"
 #include "server/model/steering_file.h"
+#include "server/model/torch_util.h"
 #include "server/model/transformer.h"
 #include "tests/testing/fixtures.h"
 
@@ -647,6 +652,26 @@ TEST_F(ModelRuntimeTest, DeviceAndDtypeFlagsAreValidated) {
   } else {
     EXPECT_TRUE(Transformer::Create(options).ok());
   }
+}
+
+// --threads 0: OMP_NUM_THREADS when it is a positive number, else the cores less the
+// spare ones (at least one).
+TEST(DefaultComputeThreadsTest, TakesOmpNumThreadsWhenSet) {
+  const char* saved = std::getenv("OMP_NUM_THREADS");
+  const std::string restore = saved != nullptr ? saved : "";
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  setenv("OMP_NUM_THREADS", "3", 1);
+  EXPECT_EQ(DefaultComputeThreads(0), 3);
+  EXPECT_EQ(DefaultComputeThreads(1), 3);
+  for (const char* ignored : {"0", "-2", "many", ""}) {
+    setenv("OMP_NUM_THREADS", ignored, 1);
+    EXPECT_EQ(DefaultComputeThreads(0), std::max(1, cores)) << ignored;
+  }
+  unsetenv("OMP_NUM_THREADS");
+  EXPECT_EQ(DefaultComputeThreads(0), std::max(1, cores));
+  EXPECT_EQ(DefaultComputeThreads(1), std::max(1, cores - 1));
+  EXPECT_EQ(DefaultComputeThreads(cores + 4), 1);
+  if (saved != nullptr) setenv("OMP_NUM_THREADS", restore.c_str(), 1);
 }
 
 }  // namespace
