@@ -169,7 +169,7 @@ if [ "$mode" = address ]; then
   if [ -n "${SANITIZE_TESTS:-}" ]; then ctest_args=(-R "$SANITIZE_TESTS"); fi
 else
   export LD_LIBRARY_PATH=$build/tsan-absl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  export TSAN_OPTIONS="suppressions=$supp/tsan.supp:print_suppressions=0:second_deadlock_stack=1:history_size=4:log_path=$logs/tsan"
+  export TSAN_OPTIONS="suppressions=$supp/tsan.supp:print_suppressions=0:ignore_noninstrumented_modules=1:second_deadlock_stack=1:history_size=4:log_path=$logs/tsan"
   export OMP_NUM_THREADS=1 STEERD_TEST_SERVER_THREADS=1
   export STEERD_TEST_TIMEOUT_SCALE=${STEERD_TEST_TIMEOUT_SCALE:-8}
   ctest_args=(-R "${SANITIZE_TESTS:-$thread_tests}")
