@@ -11,8 +11,8 @@
 # SANITIZE_TORCH_FREE=1 builds only the torch-free targets (STEERD_TORCH=OFF, folder
 # build-asan-core/ or build-tsan-core/) and runs their tests: the parsers, tenancy,
 # storage, the client library and steerctl, the API conversions, error details and
-# /metrics, in minutes rather than the half hour the libtorch targets take to build
-# sanitized. CI runs `SANITIZE_TORCH_FREE=1 scripts/sanitize.sh address`.
+# /metrics, in minutes rather than the 12 minutes the libtorch targets take to build
+# sanitized. CI runs the whole address mode (`scripts/sanitize.sh address`).
 # Environment: SANITIZE_JOBS (build parallelism, default 2), SANITIZE_TESTS (a ctest -R
 # regex instead of the default set), STEERD_TEST_TIMEOUT_SCALE (how much longer the
 # integration tests wait for the slower sanitized server; default 4 for address, 8 for
