@@ -9,14 +9,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "nlohmann/json.hpp"
+#include "server/storage/job_codec.h"
 #include "server/util/error_details.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
 namespace {
 
-using json = nlohmann::json;
 using sqlite::Statement;
 using sqlite::Transaction;
 
@@ -81,430 +80,51 @@ constexpr absl::string_view kColumns =
     "id, tenant, create_time_us, state, step, metrics, error, vector_version, "
     "start_time_us, end_time_us, spec";
 
-absl::Status CorruptRow(absl::string_view what) {
-  return absl::InternalError(absl::StrCat("job store: corrupt row: ", what));
-}
-
-absl::Status NotFound(const std::string& id) {
-  return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
-}
-
-absl::Status CheckId(const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("job store: empty job id");
-  return absl::OkStatus();
-}
-
-absl::Status CheckTenantAndId(const std::string& tenant, const std::string& id) {
-  if (tenant.empty()) return absl::InvalidArgumentError("job store: empty tenant");
-  return CheckId(id);
-}
-
-// ---- Enums, stored by name so that the database reads without this source.
-
-std::optional<absl::string_view> StateName(JobState state) {
-  const absl::string_view name = JobStateName(state);
-  if (name == "UNKNOWN") return std::nullopt;
-  return name;
-}
-
-std::optional<JobState> ParseState(absl::string_view name) {
-  for (JobState state : {JobState::kQueued, JobState::kRunning, JobState::kSucceeded,
-                         JobState::kFailed, JobState::kCancelled}) {
-    if (StateName(state) == name) return state;
-  }
-  return std::nullopt;
-}
-
-std::optional<absl::string_view> AlgorithmName(JobAlgorithm algorithm) {
-  switch (algorithm) {
-    case JobAlgorithm::kRloo:
-      return "RLOO";
-    case JobAlgorithm::kGrpo:
-      return "GRPO";
-    case JobAlgorithm::kSft:
-      return "SFT";
-  }
-  return std::nullopt;
-}
-
-std::optional<JobAlgorithm> ParseAlgorithm(absl::string_view name) {
-  for (JobAlgorithm algorithm : {JobAlgorithm::kRloo, JobAlgorithm::kGrpo, JobAlgorithm::kSft}) {
-    if (AlgorithmName(algorithm) == name) return algorithm;
-  }
-  return std::nullopt;
-}
-
-// kDefault is kept as well: the store records what it is given, resolved or not.
-std::optional<absl::string_view> RewardTypeName(RewardType type) {
-  switch (type) {
-    case RewardType::kDefault:
-      return "DEFAULT";
-    case RewardType::kExact:
-      return "EXACT";
-    case RewardType::kNumeric:
-      return "NUMERIC";
-    case RewardType::kBoxed:
-      return "BOXED";
-    case RewardType::kRegex:
-      return "REGEX";
-  }
-  return std::nullopt;
-}
-
-std::optional<RewardType> ParseRewardType(absl::string_view name) {
-  for (RewardType type : {RewardType::kDefault, RewardType::kExact, RewardType::kNumeric,
-                          RewardType::kBoxed, RewardType::kRegex}) {
-    if (RewardTypeName(type) == name) return type;
-  }
-  return std::nullopt;
-}
-
-// ---- Times: microseconds since the epoch, NULL for InfinitePast (unset).
-
-absl::StatusOr<std::optional<int64_t>> TimeToMicros(absl::Time time, absl::string_view field) {
-  if (time == absl::InfinitePast()) return std::nullopt;
-  if (time == absl::InfiniteFuture()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("job store: ", field, " is the infinite future"));
-  }
-  return absl::ToUnixMicros(time);  // Rounds down, as the vector store does.
-}
-
-absl::Time TimeFromColumn(const Statement& stmt, int column) {
-  return stmt.IsNull(column) ? absl::InfinitePast() : absl::FromUnixMicros(stmt.Int(column));
+absl::Status BindOptionalText(Statement& stmt, int index, const std::optional<std::string>& text) {
+  return text.has_value() ? stmt.BindText(index, *text) : stmt.BindNull(index);
 }
 
 absl::Status BindTime(Statement& stmt, int index, std::optional<int64_t> micros) {
   return micros.has_value() ? stmt.BindInt(index, *micros) : stmt.BindNull(index);
 }
 
-// ---- JSON of the spec and the metrics.
-
-// JSON has no NaN or infinities, and a loss can well be NaN; they are written as
-// strings, as protobuf's JSON mapping does. Finite values are written in the shortest
-// form that parses back to the same double (nlohmann's to_chars), -0.0 included.
-json DoubleToJson(double value) {
-  if (std::isnan(value)) return "NaN";
-  if (std::isinf(value)) return value > 0 ? "Infinity" : "-Infinity";
-  return value;
-}
-
-// Reads the fields of one JSON object. The first error is kept and later reads return
-// defaults, so decoding reads like the struct it fills and checks once at the end.
-class JsonReader {
- public:
-  JsonReader(const json* object, std::string where, absl::Status* status)
-      : object_(object), where_(std::move(where)), status_(status) {
-    if (status_->ok() && (object_ == nullptr || !object_->is_object())) {
-      *status_ = CorruptRow(absl::StrCat(where_, " is not a JSON object"));
-    }
-  }
-
-  JsonReader Object(const char* key) {
-    return JsonReader(Find(key, /*optional=*/false), absl::StrCat(where_, ".", key), status_);
-  }
-
-  std::string String(const char* key) {
-    const json* value = Find(key, /*optional=*/false);
-    if (value == nullptr) return {};
-    if (!value->is_string()) return Fail<std::string>(key, "is not a string");
-    return value->get<std::string>();
-  }
-
-  bool Bool(const char* key) {
-    const json* value = Find(key, /*optional=*/false);
-    if (value == nullptr) return false;
-    if (!value->is_boolean()) return Fail<bool>(key, "is not a boolean");
-    return value->get<bool>();
-  }
-
-  int32_t Int32(const char* key) { return Int32Of(Find(key, /*optional=*/false), key); }
-
-  double Double(const char* key) { return DoubleOf(Find(key, /*optional=*/false), key); }
-
-  std::optional<double> OptionalDouble(const char* key) {
-    const json* value = Find(key, /*optional=*/true);
-    if (value == nullptr) return std::nullopt;
-    return DoubleOf(value, key);
-  }
-
-  std::optional<uint64_t> OptionalUint64(const char* key) {
-    const json* value = Find(key, /*optional=*/true);
-    if (value == nullptr) return std::nullopt;
-    if (!value->is_number_unsigned()) {
-      return Fail<std::optional<uint64_t>>(key, "is not an unsigned integer");
-    }
-    return value->get<uint64_t>();
-  }
-
-  std::vector<int32_t> Int32List(const char* key) {
-    const json* value = Find(key, /*optional=*/false);
-    if (value == nullptr) return {};
-    if (!value->is_array()) return Fail<std::vector<int32_t>>(key, "is not an array");
-    std::vector<int32_t> list;
-    for (const json& item : *value) list.push_back(Int32Of(&item, key));
-    return list;
-  }
-
-  // Reads an enum stored by name with `parse`.
-  template <typename Enum, typename Parse>
-  Enum Enumerator(const char* key, Parse parse) {
-    const std::string name = String(key);
-    if (!status_->ok()) return Enum{};
-    const std::optional<Enum> value = parse(name);
-    if (!value.has_value())
-      return Fail<Enum>(key, absl::StrCat("has unknown value \"", name, "\""));
-    return *value;
-  }
-
- private:
-  // The value of `key`; nullptr when absent (an error unless optional) or after an
-  // error. JSON null counts as absent.
-  const json* Find(const char* key, bool optional) {
-    if (!status_->ok()) return nullptr;
-    const auto it = object_->find(key);
-    if (it == object_->end() || it->is_null()) {
-      if (!optional) Fail<int>(key, "is missing");
-      return nullptr;
-    }
-    return &*it;
-  }
-
-  int32_t Int32Of(const json* value, const char* key) {
-    if (value == nullptr || !status_->ok()) return 0;
-    if (!value->is_number_integer()) return Fail<int32_t>(key, "is not an integer");
-    if (value->is_number_unsigned() &&
-        value->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
-      return Fail<int32_t>(key, "is out of range");
-    }
-    const int64_t number = value->get<int64_t>();
-    if (number < std::numeric_limits<int32_t>::min() ||
-        number > std::numeric_limits<int32_t>::max()) {
-      return Fail<int32_t>(key, "is out of range");
-    }
-    return static_cast<int32_t>(number);
-  }
-
-  double DoubleOf(const json* value, const char* key) {
-    if (value == nullptr || !status_->ok()) return 0.0;
-    if (value->is_number()) return value->get<double>();
-    if (value->is_string()) {
-      const std::string& text = value->get_ref<const std::string&>();
-      if (text == "NaN") return std::numeric_limits<double>::quiet_NaN();
-      if (text == "Infinity") return std::numeric_limits<double>::infinity();
-      if (text == "-Infinity") return -std::numeric_limits<double>::infinity();
-    }
-    return Fail<double>(key, "is not a number");
-  }
-
-  template <typename T>
-  T Fail(const char* key, absl::string_view problem) {
-    if (status_->ok()) *status_ = CorruptRow(absl::StrCat(where_, ".", key, " ", problem));
-    return T{};
-  }
-
-  const json* const object_;
-  const std::string where_;
-  absl::Status* const status_;
-};
-
-// Dumps `value`, refusing (rather than replacing) invalid UTF-8, since the store must
-// give back exactly what it was given.
-absl::StatusOr<std::string> DumpJson(const json& value, absl::string_view what) {
-  try {
-    return value.dump(/*indent=*/-1, /*indent_char=*/' ', /*ensure_ascii=*/false,
-                      json::error_handler_t::strict);
-  } catch (const json::exception&) {
-    return absl::InvalidArgumentError(absl::StrCat("job store: ", what, " is not valid UTF-8"));
-  }
-}
-
-absl::StatusOr<json> ParseJson(const std::string& text, absl::string_view what) {
-  json value = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) return CorruptRow(absl::StrCat(what, " is not valid JSON"));
-  return value;
-}
-
-absl::StatusOr<std::string> EncodeSpec(const JobSpec& spec) {
-  const std::optional<absl::string_view> algorithm = AlgorithmName(spec.algorithm);
-  if (!algorithm.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("job store: unknown algorithm ", static_cast<int>(spec.algorithm)));
-  }
-  const std::optional<absl::string_view> reward_type = RewardTypeName(spec.reward.type);
-  if (!reward_type.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("job store: unknown reward type ", static_cast<int>(spec.reward.type)));
-  }
-  json reward = {
-      {"type", std::string(*reward_type)},
-      {"pattern", spec.reward.pattern},
-      {"format_reward", DoubleToJson(spec.reward.format_reward)},
-  };
-  // Optional fields are absent when unset.
-  if (spec.reward.correct_reward.has_value()) {
-    reward["correct_reward"] = DoubleToJson(*spec.reward.correct_reward);
-  }
-  if (spec.reward.incorrect_reward.has_value()) {
-    reward["incorrect_reward"] = DoubleToJson(*spec.reward.incorrect_reward);
-  }
-  const JobHyperparameters& h = spec.hyperparameters;
-  json hyperparameters = {
-      {"steps", h.steps},
-      {"prompts_per_step", h.prompts_per_step},
-      {"rollouts_per_prompt", h.rollouts_per_prompt},
-      {"learning_rate", DoubleToJson(h.learning_rate)},
-      {"max_new_tokens", h.max_new_tokens},
-      {"layers", h.layers},
-      {"eval_every", h.eval_every},
-      {"clip_epsilon", DoubleToJson(h.clip_epsilon)},
-      {"inner_epochs", h.inner_epochs},
-  };
-  if (h.temperature.has_value()) hyperparameters["temperature"] = DoubleToJson(*h.temperature);
-  // A uint64 JSON number: nlohmann keeps all 64 bits (no detour through double).
-  if (h.seed.has_value()) hyperparameters["seed"] = *h.seed;
-  const json encoded = {
-      {"model", spec.model},
-      {"output_vector", spec.output_vector},
-      {"task", spec.task},
-      {"eval",
-       {{"enabled", spec.eval.enabled},
-        {"split", spec.eval.split},
-        {"max_examples", spec.eval.max_examples}}},
-      {"reward", std::move(reward)},
-      {"algorithm", std::string(*algorithm)},
-      {"hyperparameters", std::move(hyperparameters)},
-      {"apply_chat_template", spec.apply_chat_template},
-      {"description", spec.description},
-  };
-  return DumpJson(encoded, "the spec");
-}
-
-absl::StatusOr<JobSpec> DecodeSpec(const std::string& text, const std::string& id) {
-  const std::string where = absl::StrCat("job \"", id, "\" spec");
-  ASSIGN_OR_RETURN(const json parsed, ParseJson(text, where));
-  absl::Status status;
-  JsonReader reader(&parsed, where, &status);
-  JobSpec spec;
-  spec.model = reader.String("model");
-  spec.output_vector = reader.String("output_vector");
-  spec.task = reader.String("task");
-  JsonReader eval = reader.Object("eval");
-  spec.eval.enabled = eval.Bool("enabled");
-  spec.eval.split = eval.String("split");
-  spec.eval.max_examples = eval.Int32("max_examples");
-  JsonReader reward = reader.Object("reward");
-  spec.reward.type = reward.Enumerator<RewardType>("type", ParseRewardType);
-  spec.reward.pattern = reward.String("pattern");
-  spec.reward.correct_reward = reward.OptionalDouble("correct_reward");
-  spec.reward.incorrect_reward = reward.OptionalDouble("incorrect_reward");
-  spec.reward.format_reward = reward.Double("format_reward");
-  spec.algorithm = reader.Enumerator<JobAlgorithm>("algorithm", ParseAlgorithm);
-  JsonReader h = reader.Object("hyperparameters");
-  JobHyperparameters& hp = spec.hyperparameters;
-  hp.steps = h.Int32("steps");
-  hp.prompts_per_step = h.Int32("prompts_per_step");
-  hp.rollouts_per_prompt = h.Int32("rollouts_per_prompt");
-  hp.learning_rate = h.Double("learning_rate");
-  hp.max_new_tokens = h.Int32("max_new_tokens");
-  hp.temperature = h.OptionalDouble("temperature");
-  hp.seed = h.OptionalUint64("seed");
-  hp.layers = h.Int32List("layers");
-  hp.eval_every = h.Int32("eval_every");
-  hp.clip_epsilon = h.Double("clip_epsilon");
-  hp.inner_epochs = h.Int32("inner_epochs");
-  spec.apply_chat_template = reader.Bool("apply_chat_template");
-  spec.description = reader.String("description");
-  RETURN_IF_ERROR(status);
-  return spec;
-}
-
-absl::StatusOr<std::optional<std::string>> EncodeMetrics(const std::optional<JobMetrics>& metrics) {
-  if (!metrics.has_value()) return std::nullopt;
-  json encoded = {
-      {"step", metrics->step},
-      {"reward_mean", DoubleToJson(metrics->reward_mean)},
-      {"accuracy", DoubleToJson(metrics->accuracy)},
-      {"loss", DoubleToJson(metrics->loss)},
-      {"tokens_per_second", DoubleToJson(metrics->tokens_per_second)},
-      {"eta_seconds", DoubleToJson(metrics->eta_seconds)},
-  };
-  if (metrics->eval_accuracy.has_value()) {
-    encoded["eval_accuracy"] = DoubleToJson(*metrics->eval_accuracy);
-  }
-  return DumpJson(encoded, "the metrics");
-}
-
-// Column `column` of the current row: NULL is no metrics.
-absl::StatusOr<std::optional<JobMetrics>> DecodeMetrics(const Statement& stmt, int column,
-                                                        const std::string& where) {
+std::optional<std::string> OptionalText(const Statement& stmt, int column) {
   if (stmt.IsNull(column)) return std::nullopt;
-  ASSIGN_OR_RETURN(const json parsed, ParseJson(stmt.Text(column), where));
-  absl::Status status;
-  JsonReader reader(&parsed, where, &status);
-  JobMetrics metrics;
-  metrics.step = reader.Int32("step");
-  metrics.reward_mean = reader.Double("reward_mean");
-  metrics.accuracy = reader.Double("accuracy");
-  metrics.loss = reader.Double("loss");
-  metrics.tokens_per_second = reader.Double("tokens_per_second");
-  metrics.eta_seconds = reader.Double("eta_seconds");
-  metrics.eval_accuracy = reader.OptionalDouble("eval_accuracy");
-  RETURN_IF_ERROR(status);
-  return metrics;
+  return stmt.Text(column);
 }
 
-absl::Status BindOptionalText(Statement& stmt, int index, const std::optional<std::string>& text) {
-  return text.has_value() ? stmt.BindText(index, *text) : stmt.BindNull(index);
+std::optional<int64_t> OptionalInt(const Statement& stmt, int column) {
+  if (stmt.IsNull(column)) return std::nullopt;
+  return stmt.Int(column);
 }
 
 // Reads kColumns from the current row of `stmt`, starting at column 0.
 absl::StatusOr<JobRecord> ReadJob(const Statement& stmt) {
-  JobRecord job;
-  job.id = stmt.Text(0);
-  job.tenant = stmt.Text(1);
-  job.create_time = absl::FromUnixMicros(stmt.Int(2));
-  const std::string state = stmt.Text(3);
-  const std::optional<JobState> parsed_state = ParseState(state);
-  if (!parsed_state.has_value()) {
-    return CorruptRow(absl::StrCat("job \"", job.id, "\" has unknown state \"", state, "\""));
-  }
-  job.state = *parsed_state;
-  const int64_t step = stmt.Int(4);
-  if (step < std::numeric_limits<int32_t>::min() || step > std::numeric_limits<int32_t>::max()) {
-    return CorruptRow(absl::StrCat("job \"", job.id, "\" has step ", step));
-  }
-  job.step = static_cast<int32_t>(step);
-  ASSIGN_OR_RETURN(job.metrics,
-                   DecodeMetrics(stmt, 5, absl::StrCat("job \"", job.id, "\" metrics")));
-  job.error = DecodeStatus(stmt.Text(6));
-  job.vector_version = stmt.Int(7);
-  job.start_time = TimeFromColumn(stmt, 8);
-  job.end_time = TimeFromColumn(stmt, 9);
-  ASSIGN_OR_RETURN(job.spec, DecodeSpec(stmt.Text(10), job.id));
-  return job;
+  JobColumns columns;
+  columns.id = stmt.Text(0);
+  columns.tenant = stmt.Text(1);
+  columns.create_time_us = stmt.Int(2);
+  columns.progress.state = stmt.Text(3);
+  columns.progress.step = stmt.Int(4);
+  columns.progress.metrics = OptionalText(stmt, 5);
+  columns.progress.error = stmt.Text(6);
+  columns.progress.vector_version = stmt.Int(7);
+  columns.progress.start_time_us = OptionalInt(stmt, 8);
+  columns.progress.end_time_us = OptionalInt(stmt, 9);
+  columns.spec = stmt.Text(10);
+  return DecodeJob(columns);
 }
 
-// The mutable part of a job, encoded for binding; shared by Create() and Update().
-struct EncodedProgress {
-  absl::string_view state;
-  std::optional<std::string> metrics;
-  std::optional<int64_t> start_time_us;
-  std::optional<int64_t> end_time_us;
-};
-
-absl::StatusOr<EncodedProgress> EncodeProgress(const JobRecord& job) {
-  EncodedProgress encoded;
-  const std::optional<absl::string_view> state = StateName(job.state);
-  if (!state.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("job store: unknown job state ", static_cast<int>(job.state)));
-  }
-  encoded.state = *state;
-  ASSIGN_OR_RETURN(encoded.metrics, EncodeMetrics(job.metrics));
-  ASSIGN_OR_RETURN(encoded.start_time_us, TimeToMicros(job.start_time, "start_time"));
-  ASSIGN_OR_RETURN(encoded.end_time_us, TimeToMicros(job.end_time, "end_time"));
-  return encoded;
+// Binds the progress columns as ?first .. ?first+6 (state, step, metrics, error,
+// vector_version, start, end). `progress` must outlive the statement's steps.
+absl::Status BindProgress(Statement& stmt, int first, const JobProgressColumns& progress) {
+  RETURN_IF_ERROR(stmt.BindText(first, progress.state));
+  RETURN_IF_ERROR(stmt.BindInt(first + 1, progress.step));
+  RETURN_IF_ERROR(BindOptionalText(stmt, first + 2, progress.metrics));
+  RETURN_IF_ERROR(stmt.BindText(first + 3, progress.error));
+  RETURN_IF_ERROR(stmt.BindInt(first + 4, progress.vector_version));
+  RETURN_IF_ERROR(BindTime(stmt, first + 5, progress.start_time_us));
+  return BindTime(stmt, first + 6, progress.end_time_us);
 }
 
 // Whether job `id` exists (in any tenant).
@@ -534,27 +154,16 @@ SqliteJobStore::~SqliteJobStore() = default;
 
 absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& datasets,
                                     int64_t max_active_jobs) {
-  RETURN_IF_ERROR(CheckTenantAndId(job.tenant, job.id));
-  if (job.state != JobState::kQueued) {
-    return absl::InvalidArgumentError(absl::StrCat("job store: job \"", job.id,
-                                                   "\" must be created QUEUED, not state ",
-                                                   static_cast<int>(job.state)));
-  }
-  if (job.create_time == absl::InfiniteFuture()) {
-    return absl::InvalidArgumentError("job store: create_time is the infinite future");
-  }
-  ASSIGN_OR_RETURN(const std::string spec, EncodeSpec(job.spec));
-  ASSIGN_OR_RETURN(const EncodedProgress progress, EncodeProgress(job));
-
+  RETURN_IF_ERROR(CheckNewJob(job));
   absl::MutexLock lock(&mu_);
   const absl::Time create_time =
       job.create_time == absl::InfinitePast() ? options_.clock() : job.create_time;
+  // Bound without a copy (SQLITE_STATIC): it must outlive the statements.
+  ASSIGN_OR_RETURN(const JobColumns columns, EncodeJob(job, create_time));
   Transaction txn(*db_);
   RETURN_IF_ERROR(txn.BeginImmediate());
   ASSIGN_OR_RETURN(const bool exists, JobExists(*db_, job.id));
-  if (exists) {
-    return absl::AlreadyExistsError(absl::StrCat("job \"", job.id, "\" already exists"));
-  }
+  if (exists) return JobAlreadyExists(job.id);
   if (max_active_jobs >= 0) {
     Statement count(*db_, "counting active jobs");
     RETURN_IF_ERROR(count.Prepare(
@@ -562,33 +171,19 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
     RETURN_IF_ERROR(count.BindText(1, job.tenant));
     RETURN_IF_ERROR(count.Step().status());
     const int64_t active = count.Int(0);
-    if (active >= max_active_jobs) {
-      return LimitError(
-          absl::StatusCode::kResourceExhausted,
-          absl::StrCat("queued_jobs limit of ", max_active_jobs, " reached (", active,
-                       " jobs queued or running); wait for one to finish or cancel one"),
-          "queued_jobs", absl::StrCat(max_active_jobs), active);
-    }
+    if (active >= max_active_jobs) return QueuedJobsLimitError(max_active_jobs, active);
   }
   {
-    // Bound without a copy (SQLITE_STATIC): it must outlive the statement.
-    const std::string error = EncodeStatus(job.error);
     Statement insert(*db_, "inserting the job");
     RETURN_IF_ERROR(
-        insert.Prepare("INSERT INTO jobs (id, tenant, create_time_us, state, step, metrics, error, "
-                       "vector_version, start_time_us, end_time_us, spec) "
+        insert.Prepare("INSERT INTO jobs (id, tenant, create_time_us, spec, state, step, metrics, "
+                       "error, vector_version, start_time_us, end_time_us) "
                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"));
-    RETURN_IF_ERROR(insert.BindText(1, job.id));
-    RETURN_IF_ERROR(insert.BindText(2, job.tenant));
-    RETURN_IF_ERROR(insert.BindInt(3, absl::ToUnixMicros(create_time)));
-    RETURN_IF_ERROR(insert.BindText(4, progress.state));
-    RETURN_IF_ERROR(insert.BindInt(5, job.step));
-    RETURN_IF_ERROR(BindOptionalText(insert, 6, progress.metrics));
-    RETURN_IF_ERROR(insert.BindText(7, error));
-    RETURN_IF_ERROR(insert.BindInt(8, job.vector_version));
-    RETURN_IF_ERROR(BindTime(insert, 9, progress.start_time_us));
-    RETURN_IF_ERROR(BindTime(insert, 10, progress.end_time_us));
-    RETURN_IF_ERROR(insert.BindText(11, spec));
+    RETURN_IF_ERROR(insert.BindText(1, columns.id));
+    RETURN_IF_ERROR(insert.BindText(2, columns.tenant));
+    RETURN_IF_ERROR(insert.BindInt(3, columns.create_time_us));
+    RETURN_IF_ERROR(insert.BindText(4, columns.spec));
+    RETURN_IF_ERROR(BindProgress(insert, 5, columns.progress));
     RETURN_IF_ERROR(insert.Run());
   }
   {
@@ -618,7 +213,7 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
 }
 
 absl::StatusOr<JobRecord> SqliteJobStore::Get(const std::string& tenant, const std::string& id) {
-  RETURN_IF_ERROR(CheckTenantAndId(tenant, id));
+  RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
   absl::MutexLock lock(&mu_);
   Statement select(*db_, "reading a job");
   RETURN_IF_ERROR(select.Prepare(
@@ -626,23 +221,14 @@ absl::StatusOr<JobRecord> SqliteJobStore::Get(const std::string& tenant, const s
   RETURN_IF_ERROR(select.BindText(1, id));
   RETURN_IF_ERROR(select.BindText(2, tenant));
   ASSIGN_OR_RETURN(const bool row, select.Step());
-  if (!row) return NotFound(id);
+  if (!row) return JobNotFound(id);
   return ReadJob(select);
 }
 
 absl::StatusOr<JobPage> SqliteJobStore::List(const JobListQuery& query) {
-  if (query.tenant.empty()) return absl::InvalidArgumentError("job store: empty tenant");
-  if (query.limit < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("job store: negative list limit ", query.limit));
-  }
+  RETURN_IF_ERROR(CheckJobListQuery(query));
   std::optional<absl::string_view> state;
-  if (query.state.has_value()) {
-    state = StateName(*query.state);
-    if (!state.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("job store: unknown job state ", static_cast<int>(*query.state)));
-    }
-  }
+  if (query.state.has_value()) state = JobStateStoreName(*query.state);
   // The SQL text only varies by which fixed fragments are present; every value is a
   // bound parameter. Ids compare bytewise (SQLite's BINARY collation).
   std::string sql = absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE tenant = ?1");
@@ -699,35 +285,28 @@ absl::StatusOr<JobPage> SqliteJobStore::List(const JobListQuery& query) {
 }
 
 absl::Status SqliteJobStore::Update(const JobRecord& job) {
-  RETURN_IF_ERROR(CheckTenantAndId(job.tenant, job.id));
-  ASSIGN_OR_RETURN(const EncodedProgress progress, EncodeProgress(job));
+  RETURN_IF_ERROR(CheckJobTenantAndId(job.tenant, job.id));
+  // Bound without a copy (SQLITE_STATIC): it must outlive the statement.
+  ASSIGN_OR_RETURN(const JobProgressColumns progress, EncodeJobProgress(job));
   absl::MutexLock lock(&mu_);
   // One statement: atomic, and durable when it returns (autocommit, synchronous=FULL).
-  // Bound without a copy (SQLITE_STATIC): it must outlive the statement.
-  const std::string error = EncodeStatus(job.error);
   Statement update(*db_, "updating a job");
   RETURN_IF_ERROR(update.Prepare(
       "UPDATE jobs SET state = ?3, step = ?4, metrics = ?5, error = ?6, vector_version = ?7, "
       "start_time_us = ?8, end_time_us = ?9 WHERE id = ?1 AND tenant = ?2"));
   RETURN_IF_ERROR(update.BindText(1, job.id));
   RETURN_IF_ERROR(update.BindText(2, job.tenant));
-  RETURN_IF_ERROR(update.BindText(3, progress.state));
-  RETURN_IF_ERROR(update.BindInt(4, job.step));
-  RETURN_IF_ERROR(BindOptionalText(update, 5, progress.metrics));
-  RETURN_IF_ERROR(update.BindText(6, error));
-  RETURN_IF_ERROR(update.BindInt(7, job.vector_version));
-  RETURN_IF_ERROR(BindTime(update, 8, progress.start_time_us));
-  RETURN_IF_ERROR(BindTime(update, 9, progress.end_time_us));
+  RETURN_IF_ERROR(BindProgress(update, 3, progress));
   RETURN_IF_ERROR(update.Run());
-  if (db_->Changes() == 0) return NotFound(job.id);
+  if (db_->Changes() == 0) return JobNotFound(job.id);
   return absl::OkStatus();
 }
 
 absl::StatusOr<JobDatasets> SqliteJobStore::ReadDatasets(const std::string& id) {
-  RETURN_IF_ERROR(CheckId(id));
+  RETURN_IF_ERROR(CheckJobId(id));
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const bool exists, JobExists(*db_, id));
-  if (!exists) return NotFound(id);
+  if (!exists) return JobNotFound(id);
   Statement select(*db_, "reading a job's examples");
   RETURN_IF_ERROR(
       select.Prepare("SELECT dataset, prompt, answer, solution FROM job_examples "
@@ -744,7 +323,7 @@ absl::StatusOr<JobDatasets> SqliteJobStore::ReadDatasets(const std::string& id) 
     } else if (dataset == "eval") {
       examples = &datasets.eval;
     } else {
-      return CorruptRow(
+      return JobCorruptRow(
           absl::StrCat("job \"", id, "\" has an example of dataset \"", dataset, "\""));
     }
     examples->push_back({select.Text(1), select.Text(2), select.Text(3)});
@@ -754,13 +333,13 @@ absl::StatusOr<JobDatasets> SqliteJobStore::ReadDatasets(const std::string& id) 
 
 absl::Status SqliteJobStore::SaveCheckpoint(const std::string& id,
                                             const JobCheckpoint& checkpoint) {
-  RETURN_IF_ERROR(CheckId(id));
-  ASSIGN_OR_RETURN(const std::optional<std::string> metrics, EncodeMetrics(checkpoint.metrics));
+  RETURN_IF_ERROR(CheckJobId(id));
+  ASSIGN_OR_RETURN(const std::optional<std::string> metrics, EncodeJobMetrics(checkpoint.metrics));
   absl::MutexLock lock(&mu_);
   Transaction txn(*db_);
   RETURN_IF_ERROR(txn.BeginImmediate());
   ASSIGN_OR_RETURN(const bool exists, JobExists(*db_, id));
-  if (!exists) return NotFound(id);
+  if (!exists) return JobNotFound(id);
   Statement upsert(*db_, "saving a checkpoint");
   RETURN_IF_ERROR(upsert.Prepare(
       "INSERT INTO job_checkpoints (job_id, step, metrics, bytes) VALUES (?1, ?2, ?3, ?4) "
@@ -775,7 +354,7 @@ absl::Status SqliteJobStore::SaveCheckpoint(const std::string& id,
 }
 
 absl::StatusOr<std::optional<JobCheckpoint>> SqliteJobStore::LoadCheckpoint(const std::string& id) {
-  RETURN_IF_ERROR(CheckId(id));
+  RETURN_IF_ERROR(CheckJobId(id));
   absl::MutexLock lock(&mu_);
   Statement select(*db_, "loading a checkpoint");
   RETURN_IF_ERROR(
@@ -786,18 +365,18 @@ absl::StatusOr<std::optional<JobCheckpoint>> SqliteJobStore::LoadCheckpoint(cons
   JobCheckpoint checkpoint;
   const int64_t step = select.Int(0);
   if (step < std::numeric_limits<int32_t>::min() || step > std::numeric_limits<int32_t>::max()) {
-    return CorruptRow(absl::StrCat("checkpoint of job \"", id, "\" has step ", step));
+    return JobCorruptRow(absl::StrCat("checkpoint of job \"", id, "\" has step ", step));
   }
   checkpoint.step = static_cast<int32_t>(step);
-  ASSIGN_OR_RETURN(
-      checkpoint.metrics,
-      DecodeMetrics(select, 1, absl::StrCat("checkpoint of job \"", id, "\" metrics")));
+  ASSIGN_OR_RETURN(checkpoint.metrics,
+                   DecodeJobMetrics(OptionalText(select, 1),
+                                    absl::StrCat("checkpoint of job \"", id, "\" metrics")));
   checkpoint.bytes = select.Blob(2);
   return checkpoint;
 }
 
 absl::Status SqliteJobStore::DeleteCheckpoint(const std::string& id) {
-  RETURN_IF_ERROR(CheckId(id));
+  RETURN_IF_ERROR(CheckJobId(id));
   absl::MutexLock lock(&mu_);
   Statement del(*db_, "deleting a checkpoint");
   RETURN_IF_ERROR(del.Prepare("DELETE FROM job_checkpoints WHERE job_id = ?1"));

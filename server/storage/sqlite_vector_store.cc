@@ -9,8 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "server/tenancy/sha256.h"
-#include "server/util/error_details.h"
+#include "server/storage/vector_codec.h"
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -71,36 +70,6 @@ constexpr absl::string_view kColumns =
     "v.dtype, v.sha256, v.size_bytes, v.layer_norms, v.create_time_us, v.source, "
     "v.job_id, v.description";
 
-absl::Status CorruptRow(absl::string_view what) {
-  return absl::InternalError(absl::StrCat("vector store: corrupt row: ", what));
-}
-
-std::string EncodeNorms(const std::vector<float>& norms) {
-  std::string bytes(norms.size() * 4, '\0');
-  for (size_t i = 0; i < norms.size(); ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &norms[i], 4);
-    for (int b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<char>((bits >> (8 * b)) & 0xff);
-  }
-  return bytes;
-}
-
-std::vector<float> DecodeNorms(absl::string_view bytes) {
-  std::vector<float> norms(bytes.size() / 4);
-  for (size_t i = 0; i < norms.size(); ++i) {
-    uint32_t bits = 0;
-    for (int b = 0; b < 4; ++b) {
-      bits |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[4 * i + b])) << (8 * b);
-    }
-    std::memcpy(&norms[i], &bits, 4);
-  }
-  return norms;
-}
-
-absl::string_view SourceName(StoredVector::Source source) {
-  return source == StoredVector::Source::kTraining ? "training" : "upload";
-}
-
 // Reads kColumns from the current row of `stmt`, starting at column 0.
 absl::StatusOr<StoredVector> ReadVector(const Statement& stmt, const std::string& tenant) {
   StoredVector v;
@@ -114,38 +83,11 @@ absl::StatusOr<StoredVector> ReadVector(const Statement& stmt, const std::string
   v.dtype = stmt.Text(6);
   v.sha256 = stmt.Text(7);
   v.size_bytes = stmt.Int(8);
-  const std::string norms = stmt.Blob(9);
-  if (v.num_layers < 0 || norms.size() != static_cast<size_t>(v.num_layers) * 4) {
-    return CorruptRow(absl::StrCat("layer_norms of vector \"", v.name, "@", v.version, "\" has ",
-                                   norms.size(), " bytes for ", v.num_layers, " layers"));
-  }
-  v.layer_norms = DecodeNorms(norms);
   v.create_time = absl::FromUnixMicros(stmt.Int(10));
-  const std::string source = stmt.Text(11);
-  if (source == "upload") {
-    v.source = StoredVector::Source::kUpload;
-  } else if (source == "training") {
-    v.source = StoredVector::Source::kTraining;
-  } else {
-    return CorruptRow(absl::StrCat("unknown source \"", source, "\""));
-  }
+  RETURN_IF_ERROR(DecodeVectorColumns(stmt.Blob(9), stmt.Text(11), v));
   v.job_id = stmt.Text(12);
   v.description = stmt.Text(13);
   return v;
-}
-
-std::string Reference(const std::string& name, std::optional<int64_t> version) {
-  return version.has_value() ? absl::StrCat(name, "@", *version) : name;
-}
-
-absl::Status NotFound(const std::string& name, std::optional<int64_t> version) {
-  return absl::NotFoundError(absl::StrCat("vector \"", Reference(name, version), "\" not found"));
-}
-
-absl::Status CheckTenantAndName(const std::string& tenant, const std::string& name) {
-  if (tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
-  if (name.empty()) return absl::InvalidArgumentError("vector store: empty vector name");
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -169,29 +111,8 @@ SqliteVectorStore::~SqliteVectorStore() = default;
 absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metadata,
                                                        const std::string& safetensors,
                                                        int64_t max_stored_versions) {
-  RETURN_IF_ERROR(CheckTenantAndName(metadata.tenant, metadata.name));
-  if (metadata.num_layers <= 0 || metadata.hidden_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("vector store: bad shape [", metadata.num_layers,
-                                                   ", ", metadata.hidden_size, "]"));
-  }
-  if (metadata.layer_norms.size() != static_cast<size_t>(metadata.num_layers)) {
-    return absl::InvalidArgumentError(absl::StrCat("vector store: ", metadata.layer_norms.size(),
-                                                   " layer norms for ", metadata.num_layers,
-                                                   " layers"));
-  }
-  StoredVector stored = metadata;
-  stored.sha256 = Sha256Hex(safetensors);
-  stored.size_bytes = static_cast<int64_t>(safetensors.size());
-  if (!metadata.sha256.empty() && metadata.sha256 != stored.sha256) {
-    return absl::InvalidArgumentError(
-        "vector store: metadata.sha256 is not the SHA-256 of the bytes to store");
-  }
-  if (metadata.size_bytes != 0 && metadata.size_bytes != stored.size_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("vector store: metadata.size_bytes is ",
-                                                   metadata.size_bytes, " but the file has ",
-                                                   stored.size_bytes, " bytes"));
-  }
-  const std::string norms = EncodeNorms(stored.layer_norms);
+  ASSIGN_OR_RETURN(StoredVector stored, PrepareNewVector(metadata, safetensors));
+  const std::string norms = EncodeLayerNorms(stored.layer_norms);
 
   absl::MutexLock lock(&mu_);
   // Read under the lock so create_time never decreases as versions increase.
@@ -205,12 +126,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(count.Step().status());
     const int64_t stored_versions = count.Int(0);
     if (stored_versions >= max_stored_versions) {
-      return LimitError(absl::StatusCode::kResourceExhausted,
-                        absl::StrCat("stored_vectors limit of ", max_stored_versions,
-                                     " reached (", stored_versions,
-                                     " vector versions stored); delete versions to store new "
-                                     "ones"),
-                        "stored_vectors", absl::StrCat(max_stored_versions), stored_versions);
+      return StoredVectorsLimitError(max_stored_versions, stored_versions);
     }
   }
   {
@@ -245,7 +161,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(insert.BindInt(10, stored.size_bytes));
     RETURN_IF_ERROR(insert.BindBlob(11, norms));
     RETURN_IF_ERROR(insert.BindInt(12, absl::ToUnixMicros(stored.create_time)));
-    RETURN_IF_ERROR(insert.BindText(13, SourceName(stored.source)));
+    RETURN_IF_ERROR(insert.BindText(13, VectorSourceName(stored.source)));
     RETURN_IF_ERROR(insert.BindText(14, stored.job_id));
     RETURN_IF_ERROR(insert.BindText(15, stored.description));
     RETURN_IF_ERROR(insert.Run());
@@ -265,7 +181,7 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
 absl::StatusOr<StoredVector> SqliteVectorStore::Get(const std::string& tenant,
                                                     const std::string& name,
                                                     std::optional<int64_t> version) {
-  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  RETURN_IF_ERROR(CheckVectorTenantAndName(tenant, name));
   absl::MutexLock lock(&mu_);
   Statement select(*db_, "reading a vector");
   RETURN_IF_ERROR(select.Prepare(absl::StrCat(
@@ -275,13 +191,13 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Get(const std::string& tenant,
   RETURN_IF_ERROR(select.BindText(2, name));
   if (version.has_value()) RETURN_IF_ERROR(select.BindInt(3, *version));
   ASSIGN_OR_RETURN(const bool row, select.Step());
-  if (!row) return NotFound(name, version);
+  if (!row) return VectorNotFound(name, version);
   return ReadVector(select, tenant);
 }
 
 absl::StatusOr<std::string> SqliteVectorStore::ReadBytes(const std::string& tenant,
                                                          const std::string& name, int64_t version) {
-  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  RETURN_IF_ERROR(CheckVectorTenantAndName(tenant, name));
   std::string bytes;
   std::string sha256;
   {
@@ -295,24 +211,17 @@ absl::StatusOr<std::string> SqliteVectorStore::ReadBytes(const std::string& tena
     RETURN_IF_ERROR(select.BindText(2, name));
     RETURN_IF_ERROR(select.BindInt(3, version));
     ASSIGN_OR_RETURN(const bool row, select.Step());
-    if (!row) return NotFound(name, version);
+    if (!row) return VectorNotFound(name, version);
     bytes = select.Blob(0);
     sha256 = select.Text(1);
   }
   // Hashing outside the lock: it is the slow part and needs no database.
-  if (Sha256Hex(bytes) != sha256) {
-    return absl::InternalError(absl::StrCat("vector store: the stored file of vector \"", name, "@",
-                                            version, "\" does not match its sha256 (corrupt)"));
-  }
+  RETURN_IF_ERROR(CheckStoredBytes(name, version, bytes, sha256));
   return bytes;
 }
 
 absl::StatusOr<VectorPage> SqliteVectorStore::List(const VectorListQuery& query) {
-  if (query.tenant.empty()) return absl::InvalidArgumentError("vector store: empty tenant");
-  if (query.limit < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("vector store: negative list limit ", query.limit));
-  }
+  RETURN_IF_ERROR(CheckVectorListQuery(query));
   // The SQL text only varies by which fixed fragments are present; every value is a
   // bound parameter. Names compare bytewise (SQLite's BINARY collation).
   std::string sql = absl::StrCat("SELECT ", kColumns, " FROM vectors v WHERE v.tenant = ?1");
@@ -360,7 +269,7 @@ absl::StatusOr<VectorPage> SqliteVectorStore::List(const VectorListQuery& query)
 
 absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
     const std::string& tenant, const std::string& name, std::optional<int64_t> version) {
-  RETURN_IF_ERROR(CheckTenantAndName(tenant, name));
+  RETURN_IF_ERROR(CheckVectorTenantAndName(tenant, name));
   const absl::string_view match = version.has_value() ? "tenant = ?1 AND name = ?2 AND version = ?3"
                                                       : "tenant = ?1 AND name = ?2";
   auto bind = [&](Statement& stmt) -> absl::Status {
@@ -386,7 +295,7 @@ absl::StatusOr<std::vector<StoredVector>> SqliteVectorStore::Delete(
       deleted.push_back(std::move(vector));
     }
   }
-  if (deleted.empty()) return NotFound(name, version);
+  if (deleted.empty()) return VectorNotFound(name, version);
   {
     Statement files(*db_, "deleting vector files");
     RETURN_IF_ERROR(files.Prepare(absl::StrCat(
