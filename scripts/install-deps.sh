@@ -9,6 +9,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev openssl
+  # The shared store for replicas (libpq), and the PostgreSQL server the tests start.
+  libpq-dev postgresql-15
   python3
   # The analysis builds: clang's thread-safety check, libFuzzer and its sanitizers.
   clang libclang-rt-14-dev

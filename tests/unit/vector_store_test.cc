@@ -1,4 +1,5 @@
 #include "server/storage/sqlite_vector_store.h"
+#include "tests/testing/store_backend.h"
 
 #include <signal.h>
 #include <sqlite3.h>
@@ -39,34 +40,38 @@ std::vector<std::pair<std::string, int64_t>> Refs(const std::vector<StoredVector
   return refs;
 }
 
-class SqliteVectorStoreTest : public ::testing::Test {
+// The fixture of every test: a fresh store on backend(), on a location of its own.
+class VectorStoreTestBase : public ::testing::Test {
  protected:
+  virtual testing::StoreBackend backend() const = 0;
+
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("sqlite_vector_store_test.", getpid(), ".", info->name());
-    std::filesystem::remove_all(dir_);
-    path_ = (dir_ / "db" / "steerd.db").string();  // The store creates db/.
+    absl::StatusOr<std::unique_ptr<testing::StoreLocation>> location =
+        testing::StoreLocation::Make(backend(),
+                                     absl::StrCat(info->test_suite_name(), ".", info->name()));
+    ASSERT_TRUE(location.ok()) << location.status();
+    location_ = std::move(*location);
+    path_ = location_->sqlite_path();
     Open();
   }
   void TearDown() override {
     store_.reset();
-    std::filesystem::remove_all(dir_);
+    location_.reset();
   }
 
   void Open() {
-    SqliteVectorStore::Options options;
-    options.path = path_;
-    options.clock = [this] {
+    absl::StatusOr<std::unique_ptr<VectorStore>> store = location_->OpenVectorStore([this] {
       absl::MutexLock lock(&clock_mu_);
       return now_ += absl::Milliseconds(1) + absl::Nanoseconds(7);
-    };
-    auto store = SqliteVectorStore::Create(options);
+    });
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
+  // New store objects on the same data, as after a restart.
   void Reopen() {
     store_.reset();
+    location_->Close();
     Open();
   }
 
@@ -101,15 +106,37 @@ class SqliteVectorStoreTest : public ::testing::Test {
     return page.ok() ? *page : VectorPage{};
   }
 
-  std::filesystem::path dir_;
-  std::string path_;
+  std::unique_ptr<testing::StoreLocation> location_;
+  std::string path_;  // The SQLite backend's database file.
   absl::Mutex clock_mu_;
   absl::Time now_ ABSL_GUARDED_BY(clock_mu_) = absl::FromUnixSeconds(1700000000);
   int puts_ = 0;
-  std::unique_ptr<SqliteVectorStore> store_;
+  std::unique_ptr<VectorStore> store_;
 };
 
-TEST_F(SqliteVectorStoreTest, CreateFillsInAndRoundTripsEveryField) {
+// The conformance suite: every test runs on every backend.
+class VectorStoreTest : public VectorStoreTestBase,
+                        public ::testing::WithParamInterface<testing::StoreBackend> {
+ protected:
+  testing::StoreBackend backend() const override { return GetParam(); }
+};
+
+std::string BackendTestName(const ::testing::TestParamInfo<testing::StoreBackend>& info) {
+  return testing::StoreBackendName(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, VectorStoreTest,
+                         ::testing::Values(testing::StoreBackend::kSqlite,
+                                           testing::StoreBackend::kPostgres),
+                         BackendTestName);
+
+// What only the SQLite file has: its schema_version rows, damaged files.
+class SqliteVectorStoreTest : public VectorStoreTestBase {
+ protected:
+  testing::StoreBackend backend() const override { return testing::StoreBackend::kSqlite; }
+};
+
+TEST_P(VectorStoreTest, CreateFillsInAndRoundTripsEveryField) {
   StoredVector metadata = Metadata("acme", "calm");
   metadata.source = StoredVector::Source::kTraining;
   metadata.job_id = "job-7";
@@ -145,7 +172,7 @@ TEST_F(SqliteVectorStoreTest, CreateFillsInAndRoundTripsEveryField) {
   EXPECT_EQ(*read, bytes);
 }
 
-TEST_F(SqliteVectorStoreTest, RejectsInconsistentMetadata) {
+TEST_P(VectorStoreTest, RejectsInconsistentMetadata) {
   StoredVector v = Metadata("t", "n");
   v.sha256 = Sha256Hex("other bytes");
   EXPECT_EQ(store_->Create(v, "bytes", -1).status().code(), absl::StatusCode::kInvalidArgument);
@@ -166,7 +193,7 @@ TEST_F(SqliteVectorStoreTest, RejectsInconsistentMetadata) {
   EXPECT_TRUE(store_->Create(v, "bytes", -1).ok());
 }
 
-TEST_F(SqliteVectorStoreTest, VersionsIncrementAndAreNeverReused) {
+TEST_P(VectorStoreTest, VersionsIncrementAndAreNeverReused) {
   EXPECT_EQ(Put("t", "a"), 1);
   EXPECT_EQ(Put("t", "a"), 2);
   EXPECT_EQ(Put("t", "b"), 1);
@@ -186,7 +213,7 @@ TEST_F(SqliteVectorStoreTest, VersionsIncrementAndAreNeverReused) {
   EXPECT_EQ(Put("t", "b"), 2);
 }
 
-TEST_F(SqliteVectorStoreTest, GetResolvesLatestAndReportsNotFound) {
+TEST_P(VectorStoreTest, GetResolvesLatestAndReportsNotFound) {
   Put("t", "a");
   Put("t", "a");
   Put("t", "a");
@@ -208,7 +235,7 @@ TEST_F(SqliteVectorStoreTest, GetResolvesLatestAndReportsNotFound) {
   EXPECT_EQ(store_->ReadBytes("t", "a", 3).status().message(), "vector \"a@3\" not found");
 }
 
-TEST_F(SqliteVectorStoreTest, DeleteOneOrAll) {
+TEST_P(VectorStoreTest, DeleteOneOrAll) {
   Put("t", "a");
   Put("t", "a");
   Put("t", "a");
@@ -231,7 +258,7 @@ TEST_F(SqliteVectorStoreTest, DeleteOneOrAll) {
   EXPECT_TRUE(store_->Get("t", "b", 1).ok()) << "other names are untouched";
 }
 
-TEST_F(SqliteVectorStoreTest, TenantsAreIsolated) {
+TEST_P(VectorStoreTest, TenantsAreIsolated) {
   Put("alice", "shared");
   Put("alice", "shared");
   Put("bob", "shared");
@@ -256,7 +283,7 @@ TEST_F(SqliteVectorStoreTest, TenantsAreIsolated) {
   EXPECT_THAT(store_->ReadBytes("bob", "shared", 1).value(), HasSubstr("bob/shared"));
 }
 
-TEST_F(SqliteVectorStoreTest, StoredVectorsLimitIsCheckedOnCreate) {
+TEST_P(VectorStoreTest, StoredVectorsLimitIsCheckedOnCreate) {
   ASSERT_TRUE(store_->Create(Metadata("t", "a"), "1", 2).ok());
   ASSERT_TRUE(store_->Create(Metadata("t", "b"), "2", 2).ok());
   absl::StatusOr<StoredVector> over = store_->Create(Metadata("t", "a"), "3", 2);
@@ -272,10 +299,10 @@ TEST_F(SqliteVectorStoreTest, StoredVectorsLimitIsCheckedOnCreate) {
             absl::StatusCode::kResourceExhausted);
 }
 
-class SqliteVectorStoreListTest : public SqliteVectorStoreTest {
+class VectorStoreListTest : public VectorStoreTest {
  protected:
   void SetUp() override {
-    SqliteVectorStoreTest::SetUp();
+    VectorStoreTest::SetUp();
     // Created out of name order; versions 1..3 of "b" alternate models.
     Put("t", "c", "tiny");   // c@1
     Put("t", "b", "tiny");   // b@1
@@ -295,7 +322,12 @@ class SqliteVectorStoreListTest : public SqliteVectorStoreTest {
   }
 };
 
-TEST_F(SqliteVectorStoreListTest, OrdersByNameThenNewestFirst) {
+INSTANTIATE_TEST_SUITE_P(Backends, VectorStoreListTest,
+                         ::testing::Values(testing::StoreBackend::kSqlite,
+                                           testing::StoreBackend::kPostgres),
+                         BackendTestName);
+
+TEST_P(VectorStoreListTest, OrdersByNameThenNewestFirst) {
   VectorPage all = List(Query(/*all_versions=*/true));
   EXPECT_THAT(Refs(all.vectors), ElementsAre(Pair("B", 1), Pair("a", 1), Pair("b", 3), Pair("b", 2),
                                              Pair("b", 1), Pair("c", 1)));
@@ -308,7 +340,7 @@ TEST_F(SqliteVectorStoreListTest, OrdersByNameThenNewestFirst) {
   EXPECT_FALSE(latest.more);
 }
 
-TEST_F(SqliteVectorStoreListTest, Filters) {
+TEST_P(VectorStoreListTest, Filters) {
   VectorListQuery query = Query(/*all_versions=*/false);
   query.model = "large";
   // b's latest overall is b@3 (tiny); among "large" versions it is b@2.
@@ -328,7 +360,7 @@ TEST_F(SqliteVectorStoreListTest, Filters) {
   EXPECT_TRUE(List(query).vectors.empty());
 }
 
-TEST_F(SqliteVectorStoreListTest, PagesWithLimitAndCursor) {
+TEST_P(VectorStoreListTest, PagesWithLimitAndCursor) {
   for (const bool all_versions : {true, false}) {
     SCOPED_TRACE(all_versions ? "all versions" : "latest only");
     const std::vector<std::pair<std::string, int64_t>> expected =
@@ -360,7 +392,7 @@ TEST_F(SqliteVectorStoreListTest, PagesWithLimitAndCursor) {
   EXPECT_EQ(store_->List(negative).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(SqliteVectorStoreListTest, CursorResumesStrictlyAfterInListingOrder) {
+TEST_P(VectorStoreListTest, CursorResumesStrictlyAfterInListingOrder) {
   VectorListQuery query = Query(/*all_versions=*/true);
   query.after_name = "b";
   query.after_version = 2;
@@ -372,7 +404,7 @@ TEST_F(SqliteVectorStoreListTest, CursorResumesStrictlyAfterInListingOrder) {
               ElementsAre(Pair("b", 3), Pair("b", 2), Pair("b", 1), Pair("c", 1)));
 }
 
-TEST_F(SqliteVectorStoreTest, PersistsAcrossReopen) {
+TEST_P(VectorStoreTest, PersistsAcrossReopen) {
   const std::string bytes(300 * 1024, 'x');  // About a real 8B-model vector.
   absl::StatusOr<StoredVector> created = store_->Create(Metadata("t", "big"), bytes, -1);
   ASSERT_TRUE(created.ok()) << created.status();
@@ -386,7 +418,7 @@ TEST_F(SqliteVectorStoreTest, PersistsAcrossReopen) {
   EXPECT_EQ(*store_->CountVersions("t"), 2);
 }
 
-TEST_F(SqliteVectorStoreTest, ConcurrentCreatesGetDistinctVersions) {
+TEST_P(VectorStoreTest, ConcurrentCreatesGetDistinctVersions) {
   constexpr int kThreads = 6;
   constexpr int kPerThread = 8;
   constexpr int kLimit = 40;  // Fewer than kThreads * kPerThread attempts.
@@ -458,9 +490,8 @@ TEST_F(SqliteVectorStoreTest, SchemaVersionIsCheckedAndTheFileMayBeShared) {
 
 TEST_F(SqliteVectorStoreTest, NotADatabaseIsAnError) {
   store_.reset();
-  std::filesystem::remove_all(dir_);
-  std::filesystem::create_directories(dir_);
-  const std::string junk = (dir_ / "junk.db").string();
+  const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+  const std::string junk = (dir / "junk.db").string();
   {
     std::ofstream out(junk, std::ios::binary);
     out << std::string(8192, 'j');
@@ -500,15 +531,14 @@ TEST_F(SqliteVectorStoreTest, ADamagedFileIsRefusedAtOpen) {
 }
 
 // A version whose Create() returned survives the process being killed right after.
-TEST_F(SqliteVectorStoreTest, CreateIsDurableAcrossKill9) {
+TEST_P(VectorStoreTest, CreateIsDurableAcrossKill9) {
   store_.reset();  // No connection may cross fork().
+  location_->Close();
   const std::string bytes = "durable bytes";
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    SqliteVectorStore::Options options;
-    options.path = path_;
-    auto store = SqliteVectorStore::Create(options);
+    auto store = location_->OpenVectorStore(nullptr);
     if (!store.ok()) _exit(2);
     if (!(*store)->Create(Metadata("t", "survivor"), bytes, -1).ok()) _exit(3);
     kill(getpid(), SIGKILL);  // No destructors, no close, no checkpoint.

@@ -1,4 +1,5 @@
 #include "server/storage/sqlite_job_store.h"
+#include "tests/testing/store_backend.h"
 
 #include <signal.h>
 #include <sqlite3.h>
@@ -202,38 +203,54 @@ std::vector<std::string> RawQuery(const std::string& path, const std::string& sq
   return rows;
 }
 
-class SqliteJobStoreTest : public ::testing::Test {
+// The fixture of every test: a fresh store on backend(), on a location of its own.
+class JobStoreTestBase : public ::testing::Test {
  protected:
+  virtual testing::StoreBackend backend() const = 0;
+
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("sqlite_job_store_test.", getpid(), ".", info->name());
-    std::filesystem::remove_all(dir_);
-    path_ = (dir_ / "data" / "steerd.db").string();  // The store creates data/.
+    absl::StatusOr<std::unique_ptr<testing::StoreLocation>> location =
+        testing::StoreLocation::Make(backend(),
+                                     absl::StrCat(info->test_suite_name(), ".", info->name()));
+    ASSERT_TRUE(location.ok()) << location.status();
+    location_ = std::move(*location);
+    path_ = location_->sqlite_path();
     Open();
   }
   void TearDown() override {
     store_.reset();
-    std::filesystem::remove_all(dir_);
+    location_.reset();
   }
 
-  SqliteJobStore::Options StoreOptions() {
-    SqliteJobStore::Options options;
-    options.path = path_;
-    options.clock = [this] {
+  std::function<absl::Time()> Clock() {
+    return [this] {
       absl::MutexLock lock(&clock_mu_);
       return now_ += tick_;
     };
+  }
+  SqliteJobStore::Options StoreOptions() {
+    SqliteJobStore::Options options;
+    options.path = path_;
+    options.clock = Clock();
     return options;
   }
   void Open() {
-    auto store = SqliteJobStore::Create(StoreOptions());
+    absl::StatusOr<std::unique_ptr<JobStore>> store = location_->OpenJobStore(Clock());
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
+  // New store objects on the same data, as after a restart.
   void Reopen() {
     store_.reset();
+    location_->Close();
     Open();
+  }
+  // Rows of a query on the database under the store (columns joined by '|').
+  std::vector<std::string> Rows(const std::string& sql) {
+    absl::StatusOr<std::vector<std::string>> rows = location_->Query(sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() ? *rows : std::vector<std::string>{};
   }
   // Every later clock reading advances by `tick` (zero: all jobs at the same time).
   void SetTick(absl::Duration tick) {
@@ -279,15 +296,37 @@ class SqliteJobStoreTest : public ::testing::Test {
     return page.ok() ? *page : JobPage{};
   }
 
-  std::filesystem::path dir_;
-  std::string path_;
+  std::unique_ptr<testing::StoreLocation> location_;
+  std::string path_;  // The SQLite backend's database file.
   absl::Mutex clock_mu_;
   absl::Time now_ ABSL_GUARDED_BY(clock_mu_) = absl::FromUnixSeconds(1700000000);
   absl::Duration tick_ ABSL_GUARDED_BY(clock_mu_) = absl::Milliseconds(1) + absl::Nanoseconds(7);
-  std::unique_ptr<SqliteJobStore> store_;
+  std::unique_ptr<JobStore> store_;
 };
 
-TEST_F(SqliteJobStoreTest, RoundTripsAFullRecord) {
+// The conformance suite: every test runs on every backend.
+class JobStoreTest : public JobStoreTestBase,
+                     public ::testing::WithParamInterface<testing::StoreBackend> {
+ protected:
+  testing::StoreBackend backend() const override { return GetParam(); }
+};
+
+std::string BackendTestName(const ::testing::TestParamInfo<testing::StoreBackend>& info) {
+  return testing::StoreBackendName(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, JobStoreTest,
+                         ::testing::Values(testing::StoreBackend::kSqlite,
+                                           testing::StoreBackend::kPostgres),
+                         BackendTestName);
+
+// What only the SQLite file has: its schema_version rows, its query plans.
+class SqliteJobStoreTest : public JobStoreTestBase {
+ protected:
+  testing::StoreBackend backend() const override { return testing::StoreBackend::kSqlite; }
+};
+
+TEST_P(JobStoreTest, RoundTripsAFullRecord) {
   JobRecord job = Job("acme", "job-full");
   job.spec = FullSpec();
   job.step = 0;
@@ -326,7 +365,7 @@ TEST_F(SqliteJobStoreTest, RoundTripsAFullRecord) {
   ExpectSameJob(*got, expected);
 }
 
-TEST_F(SqliteJobStoreTest, RoundTripsUnsetOptionals) {
+TEST_P(JobStoreTest, RoundTripsUnsetOptionals) {
   SetTick(absl::Nanoseconds(1500));  // The clock's time is truncated too.
   JobRecord job = Job("t", "job-min");
   ASSERT_TRUE(store_->Create(job, JobDatasets{}, -1).ok());
@@ -368,7 +407,7 @@ TEST_F(SqliteJobStoreTest, RoundTripsUnsetOptionals) {
   }
 }
 
-TEST_F(SqliteJobStoreTest, DatasetsRoundTrip) {
+TEST_P(JobStoreTest, DatasetsRoundTrip) {
   JobDatasets datasets;
   datasets.train = {
       {"Q: 3+4\nA:", "7", " \\boxed{7}"},
@@ -406,7 +445,7 @@ TEST_F(SqliteJobStoreTest, DatasetsRoundTrip) {
   EXPECT_EQ(store_->ReadDatasets("").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(SqliteJobStoreTest, UpdateChangesOnlyTheMutablePart) {
+TEST_P(JobStoreTest, UpdateChangesOnlyTheMutablePart) {
   JobRecord job = Job("t", "job-1");
   job.spec = FullSpec();
   ASSERT_TRUE(store_->Create(job, Datasets("a"), -1).ok());
@@ -449,7 +488,7 @@ TEST_F(SqliteJobStoreTest, UpdateChangesOnlyTheMutablePart) {
   EXPECT_EQ(status.message(), "job \"job-404\" not found");
 }
 
-TEST_F(SqliteJobStoreTest, TenantsAreIsolated) {
+TEST_P(JobStoreTest, TenantsAreIsolated) {
   Put("alice", "job-a");
   Put("bob", "job-b");
   absl::StatusOr<JobRecord> hidden = store_->Get("alice", "job-b");
@@ -475,7 +514,7 @@ TEST_F(SqliteJobStoreTest, TenantsAreIsolated) {
   EXPECT_EQ(store_->Get("bob", "job-b")->state, JobState::kQueued);
 }
 
-TEST_F(SqliteJobStoreTest, ActiveJobsLimitCountsQueuedAndRunning) {
+TEST_P(JobStoreTest, ActiveJobsLimitCountsQueuedAndRunning) {
   ASSERT_TRUE(store_->Create(Job("t", "j1"), Datasets("1"), 2).ok());
   ASSERT_TRUE(store_->Create(Job("t", "j2"), Datasets("2"), 2).ok());
   SetState("t", "j2", JobState::kRunning);  // RUNNING counts as much as QUEUED.
@@ -506,7 +545,7 @@ TEST_F(SqliteJobStoreTest, ActiveJobsLimitCountsQueuedAndRunning) {
             absl::StatusCode::kResourceExhausted);
 }
 
-TEST_F(SqliteJobStoreTest, DuplicateIdIsAlreadyExists) {
+TEST_P(JobStoreTest, DuplicateIdIsAlreadyExists) {
   JobRecord first = Job("t", "job-1");
   first.spec.description = "first";
   ASSERT_TRUE(store_->Create(first, Datasets("first"), -1).ok());
@@ -522,7 +561,7 @@ TEST_F(SqliteJobStoreTest, DuplicateIdIsAlreadyExists) {
   EXPECT_EQ(store_->ReadDatasets("job-1")->train[0].prompt, "Q: first\nA:");
 }
 
-TEST_F(SqliteJobStoreTest, RejectsInvalidInput) {
+TEST_P(JobStoreTest, RejectsInvalidInput) {
   const auto invalid = absl::StatusCode::kInvalidArgument;
   EXPECT_EQ(store_->Create(Job("", "j"), Datasets("x"), -1).code(), invalid);
   EXPECT_EQ(store_->Create(Job("t", ""), Datasets("x"), -1).code(), invalid);
@@ -565,10 +604,10 @@ TEST_F(SqliteJobStoreTest, RejectsInvalidInput) {
   EXPECT_EQ(store_->List(query).status().code(), invalid);
 }
 
-class SqliteJobStoreListTest : public SqliteJobStoreTest {
+class JobStoreListTest : public JobStoreTest {
  protected:
   void SetUp() override {
-    SqliteJobStoreTest::SetUp();
+    JobStoreTest::SetUp();
     // a, b: distinct times. c, e, d: one shared time (the id breaks the tie). f: latest.
     Put("t", "a");
     Put("t", "b");
@@ -593,7 +632,12 @@ class SqliteJobStoreListTest : public SqliteJobStoreTest {
   }
 };
 
-TEST_F(SqliteJobStoreListTest, NewestFirstWithIdTiebreak) {
+INSTANTIATE_TEST_SUITE_P(Backends, JobStoreListTest,
+                         ::testing::Values(testing::StoreBackend::kSqlite,
+                                           testing::StoreBackend::kPostgres),
+                         BackendTestName);
+
+TEST_P(JobStoreListTest, NewestFirstWithIdTiebreak) {
   JobPage page = List(Query());
   EXPECT_THAT(Ids(page.jobs), ElementsAre("f", "e", "d", "c", "b", "a"));
   EXPECT_FALSE(page.more);
@@ -602,7 +646,7 @@ TEST_F(SqliteJobStoreListTest, NewestFirstWithIdTiebreak) {
   EXPECT_EQ(page.jobs[0].state, JobState::kSucceeded);
 }
 
-TEST_F(SqliteJobStoreListTest, FiltersByState) {
+TEST_P(JobStoreListTest, FiltersByState) {
   JobListQuery query = Query();
   query.state = JobState::kRunning;
   EXPECT_THAT(Ids(List(query).jobs), ElementsAre("e", "b"));
@@ -621,7 +665,7 @@ TEST_F(SqliteJobStoreListTest, FiltersByState) {
   EXPECT_FALSE(page.more);
 }
 
-TEST_F(SqliteJobStoreListTest, PagesWithLimitAndCursor) {
+TEST_P(JobStoreListTest, PagesWithLimitAndCursor) {
   for (const std::optional<JobState>& state :
        {std::optional<JobState>(), std::optional<JobState>(JobState::kQueued)}) {
     JobListQuery all = Query();
@@ -652,7 +696,7 @@ TEST_F(SqliteJobStoreListTest, PagesWithLimitAndCursor) {
   EXPECT_FALSE(List(nobody).more);
 }
 
-TEST_F(SqliteJobStoreListTest, CursorResumesStrictlyAfterItsJob) {
+TEST_P(JobStoreListTest, CursorResumesStrictlyAfterItsJob) {
   JobListQuery query = Query();
   query.after_id = "e";  // Inside the tie: d and c follow, then the older ones.
   EXPECT_THAT(Ids(List(query).jobs), ElementsAre("d", "c", "b", "a"));
@@ -670,7 +714,7 @@ TEST_F(SqliteJobStoreListTest, CursorResumesStrictlyAfterItsJob) {
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("no-such-job"));
 }
 
-TEST_F(SqliteJobStoreListTest, ListUnfinishedSpansTenantsOldestFirst) {
+TEST_P(JobStoreListTest, ListUnfinishedSpansTenantsOldestFirst) {
   Put("other", "y");  // Later than every job of "t".
   SetTick(absl::ZeroDuration());
   Advance(absl::Milliseconds(1));
@@ -692,7 +736,7 @@ TEST_F(SqliteJobStoreListTest, ListUnfinishedSpansTenantsOldestFirst) {
   EXPECT_THAT(Ids(*unfinished), ElementsAre("b", "c", "d", "y", "x1", "x2"));
 }
 
-TEST_F(SqliteJobStoreTest, CheckpointsAreReplacedLoadedAndDeleted) {
+TEST_P(JobStoreTest, CheckpointsAreReplacedLoadedAndDeleted) {
   Put("t", "job-1");
   Put("t", "job-2");
   absl::StatusOr<std::optional<JobCheckpoint>> loaded = store_->LoadCheckpoint("job-1");
@@ -719,7 +763,7 @@ TEST_F(SqliteJobStoreTest, CheckpointsAreReplacedLoadedAndDeleted) {
   EXPECT_EQ((*loaded)->step, 10);
   EXPECT_EQ((*loaded)->bytes, second.bytes);
   EXPECT_FALSE((*loaded)->metrics.has_value());
-  EXPECT_THAT(RawQuery(path_, "SELECT COUNT(*) FROM job_checkpoints"), ElementsAre("1"))
+  EXPECT_THAT(Rows("SELECT COUNT(*) FROM job_checkpoints"), ElementsAre("1"))
       << "replaced, not added";
 
   JobCheckpoint empty;  // Zero bytes are still a checkpoint.
@@ -740,7 +784,7 @@ TEST_F(SqliteJobStoreTest, CheckpointsAreReplacedLoadedAndDeleted) {
 
 // Retention: only jobs that ended before the cutoff go, with their examples and
 // checkpoints; running, queued and recently ended jobs stay.
-TEST_F(SqliteJobStoreTest, DeleteEndedBeforeRemovesOnlyExpiredEndedJobs) {
+TEST_P(JobStoreTest, DeleteEndedBeforeRemovesOnlyExpiredEndedJobs) {
   const absl::Time base = absl::FromUnixSeconds(1800000000);
   auto put = [&](const std::string& id, JobState state, std::optional<absl::Time> end) {
     Put("t", id);
@@ -771,12 +815,12 @@ TEST_F(SqliteJobStoreTest, DeleteEndedBeforeRemovesOnlyExpiredEndedJobs) {
     EXPECT_TRUE(store_->Get("t", kept).ok()) << kept;
     EXPECT_TRUE(store_->ReadDatasets(kept).ok()) << kept;
   }
-  EXPECT_THAT(RawQuery(path_, "SELECT COUNT(*) FROM job_examples"), ElementsAre("3"));
-  EXPECT_THAT(RawQuery(path_, "SELECT COUNT(*) FROM job_checkpoints"), ElementsAre("3"));
+  EXPECT_THAT(Rows("SELECT COUNT(*) FROM job_examples"), ElementsAre("3"));
+  EXPECT_THAT(Rows("SELECT COUNT(*) FROM job_checkpoints"), ElementsAre("3"));
   EXPECT_EQ(*store_->DeleteEndedBefore(base - absl::Hours(24)), 0) << "idempotent";
 }
 
-TEST_F(SqliteJobStoreTest, PersistsAcrossReopen) {
+TEST_P(JobStoreTest, PersistsAcrossReopen) {
   JobRecord job = Job("t", "job-1");
   job.spec = FullSpec();
   JobDatasets datasets = Datasets("persist");
@@ -858,22 +902,22 @@ TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   EXPECT_EQ(SqliteJobStore::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(SqliteJobStoreTest, CorruptRowsAreInternal) {
+TEST_P(JobStoreTest, CorruptRowsAreInternal) {
   Put("t", "job-1");
   Put("t", "job-2");
-  RawSql(path_, "UPDATE jobs SET spec = '{\"model\": 3}' WHERE id = 'job-1'");
+  ASSERT_TRUE(location_->Exec("UPDATE jobs SET spec = '{\"model\": 3}' WHERE id = 'job-1'").ok());
   absl::StatusOr<JobRecord> got = store_->Get("t", "job-1");
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("corrupt row"));
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("model"));
-  RawSql(path_, "UPDATE jobs SET metrics = 'not json' WHERE id = 'job-2'");
+  ASSERT_TRUE(location_->Exec("UPDATE jobs SET metrics = 'not json' WHERE id = 'job-2'").ok());
   EXPECT_EQ(store_->Get("t", "job-2").status().code(), absl::StatusCode::kInternal);
 }
 
 // The active-jobs check and the insert are one transaction, also across connections
 // (two stores on one file stand for two processes).
-TEST_F(SqliteJobStoreTest, ConcurrentCreatesRespectTheLimit) {
-  auto second = SqliteJobStore::Create(StoreOptions());
+TEST_P(JobStoreTest, ConcurrentCreatesRespectTheLimit) {
+  absl::StatusOr<std::unique_ptr<JobStore>> second = location_->OpenJobStore(Clock());
   ASSERT_TRUE(second.ok()) << second.status();
   constexpr int kThreads = 6;
   constexpr int kPerThread = 6;
@@ -884,7 +928,7 @@ TEST_F(SqliteJobStoreTest, ConcurrentCreatesRespectTheLimit) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      SqliteJobStore* store = t % 2 == 0 ? store_.get() : second->get();
+      JobStore* store = t % 2 == 0 ? store_.get() : second->get();
       for (int i = 0; i < kPerThread; ++i) {
         const absl::Status status =
             store->Create(Job("t", absl::StrCat("job-", t, "-", i)), Datasets("c"), kLimit);
@@ -928,14 +972,13 @@ TEST_F(SqliteJobStoreTest, IndexesServeTheHotQueries) {
 }
 
 // A job whose Create() returned survives the process being killed right after.
-TEST_F(SqliteJobStoreTest, CreateIsDurableAcrossKill9) {
+TEST_P(JobStoreTest, CreateIsDurableAcrossKill9) {
   store_.reset();  // No connection may cross fork().
+  location_->Close();
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    SqliteJobStore::Options options;
-    options.path = path_;
-    auto store = SqliteJobStore::Create(options);
+    auto store = location_->OpenJobStore(nullptr);
     if (!store.ok()) _exit(2);
     if (!(*store)->Create(Job("t", "survivor"), Datasets("s"), -1).ok()) _exit(3);
     JobCheckpoint checkpoint;

@@ -1,0 +1,353 @@
+#include "server/storage/postgres_job_store.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/storage/job_codec.h"
+#include "server/util/status_macros.h"
+
+namespace steerd {
+namespace {
+
+using postgres::Connection;
+using postgres::Params;
+using postgres::Result;
+using postgres::Transaction;
+
+// The jobs columns, in the order ReadJob() expects.
+constexpr absl::string_view kColumns =
+    "id, tenant, create_time_us, state, step, metrics, error, vector_version, "
+    "start_time_us, end_time_us, spec";
+constexpr absl::string_view kUnfinished = "state IN ('QUEUED', 'RUNNING')";
+
+// Serializes a tenant's job creates across replicas (the quota count happens under
+// it); the second key keeps it apart from the vector store's tenant lock.
+constexpr char kTenantLock[] = "SELECT pg_advisory_xact_lock(hashtext($1), 2)";
+
+absl::StatusOr<JobRecord> ReadJob(const Result& result, int row) {
+  JobColumns columns;
+  columns.id = result.Text(row, 0);
+  columns.tenant = result.Text(row, 1);
+  columns.create_time_us = result.Int(row, 2);
+  columns.progress.state = result.Text(row, 3);
+  columns.progress.step = result.Int(row, 4);
+  columns.progress.metrics = result.OptionalText(row, 5);
+  columns.progress.error = result.Text(row, 6);
+  columns.progress.vector_version = result.Int(row, 7);
+  columns.progress.start_time_us = result.OptionalInt(row, 8);
+  columns.progress.end_time_us = result.OptionalInt(row, 9);
+  columns.spec = result.Text(row, 10);
+  return DecodeJob(columns);
+}
+
+absl::StatusOr<std::vector<JobRecord>> ReadJobs(const Result& result) {
+  std::vector<JobRecord> jobs;
+  for (int row = 0; row < result.rows(); ++row) {
+    ASSIGN_OR_RETURN(JobRecord job, ReadJob(result, row));
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+// Appends the progress columns (state, step, metrics, error, vector_version, start,
+// end) in that order.
+void AddProgress(Params& params, const JobProgressColumns& progress) {
+  params.Text(progress.state)
+      .Int(progress.step)
+      .OptionalText(progress.metrics)
+      .Text(progress.error)
+      .Int(progress.vector_version)
+      .OptionalInt(progress.start_time_us)
+      .OptionalInt(progress.end_time_us);
+}
+
+// A PostgreSQL bytea[] literal of one field of every example: each element the hex
+// form of its bytes ("\\x6869"), so any bytes, NUL included, go in unchanged.
+std::string ByteaArray(const std::vector<train::Example>& examples,
+                       std::string train::Example::*field) {
+  std::string literal = "{";
+  for (size_t i = 0; i < examples.size(); ++i) {
+    if (i > 0) literal += ',';
+    // Inside an array literal the backslash of \x is escaped itself.
+    absl::StrAppend(&literal, "\"\\\\x", absl::BytesToHexString(examples[i].*field), "\"");
+  }
+  literal += '}';
+  return literal;
+}
+
+absl::Status InsertExamples(Connection& connection, const std::string& id,
+                            absl::string_view dataset,
+                            const std::vector<train::Example>& examples) {
+  if (examples.empty()) return absl::OkStatus();
+  return connection
+      .Exec("inserting the job's examples",
+            "INSERT INTO job_examples (job_id, dataset, position, prompt, answer, solution) "
+            "SELECT $1, $2, t.ord - 1, t.prompt, t.answer, t.solution "
+            "FROM unnest($3::bytea[], $4::bytea[], $5::bytea[]) "
+            "WITH ORDINALITY AS t(prompt, answer, solution, ord)",
+            Params()
+                .Text(id)
+                .Text(dataset)
+                .Text(ByteaArray(examples, &train::Example::prompt))
+                .Text(ByteaArray(examples, &train::Example::answer))
+                .Text(ByteaArray(examples, &train::Example::solution)))
+      .status();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Create(
+    const Options& options) {
+  if (options.database == nullptr) return absl::InvalidArgumentError("job store: no database");
+  Options resolved = options;
+  if (!resolved.clock) resolved.clock = [] { return absl::Now(); };
+  return absl::WrapUnique(new PostgresJobStore(std::move(resolved)));
+}
+
+absl::Status PostgresJobStore::Create(const JobRecord& job, const JobDatasets& datasets,
+                                      int64_t max_active_jobs) {
+  RETURN_IF_ERROR(CheckNewJob(job));
+  const absl::Time create_time =
+      job.create_time == absl::InfinitePast() ? options_.clock() : job.create_time;
+  ASSIGN_OR_RETURN(const JobColumns columns, EncodeJob(job, create_time));
+  return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    Transaction txn(connection);
+    RETURN_IF_ERROR(txn.Begin());
+    RETURN_IF_ERROR(
+        connection.Exec("locking the tenant", kTenantLock, Params().Text(job.tenant)).status());
+    ASSIGN_OR_RETURN(const Result existing, connection.Exec("looking a job up",
+                                                            "SELECT 1 FROM jobs WHERE id = $1",
+                                                            Params().Text(job.id)));
+    if (existing.rows() > 0) return JobAlreadyExists(job.id);
+    if (max_active_jobs >= 0) {
+      ASSIGN_OR_RETURN(const Result count,
+                       connection.Exec("counting active jobs",
+                                       absl::StrCat("SELECT count(*) FROM jobs WHERE tenant = $1 "
+                                                    "AND ",
+                                                    kUnfinished),
+                                       Params().Text(job.tenant)));
+      const int64_t active = count.Int(0, 0);
+      if (active >= max_active_jobs) return QueuedJobsLimitError(max_active_jobs, active);
+    }
+    Params insert;
+    insert.Text(columns.id).Text(columns.tenant).Int(columns.create_time_us).Text(columns.spec);
+    AddProgress(insert, columns.progress);
+    RETURN_IF_ERROR(connection
+                        .Exec("inserting the job",
+                              "INSERT INTO jobs (id, tenant, create_time_us, spec, state, step, "
+                              "metrics, error, vector_version, start_time_us, end_time_us) "
+                              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                              insert)
+                        .status());
+    RETURN_IF_ERROR(InsertExamples(connection, job.id, "train", datasets.train));
+    RETURN_IF_ERROR(InsertExamples(connection, job.id, "eval", datasets.eval));
+    return txn.Commit();
+  });
+}
+
+absl::StatusOr<JobRecord> PostgresJobStore::Get(const std::string& tenant, const std::string& id) {
+  RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
+  std::optional<JobRecord> job;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    ASSIGN_OR_RETURN(
+        const Result result,
+        connection.Exec("reading a job",
+                        absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = $1 AND tenant = $2"),
+                        Params().Text(id).Text(tenant)));
+    if (result.rows() == 0) return JobNotFound(id);
+    ASSIGN_OR_RETURN(job, ReadJob(result, 0));
+    return absl::OkStatus();
+  }));
+  return *std::move(job);
+}
+
+absl::StatusOr<JobPage> PostgresJobStore::List(const JobListQuery& query) {
+  RETURN_IF_ERROR(CheckJobListQuery(query));
+  JobPage page;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    Params params;
+    int next = 0;
+    auto param = [&next] { return absl::StrCat("$", ++next); };
+    std::string sql = absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE tenant = ", param());
+    params.Text(query.tenant);
+    if (query.state.has_value()) {
+      absl::StrAppend(&sql, " AND state = ", param());
+      params.Text(*JobStateStoreName(*query.state));
+    }
+    if (!query.after_id.empty()) {
+      // The cursor is a job of the tenant's, even if it no longer matches the filter
+      // (its state changed since the previous page): its position is what counts.
+      ASSIGN_OR_RETURN(const Result cursor,
+                       connection.Exec("reading the list cursor",
+                                       "SELECT create_time_us FROM jobs WHERE id = $1 AND "
+                                       "tenant = $2",
+                                       Params().Text(query.after_id).Text(query.tenant)));
+      if (cursor.rows() == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "job store: after_id \"", query.after_id, "\" is not a job of the tenant"));
+      }
+      // "Strictly after (create_time, id)" in (create_time DESC, id DESC) order.
+      const std::string after_time = param();
+      const std::string after_id = param();
+      absl::StrAppend(&sql, " AND create_time_us <= ", after_time, " AND (create_time_us < ",
+                      after_time, " OR id < ", after_id, ")");
+      params.Int(cursor.Int(0, 0)).Text(query.after_id);
+    }
+    // One row past the page tells whether more follow.
+    const int64_t limit = std::min(query.limit, std::numeric_limits<int64_t>::max() - 1);
+    absl::StrAppend(&sql, " ORDER BY create_time_us DESC, id DESC LIMIT ", param());
+    params.Int(limit + 1);
+    ASSIGN_OR_RETURN(const Result result, connection.Exec("listing jobs", sql, params));
+    ASSIGN_OR_RETURN(page.jobs, ReadJobs(result));
+    if (static_cast<int64_t>(page.jobs.size()) > limit) {
+      page.jobs.resize(limit);
+      page.more = true;
+    }
+    return absl::OkStatus();
+  }));
+  return page;
+}
+
+absl::Status PostgresJobStore::Update(const JobRecord& job) {
+  RETURN_IF_ERROR(CheckJobTenantAndId(job.tenant, job.id));
+  ASSIGN_OR_RETURN(const JobProgressColumns progress, EncodeJobProgress(job));
+  Params params;
+  params.Text(job.id).Text(job.tenant);
+  AddProgress(params, progress);
+  return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    ASSIGN_OR_RETURN(
+        const Result result,
+        connection.Exec("updating a job",
+                        "UPDATE jobs SET state = $3, step = $4, metrics = $5, error = $6, "
+                        "vector_version = $7, start_time_us = $8, end_time_us = $9 "
+                        "WHERE id = $1 AND tenant = $2",
+                        params));
+    if (result.affected() == 0) return JobNotFound(job.id);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<JobDatasets> PostgresJobStore::ReadDatasets(const std::string& id) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  JobDatasets datasets;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    ASSIGN_OR_RETURN(const Result exists, connection.Exec("looking a job up",
+                                                          "SELECT 1 FROM jobs WHERE id = $1",
+                                                          Params().Text(id)));
+    if (exists.rows() == 0) return JobNotFound(id);
+    // Binary results: the texts come back as their exact bytes.
+    ASSIGN_OR_RETURN(const Result result,
+                     connection.ExecBinary("reading a job's examples",
+                                     "SELECT dataset, prompt, answer, solution FROM job_examples "
+                                     "WHERE job_id = $1 ORDER BY dataset, position",
+                                     Params().Text(id)));
+    for (int row = 0; row < result.rows(); ++row) {
+      const std::string dataset = result.Text(row, 0);
+      std::vector<train::Example>* examples = dataset == "train"  ? &datasets.train
+                                              : dataset == "eval" ? &datasets.eval
+                                                                  : nullptr;
+      if (examples == nullptr) {
+        return JobCorruptRow(
+            absl::StrCat("job \"", id, "\" has an example of dataset \"", dataset, "\""));
+      }
+      examples->push_back({result.Text(row, 1), result.Text(row, 2), result.Text(row, 3)});
+    }
+    return absl::OkStatus();
+  }));
+  return datasets;
+}
+
+absl::Status PostgresJobStore::SaveCheckpoint(const std::string& id,
+                                              const JobCheckpoint& checkpoint) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  ASSIGN_OR_RETURN(const std::optional<std::string> metrics, EncodeJobMetrics(checkpoint.metrics));
+  return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    // Inserting for a job that does not exist violates the foreign key; the SELECT
+    // turns that into no row instead, which reads as NOT_FOUND.
+    ASSIGN_OR_RETURN(
+        const Result result,
+        connection.Exec("saving a checkpoint",
+                        "INSERT INTO job_checkpoints (job_id, step, metrics, bytes) "
+                        "SELECT id, $2, $3, $4 FROM jobs WHERE id = $1 "
+                        "ON CONFLICT (job_id) DO UPDATE SET step = excluded.step, "
+                        "metrics = excluded.metrics, bytes = excluded.bytes",
+                        Params().Text(id).Int(checkpoint.step).OptionalText(metrics).Bytes(
+                            checkpoint.bytes)));
+    if (result.affected() == 0) return JobNotFound(id);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::optional<JobCheckpoint>> PostgresJobStore::LoadCheckpoint(
+    const std::string& id) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  std::optional<JobCheckpoint> checkpoint;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    // Binary results for the bytes; the step as text so it reads the same way.
+    ASSIGN_OR_RETURN(const Result result,
+                     connection.ExecBinary("loading a checkpoint",
+                                           "SELECT step::text, metrics, bytes FROM job_checkpoints "
+                                           "WHERE job_id = $1",
+                                           Params().Text(id)));
+    if (result.rows() == 0) return absl::OkStatus();
+    checkpoint.emplace();
+    const int64_t step = result.Int(0, 0);
+    if (step < std::numeric_limits<int32_t>::min() || step > std::numeric_limits<int32_t>::max()) {
+      return JobCorruptRow(absl::StrCat("checkpoint of job \"", id, "\" has step ", step));
+    }
+    checkpoint->step = static_cast<int32_t>(step);
+    ASSIGN_OR_RETURN(checkpoint->metrics,
+                     DecodeJobMetrics(result.OptionalText(0, 1),
+                                      absl::StrCat("checkpoint of job \"", id, "\" metrics")));
+    checkpoint->bytes = result.Bytes(0, 2);
+    return absl::OkStatus();
+  }));
+  return checkpoint;
+}
+
+absl::Status PostgresJobStore::DeleteCheckpoint(const std::string& id) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    return connection
+        .Exec("deleting a checkpoint", "DELETE FROM job_checkpoints WHERE job_id = $1",
+              Params().Text(id))
+        .status();
+  });
+}
+
+absl::StatusOr<std::vector<JobRecord>> PostgresJobStore::ListUnfinished() {
+  std::vector<JobRecord> jobs;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    ASSIGN_OR_RETURN(const Result result,
+                     connection.Exec("listing unfinished jobs",
+                                     absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE ",
+                                                  kUnfinished, " ORDER BY create_time_us, id")));
+    ASSIGN_OR_RETURN(jobs, ReadJobs(result));
+    return absl::OkStatus();
+  }));
+  return jobs;
+}
+
+absl::StatusOr<int64_t> PostgresJobStore::DeleteEndedBefore(absl::Time cutoff) {
+  int64_t deleted = 0;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    // Examples and checkpoints go by ON DELETE CASCADE, in the same statement. The
+    // state test keeps a job that is still QUEUED or RUNNING whatever its timestamps.
+    ASSIGN_OR_RETURN(const Result result,
+                     connection.Exec("deleting expired jobs",
+                                     "DELETE FROM jobs WHERE state IN ('SUCCEEDED', 'FAILED', "
+                                     "'CANCELLED') AND end_time_us IS NOT NULL "
+                                     "AND end_time_us < $1",
+                                     Params().Int(absl::ToUnixMicros(cutoff))));
+    deleted = result.affected();
+    return absl::OkStatus();
+  }));
+  return deleted;
+}
+
+}  // namespace steerd
