@@ -21,6 +21,16 @@ std::string StoreBackendName(StoreBackend backend) {
   return backend == StoreBackend::kSqlite ? "Sqlite" : "Postgres";
 }
 
+std::string StoreBackendTestName(const ::testing::TestParamInfo<StoreBackend>& info) {
+  return StoreBackendName(info.param);
+}
+
+absl::StatusOr<std::unique_ptr<StoreLocation>> StoreLocation::ForCurrentTest(
+    StoreBackend backend) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  return Make(backend, absl::StrCat(info->test_suite_name(), ".", info->name()));
+}
+
 absl::StatusOr<std::unique_ptr<StoreLocation>> StoreLocation::Make(StoreBackend backend,
                                                                    const std::string& test_name) {
   auto location = absl::WrapUnique(new StoreLocation(backend));

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "gtest/gtest.h"
 #include "server/engine/job_store.h"
 #include "server/engine/vector_store.h"
 #include "server/storage/postgres.h"
@@ -25,11 +26,19 @@ enum class StoreBackend { kSqlite, kPostgres };
 // "Sqlite" or "Postgres", for parameterised test names.
 std::string StoreBackendName(StoreBackend backend);
 
+// For INSTANTIATE_TEST_SUITE_P(Backends, Suite, kEveryStoreBackend, StoreBackendTestName):
+// the conformance suite's parameters and their names.
+inline const auto kEveryStoreBackend =
+    ::testing::Values(StoreBackend::kSqlite, StoreBackend::kPostgres);
+std::string StoreBackendTestName(const ::testing::TestParamInfo<StoreBackend>& info);
+
 class StoreLocation {
  public:
   // A fresh, empty place for the test named `test_name`.
   static absl::StatusOr<std::unique_ptr<StoreLocation>> Make(StoreBackend backend,
                                                              const std::string& test_name);
+  // The same for the running gtest test.
+  static absl::StatusOr<std::unique_ptr<StoreLocation>> ForCurrentTest(StoreBackend backend);
   ~StoreLocation();
 
   // Stores on this location; `clock` may be empty (absl::Now). For PostgreSQL they

@@ -2,7 +2,6 @@
 #include "tests/testing/store_backend.h"
 
 #include <signal.h>
-#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -171,48 +170,14 @@ JobMetrics FullMetrics() {
   return metrics;
 }
 
-// Runs SQL on the database file with a connection of its own.
-void RawSql(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  char* error = nullptr;
-  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error), SQLITE_OK)
-      << (error != nullptr ? error : "");
-  sqlite3_free(error);
-  sqlite3_close(db);
-}
-
-// The rows of a query, each row's columns joined by '|'.
-std::vector<std::string> RawQuery(const std::string& path, const std::string& sql) {
-  std::vector<std::string> rows;
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
-      << sqlite3_errmsg(db);
-  while (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
-    std::string row;
-    for (int i = 0; i < sqlite3_column_count(stmt); ++i) {
-      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt, i));
-      absl::StrAppend(&row, i > 0 ? "|" : "", text != nullptr ? text : "NULL");
-    }
-    rows.push_back(row);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return rows;
-}
-
 // The fixture of every test: a fresh store on backend(), on a location of its own.
 class JobStoreTestBase : public ::testing::Test {
  protected:
   virtual testing::StoreBackend backend() const = 0;
 
   void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     absl::StatusOr<std::unique_ptr<testing::StoreLocation>> location =
-        testing::StoreLocation::Make(backend(),
-                                     absl::StrCat(info->test_suite_name(), ".", info->name()));
+        testing::StoreLocation::ForCurrentTest(backend());
     ASSERT_TRUE(location.ok()) << location.status();
     location_ = std::move(*location);
     path_ = location_->sqlite_path();
@@ -311,14 +276,8 @@ class JobStoreTest : public JobStoreTestBase,
   testing::StoreBackend backend() const override { return GetParam(); }
 };
 
-std::string BackendTestName(const ::testing::TestParamInfo<testing::StoreBackend>& info) {
-  return testing::StoreBackendName(info.param);
-}
-
 INSTANTIATE_TEST_SUITE_P(Backends, JobStoreTest,
-                         ::testing::Values(testing::StoreBackend::kSqlite,
-                                           testing::StoreBackend::kPostgres),
-                         BackendTestName);
+                         testing::kEveryStoreBackend, testing::StoreBackendTestName);
 
 // What only the SQLite file has: its schema_version rows, its query plans.
 class SqliteJobStoreTest : public JobStoreTestBase {
@@ -633,9 +592,7 @@ class JobStoreListTest : public JobStoreTest {
 };
 
 INSTANTIATE_TEST_SUITE_P(Backends, JobStoreListTest,
-                         ::testing::Values(testing::StoreBackend::kSqlite,
-                                           testing::StoreBackend::kPostgres),
-                         BackendTestName);
+                         testing::kEveryStoreBackend, testing::StoreBackendTestName);
 
 TEST_P(JobStoreListTest, NewestFirstWithIdTiebreak) {
   JobPage page = List(Query());
@@ -869,7 +826,7 @@ TEST_F(SqliteJobStoreTest, SharesTheFileWithTheVectorStore) {
   Put("t", "job-1");
   ASSERT_TRUE((*vectors)->Create(vector, "bytes", -1).ok());
   SetState("t", "job-1", JobState::kSucceeded);
-  EXPECT_THAT(RawQuery(path_, "SELECT component, version FROM schema_version ORDER BY component"),
+  EXPECT_THAT(Rows("SELECT component, version FROM schema_version ORDER BY component"),
               ElementsAre("jobs|1", "vectors|1"));
 
   // Reopened in the other order, both find their data.
@@ -885,7 +842,7 @@ TEST_F(SqliteJobStoreTest, SharesTheFileWithTheVectorStore) {
 TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   Put("t", "job-1");
   store_.reset();
-  RawSql(path_, "UPDATE schema_version SET version = 2 WHERE component = 'jobs'");
+  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 2 WHERE component = 'jobs'").ok());
   absl::StatusOr<std::unique_ptr<SqliteJobStore>> newer = SqliteJobStore::Create(StoreOptions());
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 2"));
@@ -896,7 +853,7 @@ TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   vector_options.path = path_;
   EXPECT_TRUE(SqliteVectorStore::Create(vector_options).ok());
 
-  RawSql(path_, "UPDATE schema_version SET version = 1 WHERE component = 'jobs'");
+  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 1 WHERE component = 'jobs'").ok());
   Open();
   EXPECT_TRUE(store_->Get("t", "job-1").ok());
   EXPECT_EQ(SqliteJobStore::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
@@ -955,7 +912,7 @@ TEST_F(SqliteJobStoreTest, IndexesServeTheHotQueries) {
   Put("t", "job-1");
   auto plan = [&](const std::string& sql) {
     std::string joined;
-    for (const std::string& row : RawQuery(path_, "EXPLAIN QUERY PLAN " + sql)) {
+    for (const std::string& row : Rows("EXPLAIN QUERY PLAN " + sql)) {
       absl::StrAppend(&joined, row, "\n");
     }
     return joined;

@@ -2,7 +2,6 @@
 #include "tests/testing/store_backend.h"
 
 #include <signal.h>
-#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,10 +45,8 @@ class VectorStoreTestBase : public ::testing::Test {
   virtual testing::StoreBackend backend() const = 0;
 
   void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     absl::StatusOr<std::unique_ptr<testing::StoreLocation>> location =
-        testing::StoreLocation::Make(backend(),
-                                     absl::StrCat(info->test_suite_name(), ".", info->name()));
+        testing::StoreLocation::ForCurrentTest(backend());
     ASSERT_TRUE(location.ok()) << location.status();
     location_ = std::move(*location);
     path_ = location_->sqlite_path();
@@ -67,6 +64,11 @@ class VectorStoreTestBase : public ::testing::Test {
     });
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
+  }
+  // Raw SQL on the database under the store, through a connection of its own.
+  void SqlOnFile(const std::string& sql) {
+    const absl::Status status = location_->Exec(sql);
+    ASSERT_TRUE(status.ok()) << status;
   }
   // New store objects on the same data, as after a restart.
   void Reopen() {
@@ -121,14 +123,8 @@ class VectorStoreTest : public VectorStoreTestBase,
   testing::StoreBackend backend() const override { return GetParam(); }
 };
 
-std::string BackendTestName(const ::testing::TestParamInfo<testing::StoreBackend>& info) {
-  return testing::StoreBackendName(info.param);
-}
-
 INSTANTIATE_TEST_SUITE_P(Backends, VectorStoreTest,
-                         ::testing::Values(testing::StoreBackend::kSqlite,
-                                           testing::StoreBackend::kPostgres),
-                         BackendTestName);
+                         testing::kEveryStoreBackend, testing::StoreBackendTestName);
 
 // What only the SQLite file has: its schema_version rows, damaged files.
 class SqliteVectorStoreTest : public VectorStoreTestBase {
@@ -323,9 +319,7 @@ class VectorStoreListTest : public VectorStoreTest {
 };
 
 INSTANTIATE_TEST_SUITE_P(Backends, VectorStoreListTest,
-                         ::testing::Values(testing::StoreBackend::kSqlite,
-                                           testing::StoreBackend::kPostgres),
-                         BackendTestName);
+                         testing::kEveryStoreBackend, testing::StoreBackendTestName);
 
 TEST_P(VectorStoreListTest, OrdersByNameThenNewestFirst) {
   VectorPage all = List(Query(/*all_versions=*/true));
@@ -453,37 +447,25 @@ TEST_P(VectorStoreTest, ConcurrentCreatesGetDistinctVersions) {
   EXPECT_EQ(*store_->CountVersions("t"), kLimit);
 }
 
-// Runs SQL on the database file with a connection of its own (the store is closed).
-void RawSql(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  char* error = nullptr;
-  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error), SQLITE_OK)
-      << (error != nullptr ? error : "");
-  sqlite3_free(error);
-  sqlite3_close(db);
-}
-
 TEST_F(SqliteVectorStoreTest, SchemaVersionIsCheckedAndTheFileMayBeShared) {
   Put("t", "a");
   store_.reset();
   // Another store's tables in the same file, and its own schema_version row, are fine.
-  RawSql(path_,
-         "CREATE TABLE jobs (id TEXT PRIMARY KEY);"
+  SqlOnFile("CREATE TABLE jobs (id TEXT PRIMARY KEY);"
          "INSERT INTO schema_version (component, version) VALUES ('jobs', 7);");
   Open();
   EXPECT_EQ(store_->Get("t", "a", 1)->version, 1);
   store_.reset();
 
   // A file written by a newer steerd is refused rather than misread.
-  RawSql(path_, "UPDATE schema_version SET version = 2 WHERE component = 'vectors'");
+  SqlOnFile("UPDATE schema_version SET version = 2 WHERE component = 'vectors'");
   SqliteVectorStore::Options options;
   options.path = path_;
   absl::StatusOr<std::unique_ptr<SqliteVectorStore>> newer = SqliteVectorStore::Create(options);
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 2"));
 
-  RawSql(path_, "UPDATE schema_version SET version = 1 WHERE component = 'vectors'");
+  SqlOnFile("UPDATE schema_version SET version = 1 WHERE component = 'vectors'");
   Open();
   EXPECT_EQ(store_->Get("t", "a", 1)->version, 1);
 }
@@ -512,7 +494,7 @@ TEST_F(SqliteVectorStoreTest, NotADatabaseIsAnError) {
 TEST_F(SqliteVectorStoreTest, ADamagedFileIsRefusedAtOpen) {
   for (int i = 0; i < 20; ++i) Put("t", absl::StrCat("v", i));
   store_.reset();
-  RawSql(path_, "PRAGMA wal_checkpoint(TRUNCATE)");
+  SqlOnFile("PRAGMA wal_checkpoint(TRUNCATE)");
   const auto size = std::filesystem::file_size(path_);
   ASSERT_GT(size, 3 * 4096u);
   {
