@@ -17,6 +17,7 @@ using CommandFunction = absl::Status (*)(const steerd::ParsedFlags&);
 const std::map<std::string, CommandFunction>& CommandFunctions() {
   static const auto* const functions = new std::map<std::string, CommandFunction>{
       {"steerd serve", steerd::RunServeCommand},
+      {"steerd migrate", steerd::RunMigrateCommand},
       {"steerd generate", steerd::RunGenerateCommand},
       {"steerd logits", steerd::RunLogitsCommand},
       {"steerd tokenize", steerd::RunTokenizeCommand},

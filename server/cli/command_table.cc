@@ -69,6 +69,28 @@ std::vector<FlagDef> DataFlags() {
 
 FlagDef JsonFlag(const char* help) { return BoolFlag("json", help); }
 
+FlagDef StoreFlag(const char* default_text) {
+  return ValueFlag("store", "URL",
+                   "The vector and job store N replicas share: a PostgreSQL URL "
+                   "(postgresql://user:password@host:5432/db). Also read from STEERD_STORE, so "
+                   "the password can stay out of the command line.",
+                   default_text);
+}
+
+CommandDef Migrate() {
+  return {
+      "steerd migrate",
+      {},
+      "Bring a PostgreSQL store's schema to this build's version.",
+      "For a Kubernetes Job before a rollout; servers also migrate at start-up. Safe while "
+      "replicas serve: migrations run under an advisory lock and only add to the schema, "
+      "so the previous version keeps working. A schema newer than this build is refused.",
+      {StoreFlag("$STEERD_STORE; required"),
+       ValueFlag("replica-id", "ID", "Recorded as the migration's author.",
+                              "hostname:pid")},
+  };
+}
+
 CommandDef Serve() {
   return {
       "steerd serve",
@@ -89,9 +111,14 @@ CommandDef Serve() {
                      "127.0.0.1:9090"),
            ValueFlag("metrics-port", "N", "Same as --metrics-listen 127.0.0.1:N, and wins."),
            ValueFlag("data-dir", "DIR",
-                     "Data directory: the vector and job store, and the default tenant's "
-                     "api_key file.",
+                     "Data directory: the default tenant's api_key file, and the vector "
+                     "and job store (SQLite) when there is no --store.",
                      "data"),
+           StoreFlag("$STEERD_STORE, else SQLite in --data-dir"),
+           ValueFlag("replica-id", "ID",
+                     "This replica's name in the store: the migrations it applies and the "
+                     "training jobs it runs.",
+                     "hostname:pid"),
            ValueFlag("tenants", "FILE.json",
                      "Tenants: API key digests and limits. Without it, one default tenant "
                      "whose key is made in --data-dir, on localhost only."),
@@ -396,7 +423,7 @@ const ProgramDef& SteerdProgram() {
   static const ProgramDef* const program = new ProgramDef{
       "steerd",
       "steerd: train and serve per-tenant steering vectors on frozen LLMs.",
-      {Serve(), Generate(), Logits(), Tokenize(), InitModel(), Dataset(), Corpus(), Train(),
+      {Serve(), Migrate(), Generate(), Logits(), Tokenize(), InitModel(), Dataset(), Corpus(), Train(),
        Eval(), Inspect(), BenchDecode(), BenchPaperTable(), BenchServe()},
       "Errors are printed as \"error: <message>\" on stderr, with exit code 1.",
   };

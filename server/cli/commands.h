@@ -11,6 +11,7 @@
 namespace steerd {
 
 absl::Status RunServeCommand(const ParsedFlags& args);           // serve_command.cc
+absl::Status RunMigrateCommand(const ParsedFlags& args);         // store_commands.cc
 absl::Status RunGenerateCommand(const ParsedFlags& args);        // model_commands.cc
 absl::Status RunLogitsCommand(const ParsedFlags& args);          // model_commands.cc
 absl::Status RunTokenizeCommand(const ParsedFlags& args);        // tokenize_command.cc

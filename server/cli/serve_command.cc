@@ -22,7 +22,9 @@
 #include "server/cli/commands.h"
 #include "server/cli/default_model.h"
 #include "server/cli/server_setup.h"
+#include "server/cli/store_flags.h"
 #include "server/engine/serving_core.h"
+#include "server/storage/postgres.h"
 #include "server/tenancy/tenants.h"
 #include "server/util/status_macros.h"
 
@@ -113,6 +115,9 @@ absl::Status Serve(const ParsedFlags& args) {
     metrics_listen = absl::StrCat("127.0.0.1:", port);
   }
   const std::string data_dir = args.Get("data-dir", "data");
+  // A bad URL is a configuration error: refused before anything starts.
+  const std::string store_url = StoreUrlFromFlags(args);
+  if (!store_url.empty()) RETURN_IF_ERROR(postgres::CheckUrl(store_url));
 
   // Tenants: the file, or the default tenant whose key lives in the data directory.
   std::vector<Tenant> tenants;
@@ -154,7 +159,11 @@ absl::Status Serve(const ParsedFlags& args) {
   composed_options.server = server_options;
   composed_options.tenants = std::move(tenants);
   composed_options.data_dir = data_dir;
+  composed_options.store_url = store_url;
+  composed_options.replica_id = ReplicaIdFromFlags(args);
   ASSIGN_OR_RETURN(auto composed, ComposedServer::Start(composed_options));
+  std::printf("replica %s, store %s\n", composed_options.replica_id.c_str(),
+              composed->store_description().c_str());
   std::printf("listening on %s (port %d)%s\n", server_options.listen_address.c_str(),
               composed->port(), server_options.tls_cert_file.empty() ? "" : " with TLS");
 

@@ -1,7 +1,5 @@
 #include "server/cli/server_setup.h"
 
-#include <filesystem>
-
 #include "server/util/status_macros.h"
 
 namespace steerd {
@@ -10,12 +8,11 @@ absl::StatusOr<std::unique_ptr<ComposedServer>> ComposedServer::Start(const Opti
   std::unique_ptr<ComposedServer> composed(new ComposedServer(options));
   ASSIGN_OR_RETURN(composed->authenticator_, Authenticator::Create({options.tenants}));
   ASSIGN_OR_RETURN(composed->limiter_, TenantLimiter::Create({}));
-  SqliteVectorStore::Options store_options;
-  store_options.path = (std::filesystem::path(options.data_dir) / "steerd.db").string();
-  ASSIGN_OR_RETURN(composed->store_, SqliteVectorStore::Create(store_options));
-  SqliteJobStore::Options job_store_options;
-  job_store_options.path = store_options.path;
-  ASSIGN_OR_RETURN(composed->job_store_, SqliteJobStore::Create(job_store_options));
+  StoreConfig store_config;
+  store_config.url = options.store_url;
+  store_config.data_dir = options.data_dir;
+  store_config.client_name = options.replica_id;
+  ASSIGN_OR_RETURN(composed->stores_, OpenStores(store_config));
   composed->metrics_ = std::make_unique<ServingMetrics>();
   composed->api_ = std::make_unique<ApiContext>(composed->authenticator_.get(),
                                                 composed->limiter_.get(), composed->metrics_.get());
@@ -32,10 +29,11 @@ ComposedServer::~ComposedServer() {
 }
 
 absl::Status ComposedServer::LoadModels() {
-  ASSIGN_OR_RETURN(core_, ServingCore::Create(options_.core, store_.get(), metrics_.get()));
+  ASSIGN_OR_RETURN(core_, ServingCore::Create(options_.core, stores_.vectors.get(), metrics_.get()));
   RETURN_IF_ERROR(core_->Warmup());
   ASSIGN_OR_RETURN(training_, TrainingManager::Create(options_.training, core_.get(),
-                                                      job_store_.get(), store_.get()));
+                                                      stores_.jobs.get(),
+                                                      stores_.vectors.get()));
   RETURN_IF_ERROR(training_->Start());
   api_->SetCore(core_.get());
   api_->SetTraining(training_.get());

@@ -1,7 +1,7 @@
 // The composition of a steerd server, shared by `steerd serve` (flags, signals, metrics
 // HTTP around it) and `steerd bench serve` (the same server in-process, driven over
-// localhost gRPC): tenants' authentication and limits, the SQLite vector and job stores
-// in the data directory, the gRPC port, the serving core and the training manager. Start-up is split in two so the
+// localhost gRPC): tenants' authentication and limits, the vector and job stores
+// (SQLite in the data directory, or a shared PostgreSQL), the gRPC port, the serving core and the training manager. Start-up is split in two so the
 // port answers health checks (NOT_SERVING) while the models load.
 // Thread-safety: Start, LoadModels, Drain and destruction from one thread; the
 // accessors from any thread once the corresponding step is done.
@@ -19,8 +19,7 @@
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
 #include "server/engine/training_manager.h"
-#include "server/storage/sqlite_job_store.h"
-#include "server/storage/sqlite_vector_store.h"
+#include "server/storage/stores.h"
 #include "server/tenancy/tenants.h"
 
 namespace steerd {
@@ -32,7 +31,12 @@ class ComposedServer {
     TrainingManager::Options training;
     ApiServer::Options server;
     std::vector<Tenant> tenants;  // At least one.
-    std::string data_dir;         // Holds the vector store, steerd.db.
+    // The vector and job stores: a postgresql:// URL (shared by replicas), or empty
+    // for SQLite in `data_dir` (steerd.db).
+    std::string store_url;
+    std::string data_dir;
+    // This replica's id, as the store and the jobs it leases name it.
+    std::string replica_id = "steerd";
   };
 
   // Builds authentication, limits and the store, and starts the gRPC port with health
@@ -55,6 +59,8 @@ class ComposedServer {
     return server_->InProcessChannel(arguments);
   }
   ServingMetrics* metrics() { return metrics_.get(); }
+  // Where the vectors and jobs are kept, for the start-up log.
+  const std::string& store_description() const { return stores_.description; }
   ServingCore* core() { return core_.get(); }  // Null before LoadModels().
   TrainingManager* training() { return training_.get(); }  // Null before LoadModels().
 
@@ -65,8 +71,7 @@ class ComposedServer {
   // Declared in construction order: destroyed in reverse, each after its users.
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<TenantLimiter> limiter_;
-  std::unique_ptr<SqliteVectorStore> store_;
-  std::unique_ptr<SqliteJobStore> job_store_;
+  Stores stores_;
   std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<ApiContext> api_;
   std::unique_ptr<ApiServer> server_;

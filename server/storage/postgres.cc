@@ -23,8 +23,15 @@ namespace {
 // "steerd" in ASCII, then 1).
 constexpr int64_t kMigrationLock = 0x7374656572640001;
 
+// libpq's message on one line: its lines (a connection failure comes with a hint on a
+// second, tab-indented one) joined by spaces, so every error prints as one line.
 std::string Trimmed(const char* message) {
-  return std::string(absl::StripTrailingAsciiWhitespace(message == nullptr ? "" : message));
+  std::string line;
+  for (absl::string_view part :
+       absl::StrSplit(message == nullptr ? "" : message, '\n', absl::SkipWhitespace())) {
+    absl::StrAppend(&line, line.empty() ? "" : " ", absl::StripAsciiWhitespace(part));
+  }
+  return line;
 }
 
 // The SQLSTATE classes that mean "the server is not there (now)": connection
@@ -231,6 +238,9 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
     return absl::UnavailableError(absl::StrCat("store: cannot connect to PostgreSQL at ",
                                                RedactUrl(url), ": ", message));
   }
+  // Notices ("relation ... already exists, skipping") are for interactive sessions;
+  // libpq's default prints them to stderr.
+  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
   return absl::WrapUnique(new Connection(conn, std::move(label)));
 }
 
