@@ -25,12 +25,20 @@ ComposedServer::~ComposedServer() {
   // when their engine drops them. grpc::Server::Shutdown is a no-op the second time.
   if (server_ != nullptr) server_->Shutdown(absl::Now());
   training_.reset();
+  change_feed_.reset();
   core_.reset();
 }
 
 absl::Status ComposedServer::LoadModels() {
   ASSIGN_OR_RETURN(core_, ServingCore::Create(options_.core, stores_.vectors.get(), metrics_.get()));
   RETURN_IF_ERROR(core_->Warmup());
+  if (stores_.database != nullptr) {
+    PostgresChangeFeed::Options feed;
+    feed.database = stores_.database.get();
+    ServingCore* core = core_.get();
+    feed.on_change = [core](const VectorChange& change) { core->ApplyVectorChange(change); };
+    ASSIGN_OR_RETURN(change_feed_, PostgresChangeFeed::Start(feed));
+  }
   ASSIGN_OR_RETURN(training_, TrainingManager::Create(options_.training, core_.get(),
                                                       stores_.jobs.get(),
                                                       stores_.vectors.get()));

@@ -19,6 +19,7 @@
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
 #include "server/engine/training_manager.h"
+#include "server/storage/postgres_change_feed.h"
 #include "server/storage/stores.h"
 #include "server/tenancy/tenants.h"
 
@@ -76,6 +77,8 @@ class ComposedServer {
   std::unique_ptr<ApiContext> api_;
   std::unique_ptr<ApiServer> server_;
   std::unique_ptr<ServingCore> core_;
+  // PostgreSQL only: other replicas' vector changes, applied to the core.
+  std::unique_ptr<PostgresChangeFeed> change_feed_;
   std::unique_ptr<TrainingManager> training_;  // Uses the core: goes first.
 };
 

@@ -72,7 +72,10 @@ class BlockingObserver : public GenerationObserver {
 }  // namespace
 
 ServingCore::ServingCore(const Options& options, VectorStore* store, ServingMetrics* metrics)
-    : options_(options), store_(store), metrics_(metrics) {}
+    : options_(options),
+      store_(store),
+      directory_(std::make_unique<VectorDirectory>(VectorDirectory::Options(), store)),
+      metrics_(metrics) {}
 
 ServingCore::~ServingCore() = default;
 
@@ -282,8 +285,13 @@ absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
       job_id.empty() ? StoredVector::Source::kUpload : StoredVector::Source::kTraining;
   metadata.job_id = job_id;
   metadata.description = description;
-  return store_->Create(metadata, validated.safetensors, max_stored_vectors);
+  ASSIGN_OR_RETURN(StoredVector stored,
+                   store_->Create(metadata, validated.safetensors, max_stored_vectors));
+  ApplyVectorChange({0, tenant, stored.name, stored.version, VectorChange::Kind::kCreated});
+  return stored;
 }
+
+void ServingCore::ApplyVectorChange(const VectorChange& change) { directory_->Apply(change); }
 
 absl::StatusOr<StoredVector> ServingCore::GetVector(const std::string& tenant,
                                                     const std::string& ref) {
@@ -307,7 +315,12 @@ absl::StatusOr<std::pair<StoredVector, std::string>> ServingCore::ExportVector(
 absl::StatusOr<std::vector<StoredVector>> ServingCore::DeleteVector(const std::string& tenant,
                                                                     const std::string& ref) {
   ASSIGN_OR_RETURN(VectorReference parsed, ParseVectorReference(ref, "name"));
-  return store_->Delete(tenant, parsed.name, parsed.version);
+  ASSIGN_OR_RETURN(std::vector<StoredVector> deleted,
+                   store_->Delete(tenant, parsed.name, parsed.version));
+  for (const StoredVector& vector : deleted) {
+    ApplyVectorChange({0, tenant, vector.name, vector.version, VectorChange::Kind::kDeleted});
+  }
+  return deleted;
 }
 
 absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
@@ -378,7 +391,9 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
   AdmittedGeneration admitted;
   admitted.prompt_tokens = prompt_tokens;
   if (ref.has_value()) {
-    ASSIGN_OR_RETURN(StoredVector vector, store_->Get(tenant, ref->name, ref->version));
+    // From memory when this replica knows the version (or the name's latest), so that
+    // generation goes on while the store is unreachable.
+    ASSIGN_OR_RETURN(StoredVector vector, directory_->Resolve(tenant, ref->name, ref->version));
     if (vector.model_fingerprint != info.fingerprint) {
       return absl::FailedPreconditionError(absl::StrCat(
           "vector \"", vector.name, "@", vector.version, "\" was made for model fingerprint \"",

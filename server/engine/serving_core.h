@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "server/engine/generation_observer.h"
 #include "server/engine/metrics.h"
+#include "server/engine/vector_directory.h"
 #include "server/engine/vector_store.h"
 #include "server/model/chat_template.h"
 
@@ -121,6 +122,10 @@ class ServingCore {
                                                                     const std::string& ref);
   absl::StatusOr<std::vector<StoredVector>> DeleteVector(const std::string& tenant,
                                                          const std::string& ref);
+  // A change another replica made to the shared store (its change feed): what
+  // generations resolve "name" and "name@version" to from now on follows it. This
+  // replica's own creates and deletes apply themselves.
+  void ApplyVectorChange(const VectorChange& change);
 
   // Validates, tokenizes (or renders and tokenizes), resolves the vector to the version
   // current now and pins it, and queues the request. `tenant_max_new_tokens` (0 = none)
@@ -144,6 +149,8 @@ class ServingCore {
 
   const Options options_;
   VectorStore* store_;
+  // Resolves generations' vector references without a store read when it can.
+  std::unique_ptr<VectorDirectory> directory_;
   ServingMetrics* metrics_;
   std::map<std::string, std::unique_ptr<ServedModel>> models_;  // Fixed after Create().
 };

@@ -46,6 +46,17 @@ struct VectorPage {
   bool more = false;                  // Whether entries follow the last one.
 };
 
+// One entry of the change feed: a version created or deleted. Replicas sharing one
+// store learn from it what "latest" now means and which versions are gone.
+struct VectorChange {
+  enum class Kind { kCreated, kDeleted };
+  int64_t seq = 0;  // Increases in commit order.
+  std::string tenant;
+  std::string name;
+  int64_t version = 0;
+  Kind kind = Kind::kCreated;
+};
+
 struct VectorListQuery {
   std::string tenant;
   std::string model;  // Only versions created for this model; empty = any.

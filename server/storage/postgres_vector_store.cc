@@ -29,6 +29,9 @@ constexpr absl::string_view kColumns =
 // happen under it); the second key keeps it apart from the job store's tenant lock.
 constexpr char kTenantLock[] = "SELECT pg_advisory_xact_lock(hashtext($1), 1)";
 
+// The change feed's writer lock ("steerd" in ASCII, then 2).
+constexpr int64_t kChangeFeedLock = 0x7374656572640002;
+
 absl::StatusOr<StoredVector> ReadVector(const Result& result, int row, const std::string& tenant) {
   StoredVector v;
   v.tenant = tenant;
@@ -51,8 +54,15 @@ absl::StatusOr<StoredVector> ReadVector(const Result& result, int row, const std
 
 // Appends a change row for (tenant, name, version) and signals it; inside the caller's
 // transaction, so the change and its feed entry commit (or roll back) together.
+// Followers read the feed by seq, so seqs must become visible in increasing order:
+// the feed lock, held until commit and taken before the seq is drawn, puts the
+// writers of changes in line (vector writes are rare; generation never takes it).
 absl::Status RecordChange(Connection& connection, const std::string& tenant,
                           const std::string& name, int64_t version, absl::string_view op) {
+  RETURN_IF_ERROR(connection
+                      .Exec("locking the change feed", "SELECT pg_advisory_xact_lock($1)",
+                            Params().Int(kChangeFeedLock))
+                      .status());
   return connection
       .Exec("recording the change",
             absl::StrCat("WITH change AS (INSERT INTO vector_changes (tenant, name, version, op, "

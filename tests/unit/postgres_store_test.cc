@@ -5,18 +5,21 @@
 // vector per training job. Every test runs on a real PostgreSQL server.
 #include <libpq-fe.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/storage/postgres.h"
+#include "server/storage/postgres_change_feed.h"
 #include "server/storage/postgres_vector_store.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/store_backend.h"
@@ -263,6 +266,141 @@ TEST(PostgresVectorStoreTest, ATrainingJobPublishesAtMostOneVector) {
   // Uploads (no job) are not limited.
   ASSERT_TRUE((*store)->Create(Metadata("up"), "a", -1).ok());
   ASSERT_TRUE((*store)->Create(Metadata("up"), "b", -1).ok());
+}
+
+// Collects what a change feed delivers.
+class FeedRecorder {
+ public:
+  std::function<void(const VectorChange&)> Callback() {
+    return [this](const VectorChange& change) {
+      absl::MutexLock lock(&mu_);
+      changes_.push_back(absl::StrCat(change.name, "@", change.version, " ",
+                                      change.kind == VectorChange::Kind::kCreated ? "created"
+                                                                                  : "deleted"));
+    };
+  }
+  // Waits (up to 10 s) until `count` changes arrived; returns them all.
+  std::vector<std::string> WaitFor(size_t count) {
+    absl::MutexLock lock(&mu_);
+    auto arrived = [this, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return changes_.size() >= count;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&arrived), absl::Seconds(10));
+    return changes_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> changes_ ABSL_GUARDED_BY(mu_);
+};
+
+struct Replica {
+  std::unique_ptr<postgres::Database> database;
+  std::unique_ptr<PostgresVectorStore> store;
+};
+
+Replica OpenReplica(const std::string& url) {
+  Replica replica;
+  postgres::Database::Options options;
+  options.url = url;
+  auto database = postgres::Database::Open(options);
+  EXPECT_TRUE(database.ok()) << database.status();
+  if (!database.ok()) return replica;
+  replica.database = std::move(*database);
+  PostgresVectorStore::Options store_options;
+  store_options.database = replica.database.get();
+  replica.store = *PostgresVectorStore::Create(store_options);
+  return replica;
+}
+
+// Notifications alone deliver (the poll interval is far longer than the wait).
+TEST(PostgresChangeFeedTest, DeliversAnotherReplicasChangesInCommitOrder) {
+  const std::string url = FreshDatabase();
+  Replica writer = OpenReplica(url);
+  Replica follower = OpenReplica(url);
+  ASSERT_NE(writer.store, nullptr);
+  ASSERT_NE(follower.store, nullptr);
+  ASSERT_TRUE(writer.store->Create(Metadata("before"), "b", -1).ok());  // Before the start.
+  FeedRecorder recorder;
+  PostgresChangeFeed::Options options;
+  options.database = follower.database.get();
+  options.on_change = recorder.Callback();
+  options.poll_interval = absl::Seconds(60);
+  auto feed = PostgresChangeFeed::Start(options);
+  ASSERT_TRUE(feed.ok()) << feed.status();
+
+  ASSERT_TRUE(writer.store->Create(Metadata("calm"), "1", -1).ok());
+  ASSERT_TRUE(writer.store->Create(Metadata("calm"), "2", -1).ok());
+  ASSERT_TRUE(writer.store->Delete("t", "calm", 1).ok());
+  EXPECT_THAT(recorder.WaitFor(3), ElementsAre("calm@1 created", "calm@2 created",
+                                               "calm@1 deleted"));
+  // Writers on several threads at once: every change arrives once, in seq order.
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        EXPECT_TRUE(writer.store->Create(Metadata(absl::StrCat("w", t)), "x", -1).ok());
+      }
+    });
+  }
+  for (std::thread& thread : writers) thread.join();
+  EXPECT_EQ(recorder.WaitFor(23).size(), 23u);
+  EXPECT_EQ((*feed)->connects(), 1);
+}
+
+// NOTIFY keeps nothing across a disconnect: what changed while the follower was not
+// listening is read when it reconnects, and a change that was never notified at all is
+// read by the periodic catch-up.
+TEST(PostgresChangeFeedTest, NothingIsLostWhenTheListenerDiesOrTheServerRestarts) {
+  absl::StatusOr<std::unique_ptr<testing::PostgresServer>> server =
+      testing::PostgresServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::string> url = (*server)->CreateDatabase("feed");
+  ASSERT_TRUE(url.ok()) << url.status();
+  Replica writer = OpenReplica(*url);
+  Replica follower = OpenReplica(*url);
+  ASSERT_NE(follower.store, nullptr);
+  FeedRecorder recorder;
+  PostgresChangeFeed::Options options;
+  options.database = follower.database.get();
+  options.on_change = recorder.Callback();
+  options.poll_interval = absl::Milliseconds(300);
+  options.reconnect_delay = absl::Milliseconds(100);
+  auto feed = PostgresChangeFeed::Start(options);
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  ASSERT_TRUE(writer.store->Create(Metadata("a"), "1", -1).ok());
+  ASSERT_EQ(recorder.WaitFor(1).size(), 1u);
+
+  // The LISTEN connection is killed; a change lands while it reconnects.
+  ASSERT_TRUE((*server)
+                  ->Exec("feed",
+                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE pid <> pg_backend_pid() AND (query LIKE 'LISTEN%' "
+                         "OR query LIKE '%FROM vector_changes%')")
+                  .ok());
+  ASSERT_TRUE(writer.store->Create(Metadata("b"), "2", -1).ok());
+  EXPECT_EQ(recorder.WaitFor(2).size(), 2u);
+
+  // A change row that was never notified (as if the NOTIFY were lost).
+  ASSERT_TRUE((*server)
+                  ->Exec("feed",
+                         "INSERT INTO vector_changes (tenant, name, version, op, time_us) "
+                         "VALUES ('t', 'silent', 1, 'create', 0)")
+                  .ok());
+  EXPECT_EQ(recorder.WaitFor(3).size(), 3u);
+
+  // The whole server restarts; a deletion right after it is back.
+  ASSERT_TRUE((*server)->Stop().ok());
+  ASSERT_TRUE((*server)->Restart().ok());
+  absl::Status deleted = absl::UnavailableError("not yet");
+  for (int attempt = 0; attempt < 50 && !deleted.ok(); ++attempt) {
+    deleted = writer.store->Delete("t", "a", std::nullopt).status();
+    if (!deleted.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(deleted.ok()) << deleted;
+  EXPECT_THAT(recorder.WaitFor(4),
+              ElementsAre("a@1 created", "b@1 created", "silent@1 created", "a@1 deleted"));
+  EXPECT_GE((*feed)->connects(), 3);
 }
 
 }  // namespace
