@@ -1360,7 +1360,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
 
 // Queue and batch flags: --max-waiting 1 starts (before the fix the warm-up's two
 // requests overflowed a queue of one most of the time, "server is overloaded"); values
-// below 1 are flag errors naming the flag, not that misleading message.
+// below 1 are flag errors naming the flag, not that misleading message. So are
+// connection ages that are zero, negative or not durations.
 TEST(ServerFlagsTest, QueueFlagsStartAtOneAndRefuseZeroByName) {
   const std::string dir = testing::MakeTempDir("steerd-flags");
   for (int i = 0; i < 3; ++i) {
@@ -1373,7 +1374,9 @@ TEST(ServerFlagsTest, QueueFlagsStartAtOneAndRefuseZeroByName) {
   }
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"--max-waiting", "0"}, {"--max-batch", "0"},
-        {"--vector-cache-size", "0"}, {"--job-retention-days", "-1"}}) {
+        {"--vector-cache-size", "0"}, {"--job-retention-days", "-1"},
+        {"--max-connection-age", "0"}, {"--max-connection-age", "5 minutes"},
+        {"--max-connection-age-grace", "-1s"}}) {
     auto server = ServerProcess::Start({dir + "/data", bad});
     ASSERT_FALSE(server.ok()) << bad[0];
     EXPECT_THAT(std::string(server.status().message()), HasSubstr(bad[0])) << server.status();
