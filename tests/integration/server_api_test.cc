@@ -1323,7 +1323,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
        {"steerd_rpc_requests_total", "steerd_rpc_latency_seconds_count",
         "steerd_time_to_first_token_seconds_count", "steerd_inter_token_latency_seconds_count",
         "steerd_generated_tokens_total", "steerd_queue_depth", "steerd_batch_size_count",
-        "steerd_running_sequences", "steerd_resident_vectors", "steerd_vector_cache_hits_total",
+        "steerd_running_sequences", "steerd_kv_cache_usage", "steerd_resident_vectors",
+        "steerd_vector_cache_hits_total",
         "steerd_vector_cache_misses_total", "steerd_tenant_requests_total"}) {
     EXPECT_TRUE(MetricSum(after, name).has_value()) << name << " missing:\n" << after;
   }
@@ -1349,7 +1350,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
       [&] {
         const std::string now = server_->ScrapeMetrics();
         return value(now, "steerd_running_sequences", model) == 0 &&
-               value(now, "steerd_queue_depth", model) == 0;
+               value(now, "steerd_queue_depth", model) == 0 &&
+               value(now, "steerd_kv_cache_usage", model) == 0;
       },
       absl::Seconds(20)));
 }
