@@ -11,7 +11,12 @@ namespace {
 // How to reach the server: every command takes them.
 std::vector<FlagDef> ConnectionFlags() {
   return {
-      ValueFlag("addr", "HOST:PORT", "The server's address.",
+      ValueFlag("addr", "TARGET",
+                "The server: HOST:PORT; replicas as a list of IP addresses "
+                "(10.0.0.5:50051,10.0.0.6:50051 or [::1]:1,[::1]:2), or dns:///NAME:PORT "
+                "for every address of a name (a headless Service), re-resolved as replicas "
+                "come and go; or any gRPC target URI. Calls are balanced round robin, and "
+                "retried on UNAVAILABLE (up to 5 attempts) while they have no output.",
                 "$STEERD_ADDR, else 127.0.0.1:50051"),
       ValueFlag("api-key", "KEY", "API key.",
                 "$STEERD_API_KEY, else the contents of DATA_DIR/api_key"),

@@ -47,6 +47,11 @@ absl::StatusOr<std::unique_ptr<SteerdClient>> Connect(const ParsedFlags& flags) 
   ASSIGN_OR_RETURN(
       ClientOptions options,
       ResolveConnection(flags.Get("addr"), flags.Get("api-key"), flags.Get("data-dir")));
+  // A malformed address is a usage error, named after where it came from.
+  if (absl::Status target = ChannelTarget(options.address).status(); !target.ok()) {
+    return UsageError(absl::StrCat(flags.Has("addr") ? "flag --addr" : "$STEERD_ADDR",
+                                   ": ", target.message()));
+  }
   options.tls_ca_file = flags.Get("tls-ca");
   ASSIGN_OR_RETURN(double timeout,
                    AsUsage(flags.GetDouble("timeout", kDefaultTimeoutSeconds)));

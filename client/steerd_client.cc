@@ -1,5 +1,7 @@
 #include "client/steerd_client.h"
 
+#include <arpa/inet.h>
+#include <grpc/grpc.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
@@ -8,11 +10,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/api/grpc_status.h"
@@ -28,6 +36,62 @@ constexpr int kMaxReceiveMessageBytes = 256 << 20;
 
 // A list RPC whose server keeps returning the same token would loop forever.
 constexpr int kMaxPages = 1 << 20;
+
+// gRPC buffers what a call sends so that it can send it again on a retry; a call that
+// sends more than this is committed to its first attempt (gRPC's default is 256 KiB,
+// less than a float32 vector of an 8B model). The server's default request limit
+// (steerd serve --max-message-bytes): the memory is only held while a call runs.
+constexpr int kRetryBufferBytes = 16 << 20;
+
+// The steerd.v1 services the retry policy covers. grpc.health.v1 is left out: a health
+// check reports what it finds, at once.
+constexpr const char* kRetriedServices[] = {"steerd.v1.Models", "steerd.v1.Vectors",
+                                            "steerd.v1.Generation", "steerd.v1.Training"};
+
+// Target URI schemes of gRPC's resolvers (besides dns:) that ChannelTarget passes on.
+constexpr const char* kTargetSchemes[] = {"ipv4:", "ipv6:", "unix:", "unix-abstract:"};
+
+// One entry of an address list, "1.2.3.4:50051" or "[::1]:50051": its family (AF_INET
+// or AF_INET6), or INVALID_ARGUMENT saying what is wrong with it.
+absl::StatusOr<int> AddressFamily(absl::string_view entry) {
+  absl::string_view host;
+  absl::string_view port;
+  if (absl::StartsWith(entry, "[")) {
+    const size_t close = entry.find(']');
+    if (close == absl::string_view::npos || close + 1 >= entry.size() ||
+        entry[close + 1] != ':') {
+      return absl::InvalidArgumentError("is not [IPV6]:PORT");
+    }
+    host = entry.substr(1, close - 1);
+    port = entry.substr(close + 2);
+  } else {
+    const size_t colon = entry.rfind(':');
+    if (colon == absl::string_view::npos) return absl::InvalidArgumentError("has no :PORT");
+    host = entry.substr(0, colon);
+    port = entry.substr(colon + 1);
+    if (absl::StrContains(host, ':')) {
+      return absl::InvalidArgumentError("is an IPv6 address without [brackets]");
+    }
+  }
+  int port_number = 0;
+  if (!absl::SimpleAtoi(port, &port_number) || port_number < 1 || port_number > 65535 ||
+      !absl::ascii_isdigit(port.front())) {
+    return absl::InvalidArgumentError(absl::StrCat("has port '", port,
+                                                   "', not a number from 1 to 65535"));
+  }
+  const std::string host_text(host);
+  unsigned char bytes[sizeof(in6_addr)];
+  if (!absl::StartsWith(entry, "[") && inet_pton(AF_INET, host_text.c_str(), bytes) == 1) {
+    return AF_INET;
+  }
+  if (absl::StartsWith(entry, "[") && inet_pton(AF_INET6, host_text.c_str(), bytes) == 1) {
+    return AF_INET6;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "is not an IP address: a list takes IP addresses only; for a name use "
+      "dns:///",
+      entry, ", which is re-resolved as its addresses change"));
+}
 
 std::string Getenv(const char* name) {
   const char* value = std::getenv(name);
@@ -146,17 +210,97 @@ void AppendChunk(const v1::GenerateChunk& chunk, v1::GenerateResponse* response)
   if (chunk.seed() != 0) response->set_seed(chunk.seed());
 }
 
+absl::StatusOr<std::string> ChannelTarget(const std::string& address) {
+  const absl::string_view text = absl::StripAsciiWhitespace(address);
+  if (text.empty()) return absl::InvalidArgumentError("the server address is empty");
+  if (!absl::StrContains(text, ',')) {
+    // "host:port", "ip:port" or a target URI with its scheme: gRPC parses it.
+    return std::string(text);
+  }
+  // A target URI passes as it is (gRPC's own lists, "ipv4:a:1,b:2", included), except a
+  // list after dns:, which gRPC would take for one malformed name.
+  if (absl::StartsWith(text, "dns:")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "address '", text, "': a dns:/// target names one host (whose DNS records may "
+        "hold every replica); to list replicas, list their IP addresses without dns:"));
+  }
+  for (const char* scheme : kTargetSchemes) {
+    if (absl::StartsWith(text, scheme)) return std::string(text);
+  }
+  std::vector<std::string> entries;
+  std::set<std::string> seen;
+  int family = 0;
+  int index = 0;
+  for (absl::string_view raw : absl::StrSplit(text, ',')) {
+    ++index;
+    const absl::string_view entry = absl::StripAsciiWhitespace(raw);
+    const std::string where = absl::StrCat("address list '", text, "': entry ", index);
+    if (entry.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " is empty"));
+    }
+    absl::StatusOr<int> entry_family = AddressFamily(entry);
+    if (!entry_family.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " '", entry, "' ", entry_family.status().message()));
+    }
+    if (family != 0 && *entry_family != family) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, " '", entry,
+          "' mixes IPv4 and IPv6 addresses (gRPC's ipv4: and ipv6: targets take one "
+          "family each)"));
+    }
+    family = *entry_family;
+    if (!seen.insert(std::string(entry)).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " '", entry, "' is listed twice"));
+    }
+    entries.emplace_back(entry);
+  }
+  return absl::StrCat(family == AF_INET ? "ipv4:" : "ipv6:", absl::StrJoin(entries, ","));
+}
+
+std::string ServiceConfigJson() {
+  // A retried call goes through round_robin's picker again, so a retry after a replica
+  // answered UNAVAILABLE (starting, draining, gone) usually lands on another replica.
+  //
+  // Only calls that have produced no output yet are retried: gRPC commits a call to its
+  // attempt once the server's response headers arrive, and steerd sends them with a
+  // stream's first message (GenerateStream's first chunk, WatchJob's first event) or a
+  // unary call's response. So a stream that fails after its first message returns the
+  // error to the caller, who has seen output, and is never replayed from the start.
+  //
+  // UNAVAILABLE is what a replica answers while it starts or drains (before it does
+  // anything) and what gRPC reports when no connection could carry the call. A connection
+  // that breaks while the server runs a unary call also ends UNAVAILABLE, after the
+  // server may have acted: a CreateJob or CreateVector retried then can create a second
+  // job or vector version. That needs a server crash in the milliseconds such a call
+  // takes; the calls carry no idempotency key that would let the server see the repeat.
+  std::vector<std::string> names;
+  for (const char* service : kRetriedServices) {
+    names.push_back(absl::StrCat(R"({"service":")", service, R"("})"));
+  }
+  return absl::StrCat(R"({"loadBalancingConfig":[{"round_robin":{}}],)",
+                      R"("methodConfig":[{"name":[)", absl::StrJoin(names, ","), "],",
+                      R"("retryPolicy":{"maxAttempts":5,"initialBackoff":"0.1s",)",
+                      R"("maxBackoff":"2s","backoffMultiplier":2,)",
+                      R"("retryableStatusCodes":["UNAVAILABLE"]}}]})");
+}
+
 grpc::ChannelArguments DefaultChannelArguments() {
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  // On by default in gRPC 1.51; set so that an older or differently built gRPC does not
+  // silently drop the retry policy.
+  arguments.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  arguments.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, kRetryBufferBytes);
+  arguments.SetServiceConfigJSON(ServiceConfigJson());
+  arguments.SetInt(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1);
   return arguments;
 }
 
 absl::StatusOr<std::unique_ptr<SteerdClient>> SteerdClient::Create(
     const ClientOptions& options) {
-  if (options.address.empty()) {
-    return absl::InvalidArgumentError("the server address is empty");
-  }
+  ASSIGN_OR_RETURN(const std::string target, ChannelTarget(options.address));
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (options.tls_ca_file.empty()) {
     credentials = grpc::InsecureChannelCredentials();
@@ -168,7 +312,7 @@ absl::StatusOr<std::unique_ptr<SteerdClient>> SteerdClient::Create(
     credentials = grpc::SslCredentials(ssl);
   }
   return CreateWithChannel(
-      grpc::CreateCustomChannel(options.address, credentials, DefaultChannelArguments()),
+      grpc::CreateCustomChannel(target, credentials, DefaultChannelArguments()),
       options);
 }
 

@@ -1,4 +1,7 @@
-// A small C++ client for a steerd server: one gRPC channel, the API key sent as
+// A small C++ client for a steerd server or a set of interchangeable replicas: one gRPC
+// channel (to one address, a list of IP addresses, or a dns:/// name whose addresses are
+// all used), round_robin load balancing over what the target resolves to, UNAVAILABLE
+// retried by gRPC's retry policy while a call has produced no output, the API key sent as
 // `authorization: Bearer <key>` metadata on every steerd.v1 call, a deadline on every
 // call (training-job watches have their own, none by default, since they last as long
 // as the job), list RPCs followed through all their pages, and gRPC errors returned as
@@ -34,7 +37,10 @@ namespace steerd::client {
 
 // Where and how to connect.
 struct ClientOptions {
-  // host:port of the server.
+  // Where the server, or its replicas, are (see ChannelTarget for the forms):
+  // "host:port", a comma-separated list of IP addresses "10.0.0.5:50051,10.0.0.6:50051",
+  // "dns:///steerd-headless.ns.svc:50051", or any other gRPC target URI ("ipv4:...",
+  // "unix:...").
   std::string address = "127.0.0.1:50051";
 
   // The tenant's API key; sent as `authorization: Bearer <key>` on every steerd.v1
@@ -76,8 +82,31 @@ absl::StatusOr<ClientOptions> ResolveConnection(const std::string& flag_addr,
 // DATA_LOSS when reading fails.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
+// The gRPC target of `address` (ClientOptions::address):
+//   "host:port"            as it is: a name gRPC's DNS resolver resolves (every address
+//                          it returns is balanced), or one IP address;
+//   "ip:port,ip:port,..."  "ipv4:ip:port,ip:port" (or "ipv6:[ip]:port,..."), gRPC's
+//                          multi-address target: IP addresses only, all of one family,
+//                          spaces around the commas allowed. A name in a list is refused
+//                          rather than resolved once here, which would pin the replicas
+//                          to the addresses it had at start-up: use "dns:///NAME:PORT"
+//                          for a name (a Kubernetes headless Service), re-resolved as
+//                          replicas come and go;
+//   "scheme:..."           any gRPC target URI ("dns:///", "ipv4:", "ipv6:", "unix:"),
+//                          as it is.
+// INVALID_ARGUMENT naming the address and what is wrong: empty, an empty entry, a name or
+// a missing or bad port in a list, mixed IPv4 and IPv6, a repeated entry.
+absl::StatusOr<std::string> ChannelTarget(const std::string& address);
+
+// The client library's service config (JSON, gRPC's service config format):
+// round_robin load balancing, and a retry policy for every steerd.v1 service (up to 5
+// attempts, backoff 0.1 s doubling to at most 2 s, jittered by gRPC) on UNAVAILABLE.
+std::string ServiceConfigJson();
+
 // The arguments of the client library's channels: a receive limit large enough for any
-// exported vector. For channels made elsewhere (CreateWithChannel).
+// exported vector, ServiceConfigJson() (and no service config from DNS TXT records, so
+// the policy is the one documented here), retries on, and a retry buffer that holds a
+// whole vector upload. For channels made elsewhere (CreateWithChannel).
 grpc::ChannelArguments DefaultChannelArguments();
 
 // `status` as an absl::Status with the same code and message, carrying the server's
@@ -138,9 +167,10 @@ class SteerdClient {
   // (WatchJob then returns CANCELLED).
   using JobEventCallback = std::function<bool(const steerd::v1::JobEvent&)>;
 
-  // Opens one channel to options.address (TLS when tls_ca_file is set). Connection
-  // happens lazily, on the first call. Fails with INVALID_ARGUMENT for an empty address
-  // and NOT_FOUND when the CA file cannot be read.
+  // Opens one channel to ChannelTarget(options.address) with DefaultChannelArguments()
+  // (TLS when tls_ca_file is set). Connection happens lazily, on the first call. Fails
+  // with ChannelTarget's INVALID_ARGUMENT for a malformed address and NOT_FOUND when the
+  // CA file cannot be read.
   static absl::StatusOr<std::unique_ptr<SteerdClient>> Create(
       const ClientOptions& options);
 

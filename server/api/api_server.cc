@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -15,6 +16,15 @@ namespace {
 
 constexpr const char* kServiceNames[] = {"steerd.v1.Models", "steerd.v1.Vectors",
                                          "steerd.v1.Generation", "steerd.v1.Training"};
+
+// A duration as the int milliseconds of a gRPC channel argument; INT_MAX (gRPC's
+// "unlimited") for an infinite or too long one.
+int ChannelArgMillis(absl::Duration duration) {
+  if (duration >= absl::Milliseconds(std::numeric_limits<int>::max())) {
+    return std::numeric_limits<int>::max();
+  }
+  return static_cast<int>(absl::ToInt64Milliseconds(duration));
+}
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -30,6 +40,16 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Start(const Options& optio
                                                             ApiContext* api) {
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+  }
+  if (options.max_connection_age < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-connection-age must be at least 1ms (inf for no limit), got ",
+        absl::FormatDuration(options.max_connection_age)));
+  }
+  if (options.max_connection_age_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-connection-age-grace must not be negative (inf for no limit), got ",
+        absl::FormatDuration(options.max_connection_age_grace)));
   }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty()) {
@@ -57,6 +77,10 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Start(const Options& optio
   builder.AddListeningPort(options.listen_address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                             ChannelArgMillis(options.max_connection_age));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             ChannelArgMillis(options.max_connection_age_grace));
   builder.RegisterService(server->models_.get());
   builder.RegisterService(server->vectors_.get());
   builder.RegisterService(server->generation_.get());

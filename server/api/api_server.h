@@ -2,6 +2,7 @@
 // reflection on one port, plaintext or TLS. It starts before the models are loaded so
 // orchestrators can probe it: health reports NOT_SERVING (and the steerd.v1 RPCs
 // UNAVAILABLE) until SetServing(true), and NOT_SERVING again once draining starts.
+// Client connections are aged out (GOAWAY) so that clients rebalance over replicas.
 // Thread-safety: all methods may be called from any thread.
 #ifndef STEERD_SERVER_API_API_SERVER_H_
 #define STEERD_SERVER_API_API_SERVER_H_
@@ -26,6 +27,16 @@ class ApiServer {
     std::string tls_cert_file;  // PEM certificate chain; with tls_key_file enables TLS.
     std::string tls_key_file;   // PEM private key.
     int64_t max_message_bytes = 16 << 20;  // Larger requests: RESOURCE_EXHAUSTED.
+    // A client connection older than this (gRPC adds up to +-10% jitter) gets a GOAWAY:
+    // its running calls go on, its new ones go to a new connection, which the client's
+    // resolver and load balancer place anew, so long-lived clients spread over replicas
+    // that came up after they connected. InfiniteDuration: never. At least 1 ms.
+    absl::Duration max_connection_age = absl::Minutes(5);
+    // How long calls still running on a connection past its age may go on before the
+    // connection is closed under them (they end UNAVAILABLE). InfiniteDuration: as long
+    // as they run, so a GOAWAY never cuts a generation or a job watch however long; the
+    // connection closes with its last call. Shutdown's deadline bounds them either way.
+    absl::Duration max_connection_age_grace = absl::InfiniteDuration();
   };
 
   // Builds and starts the server (health NOT_SERVING). `api` must outlive it.

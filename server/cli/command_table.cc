@@ -128,6 +128,18 @@ CommandDef Serve() {
            ValueFlag("drain-seconds", "N",
                      "After SIGTERM or SIGINT, how long in-flight generations may go on.",
                      "30"),
+           ValueFlag("max-connection-age", "DURATION",
+                     "A client connection older than this (+-10% jitter) gets a GOAWAY: "
+                     "its calls go on, new ones reconnect and are balanced anew, so "
+                     "clients spread over replicas added since they connected. 500ms, 30s, "
+                     "5m, 1h; inf never.",
+                     "5m"),
+           ValueFlag("max-connection-age-grace", "DURATION",
+                     "How long calls may run on a connection past its age before it is "
+                     "closed under them (UNAVAILABLE). The default never cuts a "
+                     "generation or a job watch, however long; a finite grace must exceed "
+                     "the longest one. SIGTERM's drain bounds them either way.",
+                     "inf"),
            ValueFlag("max-batch", "N", "Running sequences per model.", "64"),
            ValueFlag("max-waiting", "N",
                      "Queued requests per model before RESOURCE_EXHAUSTED.", "256"),

@@ -109,6 +109,11 @@ absl::Status Serve(const ParsedFlags& args) {
   server_options.tls_key_file = args.Get("tls-key", "");
   ASSIGN_OR_RETURN(server_options.max_message_bytes,
                    args.GetInt("max-message-bytes", 16 << 20));
+  ASSIGN_OR_RETURN(server_options.max_connection_age,
+                   args.GetDuration("max-connection-age", server_options.max_connection_age));
+  ASSIGN_OR_RETURN(server_options.max_connection_age_grace,
+                   args.GetDuration("max-connection-age-grace",
+                                    server_options.max_connection_age_grace));
   std::string metrics_listen = args.Get("metrics-listen", "127.0.0.1:9090");
   if (args.Has("metrics-port")) {
     ASSIGN_OR_RETURN(int64_t port, args.GetInt("metrics-port", 9090));

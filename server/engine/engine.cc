@@ -60,7 +60,9 @@ Engine::Engine(const Options& options, const Transformer* model, const Tokenizer
       model_(model),
       tokenizer_(tokenizer),
       metrics_(metrics),
-      eos_ids_(EosIds(model->config(), tokenizer)) {}
+      eos_ids_(EosIds(model->config(), tokenizer)),
+      kv_capacity_tokens_(options.max_batch_size *
+                          std::max<int64_t>(1, model->config().max_position_embeddings)) {}
 
 Engine::~Engine() {
   {
@@ -285,8 +287,20 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
     return;
   }
   for (int64_t row : keep) running_.push_back(std::move(joining[row]));
+  PublishBatchGauges();
+}
+
+void Engine::PublishBatchGauges() {
   running_count_.store(running_.size());
   if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+  if (metrics_.kv_cache_usage) {
+    // Tokens held, not the padded columns: a row's prompt and generated tokens never
+    // exceed the context (the core refuses longer requests), so the fraction is at most 1.
+    int64_t tokens = 0;
+    for (int64_t row = 0; row < cache_.batch_size(); ++row) tokens += cache_.num_tokens(row);
+    metrics_.kv_cache_usage->Set(
+        std::min(1.0, static_cast<double>(tokens) / static_cast<double>(kv_capacity_tokens_)));
+  }
 }
 
 absl::Status Engine::AppendSteering(const at::Tensor& joined, int64_t joined_rows) {
@@ -339,6 +353,8 @@ void Engine::DecodeStep() {
     return;
   }
   KeepRows(AcceptTokens(sequences, *sampled));
+  // Every row left holds one more token (KeepRows publishes only when rows leave).
+  PublishBatchGauges();
 }
 
 std::vector<int64_t> Engine::AcceptTokens(const std::vector<Sequence*>& rows,
@@ -422,8 +438,7 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
     const absl::Status status = KeepBatchRows(keep, any_steered, &cache_, &steering_batch_);
     if (!status.ok()) FailAll(absl::InternalError(status.message()));
   }
-  running_count_.store(running_.size());
-  if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+  PublishBatchGauges();
 }
 
 void Engine::FinishSequence(Sequence& sequence, absl::Status status) {
@@ -442,8 +457,7 @@ void Engine::FailAll(const absl::Status& status) {
   running_.clear();
   cache_ = KvCache();
   steering_batch_ = at::Tensor();
-  running_count_.store(0);
-  if (metrics_.running_sequences) metrics_.running_sequences->Set(0);
+  PublishBatchGauges();
 }
 
 }  // namespace steerd

@@ -99,6 +99,9 @@ class Engine {
   // Appends `joined_rows` rows (their steering [L, joined_rows, 1, d], or undefined when
   // none is steered) to the batch's steering, before they join running_.
   absl::Status AppendSteering(const at::Tensor& joined, int64_t joined_rows);
+  // Sets running_count_ and the running-sequences and KV-cache-use gauges from
+  // running_ and cache_; after every change of the batch and every decode step.
+  void PublishBatchGauges();
   void FinishSequence(Sequence& sequence, absl::Status status);
   void FailAll(const absl::Status& status);
 
@@ -107,6 +110,9 @@ class Engine {
   const Tokenizer* tokenizer_;
   const ModelMetrics metrics_;
   const std::vector<int64_t> eos_ids_;
+  // The most tokens the KV cache can hold: max_batch_size rows of the model's context
+  // (the denominator of the steerd_kv_cache_usage gauge).
+  const int64_t kv_capacity_tokens_;
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Sequence>> waiting_ ABSL_GUARDED_BY(mu_);

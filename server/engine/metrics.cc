@@ -61,12 +61,22 @@ ServingMetrics::ServingMetrics()
                         .Register(*registry_)),
       queue_depth_(BuildGauge()
                        .Name("steerd_queue_depth")
-                       .Help("Requests waiting for a batch row")
+                       .Help("Requests waiting for a batch row (training rollouts, which "
+                             "wait in a queue of their own, excluded)")
                        .Register(*registry_)),
       running_sequences_(BuildGauge()
                              .Name("steerd_running_sequences")
-                             .Help("Sequences in the running batch")
+                             .Help("Sequences in the running batch (training rollouts "
+                                   "included)")
                              .Register(*registry_)),
+      kv_cache_usage_(BuildGauge()
+                          .Name("steerd_kv_cache_usage")
+                          .Help("Fraction (0-1) of the KV cache in use: tokens whose keys "
+                                "and values the running sequences hold, over the most it "
+                                "can hold (max batch rows times the model's context). The "
+                                "cache's tensors are padded to the longest row, so the "
+                                "memory they take can be larger")
+                          .Register(*registry_)),
       resident_vectors_(BuildGauge()
                             .Name("steerd_resident_vectors")
                             .Help("Steering vectors held on the model's device")
@@ -120,6 +130,7 @@ ModelMetrics ServingMetrics::ForModel(const std::string& model) {
   m.decode_steps = &decode_steps_.Add(labels);
   m.queue_depth = &queue_depth_.Add(labels);
   m.running_sequences = &running_sequences_.Add(labels);
+  m.kv_cache_usage = &kv_cache_usage_.Add(labels);
   m.resident_vectors = &resident_vectors_.Add(labels);
   m.vector_cache_hits = &vector_cache_hits_.Add(labels);
   m.vector_cache_misses = &vector_cache_misses_.Add(labels);

@@ -1,9 +1,12 @@
 // The serving metrics steerd exports to Prometheus: RPCs by method and status code with
 // latency histograms, and, per model, time to first token, inter-token latency, tokens
-// generated, queue depth, batch size, running and waiting sequences, resident steering
-// vectors and the vector cache's hits, misses and evictions, training jobs (queued,
-// running, ended by state) and their steps; per tenant, requests and tokens. Tenants come from the operator's tenants file, so the tenant label set is
-// bounded. The registry is exposed over HTTP by the server (prometheus-cpp's Exposer);
+// generated, queue depth, batch size, running sequences, KV-cache use, resident
+// steering vectors and the vector cache's hits, misses and evictions, training jobs
+// (queued, running, ended by state) and their steps; per tenant, requests and tokens.
+// Tenants come from the operator's tenants file, so the tenant label set is bounded.
+// steerd_queue_depth, steerd_running_sequences and steerd_kv_cache_usage are the load
+// gauges routers and autoscalers read (vLLM's num_requests_waiting, num_requests_running
+// and gpu_cache_usage_perc). The registry is exposed over HTTP by the server (prometheus-cpp's Exposer);
 // tests read it through Collect().
 // Thread-safety: every method may be called from any thread.
 #ifndef STEERD_SERVER_ENGINE_METRICS_H_
@@ -35,6 +38,7 @@ struct ModelMetrics {
   prometheus::Counter* decode_steps = nullptr;
   prometheus::Gauge* queue_depth = nullptr;              // requests waiting for a row
   prometheus::Gauge* running_sequences = nullptr;
+  prometheus::Gauge* kv_cache_usage = nullptr;           // 0-1, see steerd_kv_cache_usage
   prometheus::Gauge* resident_vectors = nullptr;
   prometheus::Counter* vector_cache_hits = nullptr;
   prometheus::Counter* vector_cache_misses = nullptr;
@@ -79,6 +83,7 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& decode_steps_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Gauge>& running_sequences_;
+  prometheus::Family<prometheus::Gauge>& kv_cache_usage_;
   prometheus::Family<prometheus::Gauge>& resident_vectors_;
   prometheus::Family<prometheus::Counter>& vector_cache_hits_;
   prometheus::Family<prometheus::Counter>& vector_cache_misses_;

@@ -342,6 +342,22 @@ absl::StatusOr<double> ParsedFlags::GetDouble(const std::string& name,
   });
 }
 
+absl::StatusOr<absl::Duration> ParsedFlags::GetDuration(const std::string& name,
+                                                        absl::Duration fallback) const {
+  return TypedValue(name, fallback,
+                    "a duration of zero or more, such as 500ms, 30s, 5m or 1h30m (a bare "
+                    "number is seconds, inf is unlimited)",
+                    [](absl::string_view text, absl::Duration* value) {
+                      double seconds = 0;
+                      if (absl::SimpleAtod(text, &seconds) && std::isfinite(seconds)) {
+                        *value = absl::Seconds(seconds);
+                      } else if (!absl::ParseDuration(text, value)) {
+                        return false;
+                      }
+                      return *value >= absl::ZeroDuration();
+                    });
+}
+
 absl::StatusOr<std::vector<int64_t>> ParsedFlags::GetIntList(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) {

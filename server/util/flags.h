@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace steerd {
 
@@ -112,6 +113,11 @@ class ParsedFlags {
   absl::StatusOr<uint64_t> GetUint(const std::string& name, uint64_t fallback) const;
   // A finite number.
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+  // A duration of at least zero: "500ms", "30s", "5m", "1h30m" (absl::ParseDuration's
+  // units ns, us, ms, s, m, h), a bare number of seconds ("30", "0.5"), or "inf" for
+  // absl::InfiniteDuration() (unlimited).
+  absl::StatusOr<absl::Duration> GetDuration(const std::string& name,
+                                             absl::Duration fallback) const;
   // Comma-separated integers ("--ids 1,2,3"); the flag is required and not empty.
   absl::StatusOr<std::vector<int64_t>> GetIntList(const std::string& name) const;
 

@@ -1323,7 +1323,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
        {"steerd_rpc_requests_total", "steerd_rpc_latency_seconds_count",
         "steerd_time_to_first_token_seconds_count", "steerd_inter_token_latency_seconds_count",
         "steerd_generated_tokens_total", "steerd_queue_depth", "steerd_batch_size_count",
-        "steerd_running_sequences", "steerd_resident_vectors", "steerd_vector_cache_hits_total",
+        "steerd_running_sequences", "steerd_kv_cache_usage", "steerd_resident_vectors",
+        "steerd_vector_cache_hits_total",
         "steerd_vector_cache_misses_total", "steerd_tenant_requests_total"}) {
     EXPECT_TRUE(MetricSum(after, name).has_value()) << name << " missing:\n" << after;
   }
@@ -1349,7 +1350,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
       [&] {
         const std::string now = server_->ScrapeMetrics();
         return value(now, "steerd_running_sequences", model) == 0 &&
-               value(now, "steerd_queue_depth", model) == 0;
+               value(now, "steerd_queue_depth", model) == 0 &&
+               value(now, "steerd_kv_cache_usage", model) == 0;
       },
       absl::Seconds(20)));
 }
@@ -1360,7 +1362,8 @@ TEST_F(ServerApiTest, MetricsDescribeTheTraffic) {
 
 // Queue and batch flags: --max-waiting 1 starts (before the fix the warm-up's two
 // requests overflowed a queue of one most of the time, "server is overloaded"); values
-// below 1 are flag errors naming the flag, not that misleading message.
+// below 1 are flag errors naming the flag, not that misleading message. So are
+// connection ages that are zero, negative or not durations.
 TEST(ServerFlagsTest, QueueFlagsStartAtOneAndRefuseZeroByName) {
   const std::string dir = testing::MakeTempDir("steerd-flags");
   for (int i = 0; i < 3; ++i) {
@@ -1373,7 +1376,9 @@ TEST(ServerFlagsTest, QueueFlagsStartAtOneAndRefuseZeroByName) {
   }
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"--max-waiting", "0"}, {"--max-batch", "0"},
-        {"--vector-cache-size", "0"}, {"--job-retention-days", "-1"}}) {
+        {"--vector-cache-size", "0"}, {"--job-retention-days", "-1"},
+        {"--max-connection-age", "0"}, {"--max-connection-age", "5 minutes"},
+        {"--max-connection-age-grace", "-1s"}}) {
     auto server = ServerProcess::Start({dir + "/data", bad});
     ASSERT_FALSE(server.ok()) << bad[0];
     EXPECT_THAT(std::string(server.status().message()), HasSubstr(bad[0])) << server.status();

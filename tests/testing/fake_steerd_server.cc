@@ -81,6 +81,20 @@ class FakeModels final : public v1::Models::Service {
   grpc::Status GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
                         v1::Model* response) override {
     if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
+    int attempt;
+    {
+      absl::MutexLock lock(&observed_->mu);
+      ++observed_->get_model_calls;
+      attempt = ++observed_->attempts[absl::StrCat("GetModel ", request->name())];
+    }
+    if (request->name() == kUnavailableModel ||
+        (request->name().rfind(kUnavailableOnceModel, 0) == 0 && attempt == 1)) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is starting");
+    }
+    if (request->name().rfind(kUnavailableOnceModel, 0) == 0) {
+      response->set_name(request->name());
+      return grpc::Status::OK;
+    }
     if (request->name() != "m0") {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           absl::StrCat("model '", request->name(), "' is not loaded"));
@@ -227,6 +241,21 @@ class FakeGeneration final : public v1::Generation::Service {
                               grpc::ServerWriter<v1::GenerateChunk>* writer) override {
     if (grpc::Status auth = CheckAuth(context); !auth.ok()) return auth;
     Record(*request);
+    int attempt;
+    {
+      absl::MutexLock lock(&observed_->mu);
+      attempt = ++observed_->attempts[absl::StrCat("GenerateStream ", request->prompt())];
+    }
+    if (request->prompt() == kUnavailableFirstPrompt && attempt == 1) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
+    }
+    if (request->prompt() == kUnavailableMidStreamPrompt) {
+      v1::GenerateChunk chunk;
+      chunk.set_text("t0 ");
+      chunk.add_token_ids(100);
+      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the replica went away mid-stream");
+    }
     if (request->prompt() == kForeverPrompt) {
       // Flow control blocks Write until the client reads; it fails once the call is
       // cancelled or past its deadline.

@@ -7,14 +7,16 @@
 // Get/Export/Delete know "known" (Get also "known@1"); Create refuses empty bytes and
 // the name "over-limit" (RESOURCE_EXHAUSTED with limit details). Generation: model
 // "wrong-fingerprint" fails FAILED_PRECONDITION; GenerateStream sends max_new_tokens
-// chunks (3 by default) and has two special prompts (below). Training: see the job
-// scripts below. What the services saw is kept in ObservedCalls for assertions.
+// chunks (3 by default) and has special prompts (below). Training: see the job scripts
+// below. Some names and prompts answer UNAVAILABLE (below), for the client's retries.
+// What the services saw is kept in ObservedCalls for assertions.
 // Thread-safe: the services run on gRPC's threads and record under ObservedCalls::mu.
 #ifndef STEERD_TESTS_TESTING_FAKE_STEERD_SERVER_H_
 #define STEERD_TESTS_TESTING_FAKE_STEERD_SERVER_H_
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -41,6 +43,16 @@ inline const std::string kFakeExportBytes("ST\0\x01\xff payload", 13);
 // Prompts with special behaviour in the fake Generation service.
 inline constexpr char kForeverPrompt[] = "forever";            // streams until cancelled
 inline constexpr char kFailMidStreamPrompt[] = "fail-midway";  // 2 chunks, then INTERNAL
+// The first attempt fails UNAVAILABLE before any chunk; the next ones stream as usual.
+inline constexpr char kUnavailableFirstPrompt[] = "unavailable-first";
+// 1 chunk, then UNAVAILABLE, every attempt.
+inline constexpr char kUnavailableMidStreamPrompt[] = "unavailable-midway";
+
+// GetModel names that answer UNAVAILABLE: a name starting with kUnavailableOnceModel
+// fails its first attempt on this server and then succeeds (each test its own name);
+// kUnavailableModel fails every attempt.
+inline constexpr char kUnavailableOnceModel[] = "unavailable-once";
+inline constexpr char kUnavailableModel[] = "unavailable-always";
 
 // Jobs of the fake Training service. WatchJob plays a script per id:
 //   job-ok       QUEUED, RUNNING, steps 1-4 with metrics, SUCCEEDED publishing arith@3
@@ -59,6 +71,10 @@ inline constexpr int kFakeNumJobs = 5;
 struct ObservedCalls {
   absl::Mutex mu;
   std::vector<std::string> model_page_tokens ABSL_GUARDED_BY(mu);
+  // GetModel calls that reached this server (every attempt of every call).
+  int get_model_calls ABSL_GUARDED_BY(mu) = 0;
+  // Attempts by call: "GetModel <name>", "GenerateStream <prompt>".
+  std::map<std::string, int> attempts ABSL_GUARDED_BY(mu);
   std::vector<v1::ListVectorsRequest> vector_list_requests ABSL_GUARDED_BY(mu);
   v1::CreateVectorRequest last_create ABSL_GUARDED_BY(mu);
   v1::GenerateRequest last_generate ABSL_GUARDED_BY(mu);
@@ -81,6 +97,8 @@ struct ObservedCalls {
   void Reset() {
     absl::MutexLock lock(&mu);
     model_page_tokens.clear();
+    get_model_calls = 0;
+    attempts.clear();
     vector_list_requests.clear();
     last_create.Clear();
     last_generate.Clear();

@@ -4,6 +4,8 @@
 // their lists, stream chunks and scripted job events, fail with given codes) and gRPC's
 // own grpc.health.v1 service. Covers the metadata sent, pagination, streamed chunks and
 // job events in order, cancellation and deadlines, error codes, connection resolution,
+// several replicas (address lists and their errors, round_robin balancing, UNAVAILABLE
+// retried only while a call has no output, a replica down),
 // steerctl's training-job flags and JSONL datasets, its progress output, its help (every
 // command's --help names every flag of its table), and its output and exit codes as a
 // subprocess.
@@ -54,6 +56,9 @@ using ::steerd::testing::kFakeNumJobs;
 using ::steerd::testing::kFakeNumModels;
 using ::steerd::testing::kFakeNumVectors;
 using ::steerd::testing::kForeverPrompt;
+using ::steerd::testing::kUnavailableFirstPrompt;
+using ::steerd::testing::kUnavailableMidStreamPrompt;
+using ::steerd::testing::kUnavailableModel;
 using ::steerd::testing::ObservedCalls;
 using ::steerd::testing::ProcessRun;
 using ::steerd::testing::RunShellCommand;
@@ -145,6 +150,216 @@ TEST_F(ClientTest, CreateRejectsBadOptions) {
   options.address = "127.0.0.1:1";
   options.tls_ca_file = "/nonexistent/ca.pem";
   EXPECT_EQ(SteerdClient::Create(options).status().code(), absl::StatusCode::kNotFound);
+}
+
+// ------------------------------------------------- replicas: targets, balancing, retries
+
+TEST(ChannelTargetTest, ListsOfIpAddressesBecomeMultiAddressTargets) {
+  EXPECT_EQ(*ChannelTarget("127.0.0.1:1,127.0.0.1:2"), "ipv4:127.0.0.1:1,127.0.0.1:2");
+  EXPECT_EQ(*ChannelTarget(" 10.0.0.5:50051 , 10.0.0.6:50051 "),
+            "ipv4:10.0.0.5:50051,10.0.0.6:50051");
+  EXPECT_EQ(*ChannelTarget("[::1]:1,[fe80::1]:2"), "ipv6:[::1]:1,[fe80::1]:2");
+  // One address, a name or a target URI pass as they are: gRPC resolves them.
+  for (const char* address :
+       {"localhost:50051", "127.0.0.1:50051", "[::1]:50051", "dns:///steerd.ns.svc:50051",
+        "ipv4:127.0.0.1:1,127.0.0.1:2", "ipv6:[::1]:1,[::1]:2", "unix:/run/steerd.sock"}) {
+    EXPECT_EQ(*ChannelTarget(address), address);
+  }
+}
+
+TEST(ChannelTargetTest, MalformedAddressesSayWhatIsWrong) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "the server address is empty"},
+      {"  ", "the server address is empty"},
+      {"127.0.0.1:1,,127.0.0.1:2", "address list '127.0.0.1:1,,127.0.0.1:2': entry 2 is empty"},
+      {"127.0.0.1:1,", "entry 2 is empty"},
+      {"host-a:50051,host-b:50051",
+       "entry 1 'host-a:50051' is not an IP address: a list takes IP addresses only; for a "
+       "name use dns:///host-a:50051"},
+      {"127.0.0.1:1,127.0.0.2", "entry 2 '127.0.0.2' has no :PORT"},
+      {"127.0.0.1:0,127.0.0.2:1", "entry 1 '127.0.0.1:0' has port '0', not a number from 1 to "
+                                  "65535"},
+      {"127.0.0.1:1,127.0.0.2:65536", "has port '65536'"},
+      {"127.0.0.1:http,127.0.0.2:1", "has port 'http'"},
+      {"127.0.0.1:+5,127.0.0.2:1", "has port '+5'"},
+      {"127.0.0.1:1,[::1]:2", "entry 2 '[::1]:2' mixes IPv4 and IPv6 addresses"},
+      {"::1:5,::1:6", "entry 1 '::1:5' is an IPv6 address without [brackets]"},
+      {"[::1:5,[::1]:6", "entry 1 '[::1:5' is not [IPV6]:PORT"},
+      {"127.0.0.1:1,127.0.0.1:1", "entry 2 '127.0.0.1:1' is listed twice"},
+      {"300.0.0.1:1,127.0.0.1:2", "entry 1 '300.0.0.1:1' is not an IP address"},
+      {"dns:///a:1,b:2", "a dns:/// target names one host"},
+  };
+  for (const auto& [address, message] : cases) {
+    absl::StatusOr<std::string> target = ChannelTarget(address);
+    EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument) << address;
+    EXPECT_THAT(std::string(target.status().message()), HasSubstr(message)) << address;
+    ClientOptions options;
+    options.address = address;
+    EXPECT_EQ(SteerdClient::Create(options).status(), target.status()) << address;
+  }
+}
+
+TEST(ServiceConfigTest, RoundRobinAndRetryOfUnavailableForEverySteerdService) {
+  const nlohmann::json config = nlohmann::json::parse(ServiceConfigJson());
+  EXPECT_EQ(config["loadBalancingConfig"], nlohmann::json::parse(R"([{"round_robin":{}}])"));
+  ASSERT_EQ(config["methodConfig"].size(), 1u);
+  const nlohmann::json& method = config["methodConfig"][0];
+  EXPECT_EQ(method["name"], nlohmann::json::parse(
+                                R"([{"service":"steerd.v1.Models"},{"service":"steerd.v1.Vectors"},
+                                    {"service":"steerd.v1.Generation"},
+                                    {"service":"steerd.v1.Training"}])"));
+  EXPECT_EQ(method["retryPolicy"], nlohmann::json::parse(R"({
+      "maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s",
+      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]})"));
+}
+
+// Two or three fake replicas and clients of all of them.
+class ReplicasTest : public ::testing::Test {
+ protected:
+  static std::unique_ptr<SteerdClient> ConnectTo(const std::string& address) {
+    ClientOptions options;
+    options.address = address;
+    options.api_key = kFakeApiKey;
+    options.timeout = absl::Seconds(30);
+    absl::StatusOr<std::unique_ptr<SteerdClient>> client = SteerdClient::Create(options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  static int GetModelCalls(FakeSteerdServer& server) {
+    absl::MutexLock lock(&server.observed().mu);
+    return server.observed().get_model_calls;
+  }
+
+  static int Attempts(FakeSteerdServer& server, const std::string& call) {
+    absl::MutexLock lock(&server.observed().mu);
+    auto it = server.observed().attempts.find(call);
+    return it == server.observed().attempts.end() ? 0 : it->second;
+  }
+
+  // Calls GetModel until each of `servers` has answered one (at most 200 calls): the
+  // channel then has a connection to each. False when one was never reached.
+  static bool UntilEveryServerAnswered(SteerdClient& client,
+                                       const std::vector<FakeSteerdServer*>& servers) {
+    for (int i = 0; i < 200; ++i) {
+      EXPECT_TRUE(client.GetModel("m0").ok());
+      bool all = true;
+      for (FakeSteerdServer* server : servers) all = all && GetModelCalls(*server) > 0;
+      if (all) return true;
+    }
+    return false;
+  }
+};
+
+TEST_F(ReplicasTest, CallsToAListOfAddressesAreBalancedRoundRobin) {
+  FakeSteerdServer a, b;
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto client = ConnectTo(absl::StrCat(a.address(), ",", b.address()));
+  ASSERT_TRUE(UntilEveryServerAnswered(*client, {&a, &b}));
+  // With both connected, round_robin alternates: 10 calls make 5 on each (pick_first
+  // would send all 10 to one).
+  const int before_a = GetModelCalls(a);
+  const int before_b = GetModelCalls(b);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(client->GetModel("m0").ok());
+  EXPECT_EQ(GetModelCalls(a) - before_a, 5);
+  EXPECT_EQ(GetModelCalls(b) - before_b, 5);
+
+  // steerctl takes the same list.
+  ProcessRun run = RunShellCommand(
+      "env -u STEERD_ADDR -u STEERD_API_KEY -u STEERD_DATA_DIR " +
+      ShellCommand(std::string(STEERD_BINARY_DIR) + "/bin/steerctl",
+                   {"--addr", absl::StrCat(a.address(), ",", b.address()), "--api-key",
+                    kFakeApiKey, "models"}));
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("m4"));
+}
+
+TEST_F(ReplicasTest, ADnsTargetReachesTheServer) {
+  FakeSteerdServer server;
+  ASSERT_TRUE(server.ok());
+  // localhost may resolve to ::1 too, where nothing listens: round_robin skips it.
+  const std::string port = server.address().substr(server.address().rfind(':') + 1);
+  auto client = ConnectTo(absl::StrCat("dns:///localhost:", port));
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<v1::Model> model = client->GetModel("m0");
+    ASSERT_TRUE(model.ok()) << model.status();
+  }
+  EXPECT_EQ(GetModelCalls(server), 4);
+}
+
+TEST_F(ReplicasTest, UnavailableIsRetriedAndOtherErrorsAreNot) {
+  FakeSteerdServer server;
+  ASSERT_TRUE(server.ok());
+  auto client = ConnectTo(server.address());
+  // The first attempt answers UNAVAILABLE, the retry succeeds.
+  absl::StatusOr<v1::Model> model = client->GetModel("unavailable-once-1");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->name(), "unavailable-once-1");
+  EXPECT_EQ(Attempts(server, "GetModel unavailable-once-1"), 2);
+  // Always UNAVAILABLE: 5 attempts (maxAttempts), then the caller gets the error.
+  EXPECT_EQ(client->GetModel(kUnavailableModel).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Attempts(server, absl::StrCat("GetModel ", kUnavailableModel)), 5);
+  // Another code is the answer: one attempt.
+  EXPECT_EQ(client->GetModel("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Attempts(server, "GetModel nope"), 1);
+}
+
+TEST_F(ReplicasTest, AStreamIsRetriedOnlyBeforeItsFirstChunk) {
+  FakeSteerdServer server;
+  ASSERT_TRUE(server.ok());
+  auto client = ConnectTo(server.address());
+  v1::GenerateRequest request;
+  request.set_model("m0");
+  // UNAVAILABLE before any chunk: retried, and the caller sees one whole stream.
+  request.set_prompt(kUnavailableFirstPrompt);
+  std::vector<std::string> texts;
+  absl::Status status = client->GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
+    texts.push_back(chunk.text());
+    return true;
+  });
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_THAT(texts, ElementsAre("t0 ", "t1 ", "t2 "));
+  EXPECT_EQ(Attempts(server, absl::StrCat("GenerateStream ", request.prompt())), 2);
+
+  // UNAVAILABLE after a chunk: the caller has seen output, so the error is its to
+  // handle; a retry would replay the stream from its start.
+  request.set_prompt(kUnavailableMidStreamPrompt);
+  texts.clear();
+  status = client->GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
+    texts.push_back(chunk.text());
+    return true;
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_EQ(status.message(), "the replica went away mid-stream");
+  EXPECT_THAT(texts, ElementsAre("t0 "));
+  EXPECT_EQ(Attempts(server, absl::StrCat("GenerateStream ", request.prompt())), 1);
+}
+
+TEST_F(ReplicasTest, EveryCallSucceedsWhileOneReplicaIsDown) {
+  // One address never answers (nothing listens on port 1).
+  FakeSteerdServer live;
+  ASSERT_TRUE(live.ok());
+  auto client = ConnectTo(absl::StrCat("127.0.0.1:1,", live.address()));
+  for (int i = 0; i < 20; ++i) {
+    absl::Status status = client->GetModel("m0").status();
+    ASSERT_TRUE(status.ok()) << "call " << i << ": " << status;
+  }
+  EXPECT_EQ(GetModelCalls(live), 20);
+
+  // A replica that goes away while the client uses it.
+  auto leaving = std::make_unique<FakeSteerdServer>();
+  FakeSteerdServer staying;
+  ASSERT_TRUE(leaving->ok() && staying.ok());
+  client = ConnectTo(absl::StrCat(leaving->address(), ",", staying.address()));
+  ASSERT_TRUE(UntilEveryServerAnswered(*client, {leaving.get(), &staying}));
+  leaving.reset();
+  const int before = GetModelCalls(staying);
+  for (int i = 0; i < 20; ++i) {
+    absl::Status status = client->GetModel("m0").status();
+    ASSERT_TRUE(status.ok()) << "call " << i << " after the replica left: " << status;
+  }
+  EXPECT_EQ(GetModelCalls(staying) - before, 20);
 }
 
 TEST_F(ClientTest, ListModelsFollowsEveryPage) {
@@ -609,6 +824,27 @@ TEST_F(SteerctlTest, EveryCommandsHelpNamesEveryFlag) {
   std::ostringstream out, err;
   EXPECT_EQ(RunSteerctl({"help", "vectors", "get"}, out, err), 0);
   EXPECT_THAT(out.str(), StartsWith("usage: steerctl vectors get NAME[@VERSION] [flags]\n"));
+}
+
+TEST_F(SteerctlTest, AMalformedAddressIsAUsageErrorNamingWhereItCameFrom) {
+  const std::string steerctl = std::string(STEERD_BINARY_DIR) + "/bin/steerctl";
+  ProcessRun run = RunShellCommand(
+      "env -u STEERD_ADDR -u STEERD_API_KEY -u STEERD_DATA_DIR " +
+      ShellCommand(steerctl, {"--addr", "steerd-0:50051,steerd-1:50051", "--api-key",
+                              kFakeApiKey, "models"}));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, StartsWith("steerctl: flag --addr: address list "
+                                  "'steerd-0:50051,steerd-1:50051': entry 1 "
+                                  "'steerd-0:50051' is not an IP address"));
+  EXPECT_THAT(run.err, HasSubstr("dns:///steerd-0:50051"));
+  EXPECT_THAT(run.err, HasSubstr("usage: steerctl models [flags]"));
+
+  run = RunShellCommand("env -u STEERD_API_KEY -u STEERD_DATA_DIR STEERD_ADDR=" +
+                        ShellQuote(absl::StrCat(server_->address(), ",")) + " " +
+                        ShellCommand(steerctl, {"--api-key", kFakeApiKey, "models"}));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, StartsWith(absl::StrCat("steerctl: $STEERD_ADDR: address list '",
+                                               server_->address(), ",': entry 2 is empty")));
 }
 
 TEST_F(SteerctlTest, FlagErrorsNameTheFlag) {

@@ -3,10 +3,12 @@
 // The serving engine on the embedded default model, driven directly (no gRPC): a row
 // whose logits turn non-finite fails alone while its batch neighbour gets the tokens
 // it gets alone; a full queue refuses at once; a cancelled row leaves before the next
-// decode step; background rows stay within their cap while serving rows run; drain
-// ends what is left. Observers that block on the engine thread hold it between steps,
+// decode step; background rows stay within their cap while serving rows run; the
+// KV-cache use gauge counts the tokens held (0 idle, exact while rows run, 0 after);
+// drain ends what is left. Observers that block on the engine thread hold it between steps,
 // which makes each scenario deterministic without timing.
 #include "server/engine/engine.h"
+#include "server/engine/metrics.h"
 #include "server/engine/vector_cache.h"
 
 #include <gmock/gmock.h>
@@ -254,6 +256,61 @@ TEST_F(EngineTest, BackgroundRowsStayWithinTheirCapWhileServingRuns) {
   // One serving row: background gets max(1, min_background_rows) = 2 rows.
   EXPECT_GE(max_while_serving, 1);
   EXPECT_LE(max_while_serving, 2);
+}
+
+TEST_F(EngineTest, KvCacheUsageIsTheTokensHeldOverRowsTimesContext) {
+  ServingMetrics metrics;
+  const ModelMetrics gauges = metrics.ForModel("tiny");
+  Engine::Options options;
+  options.max_batch_size = 4;
+  auto created = Engine::Create(options, model_, tokenizer_, gauges);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> engine = *std::move(created);
+  const double capacity = 4.0 * model_->config().max_position_embeddings;
+  EXPECT_EQ(gauges.kv_cache_usage->Value(), 0.0);  // Idle.
+
+  // A first request holds the engine after its first token, so the next two are
+  // prefilled together: the shorter prompt is left-padded to the longer one.
+  absl::Notification release;
+  auto blocker = std::make_shared<RecordingObserver>(&release);
+  ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 2+3\nA:", 2), blocker)).ok());
+  blocker->WaitForFirstTokens();
+  const GenerationRequest short_request = Request("Q: 1\nA:", 6);
+  const GenerationRequest long_request = Request("Q: 12+34*56-78*9\nA:", 6);
+  const double prompts = short_request.prompt.size() + long_request.prompt.size();
+  ASSERT_LT(short_request.prompt.size(), long_request.prompt.size());
+  auto short_observer = std::make_shared<RecordingObserver>();
+  auto long_observer = std::make_shared<RecordingObserver>();
+  std::vector<double> seen;  // At each token of the long request (engine thread only).
+  long_observer->SetHooks([&] { seen.push_back(gauges.kv_cache_usage->Value()); }, nullptr);
+  ASSERT_TRUE(engine->Submit(Submittable(short_request, short_observer)).ok());
+  ASSERT_TRUE(engine->Submit(Submittable(long_request, long_observer)).ok());
+  release.Notify();
+  EXPECT_TRUE(blocker->Wait().status.ok());
+  EXPECT_TRUE(short_observer->Wait().status.ok());
+  EXPECT_TRUE(long_observer->Wait().status.ok());
+
+  // Token k >= 2 comes from decode step k - 1, while the gauge says what the step
+  // before left: both prompts and k - 2 tokens of each row, padding not counted.
+  ASSERT_EQ(seen.size(), 6u);
+  for (int k = 2; k <= 6; ++k) {
+    EXPECT_DOUBLE_EQ(seen[k - 1], (prompts + 2 * (k - 2)) / capacity) << "token " << k;
+    EXPECT_GT(seen[k - 1], 0.0);
+    EXPECT_LE(seen[k - 1], 1.0);
+  }
+
+  // The finished rows left in the step that finished them: the next request, admitted
+  // in a later step, finds the cache empty.
+  auto next_observer = std::make_shared<RecordingObserver>();
+  double at_next = -1;
+  next_observer->SetHooks(
+      [&] {
+        if (at_next < 0) at_next = gauges.kv_cache_usage->Value();
+      },
+      nullptr);
+  ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 4+4\nA:", 1), next_observer)).ok());
+  EXPECT_TRUE(next_observer->Wait().status.ok());
+  EXPECT_EQ(at_next, 0.0);
 }
 
 TEST_F(EngineTest, DrainEndsWhatIsLeftAndRefusesNewWork) {

@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/cli/command_table.h"
@@ -104,6 +106,31 @@ TEST(FlagsTest, AbsentFlagsTakeTheFallback) {
   EXPECT_EQ(*flags->GetUint("seed", 9), 9u);
   EXPECT_EQ(*flags->GetDouble("lr", 0.5), 0.5);
   EXPECT_THAT(flags->positional(), IsEmpty());
+}
+
+TEST(FlagsTest, DurationsTakeUnitsBareSecondsAndInf) {
+  const std::vector<std::pair<std::string, absl::Duration>> cases = {
+      {"500ms", absl::Milliseconds(500)}, {"30s", absl::Seconds(30)},
+      {"5m", absl::Minutes(5)},           {"1h30m", absl::Minutes(90)},
+      {"30", absl::Seconds(30)},          {"0.25", absl::Milliseconds(250)},
+      {"0", absl::ZeroDuration()},        {"inf", absl::InfiniteDuration()}};
+  for (const auto& [text, duration] : cases) {
+    absl::StatusOr<ParsedFlags> flags = Parse({"--name", text});
+    ASSERT_TRUE(flags.ok()) << flags.status();
+    absl::StatusOr<absl::Duration> value = flags->GetDuration("name", absl::Seconds(1));
+    ASSERT_TRUE(value.ok()) << text << ": " << value.status();
+    EXPECT_EQ(*value, duration) << text;
+  }
+  EXPECT_EQ(*Parse({})->GetDuration("name", absl::Seconds(7)), absl::Seconds(7));
+  for (const char* text : {"5 minutes", "-5s", "-1", "nan", "-inf", "1d", ""}) {
+    absl::StatusOr<absl::Duration> value = Parse({"--name", text})->GetDuration(
+        "name", absl::Seconds(1));
+    EXPECT_EQ(value.status().message(),
+              absl::StrCat("flag --name: '", text,
+                           "' is not a duration of zero or more, such as 500ms, 30s, 5m or "
+                           "1h30m (a bare number is seconds, inf is unlimited)"))
+        << text;
+  }
 }
 
 TEST(FlagsTest, SingleValueFlagGivenTwiceIsAnError) {
