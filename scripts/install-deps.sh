@@ -10,6 +10,8 @@ packages=(
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev openssl
   python3
+  # tests/deploy/manifests_test.py reads the Kubernetes manifests with PyYAML.
+  python3-yaml
   # The analysis builds: clang's thread-safety check, libFuzzer and its sanitizers.
   clang libclang-rt-14-dev
 )
