@@ -5,6 +5,10 @@
 #
 # The image runs `steerd serve` listening on 0.0.0.0:50051 (gRPC) and 0.0.0.0:9090
 # (Prometheus /metrics), with its data (the SQLite vector store) in /var/lib/steerd.
+# With a shared PostgreSQL store (`--store postgresql://...`, or the STEERD_STORE
+# environment variable) the vectors and jobs live in the database: the data directory
+# is then unused and needs no volume, and any number of replicas can run (see
+# deploy/README.md).
 #
 # A TENANTS FILE IS REQUIRED. Without --tenants the server only runs its single default
 # tenant and refuses to listen on anything but localhost, so the container would exit at
@@ -51,14 +55,15 @@ ARG DEBIAN_FRONTEND=noninteractive
 # libgomp1                 OpenMP runtime (libtorch, openblas, steerd's kernels)
 # libgrpc++1.51 libgrpc29  gRPC C++ (with reflection) and core (libgpr, upb, ...)
 # libprotobuf32 libabsl20220623 libprometheus-cpp-core1.0
-# libsqlite3-0             the vector store
+# libsqlite3-0             the vector store with --data-dir (single replica)
+# libpq5                   PostgreSQL client: the shared store with --store / STEERD_STORE
 # libssl3                  libcrypto: SHA-256 of API keys, key generation; gRPC TLS
 # libicu72 libpcre2-8-0    tokenizer: Unicode normalisation and pre-tokenizer regex
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-openmp libgomp1 \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libprometheus-cpp-core1.0 \
-      libsqlite3-0 libssl3 libicu72 libpcre2-8-0 \
+      libsqlite3-0 libpq5 libssl3 libicu72 libpcre2-8-0 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric UID/GID (10001), used by USER below so Kubernetes' runAsNonRoot can

@@ -12,6 +12,8 @@ packages=(
   # The shared store for replicas (libpq), and the PostgreSQL server the tests start.
   libpq-dev postgresql-15
   python3
+  # tests/deploy/manifests_test.py reads the Kubernetes manifests with PyYAML.
+  python3-yaml
   # The analysis builds: clang's thread-safety check, libFuzzer and its sanitizers.
   clang libclang-rt-14-dev
 )
