@@ -36,6 +36,7 @@
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/metric_family.h"
+#include "server/cli/bench_stats.h"
 #include "server/cli/commands.h"
 #include "server/cli/default_model.h"
 #include "server/cli/process_info.h"
@@ -60,16 +61,6 @@ constexpr int kColdVectors = 20;
 constexpr float kVectorSigma = 0.5f;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-// Nearest-rank percentile (q in [0, 1]) of `values`; 0 when empty.
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0.0;
-  std::sort(values.begin(), values.end());
-  const size_t rank = static_cast<size_t>(std::ceil(q * values.size()));
-  return values[std::min(values.size() - 1, rank == 0 ? 0 : rank - 1)];
-}
-
-double Median(const std::vector<double>& values) { return Percentile(values, 0.5); }
 
 // A question in the format the default model was trained on ("Q: (12+7)*3-5\nA:"),
 // with varied numbers and shapes so prompts are real text of realistic length.

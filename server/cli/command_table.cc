@@ -429,6 +429,21 @@ CommandDef BenchServe() {
   };
 }
 
+CommandDef BenchStore() {
+  return {
+      "steerd bench store",
+      {},
+      "Replicas on a shared PostgreSQL: how fast a created or deleted vector version "
+      "reaches the other replicas, and reading a version by number.",
+      "Runs the replicas in-process, each with its own connections and change feed. "
+      "Writes under a tenant of its own and deletes what it wrote.",
+      {StoreFlag("$STEERD_STORE; required"),
+       ValueFlag("replicas", "N", "Replicas, 2 to 16.", "3"),
+       ValueFlag("changes", "N", "Versions created (then deleted).", "200"),
+       JsonFlag("Print only the results, as one JSON line.")},
+  };
+}
+
 }  // namespace
 
 const ProgramDef& SteerdProgram() {
@@ -436,7 +451,7 @@ const ProgramDef& SteerdProgram() {
       "steerd",
       "steerd: train and serve per-tenant steering vectors on frozen LLMs.",
       {Serve(), Migrate(), Generate(), Logits(), Tokenize(), InitModel(), Dataset(), Corpus(), Train(),
-       Eval(), Inspect(), BenchDecode(), BenchPaperTable(), BenchServe()},
+       Eval(), Inspect(), BenchDecode(), BenchPaperTable(), BenchServe(), BenchStore()},
       "Errors are printed as \"error: <message>\" on stderr, with exit code 1.",
   };
   return *program;
