@@ -34,6 +34,9 @@ struct JobCheckpoint {
   // The JobRecord's metrics when the checkpoint was taken, so a resumed job reports
   // where it was.
   std::optional<JobMetrics> metrics;
+  // When non-zero, the save is fenced: it happens only while the job's lease has this
+  // epoch (FAILED_PRECONDITION, reason LEASE_LOST, otherwise).
+  int64_t lease_epoch = 0;
 };
 
 struct JobListQuery {
@@ -43,6 +46,23 @@ struct JobListQuery {
   // Resume strictly after this job in the listing order (create_time newest first, then
   // id descending); empty = from the start.
   std::string after_id;
+};
+
+// A job a replica claimed: the record as stored when claimed (QUEUED, or RUNNING when
+// taken over from a replica whose lease expired), with record.replica = the claimer and
+// record.lease_epoch = the new lease's epoch, which every write of the holder carries.
+struct JobLease {
+  JobRecord job;
+  int32_t attempt = 0;  // 1 on the first claim; a hand-back does not count.
+};
+
+struct JobClaim {
+  std::string owner;                // The claiming replica's id.
+  std::vector<std::string> models;  // Only jobs for these models.
+  absl::Duration ttl;               // The lease lasts this long unless renewed.
+  // A job whose lease expired this many times (its holders died, hung or lost the
+  // database) is not claimed again: it ends FAILED, reason ATTEMPTS_EXHAUSTED.
+  int32_t max_attempts = 3;
 };
 
 struct JobPage {
@@ -68,7 +88,9 @@ class JobStore {
 
   // Replaces the mutable part of a stored job (state, step, metrics, error,
   // vector_version, start_time, end_time); the spec, tenant and create_time never
-  // change. NOT_FOUND when no such job exists.
+  // change. NOT_FOUND when no such job exists. When job.lease_epoch is non-zero the
+  // write is fenced: FAILED_PRECONDITION (reason LEASE_LOST) unless the job's lease
+  // still has that epoch.
   virtual absl::Status Update(const JobRecord& job) = 0;
 
   // NOT_FOUND when no such job exists.
@@ -84,6 +106,34 @@ class JobStore {
   // Every job of every tenant that is QUEUED or RUNNING, oldest first (create_time,
   // then id): what a restart must pick up.
   virtual absl::StatusOr<std::vector<JobRecord>> ListUnfinished() = 0;
+
+  // ---- Leases: which replica runs a job. Any replica may claim a QUEUED job, or a
+  // RUNNING one whose lease expired, and holds it while it renews the lease; an expired
+  // lease is taken over with a new epoch, and the old holder's writes, fenced by its
+  // epoch (JobRecord::lease_epoch, JobCheckpoint::lease_epoch), fail from then on.
+  // Lease times are the store's clock (PostgreSQL's now(); the process's for SQLite).
+
+  // Claims one job for `claim.models`: expired RUNNING jobs first (they were running),
+  // then QUEUED ones of the tenant with the fewest running jobs, the tenant whose last
+  // job started longest ago first, then the oldest. Jobs whose attempts are used up end
+  // FAILED in the same transaction. nullopt when there is nothing to claim.
+  virtual absl::StatusOr<std::optional<JobLease>> ClaimJob(const JobClaim& claim) = 0;
+
+  // Extends the lease of epoch `epoch` to now + ttl and says whether a cancel was
+  // requested. FAILED_PRECONDITION (reason LEASE_LOST) when the job's lease has another
+  // epoch (taken over) or the job ended; NOT_FOUND when no such job exists.
+  virtual absl::StatusOr<bool> RenewLease(const std::string& id, int64_t epoch,
+                                          absl::Duration ttl) = 0;
+
+  // Hands the lease back (the holder stops): the job stays as it is and may be claimed
+  // at once; the attempt is not counted. OK when the lease was already lost.
+  virtual absl::Status ReleaseLease(const std::string& id, int64_t epoch) = 0;
+
+  // Cancels a job from any replica: a QUEUED job ends CANCELLED at once; a RUNNING one
+  // is marked, and its holder ends it at its next renewal. Returns the job after. An
+  // ended job is returned as it is (the caller decides what that means).
+  virtual absl::StatusOr<JobRecord> RequestCancel(const std::string& tenant,
+                                                  const std::string& id) = 0;
 
   // Retention: deletes every job that ended (SUCCEEDED, FAILED, CANCELLED) before
   // `cutoff`, with its datasets and checkpoint, in one transaction. Vectors a job

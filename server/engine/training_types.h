@@ -118,6 +118,12 @@ struct JobRecord {
   absl::Time create_time = absl::InfinitePast();
   absl::Time start_time = absl::InfinitePast();  // InfinitePast: not started.
   absl::Time end_time = absl::InfinitePast();    // InfinitePast: not ended.
+  // The replica holding the job's lease (JobStore::ClaimJob); empty when none. Read
+  // from the store; Create and Update ignore it.
+  std::string replica;
+  // The epoch of the lease the writer holds: when non-zero, Update is fenced by it.
+  // Not a stored field of the job (the store keeps the lease's own epoch).
+  int64_t lease_epoch = 0;
 };
 
 }  // namespace steerd

@@ -38,6 +38,12 @@ struct StoredVector {
   Source source = Source::kUpload;
   std::string job_id;  // Set when source is kTraining.
   std::string description;
+  // Input to Create() only: when non-zero (with job_id), Create() publishes the job's
+  // result: in the same transaction it checks that the job's lease still has this
+  // epoch and no cancel was requested, and ends the job SUCCEEDED with this version,
+  // so a job publishes exactly one version, and a replica that lost the job writes
+  // none (FAILED_PRECONDITION, reason LEASE_LOST or JOB_CANCELLED).
+  int64_t job_lease_epoch = 0;
 };
 
 // A page of List() results.

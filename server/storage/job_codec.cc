@@ -1,5 +1,6 @@
 #include "server/storage/job_codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -399,6 +400,34 @@ absl::Status QueuedJobsLimitError(int64_t max_active_jobs, int64_t active) {
                     "queued_jobs", absl::StrCat(max_active_jobs), active);
 }
 
+absl::Status LeaseLostError(const std::string& id, int64_t epoch) {
+  return WithReason(
+      absl::FailedPreconditionError(absl::StrCat(
+          "job \"", id, "\": this replica's lease (epoch ", epoch,
+          ") is no longer the job's: another replica took the job over, or it ended")),
+      "LEASE_LOST", {{"job_id", id}});
+}
+
+absl::Status JobCancelledError(const std::string& id) {
+  return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                        "job \"", id, "\" was cancelled; its vector is not published")),
+                    "JOB_CANCELLED", {{"job_id", id}});
+}
+
+std::string AttemptsExhaustedError(int32_t attempts) {
+  return EncodeStatus(WithReason(
+      absl::UnavailableError(absl::StrCat(
+          "the job was started ", attempts,
+          " times and each time its replica stopped without finishing it (it died, hung or "
+          "lost the database past its lease); giving up after --job-max-attempts ",
+          attempts)),
+      "ATTEMPTS_EXHAUSTED", {{"attempts", absl::StrCat(attempts)}}));
+}
+
+std::string LeaseInterval(absl::Duration ttl) {
+  return absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(ttl)), " milliseconds");
+}
+
 std::optional<absl::string_view> JobStateStoreName(JobState state) { return StateName(state); }
 
 absl::StatusOr<std::optional<std::string>> EncodeJobMetrics(
@@ -483,6 +512,7 @@ absl::StatusOr<JobRecord> DecodeJob(const JobColumns& columns) {
   job.start_time = time(progress.start_time_us);
   job.end_time = time(progress.end_time_us);
   ASSIGN_OR_RETURN(job.spec, DecodeSpec(columns.spec, job.id));
+  job.replica = columns.lease_owner.value_or("");
   return job;
 }
 

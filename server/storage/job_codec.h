@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/engine/job_store.h"
 #include "server/engine/training_types.h"
 
@@ -40,6 +41,7 @@ struct JobColumns {
   int64_t create_time_us = 0;
   JobProgressColumns progress;
   std::string spec;  // JSON.
+  std::optional<std::string> lease_owner;  // Read only: JobRecord::replica.
 };
 
 // INVALID_ARGUMENT for an unknown state or InfiniteFuture as a time.
@@ -72,6 +74,17 @@ absl::Status JobAlreadyExists(const std::string& id);
 absl::Status JobCorruptRow(absl::string_view what);
 // RESOURCE_EXHAUSTED naming the queued_jobs limit, with its details.
 absl::Status QueuedJobsLimitError(int64_t max_active_jobs, int64_t active);
+// FAILED_PRECONDITION, reason LEASE_LOST: a fenced write of a lease that is no longer
+// the job's.
+absl::Status LeaseLostError(const std::string& id, int64_t epoch);
+// FAILED_PRECONDITION, reason JOB_CANCELLED: a publish of a job whose cancel was
+// requested.
+absl::Status JobCancelledError(const std::string& id);
+// The error a job ends FAILED with when its lease expired `attempts` times, encoded for
+// the error column (reason ATTEMPTS_EXHAUSTED).
+std::string AttemptsExhaustedError(int32_t attempts);
+// The lease's length as the stores write it (PostgreSQL interval text, "1500 milliseconds").
+std::string LeaseInterval(absl::Duration ttl);
 
 }  // namespace steerd
 

@@ -22,7 +22,7 @@ using postgres::Transaction;
 // The jobs columns, in the order ReadJob() expects.
 constexpr absl::string_view kColumns =
     "id, tenant, create_time_us, state, step, metrics, error, vector_version, "
-    "start_time_us, end_time_us, spec";
+    "start_time_us, end_time_us, spec, lease_owner";
 constexpr absl::string_view kUnfinished = "state IN ('QUEUED', 'RUNNING')";
 
 // Serializes a tenant's job creates across replicas (the quota count happens under
@@ -42,6 +42,7 @@ absl::StatusOr<JobRecord> ReadJob(const Result& result, int row) {
   columns.progress.start_time_us = result.OptionalInt(row, 8);
   columns.progress.end_time_us = result.OptionalInt(row, 9);
   columns.spec = result.Text(row, 10);
+  columns.lease_owner = result.OptionalText(row, 11);
   return DecodeJob(columns);
 }
 
@@ -99,6 +100,20 @@ absl::Status InsertExamples(Connection& connection, const std::string& id,
       .status();
 }
 
+// Why a write that matched no row did not happen: NOT_FOUND for an unfenced write
+// (epoch 0) or without the job, else the writer's lease is no longer the job's.
+absl::Status NotWritten(Connection& connection, const std::string& id, int64_t epoch) {
+  if (epoch == 0) return JobNotFound(id);
+  ASSIGN_OR_RETURN(const Result exists, connection.Exec("looking a job up",
+                                                        "SELECT 1 FROM jobs WHERE id = $1",
+                                                        Params().Text(id)));
+  if (exists.rows() == 0) return JobNotFound(id);
+  return LeaseLostError(id, epoch);
+}
+
+// A lease is free when it has no expiry or its expiry passed.
+constexpr absl::string_view kLeaseFree = "(lease_until IS NULL OR lease_until < now())";
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Create(
@@ -137,11 +152,12 @@ absl::Status PostgresJobStore::Create(const JobRecord& job, const JobDatasets& d
     Params insert;
     insert.Text(columns.id).Text(columns.tenant).Int(columns.create_time_us).Text(columns.spec);
     AddProgress(insert, columns.progress);
+    insert.Text(job.spec.model);
     RETURN_IF_ERROR(connection
                         .Exec("inserting the job",
                               "INSERT INTO jobs (id, tenant, create_time_us, spec, state, step, "
-                              "metrics, error, vector_version, start_time_us, end_time_us) "
-                              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                              "metrics, error, vector_version, start_time_us, end_time_us, model) "
+                              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                               insert)
                         .status());
     RETURN_IF_ERROR(InsertExamples(connection, job.id, "train", datasets.train));
@@ -219,15 +235,18 @@ absl::Status PostgresJobStore::Update(const JobRecord& job) {
   Params params;
   params.Text(job.id).Text(job.tenant);
   AddProgress(params, progress);
+  const bool fenced = job.lease_epoch != 0;
+  if (fenced) params.Int(job.lease_epoch);
   return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
     ASSIGN_OR_RETURN(
         const Result result,
         connection.Exec("updating a job",
-                        "UPDATE jobs SET state = $3, step = $4, metrics = $5, error = $6, "
-                        "vector_version = $7, start_time_us = $8, end_time_us = $9 "
-                        "WHERE id = $1 AND tenant = $2",
+                        absl::StrCat("UPDATE jobs SET state = $3, step = $4, metrics = $5, "
+                                     "error = $6, vector_version = $7, start_time_us = $8, "
+                                     "end_time_us = $9 WHERE id = $1 AND tenant = $2",
+                                     fenced ? " AND lease_epoch = $10" : ""),
                         params));
-    if (result.affected() == 0) return JobNotFound(job.id);
+    if (result.affected() == 0) return NotWritten(connection, job.id, job.lease_epoch);
     return absl::OkStatus();
   });
 }
@@ -266,19 +285,23 @@ absl::Status PostgresJobStore::SaveCheckpoint(const std::string& id,
                                               const JobCheckpoint& checkpoint) {
   RETURN_IF_ERROR(CheckJobId(id));
   ASSIGN_OR_RETURN(const std::optional<std::string> metrics, EncodeJobMetrics(checkpoint.metrics));
+  Params params;
+  params.Text(id).Int(checkpoint.step).OptionalText(metrics).Bytes(checkpoint.bytes);
+  const bool fenced = checkpoint.lease_epoch != 0;
+  if (fenced) params.Int(checkpoint.lease_epoch);
   return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
     // Inserting for a job that does not exist violates the foreign key; the SELECT
-    // turns that into no row instead, which reads as NOT_FOUND.
+    // turns that into no row instead, which reads as NOT_FOUND (or a lost lease).
     ASSIGN_OR_RETURN(
         const Result result,
         connection.Exec("saving a checkpoint",
-                        "INSERT INTO job_checkpoints (job_id, step, metrics, bytes) "
-                        "SELECT id, $2, $3, $4 FROM jobs WHERE id = $1 "
-                        "ON CONFLICT (job_id) DO UPDATE SET step = excluded.step, "
-                        "metrics = excluded.metrics, bytes = excluded.bytes",
-                        Params().Text(id).Int(checkpoint.step).OptionalText(metrics).Bytes(
-                            checkpoint.bytes)));
-    if (result.affected() == 0) return JobNotFound(id);
+                        absl::StrCat("INSERT INTO job_checkpoints (job_id, step, metrics, bytes) "
+                                     "SELECT id, $2, $3, $4 FROM jobs WHERE id = $1",
+                                     fenced ? " AND lease_epoch = $5" : "",
+                                     " ON CONFLICT (job_id) DO UPDATE SET step = excluded.step, "
+                                     "metrics = excluded.metrics, bytes = excluded.bytes"),
+                        params));
+    if (result.affected() == 0) return NotWritten(connection, id, checkpoint.lease_epoch);
     return absl::OkStatus();
   });
 }
@@ -331,6 +354,136 @@ absl::StatusOr<std::vector<JobRecord>> PostgresJobStore::ListUnfinished() {
     return absl::OkStatus();
   }));
   return jobs;
+}
+
+absl::StatusOr<std::optional<JobLease>> PostgresJobStore::ClaimJob(const JobClaim& claim) {
+  if (claim.owner.empty()) return absl::InvalidArgumentError("job store: empty lease owner");
+  if (claim.models.empty()) return std::optional<JobLease>();
+  // A text[] of the models, as TextArray-style literal.
+  std::string models = "{";
+  for (size_t i = 0; i < claim.models.size(); ++i) {
+    absl::StrAppend(&models, i > 0 ? "," : "", "\"");
+    for (const char c : claim.models[i]) {
+      if (c == '"' || c == '\\') models += '\\';
+      models += c;
+    }
+    models += '"';
+  }
+  models += '}';
+  std::optional<JobLease> lease;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    postgres::Transaction txn(connection);
+    RETURN_IF_ERROR(txn.Begin());
+    // Jobs whose holders kept stopping without finishing end here, not in a loop.
+    RETURN_IF_ERROR(
+        connection
+            .Exec("failing jobs out of attempts",
+                  absl::StrCat("WITH failed AS (UPDATE jobs SET state = 'FAILED', error = $3, "
+                               "end_time_us = $4, lease_owner = NULL, lease_until = NULL "
+                               "WHERE model = ANY($1::text[]) AND state IN ('QUEUED', 'RUNNING') "
+                               "AND lease_until < now() AND attempts >= $2 RETURNING id) "
+                               "DELETE FROM job_checkpoints WHERE job_id IN (SELECT id FROM "
+                               "failed)"),
+                  Params()
+                      .Text(models)
+                      .Int(claim.max_attempts)
+                      .Text(AttemptsExhaustedError(claim.max_attempts))
+                      .Int(absl::ToUnixMicros(absl::Now())))
+            .status());
+    ASSIGN_OR_RETURN(
+        const Result claimed,
+        connection.Exec(
+            "claiming a job",
+            absl::StrCat(
+                "WITH candidate AS (SELECT j.id FROM jobs j "
+                "WHERE j.model = ANY($1::text[]) AND j.state IN ('QUEUED', 'RUNNING') AND ",
+                kLeaseFree,
+                " ORDER BY (j.state = 'RUNNING') DESC, "
+                "(SELECT count(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'RUNNING' "
+                "AND r.lease_until >= now()), "
+                "(SELECT max(s.start_time_us) FROM jobs s WHERE s.tenant = j.tenant) NULLS FIRST, "
+                "j.create_time_us, j.id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "UPDATE jobs SET lease_owner = $2, lease_epoch = lease_epoch + 1, "
+                "lease_until = now() + $3::interval, attempts = attempts + 1 "
+                "WHERE id = (SELECT id FROM candidate) RETURNING ",
+                kColumns, ", lease_epoch, attempts"),
+            Params().Text(models).Text(claim.owner).Text(LeaseInterval(claim.ttl))));
+    if (claimed.rows() > 0) {
+      lease.emplace();
+      ASSIGN_OR_RETURN(lease->job, ReadJob(claimed, 0));
+      lease->job.lease_epoch = claimed.Int(0, 12);
+      lease->attempt = static_cast<int32_t>(claimed.Int(0, 13));
+    }
+    return txn.Commit();
+  }));
+  return lease;
+}
+
+absl::StatusOr<bool> PostgresJobStore::RenewLease(const std::string& id, int64_t epoch,
+                                                  absl::Duration ttl) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  bool cancel = false;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    ASSIGN_OR_RETURN(const Result result,
+                     connection.Exec("renewing a lease",
+                                     "UPDATE jobs SET lease_until = now() + $3::interval "
+                                     "WHERE id = $1 AND lease_epoch = $2 AND state IN ('QUEUED', "
+                                     "'RUNNING') RETURNING cancel_requested",
+                                     Params().Text(id).Int(epoch).Text(LeaseInterval(ttl))));
+    if (result.rows() == 0) return NotWritten(connection, id, epoch);
+    cancel = result.Bool(0, 0);
+    return absl::OkStatus();
+  }));
+  return cancel;
+}
+
+absl::Status PostgresJobStore::ReleaseLease(const std::string& id, int64_t epoch) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  return options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    return connection
+        .Exec("handing a lease back",
+              "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, "
+              "attempts = greatest(attempts - 1, 0) WHERE id = $1 AND lease_epoch = $2",
+              Params().Text(id).Int(epoch))
+        .status();
+  });
+}
+
+absl::StatusOr<JobRecord> PostgresJobStore::RequestCancel(const std::string& tenant,
+                                                          const std::string& id) {
+  RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
+  std::optional<JobRecord> record;
+  RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
+    postgres::Transaction txn(connection);
+    RETURN_IF_ERROR(txn.Begin());
+    // A QUEUED job no replica holds ends now; anything else running is marked for its
+    // holder, which sees it at its next renewal.
+    ASSIGN_OR_RETURN(
+        const Result cancelled,
+        connection.Exec("cancelling a queued job",
+                        absl::StrCat("UPDATE jobs SET state = 'CANCELLED', end_time_us = $3, "
+                                     "lease_owner = NULL, lease_until = NULL WHERE id = $1 AND "
+                                     "tenant = $2 AND state = 'QUEUED' AND ",
+                                     kLeaseFree),
+                        Params().Text(id).Text(tenant).Int(absl::ToUnixMicros(absl::Now()))));
+    if (cancelled.affected() == 0) {
+      RETURN_IF_ERROR(connection
+                          .Exec("requesting a cancel",
+                                "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND "
+                                "tenant = $2 AND state IN ('QUEUED', 'RUNNING')",
+                                Params().Text(id).Text(tenant))
+                          .status());
+    }
+    ASSIGN_OR_RETURN(
+        const Result result,
+        connection.Exec("reading a job",
+                        absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = $1 AND tenant = $2"),
+                        Params().Text(id).Text(tenant)));
+    if (result.rows() == 0) return JobNotFound(id);
+    ASSIGN_OR_RETURN(record, ReadJob(result, 0));
+    return txn.Commit();
+  }));
+  return *std::move(record);
 }
 
 absl::StatusOr<int64_t> PostgresJobStore::DeleteEndedBefore(absl::Time cutoff) {

@@ -2,7 +2,10 @@
 // contract as SqliteJobStore (the conformance suite runs both). The queued_jobs quota
 // holds across replicas: a create runs in one transaction under a per-tenant advisory
 // lock, so two replicas inserting for one tenant at once are serialized and the count
-// they check is exact. Datasets go in with one statement per dataset (arrays unnested
+// they check is exact. Leases are row state (owner, epoch, expiry by the database's
+// now()), never an open transaction: a claim is one short transaction that takes the
+// row with FOR UPDATE SKIP LOCKED, so replicas claiming at once never wait on each
+// other or take the same job. Datasets go in with one statement per dataset (arrays unnested
 // server-side), so a job of 100,000 examples is one round trip, not 100,000.
 // Thread-safety: safe to call from any number of threads (each call borrows one
 // pooled connection).
@@ -47,6 +50,12 @@ class PostgresJobStore : public JobStore {
   absl::StatusOr<std::optional<JobCheckpoint>> LoadCheckpoint(const std::string& id) override;
   absl::Status DeleteCheckpoint(const std::string& id) override;
   absl::StatusOr<std::vector<JobRecord>> ListUnfinished() override;
+  absl::StatusOr<std::optional<JobLease>> ClaimJob(const JobClaim& claim) override;
+  absl::StatusOr<bool> RenewLease(const std::string& id, int64_t epoch,
+                                  absl::Duration ttl) override;
+  absl::Status ReleaseLease(const std::string& id, int64_t epoch) override;
+  absl::StatusOr<JobRecord> RequestCancel(const std::string& tenant,
+                                          const std::string& id) override;
   absl::StatusOr<int64_t> DeleteEndedBefore(absl::Time cutoff) override;
 
  private:

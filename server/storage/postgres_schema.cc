@@ -20,9 +20,9 @@ constexpr const char* kMigrations[] = {
     // job_examples: the texts as bytes, since PostgreSQL's text cannot hold every
     //   string a dataset may (a NUL character, say) and the store gives back exactly
     //   what it was given.
-    // jobs: as the SQLite store's, plus the lease (owner, epoch, expiry by the
-    //   database's clock), the attempts used and the cancel request, which any replica
-    //   may set while another holds the lease.
+    // jobs: as the SQLite store's, plus the model (what claims filter by), the lease
+    //   (owner, epoch, expiry by the database's clock), the attempts used and the
+    //   cancel request, which any replica may set while another holds the lease.
     R"sql(
       CREATE TABLE vector_names (
         tenant text COLLATE "C" NOT NULL,
@@ -76,6 +76,7 @@ constexpr const char* kMigrations[] = {
         start_time_us bigint,
         end_time_us bigint,
         spec text NOT NULL,
+        model text COLLATE "C" NOT NULL,
         lease_owner text,
         lease_epoch bigint NOT NULL DEFAULT 0,
         lease_until timestamptz,
@@ -83,7 +84,7 @@ constexpr const char* kMigrations[] = {
         cancel_requested boolean NOT NULL DEFAULT false
       );
       CREATE INDEX jobs_listing ON jobs (tenant, create_time_us DESC, id DESC);
-      CREATE INDEX jobs_unfinished ON jobs (create_time_us, id)
+      CREATE INDEX jobs_unfinished ON jobs (model, create_time_us, id)
         WHERE state IN ('QUEUED', 'RUNNING');
       CREATE TABLE job_examples (
         job_id text COLLATE "C" NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,

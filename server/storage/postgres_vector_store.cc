@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/storage/job_codec.h"
 #include "server/storage/vector_codec.h"
 #include "server/util/status_macros.h"
 
@@ -110,6 +111,17 @@ absl::StatusOr<StoredVector> PostgresVectorStore::Create(const StoredVector& met
         return StoredVectorsLimitError(max_stored_versions, stored_versions);
       }
     }
+    const bool publishes_job = stored.job_lease_epoch != 0 && !stored.job_id.empty();
+    if (publishes_job) {
+      ASSIGN_OR_RETURN(const Result job,
+                       connection.Exec("checking the job's lease",
+                                       "SELECT cancel_requested FROM jobs WHERE id = $1 AND "
+                                       "lease_epoch = $2 AND state IN ('QUEUED', 'RUNNING') "
+                                       "FOR UPDATE",
+                                       Params().Text(stored.job_id).Int(stored.job_lease_epoch)));
+      if (job.rows() == 0) return LeaseLostError(stored.job_id, stored.job_lease_epoch);
+      if (job.Bool(0, 0)) return JobCancelledError(stored.job_id);
+    }
     // Read under the tenant's lock so create_time never decreases as versions increase.
     stored.create_time = absl::FromUnixMicros(absl::ToUnixMicros(options_.clock()));
     ASSIGN_OR_RETURN(
@@ -150,6 +162,17 @@ absl::StatusOr<StoredVector> PostgresVectorStore::Create(const StoredVector& met
                               "INSERT INTO vector_files (vector_id, safetensors) VALUES ($1, $2)",
                               Params().Int(inserted.Int(0, 0)).Bytes(safetensors))
                         .status());
+    if (publishes_job) {
+      RETURN_IF_ERROR(connection
+                          .Exec("ending the job SUCCEEDED",
+                                "UPDATE jobs SET state = 'SUCCEEDED', vector_version = $2, "
+                                "end_time_us = $3 WHERE id = $1",
+                                Params()
+                                    .Text(stored.job_id)
+                                    .Int(stored.version)
+                                    .Int(absl::ToUnixMicros(absl::Now())))
+                          .status());
+    }
     RETURN_IF_ERROR(RecordChange(connection, stored.tenant, stored.name, stored.version, "create"));
     return txn.Commit();
   }));

@@ -67,6 +67,17 @@ constexpr const char* kMigrations[] = {
         bytes BLOB NOT NULL
       );
     )sql",
+    // Version 2: leases (JobStore::ClaimJob). The model, which claims filter by, comes
+    // out of the spec; lease times are microseconds since the epoch like the others.
+    R"sql(
+      ALTER TABLE jobs ADD COLUMN model TEXT NOT NULL DEFAULT '';
+      UPDATE jobs SET model = json_extract(spec, '$.model');
+      ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+      ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE jobs ADD COLUMN lease_until_us INTEGER;
+      ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    )sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == SqliteJobStore::kSchemaVersion,
               "one migration per schema version");
@@ -78,7 +89,7 @@ constexpr absl::string_view kUnfinished = "state IN ('QUEUED', 'RUNNING')";
 // The jobs columns, in the order ReadJob() expects.
 constexpr absl::string_view kColumns =
     "id, tenant, create_time_us, state, step, metrics, error, vector_version, "
-    "start_time_us, end_time_us, spec";
+    "start_time_us, end_time_us, spec, lease_owner";
 
 absl::Status BindOptionalText(Statement& stmt, int index, const std::optional<std::string>& text) {
   return text.has_value() ? stmt.BindText(index, *text) : stmt.BindNull(index);
@@ -112,6 +123,7 @@ absl::StatusOr<JobRecord> ReadJob(const Statement& stmt) {
   columns.progress.start_time_us = OptionalInt(stmt, 8);
   columns.progress.end_time_us = OptionalInt(stmt, 9);
   columns.spec = stmt.Text(10);
+  columns.lease_owner = OptionalText(stmt, 11);
   return DecodeJob(columns);
 }
 
@@ -134,6 +146,27 @@ absl::StatusOr<bool> JobExists(sqlite::Database& db, const std::string& id) {
   RETURN_IF_ERROR(select.BindText(1, id));
   return select.Step();
 }
+
+// Whether job `id`'s lease has epoch `epoch`.
+absl::StatusOr<bool> HoldsLease(sqlite::Database& db, const std::string& id, int64_t epoch) {
+  Statement select(db, "checking a lease");
+  RETURN_IF_ERROR(select.Prepare("SELECT 1 FROM jobs WHERE id = ?1 AND lease_epoch = ?2"));
+  RETURN_IF_ERROR(select.BindText(1, id));
+  RETURN_IF_ERROR(select.BindInt(2, epoch));
+  return select.Step();
+}
+
+// Why a write that matched no row did not happen: NOT_FOUND for an unfenced write
+// (epoch 0) or without the job, else the writer's lease is no longer the job's.
+absl::Status NotWritten(sqlite::Database& db, const std::string& id, int64_t epoch) {
+  if (epoch == 0) return JobNotFound(id);
+  ASSIGN_OR_RETURN(const bool exists, JobExists(db, id));
+  if (!exists) return JobNotFound(id);
+  return LeaseLostError(id, epoch);
+}
+
+// A lease is free when it has no expiry or its expiry (?1, now) passed.
+constexpr absl::string_view kLeaseFree = "(lease_until_us IS NULL OR lease_until_us < ?1)";
 
 }  // namespace
 
@@ -177,13 +210,14 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
     Statement insert(*db_, "inserting the job");
     RETURN_IF_ERROR(
         insert.Prepare("INSERT INTO jobs (id, tenant, create_time_us, spec, state, step, metrics, "
-                       "error, vector_version, start_time_us, end_time_us) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"));
+                       "error, vector_version, start_time_us, end_time_us, model) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"));
     RETURN_IF_ERROR(insert.BindText(1, columns.id));
     RETURN_IF_ERROR(insert.BindText(2, columns.tenant));
     RETURN_IF_ERROR(insert.BindInt(3, columns.create_time_us));
     RETURN_IF_ERROR(insert.BindText(4, columns.spec));
     RETURN_IF_ERROR(BindProgress(insert, 5, columns.progress));
+    RETURN_IF_ERROR(insert.BindText(12, job.spec.model));
     RETURN_IF_ERROR(insert.Run());
   }
   {
@@ -291,14 +325,17 @@ absl::Status SqliteJobStore::Update(const JobRecord& job) {
   absl::MutexLock lock(&mu_);
   // One statement: atomic, and durable when it returns (autocommit, synchronous=FULL).
   Statement update(*db_, "updating a job");
-  RETURN_IF_ERROR(update.Prepare(
+  const bool fenced = job.lease_epoch != 0;
+  RETURN_IF_ERROR(update.Prepare(absl::StrCat(
       "UPDATE jobs SET state = ?3, step = ?4, metrics = ?5, error = ?6, vector_version = ?7, "
-      "start_time_us = ?8, end_time_us = ?9 WHERE id = ?1 AND tenant = ?2"));
+      "start_time_us = ?8, end_time_us = ?9 WHERE id = ?1 AND tenant = ?2",
+      fenced ? " AND lease_epoch = ?10" : "")));
   RETURN_IF_ERROR(update.BindText(1, job.id));
   RETURN_IF_ERROR(update.BindText(2, job.tenant));
   RETURN_IF_ERROR(BindProgress(update, 3, progress));
+  if (fenced) RETURN_IF_ERROR(update.BindInt(10, job.lease_epoch));
   RETURN_IF_ERROR(update.Run());
-  if (db_->Changes() == 0) return JobNotFound(job.id);
+  if (db_->Changes() == 0) return NotWritten(*db_, job.id, job.lease_epoch);
   return absl::OkStatus();
 }
 
@@ -340,6 +377,10 @@ absl::Status SqliteJobStore::SaveCheckpoint(const std::string& id,
   RETURN_IF_ERROR(txn.BeginImmediate());
   ASSIGN_OR_RETURN(const bool exists, JobExists(*db_, id));
   if (!exists) return JobNotFound(id);
+  if (checkpoint.lease_epoch != 0) {
+    ASSIGN_OR_RETURN(const bool holds, HoldsLease(*db_, id, checkpoint.lease_epoch));
+    if (!holds) return LeaseLostError(id, checkpoint.lease_epoch);
+  }
   Statement upsert(*db_, "saving a checkpoint");
   RETURN_IF_ERROR(upsert.Prepare(
       "INSERT INTO job_checkpoints (job_id, step, metrics, bytes) VALUES (?1, ?2, ?3, ?4) "
@@ -397,6 +438,166 @@ absl::StatusOr<std::vector<JobRecord>> SqliteJobStore::ListUnfinished() {
     jobs.push_back(std::move(job));
   }
   return jobs;
+}
+
+absl::StatusOr<std::optional<JobLease>> SqliteJobStore::ClaimJob(const JobClaim& claim) {
+  if (claim.owner.empty()) return absl::InvalidArgumentError("job store: empty lease owner");
+  if (claim.models.empty()) return std::optional<JobLease>();
+  // ?1 now, ?2.. the models.
+  std::string models;
+  for (size_t i = 0; i < claim.models.size(); ++i) {
+    absl::StrAppend(&models, i > 0 ? ", " : "", "?", i + 2);
+  }
+  auto bind_models = [&](Statement& stmt) -> absl::Status {
+    for (size_t i = 0; i < claim.models.size(); ++i) {
+      RETURN_IF_ERROR(stmt.BindText(static_cast<int>(i + 2), claim.models[i]));
+    }
+    return absl::OkStatus();
+  };
+  const int next = static_cast<int>(claim.models.size()) + 2;
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  absl::MutexLock lock(&mu_);
+  Transaction txn(*db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  {
+    // Jobs whose holders kept stopping without finishing end here, not in a loop.
+    const std::string exhausted = absl::StrCat(
+        "model IN (", models, ") AND state IN ('QUEUED', 'RUNNING') AND lease_until_us < ?1 "
+        "AND attempts >= ?", next);
+    Statement checkpoints(*db_, "dropping checkpoints of jobs out of attempts");
+    RETURN_IF_ERROR(checkpoints.Prepare(absl::StrCat(
+        "DELETE FROM job_checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE ", exhausted, ")")));
+    RETURN_IF_ERROR(checkpoints.BindInt(1, now_us));
+    RETURN_IF_ERROR(bind_models(checkpoints));
+    RETURN_IF_ERROR(checkpoints.BindInt(next, claim.max_attempts));
+    RETURN_IF_ERROR(checkpoints.Run());
+    const std::string error = AttemptsExhaustedError(claim.max_attempts);
+    Statement fail(*db_, "failing jobs out of attempts");
+    RETURN_IF_ERROR(fail.Prepare(absl::StrCat(
+        "UPDATE jobs SET state = 'FAILED', error = ?", next + 1, ", end_time_us = ?1, "
+        "lease_owner = NULL, lease_until_us = NULL WHERE ", exhausted)));
+    RETURN_IF_ERROR(fail.BindInt(1, now_us));
+    RETURN_IF_ERROR(bind_models(fail));
+    RETURN_IF_ERROR(fail.BindInt(next, claim.max_attempts));
+    RETURN_IF_ERROR(fail.BindText(next + 1, error));
+    RETURN_IF_ERROR(fail.Run());
+  }
+  std::string id;
+  {
+    Statement candidate(*db_, "choosing a job to claim");
+    RETURN_IF_ERROR(candidate.Prepare(absl::StrCat(
+        "SELECT j.id FROM jobs j WHERE j.model IN (", models, ") AND j.",
+        kUnfinished, " AND ", kLeaseFree,
+        " ORDER BY (j.state = 'RUNNING') DESC, "
+        "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'RUNNING' "
+        "AND r.lease_until_us >= ?1), "
+        "(SELECT MAX(s.start_time_us) FROM jobs s WHERE s.tenant = j.tenant) NULLS FIRST, "
+        "j.create_time_us, j.id LIMIT 1")));
+    RETURN_IF_ERROR(candidate.BindInt(1, now_us));
+    RETURN_IF_ERROR(bind_models(candidate));
+    ASSIGN_OR_RETURN(const bool row, candidate.Step());
+    if (!row) {
+      RETURN_IF_ERROR(txn.Commit());
+      return std::optional<JobLease>();
+    }
+    id = candidate.Text(0);
+  }
+  {
+    Statement update(*db_, "claiming a job");
+    RETURN_IF_ERROR(update.Prepare(
+        "UPDATE jobs SET lease_owner = ?2, lease_epoch = lease_epoch + 1, lease_until_us = ?3, "
+        "attempts = attempts + 1 WHERE id = ?1"));
+    RETURN_IF_ERROR(update.BindText(1, id));
+    RETURN_IF_ERROR(update.BindText(2, claim.owner));
+    RETURN_IF_ERROR(update.BindInt(3, now_us + absl::ToInt64Microseconds(claim.ttl)));
+    RETURN_IF_ERROR(update.Run());
+  }
+  JobLease lease;
+  {
+    Statement select(*db_, "reading the claimed job");
+    RETURN_IF_ERROR(select.Prepare(
+        absl::StrCat("SELECT ", kColumns, ", lease_epoch, attempts FROM jobs WHERE id = ?1")));
+    RETURN_IF_ERROR(select.BindText(1, id));
+    RETURN_IF_ERROR(select.Step().status());
+    ASSIGN_OR_RETURN(lease.job, ReadJob(select));
+    lease.job.lease_epoch = select.Int(12);
+    lease.attempt = static_cast<int32_t>(select.Int(13));
+  }
+  RETURN_IF_ERROR(txn.Commit());
+  return lease;
+}
+
+absl::StatusOr<bool> SqliteJobStore::RenewLease(const std::string& id, int64_t epoch,
+                                                absl::Duration ttl) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  absl::MutexLock lock(&mu_);
+  Statement update(*db_, "renewing a lease");
+  RETURN_IF_ERROR(update.Prepare(absl::StrCat(
+      "UPDATE jobs SET lease_until_us = ?3 WHERE id = ?1 AND lease_epoch = ?2 AND ",
+      kUnfinished, " RETURNING cancel_requested")));
+  RETURN_IF_ERROR(update.BindText(1, id));
+  RETURN_IF_ERROR(update.BindInt(2, epoch));
+  RETURN_IF_ERROR(
+      update.BindInt(3, absl::ToUnixMicros(absl::Now()) + absl::ToInt64Microseconds(ttl)));
+  ASSIGN_OR_RETURN(const bool row, update.Step());
+  if (!row) return NotWritten(*db_, id, epoch);
+  const bool cancel = update.Int(0) != 0;
+  RETURN_IF_ERROR(update.Run());  // Completes the statement.
+  return cancel;
+}
+
+absl::Status SqliteJobStore::ReleaseLease(const std::string& id, int64_t epoch) {
+  RETURN_IF_ERROR(CheckJobId(id));
+  absl::MutexLock lock(&mu_);
+  Statement update(*db_, "handing a lease back");
+  RETURN_IF_ERROR(update.Prepare(
+      "UPDATE jobs SET lease_owner = NULL, lease_until_us = NULL, "
+      "attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND lease_epoch = ?2"));
+  RETURN_IF_ERROR(update.BindText(1, id));
+  RETURN_IF_ERROR(update.BindInt(2, epoch));
+  return update.Run();
+}
+
+absl::StatusOr<JobRecord> SqliteJobStore::RequestCancel(const std::string& tenant,
+                                                        const std::string& id) {
+  RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  absl::MutexLock lock(&mu_);
+  Transaction txn(*db_);
+  RETURN_IF_ERROR(txn.BeginImmediate());
+  {
+    // A QUEUED job no replica holds ends now; anything else running is marked for its
+    // holder, which sees it at its next renewal.
+    Statement cancel(*db_, "cancelling a queued job");
+    RETURN_IF_ERROR(cancel.Prepare(absl::StrCat(
+        "UPDATE jobs SET state = 'CANCELLED', end_time_us = ?1, lease_owner = NULL, "
+        "lease_until_us = NULL WHERE id = ?2 AND tenant = ?3 AND state = 'QUEUED' AND ",
+        kLeaseFree)));
+    RETURN_IF_ERROR(cancel.BindInt(1, now_us));
+    RETURN_IF_ERROR(cancel.BindText(2, id));
+    RETURN_IF_ERROR(cancel.BindText(3, tenant));
+    RETURN_IF_ERROR(cancel.Run());
+  }
+  if (db_->Changes() == 0) {
+    Statement mark(*db_, "requesting a cancel");
+    RETURN_IF_ERROR(mark.Prepare(absl::StrCat("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 "
+                                              "AND tenant = ?2 AND ",
+                                              kUnfinished)));
+    RETURN_IF_ERROR(mark.BindText(1, id));
+    RETURN_IF_ERROR(mark.BindText(2, tenant));
+    RETURN_IF_ERROR(mark.Run());
+  }
+  Statement select(*db_, "reading a job");
+  RETURN_IF_ERROR(select.Prepare(
+      absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1 AND tenant = ?2")));
+  RETURN_IF_ERROR(select.BindText(1, id));
+  RETURN_IF_ERROR(select.BindText(2, tenant));
+  ASSIGN_OR_RETURN(const bool row, select.Step());
+  if (!row) return JobNotFound(id);
+  ASSIGN_OR_RETURN(JobRecord record, ReadJob(select));
+  RETURN_IF_ERROR(select.Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return record;
 }
 
 absl::StatusOr<int64_t> SqliteJobStore::DeleteEndedBefore(absl::Time cutoff) {

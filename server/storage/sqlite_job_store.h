@@ -74,11 +74,18 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<std::optional<JobCheckpoint>> LoadCheckpoint(const std::string& id) override;
   absl::Status DeleteCheckpoint(const std::string& id) override;
   absl::StatusOr<std::vector<JobRecord>> ListUnfinished() override;
+  // Lease times are this process's clock (absl::Now): one process uses the file.
+  absl::StatusOr<std::optional<JobLease>> ClaimJob(const JobClaim& claim) override;
+  absl::StatusOr<bool> RenewLease(const std::string& id, int64_t epoch,
+                                  absl::Duration ttl) override;
+  absl::Status ReleaseLease(const std::string& id, int64_t epoch) override;
+  absl::StatusOr<JobRecord> RequestCancel(const std::string& tenant,
+                                          const std::string& id) override;
   absl::StatusOr<int64_t> DeleteEndedBefore(absl::Time cutoff) override;
 
   // The schema version of the job tables this build writes (the "jobs" row of the
   // schema_version table).
-  static constexpr int64_t kSchemaVersion = 1;
+  static constexpr int64_t kSchemaVersion = 2;
 
  private:
   SqliteJobStore(Options options, std::unique_ptr<sqlite::Database> db)

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "server/storage/job_codec.h"
 #include "server/storage/vector_codec.h"
 #include "server/util/status_macros.h"
 
@@ -129,6 +130,19 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
       return StoredVectorsLimitError(max_stored_versions, stored_versions);
     }
   }
+  const bool publishes_job = stored.job_lease_epoch != 0 && !stored.job_id.empty();
+  if (publishes_job) {
+    // The job tables share this file (SqliteJobStore).
+    Statement job(*db_, "checking the job's lease");
+    RETURN_IF_ERROR(job.Prepare(
+        "SELECT cancel_requested FROM jobs WHERE id = ?1 AND lease_epoch = ?2 AND "
+        "state IN ('QUEUED', 'RUNNING')"));
+    RETURN_IF_ERROR(job.BindText(1, stored.job_id));
+    RETURN_IF_ERROR(job.BindInt(2, stored.job_lease_epoch));
+    ASSIGN_OR_RETURN(const bool row, job.Step());
+    if (!row) return LeaseLostError(stored.job_id, stored.job_lease_epoch);
+    if (job.Int(0) != 0) return JobCancelledError(stored.job_id);
+  }
   {
     Statement next(*db_, "assigning a version");
     RETURN_IF_ERROR(
@@ -173,6 +187,16 @@ absl::StatusOr<StoredVector> SqliteVectorStore::Create(const StoredVector& metad
     RETURN_IF_ERROR(insert.BindInt(1, db_->LastInsertRowId()));
     RETURN_IF_ERROR(insert.BindBlob(2, safetensors));
     RETURN_IF_ERROR(insert.Run());
+  }
+  if (publishes_job) {
+    Statement job(*db_, "ending the job SUCCEEDED");
+    RETURN_IF_ERROR(job.Prepare(
+        "UPDATE jobs SET state = 'SUCCEEDED', vector_version = ?2, end_time_us = ?3 "
+        "WHERE id = ?1"));
+    RETURN_IF_ERROR(job.BindText(1, stored.job_id));
+    RETURN_IF_ERROR(job.BindInt(2, stored.version));
+    RETURN_IF_ERROR(job.BindInt(3, absl::ToUnixMicros(absl::Now())));
+    RETURN_IF_ERROR(job.Run());
   }
   RETURN_IF_ERROR(txn.Commit());
   return stored;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -827,7 +828,7 @@ TEST_F(SqliteJobStoreTest, SharesTheFileWithTheVectorStore) {
   ASSERT_TRUE((*vectors)->Create(vector, "bytes", -1).ok());
   SetState("t", "job-1", JobState::kSucceeded);
   EXPECT_THAT(Rows("SELECT component, version FROM schema_version ORDER BY component"),
-              ElementsAre("jobs|1", "vectors|1"));
+              ElementsAre("jobs|2", "vectors|1"));
 
   // Reopened in the other order, both find their data.
   store_.reset();
@@ -842,10 +843,10 @@ TEST_F(SqliteJobStoreTest, SharesTheFileWithTheVectorStore) {
 TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   Put("t", "job-1");
   store_.reset();
-  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 2 WHERE component = 'jobs'").ok());
+  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 3 WHERE component = 'jobs'").ok());
   absl::StatusOr<std::unique_ptr<SqliteJobStore>> newer = SqliteJobStore::Create(StoreOptions());
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 2"));
+  EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 3"));
   EXPECT_THAT(std::string(newer.status().message()), HasSubstr("job store"));
   EXPECT_THAT(std::string(newer.status().message()), HasSubstr(path_));
   // The vector store's component is its own business.
@@ -853,7 +854,7 @@ TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   vector_options.path = path_;
   EXPECT_TRUE(SqliteVectorStore::Create(vector_options).ok());
 
-  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 1 WHERE component = 'jobs'").ok());
+  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 2 WHERE component = 'jobs'").ok());
   Open();
   EXPECT_TRUE(store_->Get("t", "job-1").ok());
   EXPECT_EQ(SqliteJobStore::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
@@ -953,6 +954,236 @@ TEST_P(JobStoreTest, CreateIsDurableAcrossKill9) {
   EXPECT_EQ(store_->Get("t", "survivor")->state, JobState::kQueued);
   EXPECT_EQ(store_->ReadDatasets("survivor")->train[0].prompt, "Q: s\nA:");
   EXPECT_EQ((*store_->LoadCheckpoint("survivor"))->bytes, "saved");
+}
+
+// ---- Leases.
+
+JobClaim Claim(const std::string& owner, absl::Duration ttl = absl::Seconds(30),
+               int32_t max_attempts = 3) {
+  JobClaim claim;
+  claim.owner = owner;
+  claim.models = {"steerd-tiny"};
+  claim.ttl = ttl;
+  claim.max_attempts = max_attempts;
+  return claim;
+}
+
+bool IsLeaseLost(const absl::Status& status) {
+  const std::optional<ErrorDetails> details = GetErrorDetails(status);
+  return status.code() == absl::StatusCode::kFailedPrecondition && details.has_value() &&
+         details->reason == "LEASE_LOST";
+}
+
+TEST_P(JobStoreTest, ClaimsTakeEachJobOnceAndWritesAreFencedByTheEpoch) {
+  Put("t", "job-1");
+  Put("t", "job-2");
+  absl::StatusOr<std::optional<JobLease>> a = store_->ClaimJob(Claim("replica-a"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(a->has_value());
+  EXPECT_EQ((*a)->job.id, "job-1");  // Oldest first.
+  EXPECT_EQ((*a)->job.replica, "replica-a");
+  EXPECT_EQ((*a)->job.state, JobState::kQueued);
+  EXPECT_EQ((*a)->attempt, 1);
+  EXPECT_GT((*a)->job.lease_epoch, 0);
+  auto b = store_->ClaimJob(Claim("replica-b"));
+  ASSERT_TRUE(b.ok() && b->has_value());
+  EXPECT_EQ((*b)->job.id, "job-2");
+  auto none = store_->ClaimJob(Claim("replica-c"));
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  // Other models' claimers see nothing either.
+  JobClaim other = Claim("replica-c");
+  other.models = {"another-model"};
+  Put("t", "job-3");
+  EXPECT_FALSE(store_->ClaimJob(other)->has_value());
+
+  EXPECT_EQ(store_->Get("t", "job-1")->replica, "replica-a");
+  JobRecord running = (*a)->job;
+  running.state = JobState::kRunning;
+  EXPECT_TRUE(store_->Update(running).ok());  // Fenced by the right epoch.
+  JobRecord stale = running;
+  stale.lease_epoch = running.lease_epoch + 7;
+  stale.step = 99;
+  EXPECT_TRUE(IsLeaseLost(store_->Update(stale))) << store_->Update(stale);
+  JobCheckpoint checkpoint;
+  checkpoint.bytes = "ckpt";
+  checkpoint.lease_epoch = stale.lease_epoch;
+  EXPECT_TRUE(IsLeaseLost(store_->SaveCheckpoint("job-1", checkpoint)));
+  EXPECT_FALSE(store_->LoadCheckpoint("job-1")->has_value());
+  EXPECT_EQ(store_->Get("t", "job-1")->step, 0);
+  EXPECT_EQ(*store_->RenewLease("job-1", running.lease_epoch, absl::Seconds(30)), false);
+  EXPECT_EQ(store_->RenewLease("no-such-job", 1, absl::Seconds(30)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_P(JobStoreTest, AnExpiredLeaseIsTakenOverAndTheOldHolderWritesNothing) {
+  Put("t", "job-1");
+  auto a = store_->ClaimJob(Claim("replica-a", absl::Milliseconds(200)));
+  ASSERT_TRUE(a.ok() && a->has_value()) << a.status();
+  JobRecord a_job = (*a)->job;
+  a_job.state = JobState::kRunning;
+  ASSERT_TRUE(store_->Update(a_job).ok());
+  // While the lease runs, nobody else gets the job.
+  EXPECT_FALSE(store_->ClaimJob(Claim("replica-b"))->has_value());
+  absl::SleepFor(absl::Milliseconds(400));
+  auto b = store_->ClaimJob(Claim("replica-b"));
+  ASSERT_TRUE(b.ok() && b->has_value()) << b.status();
+  EXPECT_EQ((*b)->job.id, "job-1");
+  EXPECT_EQ((*b)->job.state, JobState::kRunning);  // Taken over, as it was.
+  EXPECT_EQ((*b)->attempt, 2);
+  EXPECT_GT((*b)->job.lease_epoch, a_job.lease_epoch);
+  // The old holder wakes up: its renewal, updates and checkpoints all fail.
+  EXPECT_TRUE(IsLeaseLost(store_->RenewLease("job-1", a_job.lease_epoch, absl::Seconds(30)).status()));
+  a_job.step = 5;
+  EXPECT_TRUE(IsLeaseLost(store_->Update(a_job)));
+  JobCheckpoint checkpoint;
+  checkpoint.lease_epoch = a_job.lease_epoch;
+  checkpoint.bytes = "stale";
+  EXPECT_TRUE(IsLeaseLost(store_->SaveCheckpoint("job-1", checkpoint)));
+  checkpoint.lease_epoch = (*b)->job.lease_epoch;
+  checkpoint.bytes = "fresh";
+  EXPECT_TRUE(store_->SaveCheckpoint("job-1", checkpoint).ok());
+  EXPECT_EQ((*store_->LoadCheckpoint("job-1"))->bytes, "fresh");
+  EXPECT_EQ(store_->Get("t", "job-1")->replica, "replica-b");
+}
+
+TEST_P(JobStoreTest, AJobWhoseLeaseKeepsExpiringFailsAfterMaxAttempts) {
+  Put("t", "job-1");
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto claimed = store_->ClaimJob(Claim("replica", absl::Milliseconds(100), 2));
+    ASSERT_TRUE(claimed.ok() && claimed->has_value()) << attempt;
+    EXPECT_EQ((*claimed)->attempt, attempt);
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  auto third = store_->ClaimJob(Claim("replica", absl::Milliseconds(100), 2));
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_FALSE(third->has_value());
+  absl::StatusOr<JobRecord> failed = store_->Get("t", "job-1");
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(failed->state, JobState::kFailed);
+  EXPECT_NE(failed->end_time, absl::InfinitePast());
+  EXPECT_EQ(GetErrorDetails(failed->error)->reason, "ATTEMPTS_EXHAUSTED");
+  EXPECT_THAT(std::string(failed->error.message()), HasSubstr("--job-max-attempts 2"));
+}
+
+TEST_P(JobStoreTest, AHandedBackLeaseIsClaimableAtOnceAndNotCounted) {
+  Put("t", "job-1");
+  auto a = store_->ClaimJob(Claim("replica-a"));
+  ASSERT_TRUE(a.ok() && a->has_value());
+  ASSERT_TRUE(store_->ReleaseLease("job-1", (*a)->job.lease_epoch).ok());
+  EXPECT_EQ(store_->Get("t", "job-1")->replica, "");
+  auto b = store_->ClaimJob(Claim("replica-b"));
+  ASSERT_TRUE(b.ok() && b->has_value());
+  EXPECT_EQ((*b)->attempt, 1);
+  // A stale hand-back changes nothing.
+  ASSERT_TRUE(store_->ReleaseLease("job-1", (*a)->job.lease_epoch).ok());
+  EXPECT_EQ(store_->Get("t", "job-1")->replica, "replica-b");
+}
+
+TEST_P(JobStoreTest, CancelEndsAQueuedJobAndMarksAHeldOne) {
+  Put("t", "queued");
+  Put("t", "held");
+  auto cancelled = store_->RequestCancel("t", "queued");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state, JobState::kCancelled);
+  EXPECT_NE(cancelled->end_time, absl::InfinitePast());
+  auto held = store_->ClaimJob(Claim("replica-a"));
+  ASSERT_TRUE(held.ok() && held->has_value());
+  ASSERT_EQ((*held)->job.id, "held");
+  EXPECT_EQ(*store_->RenewLease("held", (*held)->job.lease_epoch, absl::Seconds(30)), false);
+  auto marked = store_->RequestCancel("t", "held");
+  ASSERT_TRUE(marked.ok()) << marked.status();
+  EXPECT_EQ(marked->state, JobState::kQueued);  // Its holder ends it.
+  EXPECT_EQ(*store_->RenewLease("held", (*held)->job.lease_epoch, absl::Seconds(30)), true);
+  EXPECT_EQ(store_->RequestCancel("other-tenant", "held").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// A free slot goes to the tenant with the fewest running jobs, then to the tenant whose
+// last job started longest ago, then to the oldest job; expired RUNNING jobs first.
+TEST_P(JobStoreTest, ClaimsPreferTenantsWithFewerRunningJobs) {
+  SetTick(absl::Seconds(1));
+  Put("alpha", "a1");
+  Put("alpha", "a2");
+  Put("beta", "b1");
+  auto first = store_->ClaimJob(Claim("r"));
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ((*first)->job.id, "a1");
+  JobRecord running = (*first)->job;
+  running.state = JobState::kRunning;
+  running.start_time = absl::Now();
+  ASSERT_TRUE(store_->Update(running).ok());
+  auto second = store_->ClaimJob(Claim("r"));
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_EQ((*second)->job.id, "b1") << "alpha already runs a job";
+}
+
+TEST_P(JobStoreTest, ConcurrentClaimersNeverShareAJob) {
+  constexpr int kJobs = 24;
+  for (int i = 0; i < kJobs; ++i) Put("t", absl::StrCat("job-", i));
+  absl::StatusOr<std::unique_ptr<JobStore>> second = location_->OpenJobStore(Clock());
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::Mutex mu;
+  std::map<std::string, int> claims;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      JobStore* store = t % 2 == 0 ? store_.get() : second->get();
+      while (true) {
+        auto claimed = store->ClaimJob(Claim(absl::StrCat("replica-", t)));
+        ASSERT_TRUE(claimed.ok()) << claimed.status();
+        if (!claimed->has_value()) return;
+        absl::MutexLock lock(&mu);
+        ++claims[(*claimed)->job.id];
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(claims.size(), static_cast<size_t>(kJobs));
+  for (const auto& [id, count] : claims) EXPECT_EQ(count, 1) << id;
+}
+
+// The publish of a job's vector and its SUCCEEDED state are one transaction, fenced by
+// the lease: exactly one version per job, none from a replica that lost it.
+TEST_P(JobStoreTest, PublishingAJobsVectorIsFencedAndEndsTheJob) {
+  absl::StatusOr<std::unique_ptr<VectorStore>> vectors = location_->OpenVectorStore(nullptr);
+  ASSERT_TRUE(vectors.ok()) << vectors.status();
+  Put("t", "job-1");
+  Put("t", "job-2");
+  auto lease = store_->ClaimJob(Claim("replica-a"));
+  ASSERT_TRUE(lease.ok() && lease->has_value());
+  StoredVector vector;
+  vector.tenant = "t";
+  vector.name = "trained";
+  vector.model = "steerd-tiny";
+  vector.model_fingerprint = "fp";
+  vector.num_layers = 1;
+  vector.hidden_size = 2;
+  vector.dtype = "F32";
+  vector.layer_norms = {1.0f};
+  vector.source = StoredVector::Source::kTraining;
+  vector.job_id = "job-1";
+  vector.job_lease_epoch = (*lease)->job.lease_epoch + 1;  // Not the holder's.
+  EXPECT_TRUE(IsLeaseLost((*vectors)->Create(vector, "bytes", -1).status()));
+  EXPECT_EQ(*(*vectors)->CountVersions("t"), 0);
+  vector.job_lease_epoch = (*lease)->job.lease_epoch;
+  absl::StatusOr<StoredVector> published = (*vectors)->Create(vector, "bytes", -1);
+  ASSERT_TRUE(published.ok()) << published.status();
+  absl::StatusOr<JobRecord> job = store_->Get("t", "job-1");
+  EXPECT_EQ(job->state, JobState::kSucceeded);
+  EXPECT_EQ(job->vector_version, published->version);
+  // Again (a retry, or a zombie): the job ended, nothing more is published.
+  EXPECT_TRUE(IsLeaseLost((*vectors)->Create(vector, "bytes", -1).status()));
+  EXPECT_EQ(*(*vectors)->CountVersions("t"), 1);
+  // A cancel requested before the publish wins.
+  auto other = store_->ClaimJob(Claim("replica-a"));
+  ASSERT_TRUE(other.ok() && other->has_value());
+  ASSERT_TRUE(store_->RequestCancel("t", "job-2").ok());
+  vector.job_id = "job-2";
+  vector.job_lease_epoch = (*other)->job.lease_epoch;
+  const absl::Status cancelled = (*vectors)->Create(vector, "bytes", -1).status();
+  EXPECT_EQ(GetErrorDetails(cancelled)->reason, "JOB_CANCELLED") << cancelled;
+  EXPECT_EQ(*(*vectors)->CountVersions("t"), 1);
 }
 
 }  // namespace
