@@ -100,6 +100,18 @@ absl::Status InsertExamples(Connection& connection, const std::string& id,
       .status();
 }
 
+// The tenant's job `id`; NOT_FOUND when the tenant has none.
+absl::StatusOr<JobRecord> ReadTenantsJob(Connection& connection, const std::string& tenant,
+                                         const std::string& id) {
+  ASSIGN_OR_RETURN(
+      const Result result,
+      connection.Exec("reading a job",
+                      absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = $1 AND tenant = $2"),
+                      Params().Text(id).Text(tenant)));
+  if (result.rows() == 0) return JobNotFound(id);
+  return ReadJob(result, 0);
+}
+
 // Why a write that matched no row did not happen: NOT_FOUND for an unfenced write
 // (epoch 0) or without the job, else the writer's lease is no longer the job's.
 absl::Status NotWritten(Connection& connection, const std::string& id, int64_t epoch) {
@@ -170,13 +182,7 @@ absl::StatusOr<JobRecord> PostgresJobStore::Get(const std::string& tenant, const
   RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
   std::optional<JobRecord> job;
   RETURN_IF_ERROR(options_.database->WithConnection([&](Connection& connection) -> absl::Status {
-    ASSIGN_OR_RETURN(
-        const Result result,
-        connection.Exec("reading a job",
-                        absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = $1 AND tenant = $2"),
-                        Params().Text(id).Text(tenant)));
-    if (result.rows() == 0) return JobNotFound(id);
-    ASSIGN_OR_RETURN(job, ReadJob(result, 0));
+    ASSIGN_OR_RETURN(job, ReadTenantsJob(connection, tenant, id));
     return absl::OkStatus();
   }));
   return *std::move(job);
@@ -474,13 +480,7 @@ absl::StatusOr<JobRecord> PostgresJobStore::RequestCancel(const std::string& ten
                                 Params().Text(id).Text(tenant))
                           .status());
     }
-    ASSIGN_OR_RETURN(
-        const Result result,
-        connection.Exec("reading a job",
-                        absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = $1 AND tenant = $2"),
-                        Params().Text(id).Text(tenant)));
-    if (result.rows() == 0) return JobNotFound(id);
-    ASSIGN_OR_RETURN(record, ReadJob(result, 0));
+    ASSIGN_OR_RETURN(record, ReadTenantsJob(connection, tenant, id));
     return txn.Commit();
   }));
   return *std::move(record);

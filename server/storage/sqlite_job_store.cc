@@ -147,6 +147,19 @@ absl::StatusOr<bool> JobExists(sqlite::Database& db, const std::string& id) {
   return select.Step();
 }
 
+// The tenant's job `id`; NOT_FOUND when the tenant has none.
+absl::StatusOr<JobRecord> ReadTenantsJob(sqlite::Database& db, const std::string& tenant,
+                                         const std::string& id) {
+  Statement select(db, "reading a job");
+  RETURN_IF_ERROR(select.Prepare(
+      absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1 AND tenant = ?2")));
+  RETURN_IF_ERROR(select.BindText(1, id));
+  RETURN_IF_ERROR(select.BindText(2, tenant));
+  ASSIGN_OR_RETURN(const bool row, select.Step());
+  if (!row) return JobNotFound(id);
+  return ReadJob(select);
+}
+
 // Whether job `id`'s lease has epoch `epoch`.
 absl::StatusOr<bool> HoldsLease(sqlite::Database& db, const std::string& id, int64_t epoch) {
   Statement select(db, "checking a lease");
@@ -249,14 +262,7 @@ absl::Status SqliteJobStore::Create(const JobRecord& job, const JobDatasets& dat
 absl::StatusOr<JobRecord> SqliteJobStore::Get(const std::string& tenant, const std::string& id) {
   RETURN_IF_ERROR(CheckJobTenantAndId(tenant, id));
   absl::MutexLock lock(&mu_);
-  Statement select(*db_, "reading a job");
-  RETURN_IF_ERROR(select.Prepare(
-      absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1 AND tenant = ?2")));
-  RETURN_IF_ERROR(select.BindText(1, id));
-  RETURN_IF_ERROR(select.BindText(2, tenant));
-  ASSIGN_OR_RETURN(const bool row, select.Step());
-  if (!row) return JobNotFound(id);
-  return ReadJob(select);
+  return ReadTenantsJob(*db_, tenant, id);
 }
 
 absl::StatusOr<JobPage> SqliteJobStore::List(const JobListQuery& query) {
@@ -587,15 +593,7 @@ absl::StatusOr<JobRecord> SqliteJobStore::RequestCancel(const std::string& tenan
     RETURN_IF_ERROR(mark.BindText(2, tenant));
     RETURN_IF_ERROR(mark.Run());
   }
-  Statement select(*db_, "reading a job");
-  RETURN_IF_ERROR(select.Prepare(
-      absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1 AND tenant = ?2")));
-  RETURN_IF_ERROR(select.BindText(1, id));
-  RETURN_IF_ERROR(select.BindText(2, tenant));
-  ASSIGN_OR_RETURN(const bool row, select.Step());
-  if (!row) return JobNotFound(id);
-  ASSIGN_OR_RETURN(JobRecord record, ReadJob(select));
-  RETURN_IF_ERROR(select.Run());
+  ASSIGN_OR_RETURN(JobRecord record, ReadTenantsJob(*db_, tenant, id));
   RETURN_IF_ERROR(txn.Commit());
   return record;
 }
