@@ -186,6 +186,7 @@ void ToProto(const JobRecord& job, v1::Job* out) {
   if (IsSet(job.create_time)) *out->mutable_create_time() = TimestampOf(job.create_time);
   if (IsSet(job.start_time)) *out->mutable_start_time() = TimestampOf(job.start_time);
   if (IsSet(job.end_time)) *out->mutable_end_time() = TimestampOf(job.end_time);
+  out->set_replica(job.replica);
 }
 
 void ToProto(const JobEvent& event, v1::JobEvent* out) {

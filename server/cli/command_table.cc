@@ -165,7 +165,15 @@ CommandDef Serve() {
            ValueFlag("job-retention-days", "N",
                      "Days after it ends that a job and its dataset are deleted; 0 keeps "
                      "them forever.",
-                     "30")},
+                     "30"),
+           ValueFlag("job-lease-ttl", "DURATION",
+                     "A training job's lease, renewed every third of it: how long a job "
+                     "waits after its replica died before another resumes it (1s to 10m).",
+                     "15s"),
+           ValueFlag("job-max-attempts", "N",
+                     "Times a job's lease may expire (its replica died, hung or lost the "
+                     "store) before the job ends FAILED; 1 to 100.",
+                     "3")},
       }),
   };
 }

@@ -161,6 +161,19 @@ absl::Status Serve(const ParsedFlags& args) {
   }
   training.job_retention =
       retention_days == 0 ? absl::InfiniteDuration() : absl::Hours(24 * retention_days);
+  ASSIGN_OR_RETURN(training.lease_ttl, args.GetDuration("job-lease-ttl", training.lease_ttl));
+  if (training.lease_ttl < absl::Seconds(1) || training.lease_ttl > absl::Minutes(10)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--job-lease-ttl must be from 1s to 10m, got ",
+                     absl::FormatDuration(training.lease_ttl)));
+  }
+  ASSIGN_OR_RETURN(const int64_t max_attempts,
+                   args.GetInt("job-max-attempts", training.max_attempts));
+  if (max_attempts < 1 || max_attempts > 100) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--job-max-attempts must be from 1 to 100, got ", max_attempts));
+  }
+  training.max_attempts = static_cast<int32_t>(max_attempts);
   composed_options.server = server_options;
   composed_options.tenants = std::move(tenants);
   composed_options.data_dir = data_dir;

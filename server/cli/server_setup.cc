@@ -39,7 +39,9 @@ absl::Status ComposedServer::LoadModels() {
     feed.on_change = [core](const VectorChange& change) { core->ApplyVectorChange(change); };
     ASSIGN_OR_RETURN(change_feed_, PostgresChangeFeed::Start(feed));
   }
-  ASSIGN_OR_RETURN(training_, TrainingManager::Create(options_.training, core_.get(),
+  TrainingManager::Options training = options_.training;
+  training.replica_id = options_.replica_id;
+  ASSIGN_OR_RETURN(training_, TrainingManager::Create(training, core_.get(),
                                                       stores_.jobs.get(),
                                                       stores_.vectors.get()));
   RETURN_IF_ERROR(training_->Start());

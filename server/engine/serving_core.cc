@@ -237,15 +237,15 @@ absl::StatusOr<StoredVector> ServingCore::CreateVector(const std::string& tenant
                                                        std::string safetensors,
                                                        const std::string& description) {
   return StoreVector(tenant, max_stored_vectors, model, name, std::move(safetensors),
-                     description, /*job_id=*/"");
+                     description, /*job_id=*/"", /*lease_epoch=*/0);
 }
 
 absl::StatusOr<StoredVector> ServingCore::PublishTrainedVector(
     const std::string& tenant, int64_t max_stored_vectors, const std::string& model,
     const std::string& name, std::string safetensors, const std::string& description,
-    const std::string& job_id) {
+    const std::string& job_id, int64_t lease_epoch) {
   return StoreVector(tenant, max_stored_vectors, model, name, std::move(safetensors),
-                     description, job_id);
+                     description, job_id, lease_epoch);
 }
 
 absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
@@ -254,7 +254,8 @@ absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
                                                       const std::string& name,
                                                       std::string safetensors,
                                                       const std::string& description,
-                                                      const std::string& job_id) {
+                                                      const std::string& job_id,
+                                                      int64_t lease_epoch) {
   if (model.empty()) return absl::InvalidArgumentError("model is empty");
   RETURN_IF_ERROR(ValidateVectorName(name, "name"));
   if (description.size() > kMaxDescriptionBytes) {
@@ -284,6 +285,7 @@ absl::StatusOr<StoredVector> ServingCore::StoreVector(const std::string& tenant,
   metadata.source =
       job_id.empty() ? StoredVector::Source::kUpload : StoredVector::Source::kTraining;
   metadata.job_id = job_id;
+  metadata.job_lease_epoch = lease_epoch;
   metadata.description = description;
   ASSIGN_OR_RETURN(StoredVector stored,
                    store_->Create(metadata, validated.safetensors, max_stored_vectors));

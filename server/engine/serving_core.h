@@ -107,14 +107,16 @@ class ServingCore {
                                             std::string safetensors,
                                             const std::string& description);
   // CreateVector for a vector a training job produced: stored with source TRAINING and
-  // the job's id.
+  // the job's id, and, in the same store transaction, the job ends SUCCEEDED with this
+  // version if its lease still has `lease_epoch` (see StoredVector::job_lease_epoch).
   absl::StatusOr<StoredVector> PublishTrainedVector(const std::string& tenant,
                                                     int64_t max_stored_vectors,
                                                     const std::string& model,
                                                     const std::string& name,
                                                     std::string safetensors,
                                                     const std::string& description,
-                                                    const std::string& job_id);
+                                                    const std::string& job_id,
+                                                    int64_t lease_epoch);
   absl::StatusOr<StoredVector> GetVector(const std::string& tenant, const std::string& ref);
   // `query.model` is checked to name a loaded model when set.
   absl::StatusOr<VectorPage> ListVectors(const VectorListQuery& query);
@@ -145,7 +147,7 @@ class ServingCore {
                                            const std::string& model, const std::string& name,
                                            std::string safetensors,
                                            const std::string& description,
-                                           const std::string& job_id);
+                                           const std::string& job_id, int64_t lease_epoch);
 
   const Options options_;
   VectorStore* store_;

@@ -188,6 +188,18 @@ train::TrainerOptions TrainerOptionsOf(const JobSpec& spec) {
   return o;
 }
 
+// A fenced write of a lease that is no longer this replica's.
+bool IsLeaseLost(const absl::Status& status) {
+  const std::optional<ErrorDetails> details = GetErrorDetails(status);
+  return !status.ok() && details.has_value() && details->reason == "LEASE_LOST";
+}
+
+// A publish refused because the job was cancelled through another replica.
+bool IsJobCancelled(const absl::Status& status) {
+  const std::optional<ErrorDetails> details = GetErrorDetails(status);
+  return !status.ok() && details.has_value() && details->reason == "JOB_CANCELLED";
+}
+
 }  // namespace
 
 class TrainingManager::Impl {
@@ -208,10 +220,13 @@ class TrainingManager::Impl {
   JobStore* jobs() { return jobs_; }
 
  private:
-  // A job that is QUEUED or RUNNING.
+  // A job this replica holds the lease of.
   struct LiveJob {
-    JobRecord record;                  // Guarded by Impl::mu_.
+    JobRecord record;                  // Guarded by Impl::mu_. record.lease_epoch: the lease.
     bool cancel_requested = false;     // Guarded by Impl::mu_.
+    // The lease was taken over, or could not be renewed in time: stop without writing.
+    bool lease_lost = false;                       // Guarded by Impl::mu_.
+    absl::Time lease_renewed = absl::InfinitePast();  // Guarded by Impl::mu_.
     std::map<int64_t, std::shared_ptr<JobWatcher>> watchers;  // Guarded by Impl::mu_.
     // The trainer thread's alone.
     std::unique_ptr<EngineRollouts> rollouts;  // Set under mu_; Cancel()ed by other threads.
@@ -225,13 +240,18 @@ class TrainingManager::Impl {
   struct ModelWorker {
     std::string model;
     ServingCore::ServedModel* served = nullptr;
-    std::deque<std::shared_ptr<LiveJob>> queued;    // Guarded by Impl::mu_. Oldest first.
     std::vector<std::shared_ptr<LiveJob>> running;  // Guarded by Impl::mu_.
     size_t next = 0;                                // Guarded by Impl::mu_. Round robin.
-    // Guarded by Impl::mu_: when each tenant's latest job took a slot (a counter).
-    std::map<std::string, int64_t> last_start;
-    int64_t starts = 0;
+    bool poked = false;  // Guarded by Impl::mu_: a job for this model was just created.
+    absl::Time next_claim = absl::InfinitePast();  // Guarded by Impl::mu_.
     std::thread thread;
+  };
+  // A watch of a job another replica runs (or that is queued): read from the store.
+  struct RemoteWatch {
+    std::string tenant;
+    std::string job_id;
+    JobRecord last;  // What the watcher heard last.
+    std::shared_ptr<JobWatcher> watcher;
   };
   class WatchHandle : public Watch {
    public:
@@ -253,8 +273,20 @@ class TrainingManager::Impl {
   void UpdateGauges(ModelWorker* worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unsubscribe(const std::string& job_id, int64_t watch_id);
   void WorkerLoop(ModelWorker* worker);
-  // The next job to step, promoting queued jobs into free slots; null to stop.
+  void WorkerSteps(ModelWorker* worker);  // WorkerLoop's loop, until stopping.
+  // The next job to step, claiming jobs from the store into free slots; null to stop.
   std::shared_ptr<LiveJob> NextJob(ModelWorker* worker);
+  // Claims one job for the worker's model; whether it got one.
+  bool Claim(ModelWorker* worker);
+  // Renews the leases of the running jobs every lease_ttl / 3.
+  void HeartbeatLoop();
+  // Reads the jobs of remote watches every watch_poll_interval.
+  void WatchPollLoop();
+  // Drops a job whose lease is gone: no store write; its watchers are told to watch
+  // again (the replica that holds it now reports it).
+  void Abandon(ModelWorker* worker, const std::shared_ptr<LiveJob>& job);
+  // Checkpoints and hands back the leases of the worker's jobs (at shutdown).
+  void HandBack(ModelWorker* worker);
   // Loads datasets, builds the trainer (from the checkpoint when there is one) and
   // marks the job RUNNING.
   absl::Status StartJob(ModelWorker* worker, LiveJob* job);
@@ -287,6 +319,9 @@ class TrainingManager::Impl {
   absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread heartbeat_;
+  std::thread watch_poller_;
+  std::map<int64_t, RemoteWatch> remote_watches_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<ModelWorker>> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<LiveJob>> live_ ABSL_GUARDED_BY(mu_);
   int64_t next_watch_id_ ABSL_GUARDED_BY(mu_) = 1;
@@ -311,8 +346,13 @@ void TrainingManager::Impl::Publish(LiveJob* job, std::optional<JobState> previo
 
 void TrainingManager::Impl::UpdateGauges(ModelWorker* worker) {
   const ModelMetrics& metrics = worker->served->metrics;
-  if (metrics.training_jobs_queued) metrics.training_jobs_queued->Set(worker->queued.size());
-  if (metrics.training_jobs_running) metrics.training_jobs_running->Set(worker->running.size());
+  // This replica's jobs: QUEUED ones are claimed and about to start.
+  int64_t queued = 0;
+  for (const auto& job : worker->running) queued += job->record.state == JobState::kQueued ? 1 : 0;
+  if (metrics.training_jobs_queued) metrics.training_jobs_queued->Set(queued);
+  if (metrics.training_jobs_running) {
+    metrics.training_jobs_running->Set(static_cast<double>(worker->running.size()) - queued);
+  }
 }
 
 TrainingManager::Impl::ModelWorker* TrainingManager::Impl::WorkerFor(const std::string& model) {
@@ -340,55 +380,12 @@ void TrainingManager::Impl::PruneExpiredJobs() {
 
 absl::Status TrainingManager::Impl::Start() {
   PruneExpiredJobs();
-  ASSIGN_OR_RETURN(std::vector<JobRecord> unfinished, jobs_->ListUnfinished());
-  for (JobRecord& record : unfinished) {
-    auto job = std::make_shared<LiveJob>();
-    job->record = std::move(record);
-    JobRecord& r = job->record;
-    absl::MutexLock lock(&mu_);
-    ModelWorker* worker = WorkerFor(r.spec.model);
-    absl::Status error;
-    if (worker == nullptr) {
-      error = WithReason(absl::FailedPreconditionError(absl::StrCat(
-                             "model \"", r.spec.model,
-                             "\" is not loaded on this server since its restart")),
-                         "MODEL_NOT_LOADED", {{"model", r.spec.model}});
-    } else if (r.state == JobState::kRunning) {
-      // A crash between publishing the vector and recording SUCCEEDED: the vector
-      // names its job, so the job ends as it did.
-      VectorListQuery query;
-      query.tenant = r.tenant;
-      query.name = r.spec.output_vector;
-      query.all_versions = true;
-      query.limit = 1000;
-      ASSIGN_OR_RETURN(VectorPage page, vectors_->List(query));
-      for (const StoredVector& v : page.vectors) {
-        if (v.job_id == r.id) r.vector_version = std::max(r.vector_version, v.version);
-      }
-    }
-    if (!error.ok() || r.vector_version > 0) {
-      r.state = error.ok() ? JobState::kSucceeded : JobState::kFailed;
-      r.error = error;
-      r.end_time = absl::Now();
-      RETURN_IF_ERROR(jobs_->Update(r));
-      RETURN_IF_ERROR(jobs_->DeleteCheckpoint(r.id));
-      continue;
-    }
-    // RUNNING jobs resume first (from their checkpoints), then the queue in order.
-    if (r.state == JobState::kRunning) {
-      worker->running.push_back(job);
-    } else {
-      worker->queued.push_back(job);
-    }
-    live_[r.id] = job;
-  }
   absl::MutexLock lock(&mu_);
   started_ = true;
-  for (auto& [model, worker] : workers_) {
-    ModelWorker* raw = worker.get();
-    UpdateGauges(raw);
-    raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
-  }
+  // Every loaded model claims its jobs, whichever replica created them.
+  for (const ModelInfo& info : core_->ListModels()) WorkerFor(info.name);
+  heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+  watch_poller_ = std::thread([this] { WatchPollLoop(); });
   return absl::OkStatus();
 }
 
@@ -404,18 +401,23 @@ void TrainingManager::Impl::Shutdown() {
         if (job->rollouts != nullptr) job->rollouts->Cancel();
       }
     }
+    if (!started_) return;
   }
   for (ModelWorker* worker : workers) {
     if (worker->thread.joinable()) worker->thread.join();
   }
+  if (heartbeat_.joinable()) heartbeat_.join();
+  if (watch_poller_.joinable()) watch_poller_.join();
   absl::MutexLock lock(&mu_);
+  const absl::Status ending = absl::UnavailableError(
+      "the server is shutting down; the job goes on on another replica or after the restart: "
+      "watch again");
   for (auto& [id, job] : live_) {
-    for (auto& [watch_id, watcher] : job->watchers) {
-      watcher->OnEnd(absl::UnavailableError(
-          "the server is shutting down; the job continues after its restart: watch again"));
-    }
+    for (auto& [watch_id, watcher] : job->watchers) watcher->OnEnd(ending);
     job->watchers.clear();
   }
+  for (auto& [watch_id, watch] : remote_watches_) watch.watcher->OnEnd(ending);
+  remote_watches_.clear();
 }
 
 absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& tenant,
@@ -463,8 +465,7 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
   };
   RETURN_IF_ERROR(prepare(datasets.train, "examples"));
   RETURN_IF_ERROR(prepare(datasets.eval, "eval.examples"));
-  auto job = std::make_shared<LiveJob>();
-  JobRecord& record = job->record;
+  JobRecord record;
   record.id = NewJobId();
   record.tenant = tenant;
   record.spec = spec;
@@ -475,12 +476,11 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::CreateJob(const std::string& te
     if (stopping_) return DrainingError();
   }
   RETURN_IF_ERROR(jobs_->Create(record, datasets, limits.max_active_jobs));
+  // Queued in the store: this replica looks for it at once, peers within their claim
+  // interval; whoever has a free slot first runs it.
   absl::MutexLock lock(&mu_);
   ModelWorker* worker = WorkerFor(spec.model);
-  if (worker == nullptr) return absl::InternalError("the model went away");
-  worker->queued.push_back(job);
-  UpdateGauges(worker);
-  live_[record.id] = job;
+  if (worker != nullptr) worker->poked = true;
   return record;
 }
 
@@ -497,34 +497,27 @@ absl::StatusOr<JobRecord> TrainingManager::Impl::GetJob(const std::string& tenan
 
 absl::StatusOr<JobRecord> TrainingManager::Impl::CancelJob(const std::string& tenant,
                                                            const std::string& id) {
-  ASSIGN_OR_RETURN(JobRecord record, GetJob(tenant, id));
-  std::shared_ptr<LiveJob> queued_job;
+  RETURN_IF_ERROR(ValidateJobId(id));
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
-    if (it == live_.end()) {
-      if (record.state == JobState::kCancelled) return record;
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job ", id, " already ended ", JobStateName(record.state), "; only a QUEUED or "
-          "RUNNING job can be cancelled"));
-    }
-    std::shared_ptr<LiveJob> job = it->second;
-    ModelWorker* worker = workers_[job->record.spec.model].get();
-    auto& queue = worker->queued;
-    auto queued = std::find(queue.begin(), queue.end(), job);
-    if (queued == queue.end()) {
-      // Running (or about to start): the trainer thread ends it at its next check,
-      // within about one step.
+    if (it != live_.end() && it->second->record.tenant == tenant) {
+      // Ours: the trainer thread ends it at its next check, within about one step.
+      LiveJob* job = it->second.get();
       job->cancel_requested = true;
       if (job->rollouts != nullptr) job->rollouts->Cancel();
       return job->record;
     }
-    queue.erase(queued);
-    UpdateGauges(worker);
-    queued_job = job;
   }
-  Finish(queued_job, JobState::kCancelled, absl::OkStatus(), 0);
-  return GetJob(tenant, id);
+  // Queued (cancelled now), or run by another replica (which sees the request at its
+  // next lease renewal).
+  ASSIGN_OR_RETURN(JobRecord record, jobs_->RequestCancel(tenant, id));
+  if (IsTerminal(record.state) && record.state != JobState::kCancelled) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " already ended ", JobStateName(record.state), "; only a QUEUED or "
+        "RUNNING job can be cancelled"));
+  }
+  return record;
 }
 
 absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::Impl::WatchJob(
@@ -544,18 +537,71 @@ absl::StatusOr<std::unique_ptr<TrainingManager::Watch>> TrainingManager::Impl::W
       return std::unique_ptr<Watch>(new WatchHandle(this, id, watch_id));
     }
   }
-  // An ended job (live jobs are in live_ from before CreateJob returns until after
-  // their terminal state is stored).
+  // Not ours: ended, queued, or run by another replica.
   ASSIGN_OR_RETURN(JobRecord record, jobs_->Get(tenant, id));
   watcher->OnEvent(MakeEvent(record, std::nullopt, /*state_change=*/true));
-  watcher->OnEnd(absl::OkStatus());
-  return std::unique_ptr<Watch>(new WatchHandle(nullptr, id, 0));
+  if (IsTerminal(record.state)) {
+    watcher->OnEnd(absl::OkStatus());
+    return std::unique_ptr<Watch>(new WatchHandle(nullptr, id, 0));
+  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    watcher->OnEnd(absl::UnavailableError("the server is shutting down; watch again"));
+    return std::unique_ptr<Watch>(new WatchHandle(nullptr, id, 0));
+  }
+  const int64_t watch_id = next_watch_id_++;
+  auto live = live_.find(id);
+  if (live != live_.end()) {
+    // Claimed here meanwhile: its events come from the trainer from now on.
+    live->second->watchers[watch_id] = std::move(watcher);
+  } else {
+    remote_watches_[watch_id] = RemoteWatch{tenant, id, std::move(record), std::move(watcher)};
+  }
+  return std::unique_ptr<Watch>(new WatchHandle(this, id, watch_id));
 }
 
 void TrainingManager::Impl::Unsubscribe(const std::string& job_id, int64_t watch_id) {
   absl::MutexLock lock(&mu_);
   auto it = live_.find(job_id);
   if (it != live_.end()) it->second->watchers.erase(watch_id);
+  remote_watches_.erase(watch_id);
+}
+
+void TrainingManager::Impl::WatchPollLoop() {
+  pthread_setname_np(pthread_self(), "steerd-watch");
+  while (true) {
+    std::vector<std::pair<int64_t, RemoteWatch>> watches;
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.watch_poll_interval);
+      if (stopping_) return;
+      for (const auto& [id, watch] : remote_watches_) watches.emplace_back(id, watch);
+    }
+    for (auto& [watch_id, watch] : watches) {
+      absl::StatusOr<JobRecord> now = jobs_->Get(watch.tenant, watch.job_id);
+      if (!now.ok()) continue;  // The store is away: the next poll tries again.
+      const JobRecord& before = watch.last;
+      const bool state_change = now->state != before.state;
+      const bool progress = now->step != before.step || now->metrics.has_value() !=
+                                                            before.metrics.has_value() ||
+                            (now->metrics.has_value() &&
+                             now->metrics->eval_accuracy != before.metrics->eval_accuracy);
+      absl::MutexLock lock(&mu_);
+      auto it = remote_watches_.find(watch_id);
+      if (it == remote_watches_.end()) continue;  // Unsubscribed meanwhile.
+      if (state_change) {
+        it->second.watcher->OnEvent(MakeEvent(*now, before.state, /*state_change=*/true));
+      } else if (progress) {
+        it->second.watcher->OnEvent(MakeEvent(*now, std::nullopt, /*state_change=*/false));
+      }
+      it->second.last = *now;
+      if (IsTerminal(now->state)) {
+        it->second.watcher->OnEnd(absl::OkStatus());
+        remote_watches_.erase(it);
+      }
+    }
+  }
 }
 
 void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState state,
@@ -571,12 +617,14 @@ void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState
   record.vector_version = vector_version;
   record.end_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
   if (record.metrics.has_value()) record.metrics->eta_seconds = 0.0;
+  // Fenced by the lease: a replica that lost the job writes nothing.
   absl::Status stored = jobs_->Update(record);
   if (!stored.ok()) {
     std::fprintf(stderr, "steerd: job %s: cannot store its end: %s\n", record.id.c_str(),
                  stored.ToString().c_str());
+  } else {
+    (void)jobs_->DeleteCheckpoint(record.id);
   }
-  (void)jobs_->DeleteCheckpoint(record.id);
   PruneExpiredJobs();
   absl::MutexLock lock(&mu_);
   auto worker = workers_.find(record.spec.model);
@@ -596,41 +644,165 @@ void TrainingManager::Impl::Finish(const std::shared_ptr<LiveJob>& job, JobState
 
 std::shared_ptr<TrainingManager::Impl::LiveJob> TrainingManager::Impl::NextJob(
     ModelWorker* worker) {
-  absl::MutexLock lock(&mu_);
-  auto has_work = [this, worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || !worker->queued.empty() || !worker->running.empty();
-  };
-  mu_.Await(absl::Condition(&has_work));
-  if (stopping_) return nullptr;
-  // A free slot goes to the tenant with the fewest running jobs and, among those, the
-  // one whose last job started longest ago (never first); within a tenant, to its oldest
-  // queued job. So one tenant's backlog never keeps another's job waiting.
-  while (static_cast<int64_t>(worker->running.size()) < options_.max_running_jobs_per_model &&
-         !worker->queued.empty()) {
-    std::map<std::string, int> running_per_tenant;
-    for (const auto& job : worker->running) ++running_per_tenant[job->record.tenant];
-    auto rank = [&](const std::shared_ptr<LiveJob>& job) {
-      const std::string& tenant = job->record.tenant;
-      auto last = worker->last_start.find(tenant);
-      return std::make_pair(running_per_tenant[tenant],
-                            last == worker->last_start.end() ? int64_t{0} : last->second);
-    };
-    auto best = worker->queued.begin();
-    for (auto it = worker->queued.begin(); it != worker->queued.end(); ++it) {
-      if (rank(*it) < rank(*best)) best = it;
+  while (true) {
+    bool claim = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this, worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || worker->poked || !worker->running.empty();
+      };
+      // Idle: look in the store every claim interval, or at once for a local job.
+      if (worker->running.empty()) {
+        mu_.AwaitWithDeadline(absl::Condition(&has_work),
+                              std::max(worker->next_claim, absl::Now()));
+      }
+      if (stopping_) return nullptr;
+      const bool free_slot =
+          static_cast<int64_t>(worker->running.size()) < options_.max_running_jobs_per_model;
+      claim = free_slot && (worker->poked || absl::Now() >= worker->next_claim);
+      worker->poked = false;
+      if (!claim && !worker->running.empty()) {
+        // Round robin by step.
+        std::shared_ptr<LiveJob> job = worker->running[worker->next % worker->running.size()];
+        worker->next = (worker->next + 1) % worker->running.size();
+        return job;
+      }
     }
-    worker->last_start[(*best)->record.tenant] = ++worker->starts;
-    worker->running.push_back(*best);
-    worker->queued.erase(best);
-    UpdateGauges(worker);
+    if (claim) {
+      // Fill the free slots, then step; look again after the claim interval.
+      while (Claim(worker)) {
+        absl::MutexLock lock(&mu_);
+        if (static_cast<int64_t>(worker->running.size()) >= options_.max_running_jobs_per_model) {
+          break;
+        }
+      }
+      absl::MutexLock lock(&mu_);
+      worker->next_claim = absl::Now() + options_.claim_interval;
+    }
   }
-  // Round robin by step.
-  std::shared_ptr<LiveJob> job = worker->running[worker->next % worker->running.size()];
-  worker->next = (worker->next + 1) % worker->running.size();
-  return job;
+}
+
+bool TrainingManager::Impl::Claim(ModelWorker* worker) {
+  JobClaim claim;
+  claim.owner = options_.replica_id;
+  claim.models = {worker->model};
+  claim.ttl = options_.lease_ttl;
+  claim.max_attempts = options_.max_attempts;
+  absl::StatusOr<std::optional<JobLease>> lease = jobs_->ClaimJob(claim);
+  if (!lease.ok()) {
+    // The store is away: serving goes on, claims resume when it is back.
+    std::fprintf(stderr, "steerd: claiming a training job: %s\n",
+                 lease.status().ToString().c_str());
+    return false;
+  }
+  if (!lease->has_value()) return false;
+  auto job = std::make_shared<LiveJob>();
+  job->record = std::move((*lease)->job);
+  job->lease_renewed = absl::Now();
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    // Too late to run it: hand the lease straight back.
+    (void)jobs_->ReleaseLease(job->record.id, job->record.lease_epoch);
+    return false;
+  }
+  worker->running.push_back(job);
+  live_[job->record.id] = job;
+  // Watches of the job taken while it was queued hear every step from now on.
+  for (auto it = remote_watches_.begin(); it != remote_watches_.end();) {
+    if (it->second.job_id == job->record.id) {
+      job->watchers[it->first] = std::move(it->second.watcher);
+      it = remote_watches_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  UpdateGauges(worker);
+  return true;
+}
+
+void TrainingManager::Impl::HeartbeatLoop() {
+  pthread_setname_np(pthread_self(), "steerd-lease");
+  while (true) {
+    std::vector<std::shared_ptr<LiveJob>> jobs;
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.lease_ttl / 3);
+      if (stopping_) return;
+      for (const auto& [id, job] : live_) jobs.push_back(job);
+    }
+    for (const std::shared_ptr<LiveJob>& job : jobs) {
+      int64_t epoch;
+      std::string id;
+      {
+        absl::MutexLock lock(&mu_);
+        epoch = job->record.lease_epoch;
+        id = job->record.id;
+      }
+      absl::StatusOr<bool> cancel = jobs_->RenewLease(id, epoch, options_.lease_ttl);
+      absl::MutexLock lock(&mu_);
+      if (cancel.ok()) {
+        job->lease_renewed = absl::Now();
+        if (*cancel && !job->cancel_requested) {
+          // Cancelled through another replica.
+          job->cancel_requested = true;
+          if (job->rollouts != nullptr) job->rollouts->Cancel();
+        }
+        continue;
+      }
+      // Taken over or gone; or the store stayed away until the lease ran out (a peer may
+      // hold the job by now): either way this replica must not write it any more.
+      const bool lost = cancel.status().code() != absl::StatusCode::kUnavailable ||
+                        absl::Now() - job->lease_renewed >= options_.lease_ttl;
+      if (lost && !job->lease_lost) {
+        std::fprintf(stderr, "steerd: job %s: lease lost (%s); stopping it without writing\n",
+                     id.c_str(), cancel.status().ToString().c_str());
+        job->lease_lost = true;
+        if (job->rollouts != nullptr) job->rollouts->Cancel();
+      }
+    }
+  }
+}
+
+void TrainingManager::Impl::Abandon(ModelWorker* worker, const std::shared_ptr<LiveJob>& job) {
+  absl::MutexLock lock(&mu_);
+  auto& running = worker->running;
+  running.erase(std::remove(running.begin(), running.end(), job), running.end());
+  if (worker->next >= running.size()) worker->next = 0;
+  UpdateGauges(worker);
+  for (auto& [id, watcher] : job->watchers) {
+    watcher->OnEnd(absl::UnavailableError(absl::StrCat(
+        "job ", job->record.id, " moved to another replica; watch it again")));
+  }
+  job->watchers.clear();
+  live_.erase(job->record.id);
+}
+
+void TrainingManager::Impl::HandBack(ModelWorker* worker) {
+  std::vector<std::shared_ptr<LiveJob>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    jobs = worker->running;
+  }
+  for (const std::shared_ptr<LiveJob>& job : jobs) {
+    bool lost;
+    {
+      absl::MutexLock lock(&mu_);
+      lost = job->lease_lost;
+    }
+    if (lost) continue;
+    // Left RUNNING with a fresh checkpoint: whoever claims it next resumes from here.
+    if (job->trainer != nullptr) (void)SaveCheckpoint(job.get());
+    (void)jobs_->ReleaseLease(job->record.id, job->record.lease_epoch);
+  }
 }
 
 void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
+  WorkerSteps(worker);
+  HandBack(worker);
+}
+
+void TrainingManager::Impl::WorkerSteps(ModelWorker* worker) {
   pthread_setname_np(pthread_self(), "steerd-train");  // For top -H and debuggers.
   if (options_.idle_priority) {
     // Serving first: the OS runs this thread only on CPU time the engine and the RPC
@@ -658,11 +830,24 @@ void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
       stopping = stopping_;
     }
     bool done = false;
+    bool lost = false;
     int64_t version = 0;
-    if (status.ok()) {
+    {
       absl::MutexLock lock(&mu_);
-      done = job->record.vector_version > 0;
-      version = job->record.vector_version;
+      lost = job->lease_lost || IsLeaseLost(status);
+      if (status.ok()) {
+        done = job->record.vector_version > 0;
+        version = job->record.vector_version;
+      }
+    }
+    if (lost) {
+      Abandon(worker, job);
+      continue;
+    }
+    if (IsJobCancelled(status)) {
+      // Cancelled through another replica just before the publish.
+      cancel = true;
+      status = absl::OkStatus();
     }
     auto remove = [&] {
       absl::MutexLock lock(&mu_);
@@ -678,9 +863,7 @@ void TrainingManager::Impl::WorkerLoop(ModelWorker* worker) {
       remove();
       Finish(job, JobState::kCancelled, absl::OkStatus(), 0);
     } else if (stopping) {
-      // Left RUNNING: the next start resumes it from this checkpoint.
-      if (job->trainer != nullptr) (void)SaveCheckpoint(job.get());
-      break;
+      break;  // HandBack() below.
     } else if (!status.ok()) {
       remove();
       Finish(job, JobState::kFailed, status, 0);
@@ -764,6 +947,7 @@ absl::Status TrainingManager::Impl::SaveCheckpoint(LiveJob* job) {
   {
     absl::MutexLock lock(&mu_);
     checkpoint.metrics = job->record.metrics;
+    checkpoint.lease_epoch = job->record.lease_epoch;
   }
   return jobs_->SaveCheckpoint(job->record.id, checkpoint);
 }
@@ -818,13 +1002,14 @@ absl::Status TrainingManager::Impl::StepJob(ModelWorker* worker, LiveJob* job) {
   ASSIGN_OR_RETURN(std::string bytes,
                    SerializeSteeringFile(job->trainer->SteeringVector(), config, spec.model,
                                          {{"job_id", job->record.id}}));
+  // The vector and the job's SUCCEEDED state are one store transaction, fenced by the
+  // lease: exactly one version per job, none from a replica that lost the job.
   ASSIGN_OR_RETURN(StoredVector published,
                    core_->PublishTrainedVector(job->record.tenant, /*max_stored_vectors=*/-1,
                                                spec.model, spec.output_vector,
                                                std::move(bytes), spec.description,
-                                               job->record.id));
-  // The worker loop then stores SUCCEEDED (Finish); a crash before that is recovered
-  // by Start() from the vector's job id.
+                                               job->record.id, job->record.lease_epoch));
+  // The worker loop then stores the final record (Finish).
   absl::MutexLock lock(&mu_);
   job->record.vector_version = published.version;
   return absl::OkStatus();

@@ -1,18 +1,24 @@
-// Training jobs on the serving engine: tenants' jobs are queued, scheduled, trained and
-// published here, beside live traffic and on the same model. A job's rollouts and
-// evaluations are ordinary steered generation requests in the model's engine (its
-// current vector is one more row of the batch, admitted after every waiting serving
-// request, holding no more rows than serving does; see Engine::Options), so there is
-// no second copy of the model and no weight sync. The backward pass runs on one trainer
-// thread per model at the lowest CPU priority (nice 19): the OS gives it little more
-// than the time serving leaves, so serving latency stays bounded whatever the jobs do.
-// That thread runs at most `max_running_jobs_per_model` jobs, one step each in turn
-// (round robin by step); a free slot goes to the tenant with the fewest running jobs,
-// the least recently served first. A job checkpoints its trainer every `checkpoint_every` steps;
-// after a crash Start() resumes every job that was RUNNING from its checkpoint (and
-// marks SUCCEEDED a job whose vector was published just before the crash). A
-// successful job publishes its vector as the next version of its output name, with the
-// job recorded as its source.
+// Training jobs on the serving engine: tenants' jobs are queued in the job store,
+// claimed, trained and published here, beside live traffic and on the same model. A
+// job's rollouts and evaluations are ordinary steered generation requests in the
+// model's engine (its current vector is one more row of the batch, admitted after
+// every waiting serving request, holding no more rows than serving does; see
+// Engine::Options), so there is no second copy of the model and no weight sync. The
+// backward pass runs on one trainer thread per model at the lowest CPU priority
+// (nice 19): the OS gives it little more than the time serving leaves, so serving
+// latency stays bounded whatever the jobs do. That thread runs at most
+// `max_running_jobs_per_model` jobs, one step each in turn (round robin by step).
+// Replicas sharing a store share the queue: a thread with a free slot claims a job
+// with a lease (JobStore::ClaimJob: the tenant with the fewest running jobs first),
+// renews it every lease_ttl / 3 and writes the job's progress, checkpoints (every
+// `checkpoint_every` steps) and vector fenced by the lease's epoch. A replica that
+// dies or hangs lets its lease expire and another replica resumes the job from its
+// last checkpoint; one whose lease could not be renewed or was taken over stops the
+// job without writing; after `max_attempts` expired leases the job FAILS. Shutdown()
+// checkpoints and hands the leases back, so a peer resumes at once. A successful job
+// publishes its vector as the next version of its output name, with the job recorded
+// as its source, and ends SUCCEEDED in the same store transaction. Cancel and Watch
+// work for any job of the store, whichever replica runs it.
 // Thread-safety: every method may be called from any thread once Create() returned;
 // watchers are called on the manager's threads and must not block.
 // The header is torch-free.
@@ -83,6 +89,18 @@ class TrainingManager {
     // are deleted from the store this long after they ended: at Start() and whenever
     // a job ends. absl::InfiniteDuration() keeps them forever. Published vectors stay.
     absl::Duration job_retention = absl::Hours(30 * 24);
+    // This replica's name in the leases it holds (Job.replica).
+    std::string replica_id = "steerd";
+    // A lease lasts this long unless renewed (every lease_ttl / 3): how long a job
+    // waits after its replica died before another one resumes it.
+    absl::Duration lease_ttl = absl::Seconds(15);
+    // Expired leases a job survives; the next expiry ends it FAILED.
+    int32_t max_attempts = 3;
+    // How often a trainer thread with a free slot looks for jobs in the store (a job
+    // created on this replica is looked for at once).
+    absl::Duration claim_interval = absl::Seconds(1);
+    // How often watches of jobs another replica runs read the job.
+    absl::Duration watch_poll_interval = absl::Milliseconds(250);
   };
 
   // `core`, `jobs` and `vectors` must outlive the manager. Starts nothing yet.
@@ -92,11 +110,12 @@ class TrainingManager {
                                                                  VectorStore* vectors);
   ~TrainingManager();  // Shutdown().
 
-  // Recovers the jobs a previous process left QUEUED or RUNNING and starts the trainer
-  // threads.
+  // Starts the trainer threads (one per loaded model), which claim jobs from the store:
+  // those queued, and those whose replica (or a previous process) stopped.
   absl::Status Start();
-  // Stops the trainer threads after their current step. Jobs left RUNNING stay so in the
-  // store (with a fresh checkpoint) and resume on the next Start(); watches end with
+  // Stops claiming, stops the trainer threads after their current step, checkpoints
+  // every running job and hands its lease back: the jobs stay RUNNING in the store and
+  // another replica (or the next Start()) resumes them at once. Watches end with
   // UNAVAILABLE. CreateJob fails with UNAVAILABLE afterwards.
   void Shutdown();
 

@@ -2,7 +2,12 @@
 // real throwaway PostgreSQL 15 (tests/testing/postgres_server.h), driven over gRPC with
 // the client library. Store URLs and schemas at start-up, `steerd migrate`, and what
 // one replica writes being served by another.
+#include <signal.h>
+
+#include <fstream>
+#include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,6 +22,8 @@
 #include "steerd/v1/generation.pb.h"
 #include "server/model/safetensors.h"
 #include "server/storage/postgres.h"
+#include "server/tenancy/sha256.h"
+#include "steerd/v1/training.pb.h"
 #include "tests/testing/cli.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/server_process.h"
@@ -108,6 +115,44 @@ TEST(StoreFlagsTest, BadStoreUrlsAreOneLineErrorsAtStartUp) {
   ExpectOneLineError(RunSteerd("migrate"), "--store URL (or the STEERD_STORE environment");
 }
 
+constexpr char kKey[] = "sk-replicas-test-key-0123456789abcdef";
+
+v1::CreateJobRequest QuickJob(const std::string& output, int steps) {
+  v1::CreateJobRequest request;
+  request.set_model(kModel);
+  request.set_output_vector(output);
+  request.set_task("arith");
+  auto* h = request.mutable_hyperparameters();
+  h->set_steps(steps);
+  h->set_prompts_per_step(2);
+  h->set_rollouts_per_prompt(4);
+  h->set_max_new_tokens(24);
+  h->set_seed(7);
+  return request;
+}
+
+bool Ended(const v1::Job& job) {
+  return job.state() == v1::Job::STATE_SUCCEEDED || job.state() == v1::Job::STATE_FAILED ||
+         job.state() == v1::Job::STATE_CANCELLED;
+}
+
+// Polls the job through `client` until `done` holds or `timeout` passes.
+absl::StatusOr<v1::Job> WaitForJob(client::SteerdClient& client, const std::string& id,
+                                   absl::Duration timeout,
+                                   const std::function<bool(const v1::Job&)>& done) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::StatusOr<v1::Job> job = client.GetJob(id);
+  while (absl::Now() < deadline) {
+    job = client.GetJob(id);
+    if (job.ok() && done(*job)) return job;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  if (!job.ok()) return job.status();
+  return absl::DeadlineExceededError(
+      absl::StrCat("job ", id, " still ", v1::Job::State_Name(job->state()), " at step ",
+                   job->progress().step(), " on replica \"", job->replica(), "\""));
+}
+
 class ReplicasTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -115,6 +160,31 @@ class ReplicasTest : public ::testing::Test {
         database_ = testing::UniqueDatabaseName("replicas"));
     ASSERT_TRUE(url.ok()) << url.status();
     url_ = *url;
+    // One tenant with room for many jobs, shared by every replica.
+    tenants_ = testing::MakeTempDir("replica_tenants") + "/tenants.json";
+    std::ofstream(tenants_) << absl::StrCat(
+        R"({"tenants": [{"name": "acme", "api_key_sha256": ")", Sha256Hex(kKey),
+        R"(", "limits": {"queued_jobs": 100, "stored_vectors": 1000}}]})");
+  }
+
+  // SQL on the test's database; the rows, columns joined by '|'.
+  std::vector<std::string> Query(const std::string& sql) {
+    auto connection = postgres::Connection::Open(url_, absl::Seconds(5), absl::Seconds(30),
+                                                 "replicas-test", "test SQL");
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    if (!connection.ok()) return {};
+    auto result = (*connection)->Exec("test SQL", sql);
+    EXPECT_TRUE(result.ok()) << result.status();
+    std::vector<std::string> rows;
+    if (!result.ok()) return rows;
+    for (int row = 0; row < result->rows(); ++row) {
+      std::string text;
+      for (int column = 0; column < result->columns(); ++column) {
+        absl::StrAppend(&text, column > 0 ? "|" : "", result->Text(row, column));
+      }
+      rows.push_back(text);
+    }
+    return rows;
   }
 
   // A replica on the test's database, with a data directory of its own (its default
@@ -131,8 +201,17 @@ class ReplicasTest : public ::testing::Test {
     return server.ok() ? std::move(*server) : nullptr;
   }
 
+  // A replica serving the shared tenants file, one compute thread (several replicas
+  // share this machine's cores).
+  std::unique_ptr<testing::ServerProcess> StartTrainingReplica(const std::string& id,
+                                                               std::vector<std::string> args = {}) {
+    args.insert(args.begin(), {"--tenants", tenants_, "--threads", "1"});
+    return StartReplica(id, std::move(args));
+  }
+
   std::string database_;
   std::string url_;
+  std::string tenants_;
 };
 
 TEST_F(ReplicasTest, MigrateAppliesTheSchemaOnceAndANewerSchemaIsRefused) {
@@ -188,6 +267,121 @@ TEST_F(ReplicasTest, AVectorCreatedOnOneReplicaIsServedByAnother) {
   EXPECT_EQ(second->version(), 2);
   auto v2_on_a = on_a->Generate(Request("calm@2"));
   ASSERT_TRUE(v2_on_a.ok()) << v2_on_a.status();
+}
+
+// 30 jobs created through three replicas: each runs exactly once, every RUNNING job
+// always has a live lease, and each publishes exactly one version.
+TEST_F(ReplicasTest, JobsQueuedAcrossThreeReplicasEachRunExactlyOnce) {
+  std::vector<std::unique_ptr<testing::ServerProcess>> replicas;
+  for (const char* id : {"a", "b", "c"}) {
+    replicas.push_back(StartTrainingReplica(id, {"--max-training-jobs", "2"}));
+    ASSERT_NE(replicas.back(), nullptr);
+  }
+  constexpr int kJobs = 30;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kJobs; ++i) {
+    auto job = replicas[i % 3]->Client(kKey)->CreateJob(QuickJob(absl::StrCat("j", i), 2));
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->id());
+  }
+  auto watcher = replicas[0]->Client(kKey);
+  std::set<std::string> ran_on;
+  int samples = 0;
+  for (const std::string& id : ids) {
+    // Meanwhile: no job is RUNNING without a live lease.
+    EXPECT_THAT(Query("SELECT id FROM jobs WHERE state = 'RUNNING' AND "
+                      "(lease_until IS NULL OR lease_until < now())"),
+                ::testing::IsEmpty());
+    ++samples;
+    auto ended = WaitForJob(*watcher, id, absl::Seconds(180), Ended);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
+    EXPECT_FALSE(ended->replica().empty());
+    ran_on.insert(ended->replica());
+  }
+  EXPECT_GE(samples, kJobs);
+  EXPECT_GE(ran_on.size(), 2u) << "the jobs were shared out";
+  // Exactly one vector version per job, and each job claimed once (nobody's lease expired).
+  EXPECT_THAT(Query("SELECT count(*), count(DISTINCT job_id) FROM vectors WHERE job_id <> ''"),
+              ::testing::ElementsAre(absl::StrCat(kJobs, "|", kJobs)));
+  EXPECT_THAT(Query("SELECT count(*) FROM jobs WHERE attempts <> 1"),
+              ::testing::ElementsAre("0"));
+}
+
+// kill -9 of the replica running a job: another resumes it from its checkpoint within
+// the lease's ttl + 5 s, it succeeds, and exactly one version carries its id.
+TEST_F(ReplicasTest, AJobWhoseReplicaIsKilledIsResumedByAnotherFromItsCheckpoint) {
+  const std::vector<std::string> args = {"--job-lease-ttl", "2s", "--checkpoint-every", "2"};
+  std::map<std::string, std::unique_ptr<testing::ServerProcess>> replicas;
+  replicas["a"] = StartTrainingReplica("a", args);
+  replicas["b"] = StartTrainingReplica("b", args);
+  ASSERT_NE(replicas["a"], nullptr);
+  ASSERT_NE(replicas["b"], nullptr);
+  auto job = replicas["a"]->Client(kKey)->CreateJob(QuickJob("survivor", 40));
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto client_a = replicas["a"]->Client(kKey);
+  auto started = WaitForJob(*client_a, job->id(), absl::Seconds(60),
+                            [](const v1::Job& j) { return j.progress().step() >= 5 || Ended(j); });
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
+  const std::string holder = started->replica();
+  ASSERT_TRUE(holder == "a" || holder == "b") << holder;
+  const std::string peer = holder == "a" ? "b" : "a";
+  const int checkpointed = std::stoi(Query(absl::StrCat(
+      "SELECT step FROM job_checkpoints WHERE job_id = '", job->id(), "'"))[0]);
+  EXPECT_GE(checkpointed, 2);
+
+  replicas[holder]->Signal(SIGKILL);
+  const absl::Time killed = absl::Now();
+  auto client = replicas[peer]->Client(kKey);
+  auto resumed = WaitForJob(*client, job->id(), absl::Seconds(2) + absl::Seconds(5),
+                            [&](const v1::Job& j) { return j.replica() == peer || Ended(j); });
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(7));
+  EXPECT_GE(resumed->progress().step(), checkpointed) << "resumed from its checkpoint, not 0";
+  auto ended = WaitForJob(*client, job->id(), absl::Seconds(180), Ended);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
+  EXPECT_EQ(ended->replica(), peer);
+  EXPECT_THAT(Query(absl::StrCat("SELECT count(*) FROM vectors WHERE job_id = '", job->id(), "'")),
+              ::testing::ElementsAre("1"));
+}
+
+// A lease holder frozen (SIGSTOP) past its ttl: a peer takes the job over; thawed
+// (SIGCONT), the old holder finds its lease gone and writes nothing more.
+TEST_F(ReplicasTest, AFrozenHolderThatLostItsLeaseWritesNothing) {
+  const std::vector<std::string> args = {"--job-lease-ttl", "2s", "--checkpoint-every", "2"};
+  std::map<std::string, std::unique_ptr<testing::ServerProcess>> replicas;
+  replicas["a"] = StartTrainingReplica("a", args);
+  replicas["b"] = StartTrainingReplica("b", args);
+  ASSERT_NE(replicas["a"], nullptr);
+  ASSERT_NE(replicas["b"], nullptr);
+  auto job = replicas["b"]->Client(kKey)->CreateJob(QuickJob("frozen", 40));
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto client_b = replicas["b"]->Client(kKey);
+  auto started = WaitForJob(*client_b, job->id(), absl::Seconds(60),
+                            [](const v1::Job& j) { return j.progress().step() >= 3 || Ended(j); });
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
+  const std::string holder = started->replica();
+  const std::string peer = holder == "a" ? "b" : "a";
+  replicas[holder]->Signal(SIGSTOP);
+  auto client = replicas[peer]->Client(kKey);
+  auto taken = WaitForJob(*client, job->id(), absl::Seconds(10),
+                          [&](const v1::Job& j) { return j.replica() == peer || Ended(j); });
+  replicas[holder]->Signal(SIGCONT);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_TRUE(replicas[holder]->WaitForOutput("lease lost", absl::Seconds(20)))
+      << replicas[holder]->output();
+  auto ended = WaitForJob(*client, job->id(), absl::Seconds(180), Ended);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
+  EXPECT_EQ(ended->replica(), peer);
+  EXPECT_THAT(Query(absl::StrCat("SELECT count(*) FROM vectors WHERE job_id = '", job->id(), "'")),
+              ::testing::ElementsAre("1"));
+  // The thawed holder only ever failed to write (fenced), never wrote: its output has
+  // no store error other than the lost lease, and it still serves.
+  EXPECT_TRUE(replicas[holder]->Client(kKey)->Generate(Request("")).ok());
 }
 
 }  // namespace
