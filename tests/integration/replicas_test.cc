@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <thread>
 #include <memory>
 #include <random>
 #include <string>
@@ -267,6 +268,73 @@ TEST_F(ReplicasTest, AVectorCreatedOnOneReplicaIsServedByAnother) {
   EXPECT_EQ(second->version(), 2);
   auto v2_on_a = on_a->Generate(Request("calm@2"));
   ASSERT_TRUE(v2_on_a.ok()) << v2_on_a.status();
+}
+
+// "Latest" and deletions reach every replica through the change feed: a new version is
+// what the name resolves to on the others, and a deleted one is refused there, each
+// within 500 ms, even though those replicas had the old answers in memory.
+TEST_F(ReplicasTest, NewLatestVersionsAndDeletionsReachEveryReplicaWithin500Ms) {
+  std::unique_ptr<testing::ServerProcess> a = StartReplica("a");
+  std::unique_ptr<testing::ServerProcess> b = StartReplica("b");
+  std::unique_ptr<testing::ServerProcess> c = StartReplica("c");
+  ASSERT_TRUE(a != nullptr && b != nullptr && c != nullptr);
+  auto on_a = a->Client();
+  std::vector<std::unique_ptr<client::SteerdClient>> others;
+  others.push_back(b->Client());
+  others.push_back(c->Client());
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(1)).ok());
+  for (auto& other : others) {
+    // Each learns "calm" = 1 and holds calm@1 resident.
+    auto first = other->Generate(Request("calm"));
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_EQ(first->vector().version(), 1);
+  }
+  // Polls every replica in `others` until `check` holds for each; the time it took.
+  auto until_all = [&](const std::function<bool(client::SteerdClient&)>& check) {
+    const absl::Time start = absl::Now();
+    for (auto& other : others) {
+      while (!check(*other) && absl::Now() - start < absl::Seconds(5)) {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+    return absl::Now() - start;
+  };
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(2)).ok());
+  const absl::Duration latest = until_all([](client::SteerdClient& other) {
+    auto generated = other.Generate(Request("calm"));
+    return generated.ok() && generated->vector().version() == 2;
+  });
+  EXPECT_LT(latest, absl::Milliseconds(500));
+
+  ASSERT_TRUE(on_a->DeleteVector("calm@1").ok());
+  const absl::Duration deleted = until_all([](client::SteerdClient& other) {
+    return other.Generate(Request("calm@1")).status().code() == absl::StatusCode::kNotFound;
+  });
+  EXPECT_LT(deleted, absl::Milliseconds(500));
+  ASSERT_TRUE(on_a->DeleteVector("calm").ok());
+  const absl::Duration all_gone = until_all([](client::SteerdClient& other) {
+    return other.Generate(Request("calm")).status().code() == absl::StatusCode::kNotFound;
+  });
+  EXPECT_LT(all_gone, absl::Milliseconds(500));
+}
+
+// Three replicas started together on an empty database: exactly one migrates, all serve.
+TEST_F(ReplicasTest, ReplicasStartingTogetherOnAnEmptyDatabaseMigrateItOnce) {
+  std::vector<std::thread> starters;
+  std::vector<std::unique_ptr<testing::ServerProcess>> replicas(3);
+  for (int i = 0; i < 3; ++i) {
+    starters.emplace_back([&, i] { replicas[i] = StartReplica(absl::StrCat("r", i)); });
+  }
+  for (std::thread& starter : starters) starter.join();
+  int migrated = 0;
+  for (const auto& replica : replicas) {
+    ASSERT_NE(replica, nullptr);
+    migrated += absl::StrContains(replica->output(), "migrated from 0") ? 1 : 0;
+    EXPECT_TRUE(replica->Client()->Generate(Request("")).ok());
+  }
+  EXPECT_EQ(migrated, 1);
+  EXPECT_THAT(Query("SELECT count(DISTINCT applied_by) FROM steerd_schema_migrations"),
+              ::testing::ElementsAre("1"));
 }
 
 // 30 jobs created through three replicas: each runs exactly once, every RUNNING job
