@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <functional>
+#include <atomic>
 #include <map>
 #include <set>
 #include <thread>
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/steerd_client.h"
@@ -335,6 +338,155 @@ TEST_F(ReplicasTest, ReplicasStartingTogetherOnAnEmptyDatabaseMigrateItOnce) {
   EXPECT_EQ(migrated, 1);
   EXPECT_THAT(Query("SELECT count(DISTINCT applied_by) FROM steerd_schema_migrations"),
               ::testing::ElementsAre("1"));
+}
+
+// Streams of 24 tokens through the client library's round_robin over two replicas,
+// from 16 threads, until `stop`; counts what failed or came back short.
+struct LoadResult {
+  int completed = 0;
+  int failed = 0;
+  int short_streams = 0;
+  std::vector<std::string> errors;
+};
+
+LoadResult RunLoad(const std::string& address, const std::string& key, int threads,
+                   std::atomic<bool>& stop, const std::string& vector) {
+  LoadResult total;
+  absl::Mutex mu;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&] {
+      client::ClientOptions options;
+      options.address = address;
+      options.api_key = key;
+      options.timeout = absl::Seconds(60);
+      auto client = client::SteerdClient::Create(options);
+      if (!client.ok()) {
+        absl::MutexLock lock(&mu);
+        ++total.failed;
+        total.errors.push_back(client.status().ToString());
+        return;
+      }
+      while (!stop.load()) {
+        int tokens = 0;
+        const absl::Status status =
+            (*client)->GenerateStream(Request(vector), [&](const v1::GenerateChunk& chunk) {
+              tokens += chunk.token_ids_size();
+              return true;
+            });
+        absl::MutexLock lock(&mu);
+        if (!status.ok()) {
+          ++total.failed;
+          if (total.errors.size() < 5) total.errors.push_back(status.ToString());
+        } else if (tokens != 24) {
+          ++total.short_streams;
+        } else {
+          ++total.completed;
+        }
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  return total;
+}
+
+// A rolling update under load: 16 streams through round_robin over two replicas; one is
+// sent SIGTERM mid-load (it drains) and its replacement starts on its address. No
+// request fails and every stream delivers all its tokens.
+TEST_F(ReplicasTest, ARollingUpdateUnderLoadFailsNoRequest) {
+  std::unique_ptr<testing::ServerProcess> a = StartTrainingReplica("a", {"--drain-seconds", "30"});
+  std::unique_ptr<testing::ServerProcess> b = StartTrainingReplica("b", {"--drain-seconds", "30"});
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  ASSERT_TRUE(a->Client(kKey)->CreateVector(kModel, "calm", VectorFile(1)).ok());
+  const std::string a_address = a->address();
+  const std::string address = absl::StrCat(a_address, ",", b->address());
+  std::atomic<bool> stop{false};
+  LoadResult result;
+  std::thread load([&] { result = RunLoad(address, kKey, 16, stop, "calm@1"); });
+  absl::SleepFor(absl::Seconds(2));
+  a->Signal(SIGTERM);
+  absl::StatusOr<int> exited = a->Wait(absl::Seconds(60));
+  ASSERT_TRUE(exited.ok()) << exited.status();
+  EXPECT_EQ(*exited, 0) << a->output();
+  // The replacement takes the old one's address, as a new pod takes its place.
+  testing::ServerProcess::Options replacement;
+  replacement.data_dir = testing::MakeTempDir("replica_c");
+  replacement.listen = a_address;
+  replacement.args = {"--store", url_, "--replica-id", "c", "--tenants", tenants_,
+                      "--threads", "1"};
+  auto c = testing::ServerProcess::Start(replacement);
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::SleepFor(absl::Seconds(3));
+  stop = true;
+  load.join();
+  EXPECT_EQ(result.failed, 0) << absl::StrJoin(result.errors, "\n");
+  EXPECT_EQ(result.short_streams, 0);
+  EXPECT_GT(result.completed, 16);
+  // The replacement served some of the load.
+  EXPECT_GT(
+      testing::MetricSum((*c)->ScrapeMetrics(), "steerd_generated_tokens_total").value_or(0), 0)
+      << "no request reached the replacement";
+}
+
+// PostgreSQL stopped for 10 s under load: calls that need the store fail UNAVAILABLE
+// within their deadline, generation with resident vectors goes on, and after the
+// restart every replica serves writes again without being restarted.
+TEST_F(ReplicasTest, AStoreOutageFailsStoreCallsFastAndGenerationGoesOn) {
+  absl::StatusOr<std::unique_ptr<testing::PostgresServer>> postgres =
+      testing::PostgresServer::Start();
+  ASSERT_TRUE(postgres.ok()) << postgres.status();
+  absl::StatusOr<std::string> url = (*postgres)->CreateDatabase("outage");
+  ASSERT_TRUE(url.ok()) << url.status();
+  url_ = *url;
+  std::unique_ptr<testing::ServerProcess> a = StartTrainingReplica("a");
+  std::unique_ptr<testing::ServerProcess> b = StartTrainingReplica("b");
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  auto on_a = a->Client(kKey);
+  auto on_b = b->Client(kKey);
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(1)).ok());
+  // Resident on both (by name and by number).
+  ASSERT_TRUE(on_a->Generate(Request("calm")).ok());
+  ASSERT_TRUE(on_b->Generate(Request("calm@1")).ok());
+  const std::string address = absl::StrCat(a->address(), ",", b->address());
+  std::atomic<bool> stop{false};
+  LoadResult result;
+  std::thread load([&] { result = RunLoad(address, kKey, 8, stop, "calm"); });
+
+  ASSERT_TRUE((*postgres)->Stop().ok());
+  const absl::Time stopped = absl::Now();
+  client::ClientOptions options;
+  options.address = b->address();
+  options.api_key = kKey;
+  options.timeout = absl::Seconds(5);
+  auto short_deadline = client::SteerdClient::Create(options);
+  ASSERT_TRUE(short_deadline.ok());
+  int unavailable = 0;
+  while (absl::Now() - stopped < absl::Seconds(10)) {
+    const absl::Time call = absl::Now();
+    const absl::Status write =
+        (*short_deadline)->CreateVector(kModel, "during", VectorFile(2)).status();
+    EXPECT_LT(absl::Now() - call, absl::Seconds(5)) << write;
+    EXPECT_EQ(write.code(), absl::StatusCode::kUnavailable) << write;
+    unavailable += write.code() == absl::StatusCode::kUnavailable ? 1 : 0;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_GT(unavailable, 0);
+  ASSERT_TRUE((*postgres)->Restart().ok());
+  // Writes work again on both, without a restart of either.
+  for (auto* client : {on_a.get(), on_b.get()}) {
+    absl::Status written = absl::UnavailableError("not yet");
+    const absl::Time back = absl::Now();
+    while (!written.ok() && absl::Now() - back < absl::Seconds(20)) {
+      written = client->CreateVector(kModel, "after", VectorFile(3)).status();
+      if (!written.ok()) absl::SleepFor(absl::Milliseconds(200));
+    }
+    EXPECT_TRUE(written.ok()) << written;
+  }
+  stop = true;
+  load.join();
+  // Generation with the resident vector went on through the outage.
+  EXPECT_EQ(result.failed, 0) << absl::StrJoin(result.errors, "\n");
+  EXPECT_GT(result.completed, 8);
 }
 
 // 30 jobs created through three replicas: each runs exactly once, every RUNNING job

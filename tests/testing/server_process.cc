@@ -91,7 +91,7 @@ std::string MakeTempDir(const std::string& prefix) {
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Options& options) {
   if (options.data_dir.empty()) return absl::InvalidArgumentError("data_dir is required");
   std::vector<std::string> argv = {std::string(STEERD_BINARY_DIR) + "/bin/steerd", "serve",
-                                   "--listen",     "127.0.0.1:0",
+                                   "--listen",     options.listen,
                                    "--metrics-listen", "127.0.0.1:0",
                                    "--data-dir",   options.data_dir};
   argv.insert(argv.end(), options.args.begin(), options.args.end());

@@ -35,6 +35,8 @@ class ServerProcess {
  public:
   struct Options {
     std::string data_dir;             // Required.
+    // The gRPC address; port 0 lets the kernel pick (read back from the output).
+    std::string listen = "127.0.0.1:0";
     // Extra `steerd serve` flags. Without --threads among them, the environment
     // variable STEERD_TEST_SERVER_THREADS (when set) adds `--threads <its value>`.
     std::vector<std::string> args;
