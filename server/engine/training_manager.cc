@@ -244,6 +244,9 @@ class TrainingManager::Impl {
     size_t next = 0;                                // Guarded by Impl::mu_. Round robin.
     bool poked = false;  // Guarded by Impl::mu_: a job for this model was just created.
     absl::Time next_claim = absl::InfinitePast();  // Guarded by Impl::mu_.
+    // The last claim's error ("" after a success) and when one was last logged.
+    std::string claim_error;                               // Guarded by Impl::mu_.
+    absl::Time claim_error_logged = absl::InfinitePast();  // Guarded by Impl::mu_.
     std::thread thread;
   };
   // A watch of a job another replica runs (or that is queued): read from the store.
@@ -689,12 +692,24 @@ bool TrainingManager::Impl::Claim(ModelWorker* worker) {
   claim.ttl = options_.lease_ttl;
   claim.max_attempts = options_.max_attempts;
   absl::StatusOr<std::optional<JobLease>> lease = jobs_->ClaimJob(claim);
-  if (!lease.ok()) {
-    // The store is away: serving goes on, claims resume when it is back.
-    std::fprintf(stderr, "steerd: claiming a training job: %s\n",
-                 lease.status().ToString().c_str());
-    return false;
+  {
+    // The store is away: serving goes on and claims resume when it is back. Said once
+    // a minute, not on every claim interval.
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (!lease.ok() && (worker->claim_error.empty() ||
+                        now - worker->claim_error_logged >= absl::Minutes(1))) {
+      std::fprintf(stderr, "steerd: cannot claim training jobs for %s: %s\n",
+                   worker->model.c_str(), lease.status().ToString().c_str());
+      worker->claim_error_logged = now;
+    }
+    if (lease.ok() && !worker->claim_error.empty()) {
+      std::fprintf(stderr, "steerd: claiming training jobs for %s again\n",
+                   worker->model.c_str());
+    }
+    worker->claim_error = lease.ok() ? "" : lease.status().ToString();
   }
+  if (!lease.ok()) return false;
   if (!lease->has_value()) return false;
   auto job = std::make_shared<LiveJob>();
   job->record = std::move((*lease)->job);

@@ -35,14 +35,14 @@ class ServerProcess {
  public:
   struct Options {
     std::string data_dir;             // Required.
-    // The gRPC address; port 0 lets the kernel pick (read back from the output).
-    std::string listen = "127.0.0.1:0";
     // Extra `steerd serve` flags. Without --threads among them, the environment
     // variable STEERD_TEST_SERVER_THREADS (when set) adds `--threads <its value>`.
     std::vector<std::string> args;
     // Scaled by STEERD_TEST_TIMEOUT_SCALE (tests/testing/timeouts.h), as are the
     // timeouts of Wait and WaitForOutput and the clients' deadlines.
     absl::Duration startup_timeout = absl::Seconds(60);
+    // The gRPC address; port 0 lets the kernel pick (read back from the output).
+    std::string listen = "127.0.0.1:0";
   };
 
   // Starts the server and waits until it serves (its "serving model" line) or exits.
