@@ -95,7 +95,8 @@ ServingMetrics::ServingMetrics()
                                   .Register(*registry_)),
       training_jobs_(BuildGauge()
                          .Name("steerd_training_jobs")
-                         .Help("Training jobs waiting (state QUEUED) or training (RUNNING)")
+                         .Help("Training jobs this replica holds: claimed and about to start (state QUEUED) "
+                               "or training (RUNNING)")
                          .Register(*registry_)),
       training_steps_(BuildCounter()
                           .Name("steerd_training_steps_total")
