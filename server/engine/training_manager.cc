@@ -583,7 +583,18 @@ void TrainingManager::Impl::WatchPollLoop() {
     }
     for (auto& [watch_id, watch] : watches) {
       absl::StatusOr<JobRecord> now = jobs_->Get(watch.tenant, watch.job_id);
-      if (!now.ok()) continue;  // The store is away: the next poll tries again.
+      if (!now.ok() && now.status().code() != absl::StatusCode::kNotFound) {
+        continue;  // The store is away: the next poll tries again.
+      }
+      if (!now.ok()) {
+        // Deleted (retention) while watched.
+        absl::MutexLock lock(&mu_);
+        auto it = remote_watches_.find(watch_id);
+        if (it == remote_watches_.end()) continue;
+        it->second.watcher->OnEnd(now.status());
+        remote_watches_.erase(it);
+        continue;
+      }
       const JobRecord& before = watch.last;
       const bool state_change = now->state != before.state;
       const bool progress = now->step != before.step || now->metrics.has_value() !=
@@ -714,12 +725,17 @@ bool TrainingManager::Impl::Claim(ModelWorker* worker) {
   auto job = std::make_shared<LiveJob>();
   job->record = std::move((*lease)->job);
   job->lease_renewed = absl::Now();
-  absl::MutexLock lock(&mu_);
-  if (stopping_) {
+  bool stopping;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+  }
+  if (stopping) {
     // Too late to run it: hand the lease straight back.
     (void)jobs_->ReleaseLease(job->record.id, job->record.lease_epoch);
     return false;
   }
+  absl::MutexLock lock(&mu_);
   worker->running.push_back(job);
   live_[job->record.id] = job;
   // Watches of the job taken while it was queued hear every step from now on.
