@@ -489,6 +489,60 @@ TEST_F(ReplicasTest, AStoreOutageFailsStoreCallsFastAndGenerationGoesOn) {
   EXPECT_GT(result.completed, 8);
 }
 
+// NOTIFY keeps nothing across a disconnect: with every LISTEN connection killed, and
+// then with PostgreSQL restarted, no new version and no deletion is missed by a replica
+// that held the old answers in memory.
+TEST_F(ReplicasTest, NoChangeIsMissedWhenListenersDieOrPostgresRestarts) {
+  absl::StatusOr<std::unique_ptr<testing::PostgresServer>> postgres =
+      testing::PostgresServer::Start();
+  ASSERT_TRUE(postgres.ok()) << postgres.status();
+  absl::StatusOr<std::string> url = (*postgres)->CreateDatabase("feed");
+  ASSERT_TRUE(url.ok()) << url.status();
+  url_ = *url;
+  std::unique_ptr<testing::ServerProcess> a = StartReplica("a");
+  std::unique_ptr<testing::ServerProcess> b = StartReplica("b");
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  auto on_a = a->Client();
+  auto on_b = b->Client();
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(1)).ok());
+  ASSERT_EQ(on_b->Generate(Request("calm"))->vector().version(), 1);
+  // Waits (up to 10 s) until B answers as `check` wants.
+  auto b_sees = [&](const std::function<bool()>& check) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!check() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+    return check();
+  };
+  auto b_latest_is = [&](int64_t version) {
+    return [&, version] {
+      auto generated = on_b->Generate(Request("calm"));
+      return generated.ok() && generated->vector().version() == version;
+    };
+  };
+
+  ASSERT_TRUE((*postgres)
+                  ->Exec("feed",
+                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE pid <> pg_backend_pid() AND query LIKE 'LISTEN%'")
+                  .ok());
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(2)).ok());
+  EXPECT_TRUE(b_sees(b_latest_is(2))) << "the version created while B's listener was down";
+
+  ASSERT_TRUE((*postgres)->Stop().ok());
+  ASSERT_TRUE((*postgres)->Restart().ok());
+  absl::Status deleted = absl::UnavailableError("not yet");
+  for (int attempt = 0; attempt < 100 && !deleted.ok(); ++attempt) {
+    deleted = on_a->DeleteVector("calm@2").status();
+    if (!deleted.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(deleted.ok()) << deleted;
+  EXPECT_TRUE(b_sees([&] {
+    return on_b->Generate(Request("calm@2")).status().code() == absl::StatusCode::kNotFound;
+  })) << "the deletion right after the restart";
+  EXPECT_TRUE(b_sees(b_latest_is(1)));
+  ASSERT_TRUE(on_a->CreateVector(kModel, "calm", VectorFile(3)).ok());
+  EXPECT_TRUE(b_sees(b_latest_is(3)));
+}
+
 // 30 jobs created through three replicas: each runs exactly once, every RUNNING job
 // always has a live lease, and each publishes exactly one version.
 TEST_F(ReplicasTest, JobsQueuedAcrossThreeReplicasEachRunExactlyOnce) {
