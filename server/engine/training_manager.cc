@@ -930,18 +930,22 @@ absl::Status TrainingManager::Impl::StartJob(ModelWorker* worker, LiveJob* job) 
         checkpoint->bytes, absl::StrCat("job ", record.id, "'s checkpoint")));
   }
   const JobState previous = record.state;
-  return Record(job, previous != JobState::kRunning ? std::optional<JobState>(previous)
-                                                    : std::nullopt,
-                [&](JobRecord& r) {
-                  r.step = static_cast<int32_t>(job->trainer->step());
-                  if (checkpoint.has_value() && checkpoint->metrics.has_value()) {
-                    r.metrics = checkpoint->metrics;
-                  }
-                  if (r.state != JobState::kRunning) {
-                    r.state = JobState::kRunning;
-                    r.start_time = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
-                  }
-                });
+  RETURN_IF_ERROR(Record(job, previous != JobState::kRunning ? std::optional<JobState>(previous)
+                                                             : std::nullopt,
+                         [&](JobRecord& r) {
+                           r.step = static_cast<int32_t>(job->trainer->step());
+                           if (checkpoint.has_value() && checkpoint->metrics.has_value()) {
+                             r.metrics = checkpoint->metrics;
+                           }
+                           if (r.state != JobState::kRunning) {
+                             r.state = JobState::kRunning;
+                             r.start_time =
+                                 absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()));
+                           }
+                         }));
+  absl::MutexLock lock(&mu_);
+  UpdateGauges(worker);  // QUEUED (claimed) became RUNNING.
+  return absl::OkStatus();
 }
 
 absl::Status TrainingManager::Impl::Record(LiveJob* job, std::optional<JobState> previous,
