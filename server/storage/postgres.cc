@@ -410,7 +410,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Database::Acquire() {
         std::unique_ptr<Connection> connection = std::move(idle_.back());
         idle_.pop_back();
         if (!connection->broken()) return connection;
-        --open_connections_;  // Dropped below, outside the lock; open a new one.
+        --open_connections_;  // Closed here; the loop opens a fresh one.
         connection.reset();
         continue;
       }
