@@ -213,6 +213,48 @@ class ReplicasTest : public ::testing::Test {
     return StartReplica(id, std::move(args));
   }
 
+  // Two training replicas (a 2 s lease unless `args` say otherwise; a checkpoint every
+  // 2 steps), and a 40-step job created through `creator`, RUNNING at step `min_step`
+  // or later.
+  struct RunningJob {
+    std::map<std::string, std::unique_ptr<testing::ServerProcess>> replicas;
+    std::string id;
+    std::string holder;  // The replica running it.
+    std::string peer;    // The other one.
+  };
+  void StartJobOnTwoReplicas(const std::string& output, const std::string& creator,
+                             int min_step, RunningJob* running,
+                             std::vector<std::string> args = {"--job-lease-ttl", "2s"}) {
+    args.insert(args.end(), {"--checkpoint-every", "2"});
+    for (const char* id : {"a", "b"}) {
+      running->replicas[id] = StartTrainingReplica(id, args);
+      ASSERT_NE(running->replicas[id], nullptr);
+    }
+    auto client = running->replicas[creator]->Client(kKey);
+    auto job = client->CreateJob(QuickJob(output, 40));
+    ASSERT_TRUE(job.ok()) << job.status();
+    running->id = job->id();
+    auto started = WaitForJob(*client, job->id(), absl::Seconds(60), [&](const v1::Job& j) {
+      return j.progress().step() >= min_step || Ended(j);
+    });
+    ASSERT_TRUE(started.ok()) << started.status();
+    ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
+    running->holder = started->replica();
+    ASSERT_TRUE(running->holder == "a" || running->holder == "b") << running->holder;
+    running->peer = running->holder == "a" ? "b" : "a";
+  }
+
+  // The job ends SUCCEEDED on `replica`, and exactly one vector version carries its id.
+  void ExpectSucceededOnceOn(client::SteerdClient& client, const std::string& id,
+                             const std::string& replica) {
+    auto ended = WaitForJob(client, id, absl::Seconds(180), Ended);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
+    EXPECT_EQ(ended->replica(), replica);
+    EXPECT_THAT(Query(absl::StrCat("SELECT count(*) FROM vectors WHERE job_id = '", id, "'")),
+                ::testing::ElementsAre("1"));
+  }
+
   std::string database_;
   std::string url_;
   std::string tenants_;
@@ -585,77 +627,64 @@ TEST_F(ReplicasTest, JobsQueuedAcrossThreeReplicasEachRunExactlyOnce) {
 // kill -9 of the replica running a job: another resumes it from its checkpoint within
 // the lease's ttl + 5 s, it succeeds, and exactly one version carries its id.
 TEST_F(ReplicasTest, AJobWhoseReplicaIsKilledIsResumedByAnotherFromItsCheckpoint) {
-  const std::vector<std::string> args = {"--job-lease-ttl", "2s", "--checkpoint-every", "2"};
-  std::map<std::string, std::unique_ptr<testing::ServerProcess>> replicas;
-  replicas["a"] = StartTrainingReplica("a", args);
-  replicas["b"] = StartTrainingReplica("b", args);
-  ASSERT_NE(replicas["a"], nullptr);
-  ASSERT_NE(replicas["b"], nullptr);
-  auto job = replicas["a"]->Client(kKey)->CreateJob(QuickJob("survivor", 40));
-  ASSERT_TRUE(job.ok()) << job.status();
-  auto client_a = replicas["a"]->Client(kKey);
-  auto started = WaitForJob(*client_a, job->id(), absl::Seconds(60),
-                            [](const v1::Job& j) { return j.progress().step() >= 5 || Ended(j); });
-  ASSERT_TRUE(started.ok()) << started.status();
-  ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
-  const std::string holder = started->replica();
-  ASSERT_TRUE(holder == "a" || holder == "b") << holder;
-  const std::string peer = holder == "a" ? "b" : "a";
+  RunningJob running;
+  ASSERT_NO_FATAL_FAILURE(StartJobOnTwoReplicas("survivor", "a", 5, &running));
   const int checkpointed = std::stoi(Query(absl::StrCat(
-      "SELECT step FROM job_checkpoints WHERE job_id = '", job->id(), "'"))[0]);
+      "SELECT step FROM job_checkpoints WHERE job_id = '", running.id, "'"))[0]);
   EXPECT_GE(checkpointed, 2);
 
-  replicas[holder]->Signal(SIGKILL);
+  running.replicas[running.holder]->Signal(SIGKILL);
   const absl::Time killed = absl::Now();
-  auto client = replicas[peer]->Client(kKey);
-  auto resumed = WaitForJob(*client, job->id(), absl::Seconds(2) + absl::Seconds(5),
-                            [&](const v1::Job& j) { return j.replica() == peer || Ended(j); });
+  auto client = running.replicas[running.peer]->Client(kKey);
+  auto resumed = WaitForJob(*client, running.id, absl::Seconds(2) + absl::Seconds(5),
+                            [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_LT(absl::Now() - killed, absl::Seconds(7));
   EXPECT_GE(resumed->progress().step(), checkpointed) << "resumed from its checkpoint, not 0";
-  auto ended = WaitForJob(*client, job->id(), absl::Seconds(180), Ended);
-  ASSERT_TRUE(ended.ok()) << ended.status();
-  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
-  EXPECT_EQ(ended->replica(), peer);
-  EXPECT_THAT(Query(absl::StrCat("SELECT count(*) FROM vectors WHERE job_id = '", job->id(), "'")),
+  ExpectSucceededOnceOn(*client, running.id, running.peer);
+}
+
+// SIGTERM of the holder: it checkpoints and hands the lease back as it drains, so the
+// peer resumes the job at once, long before the lease (30 s here) could expire.
+TEST_F(ReplicasTest, ADrainingReplicaHandsItsJobToAPeerAtOnce) {
+  RunningJob running;
+  ASSERT_NO_FATAL_FAILURE(
+      StartJobOnTwoReplicas("handed", "a", 3, &running, {"--job-lease-ttl", "30s"}));
+  testing::ServerProcess& holder = *running.replicas[running.holder];
+  holder.Signal(SIGTERM);
+  const absl::Time drained = absl::Now();
+  auto client = running.replicas[running.peer]->Client(kKey);
+  auto resumed = WaitForJob(*client, running.id, absl::Seconds(20),
+                            [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_LT(absl::Now() - drained, absl::Seconds(15)) << "the lease was handed back";
+  absl::StatusOr<int> exited = holder.Wait(absl::Seconds(60));
+  ASSERT_TRUE(exited.ok()) << exited.status();
+  EXPECT_EQ(*exited, 0);
+  ExpectSucceededOnceOn(*client, running.id, running.peer);
+  // Handing back is not a failed attempt.
+  EXPECT_THAT(Query(absl::StrCat("SELECT attempts FROM jobs WHERE id = '", running.id, "'")),
               ::testing::ElementsAre("1"));
 }
 
 // A lease holder frozen (SIGSTOP) past its ttl: a peer takes the job over; thawed
 // (SIGCONT), the old holder finds its lease gone and writes nothing more.
 TEST_F(ReplicasTest, AFrozenHolderThatLostItsLeaseWritesNothing) {
-  const std::vector<std::string> args = {"--job-lease-ttl", "2s", "--checkpoint-every", "2"};
-  std::map<std::string, std::unique_ptr<testing::ServerProcess>> replicas;
-  replicas["a"] = StartTrainingReplica("a", args);
-  replicas["b"] = StartTrainingReplica("b", args);
-  ASSERT_NE(replicas["a"], nullptr);
-  ASSERT_NE(replicas["b"], nullptr);
-  auto job = replicas["b"]->Client(kKey)->CreateJob(QuickJob("frozen", 40));
-  ASSERT_TRUE(job.ok()) << job.status();
-  auto client_b = replicas["b"]->Client(kKey);
-  auto started = WaitForJob(*client_b, job->id(), absl::Seconds(60),
-                            [](const v1::Job& j) { return j.progress().step() >= 3 || Ended(j); });
-  ASSERT_TRUE(started.ok()) << started.status();
-  ASSERT_EQ(started->state(), v1::Job::STATE_RUNNING);
-  const std::string holder = started->replica();
-  const std::string peer = holder == "a" ? "b" : "a";
-  replicas[holder]->Signal(SIGSTOP);
-  auto client = replicas[peer]->Client(kKey);
-  auto taken = WaitForJob(*client, job->id(), absl::Seconds(10),
-                          [&](const v1::Job& j) { return j.replica() == peer || Ended(j); });
-  replicas[holder]->Signal(SIGCONT);
+  RunningJob running;
+  ASSERT_NO_FATAL_FAILURE(StartJobOnTwoReplicas("frozen", "b", 3, &running));
+  testing::ServerProcess& holder = *running.replicas[running.holder];
+  holder.Signal(SIGSTOP);
+  auto client = running.replicas[running.peer]->Client(kKey);
+  auto taken = WaitForJob(*client, running.id, absl::Seconds(10),
+                          [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
+  holder.Signal(SIGCONT);
   ASSERT_TRUE(taken.ok()) << taken.status();
-  EXPECT_TRUE(replicas[holder]->WaitForOutput("lease lost", absl::Seconds(20)))
-      << replicas[holder]->output();
-  auto ended = WaitForJob(*client, job->id(), absl::Seconds(180), Ended);
-  ASSERT_TRUE(ended.ok()) << ended.status();
-  EXPECT_EQ(ended->state(), v1::Job::STATE_SUCCEEDED) << ended->error().ShortDebugString();
-  EXPECT_EQ(ended->replica(), peer);
-  EXPECT_THAT(Query(absl::StrCat("SELECT count(*) FROM vectors WHERE job_id = '", job->id(), "'")),
-              ::testing::ElementsAre("1"));
-  // The thawed holder only ever failed to write (fenced), never wrote: its output has
-  // no store error other than the lost lease, and it still serves.
-  EXPECT_TRUE(replicas[holder]->Client(kKey)->Generate(Request("")).ok());
+  // Thawed, it learns at its first renewal (or fenced write) that the job is gone and
+  // drops it; the store refuses anything it still tries to write (job_store_test's
+  // fencing cases), so the job ends once, by the peer, with one version.
+  EXPECT_TRUE(holder.WaitForOutput("lease lost", absl::Seconds(20))) << holder.output();
+  ExpectSucceededOnceOn(*client, running.id, running.peer);
+  EXPECT_TRUE(holder.Client(kKey)->Generate(Request("")).ok()) << "and it still serves";
 }
 
 }  // namespace
