@@ -95,18 +95,24 @@ class JsonFile {
     return value->get<bool>();
   }
 
-  // A token id, or nullopt when `value` is not an integer in [0, 2^31 - 1).
+  // Token ids are below 2^22 (4,194,304). The tokenizer keeps tables indexed by id,
+  // so one huge id in a damaged or hostile tokenizer.json would otherwise allocate
+  // gigabytes (the tokenizer fuzzer found an id that asked for 25 GB); the largest
+  // vocabularies in use have about 256k tokens.
+  static constexpr int64_t kMaxTokenIds = int64_t{1} << 22;
+
+  // A token id, or nullopt when `value` is not an integer in [0, kMaxTokenIds).
   static std::optional<int32_t> AsId(const Json& value) {
     if (!value.is_number_integer()) return std::nullopt;
     const int64_t id = value.get<int64_t>();
-    if (id < 0 || id >= std::numeric_limits<int32_t>::max()) return std::nullopt;
+    if (id < 0 || id >= kMaxTokenIds) return std::nullopt;
     return static_cast<int32_t>(id);
   }
 
   absl::StatusOr<int32_t> Id(const Json& value, absl::string_view path) const {
     std::optional<int32_t> id = AsId(value);
     if (!id.has_value()) {
-      return Error(path, absl::StrCat("expected a token id (an integer in [0, 2^31 - 1)), got ",
+      return Error(path, absl::StrCat("expected a token id (an integer in [0, 2^22)), got ",
                                       value.dump()));
     }
     return *id;
