@@ -30,7 +30,8 @@ ComposedServer::~ComposedServer() {
 }
 
 absl::Status ComposedServer::LoadModels() {
-  ASSIGN_OR_RETURN(core_, ServingCore::Create(options_.core, stores_.vectors.get(), metrics_.get()));
+  ASSIGN_OR_RETURN(core_,
+                   ServingCore::Create(options_.core, stores_.vectors.get(), metrics_.get()));
   RETURN_IF_ERROR(core_->Warmup());
   if (stores_.database != nullptr) {
     PostgresChangeFeed::Options feed;

@@ -503,7 +503,8 @@ absl::StatusOr<JobRecord> DecodeJob(const JobColumns& columns) {
   }
   job.step = static_cast<int32_t>(progress.step);
   ASSIGN_OR_RETURN(job.metrics,
-                   DecodeJobMetrics(progress.metrics, absl::StrCat("job \"", job.id, "\" metrics")));
+                   DecodeJobMetrics(progress.metrics,
+                                    absl::StrCat("job \"", job.id, "\" metrics")));
   job.error = DecodeStatus(progress.error);
   job.vector_version = progress.vector_version;
   auto time = [](const std::optional<int64_t>& micros) {

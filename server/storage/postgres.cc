@@ -228,8 +228,8 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
   const char* keywords[] = {"connect_timeout",   "keepalives",          "keepalives_idle",
                             "keepalives_interval", "keepalives_count", "application_name",
                             "options",           "dbname",              nullptr};
-  const char* values[] = {timeout.c_str(), "1", "10", "5", "3", application_name.c_str(), options.c_str(),
-                          url.c_str(),     nullptr};
+  const char* values[] = {timeout.c_str(),          "1", "10", "5", "3",
+                          application_name.c_str(), options.c_str(), url.c_str(), nullptr};
   pg_conn* conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (conn == nullptr) return absl::ResourceExhaustedError("store: out of memory");
   if (PQstatus(conn) != CONNECTION_OK) {
@@ -337,7 +337,8 @@ absl::StatusOr<int64_t> MigrateOn(Connection& connection, bool migrate,
       "  applied_by text NOT NULL)"));
   ASSIGN_OR_RETURN(const Result current,
                    connection.Exec("reading the schema version",
-                                   "SELECT COALESCE(max(version), 0) FROM steerd_schema_migrations"));
+                                   "SELECT COALESCE(max(version), 0) "
+                                   "FROM steerd_schema_migrations"));
   const int64_t found = current.Int(0, 0);
   if (found > known) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -296,7 +296,8 @@ absl::StatusOr<std::vector<StoredVector>> PostgresVectorStore::Delete(
     ASSIGN_OR_RETURN(
         const Result result,
         connection.Exec("deleting vectors",
-                        absl::StrCat("DELETE FROM vectors v WHERE ", match, " RETURNING ", kColumns),
+                        absl::StrCat("DELETE FROM vectors v WHERE ", match, " RETURNING ",
+                                     kColumns),
                         params));
     for (int row = 0; row < result.rows(); ++row) {
       ASSIGN_OR_RETURN(StoredVector vector, ReadVector(result, row, tenant));

@@ -472,7 +472,8 @@ absl::StatusOr<std::optional<JobLease>> SqliteJobStore::ClaimJob(const JobClaim&
         "AND attempts >= ?", next);
     Statement checkpoints(*db_, "dropping checkpoints of jobs out of attempts");
     RETURN_IF_ERROR(checkpoints.Prepare(absl::StrCat(
-        "DELETE FROM job_checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE ", exhausted, ")")));
+        "DELETE FROM job_checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE ", exhausted,
+        ")")));
     RETURN_IF_ERROR(checkpoints.BindInt(1, now_us));
     RETURN_IF_ERROR(bind_models(checkpoints));
     RETURN_IF_ERROR(checkpoints.BindInt(next, claim.max_attempts));

@@ -140,6 +140,11 @@ bool Ended(const v1::Job& job) {
          job.state() == v1::Job::STATE_CANCELLED;
 }
 
+// Whether the job is on `replica` now (or ended).
+std::function<bool(const v1::Job&)> TakenOverBy(const std::string& replica) {
+  return [replica](const v1::Job& job) { return job.replica() == replica || Ended(job); };
+}
+
 // Polls the job through `client` until `done` holds or `timeout` passes.
 absl::StatusOr<v1::Job> WaitForJob(client::SteerdClient& client, const std::string& id,
                                    absl::Duration timeout,
@@ -262,7 +267,8 @@ class ReplicasTest : public ::testing::Test {
 
 TEST_F(ReplicasTest, MigrateAppliesTheSchemaOnceAndANewerSchemaIsRefused) {
   const std::string current = absl::StrCat(postgres::Database::SchemaVersion());
-  const testing::ProcessRun first = RunSteerd(absl::StrCat("migrate --store ", testing::ShellQuote(url_)));
+  const testing::ProcessRun first =
+      RunSteerd(absl::StrCat("migrate --store ", testing::ShellQuote(url_)));
   EXPECT_EQ(first.exit_code, 0) << first.err;
   EXPECT_THAT(first.out, HasSubstr(absl::StrCat("schema migrated from version 0 to ", current)));
   const testing::ProcessRun again = RunSteerd("migrate", url_);
@@ -279,7 +285,8 @@ TEST_F(ReplicasTest, MigrateAppliesTheSchemaOnceAndANewerSchemaIsRefused) {
   ExpectOneLineError(RunSteerd("migrate", url_), both);
   ExpectOneLineError(
       RunSteerd(absl::StrCat("serve --listen 127.0.0.1:0 --metrics-listen off --data-dir ",
-                             testing::MakeTempDir("newer"), " --store ", testing::ShellQuote(url_))),
+                             testing::MakeTempDir("newer"), " --store ",
+                             testing::ShellQuote(url_))),
       both);
 }
 
@@ -637,7 +644,7 @@ TEST_F(ReplicasTest, AJobWhoseReplicaIsKilledIsResumedByAnotherFromItsCheckpoint
   const absl::Time killed = absl::Now();
   auto client = running.replicas[running.peer]->Client(kKey);
   auto resumed = WaitForJob(*client, running.id, absl::Seconds(2) + absl::Seconds(5),
-                            [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
+                            TakenOverBy(running.peer));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_LT(absl::Now() - killed, absl::Seconds(7));
   EXPECT_GE(resumed->progress().step(), checkpointed) << "resumed from its checkpoint, not 0";
@@ -655,7 +662,7 @@ TEST_F(ReplicasTest, ADrainingReplicaHandsItsJobToAPeerAtOnce) {
   const absl::Time drained = absl::Now();
   auto client = running.replicas[running.peer]->Client(kKey);
   auto resumed = WaitForJob(*client, running.id, absl::Seconds(20),
-                            [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
+                            TakenOverBy(running.peer));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_LT(absl::Now() - drained, absl::Seconds(15)) << "the lease was handed back";
   absl::StatusOr<int> exited = holder.Wait(absl::Seconds(60));
@@ -676,7 +683,7 @@ TEST_F(ReplicasTest, AFrozenHolderThatLostItsLeaseWritesNothing) {
   holder.Signal(SIGSTOP);
   auto client = running.replicas[running.peer]->Client(kKey);
   auto taken = WaitForJob(*client, running.id, absl::Seconds(10),
-                          [&](const v1::Job& j) { return j.replica() == running.peer || Ended(j); });
+                          TakenOverBy(running.peer));
   holder.Signal(SIGCONT);
   ASSERT_TRUE(taken.ok()) << taken.status();
   // Thawed, it learns at its first renewal (or fenced write) that the job is gone and

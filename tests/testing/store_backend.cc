@@ -80,7 +80,8 @@ absl::StatusOr<std::unique_ptr<VectorStore>> StoreLocation::OpenVectorStore(
   PostgresVectorStore::Options options;
   ASSIGN_OR_RETURN(options.database, Database());
   options.clock = std::move(clock);
-  ASSIGN_OR_RETURN(std::unique_ptr<PostgresVectorStore> store, PostgresVectorStore::Create(options));
+  ASSIGN_OR_RETURN(std::unique_ptr<PostgresVectorStore> store,
+                   PostgresVectorStore::Create(options));
   return std::unique_ptr<VectorStore>(std::move(store));
 }
 

@@ -843,7 +843,8 @@ TEST_F(SqliteJobStoreTest, SharesTheFileWithTheVectorStore) {
 TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   Put("t", "job-1");
   store_.reset();
-  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 3 WHERE component = 'jobs'").ok());
+  ASSERT_TRUE(
+      location_->Exec("UPDATE schema_version SET version = 3 WHERE component = 'jobs'").ok());
   absl::StatusOr<std::unique_ptr<SqliteJobStore>> newer = SqliteJobStore::Create(StoreOptions());
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 3"));
@@ -854,7 +855,8 @@ TEST_F(SqliteJobStoreTest, FutureSchemaVersionIsRefused) {
   vector_options.path = path_;
   EXPECT_TRUE(SqliteVectorStore::Create(vector_options).ok());
 
-  ASSERT_TRUE(location_->Exec("UPDATE schema_version SET version = 2 WHERE component = 'jobs'").ok());
+  ASSERT_TRUE(
+      location_->Exec("UPDATE schema_version SET version = 2 WHERE component = 'jobs'").ok());
   Open();
   EXPECT_TRUE(store_->Get("t", "job-1").ok());
   EXPECT_EQ(SqliteJobStore::Create({}).status().code(), absl::StatusCode::kInvalidArgument);
@@ -1033,7 +1035,8 @@ TEST_P(JobStoreTest, AnExpiredLeaseIsTakenOverAndTheOldHolderWritesNothing) {
   EXPECT_EQ((*b)->attempt, 2);
   EXPECT_GT((*b)->job.lease_epoch, a_job.lease_epoch);
   // The old holder wakes up: its renewal, updates and checkpoints all fail.
-  EXPECT_TRUE(IsLeaseLost(store_->RenewLease("job-1", a_job.lease_epoch, absl::Seconds(30)).status()));
+  EXPECT_TRUE(
+      IsLeaseLost(store_->RenewLease("job-1", a_job.lease_epoch, absl::Seconds(30)).status()));
   a_job.step = 5;
   EXPECT_TRUE(IsLeaseLost(store_->Update(a_job)));
   JobCheckpoint checkpoint;
