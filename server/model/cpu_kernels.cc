@@ -310,24 +310,56 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void LaneRange(
   }
 }
 
+// The token-lanes path for token rows [0, M) of x (M <= 4 * kLanes) into the same rows
+// of y: threads split the weight rows on tile boundaries, at least 384 rows each.
+// (Handing out chunks of tiles from a shared counter instead was 7% slower: the
+// threads' prefetches run past their chunks, and each thread no longer streams one
+// range.)
+void LaneLinear(const uint16_t* xp, const uint16_t* wp, const uint16_t* bp, uint16_t* yp,
+                int64_t M, int64_t N, int64_t K) {
+  const int64_t groups = (M + kLanes - 1) / kLanes;
+  std::vector<uint16_t> packed(static_cast<size_t>((K + 1) / 2 * groups * kLanes * 2));  // Zeroed.
+  PackTokenLanes(xp, M, K, groups, packed.data());
+  const int64_t tiles = (N + kLaneTileRows - 1) / kLaneTileRows;
+  at::parallel_for(0, tiles, /*grain_size=*/384 / kLaneTileRows, [&](int64_t begin, int64_t end) {
+    const int64_t first = begin * kLaneTileRows, last = std::min(N, end * kLaneTileRows);
+    // Three groups fit the registers in one pass (24 accumulators); four take two passes
+    // of two.
+    if (groups == 1) {
+      LaneRange<1>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
+    } else if (groups == 3) {
+      LaneRange<3>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
+    } else {
+      LaneRange<2>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
+    }
+  });
+}
+
+// The conditions of both bf16 linears but the row limit: CPU with AVX512-BF16, bf16
+// contiguous operands that fit, K > 0, no grad.
+bool Bf16LinearOperandsFit(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& bias) {
+  if (!CpuHasAvx512Bf16()) return false;
+  if (!x.defined() || !weight.defined() || !x.device().is_cpu() || !weight.device().is_cpu() ||
+      x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16 ||
+      weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1) || x.size(-1) == 0 ||
+      !x.is_contiguous() || !weight.is_contiguous()) {
+    return false;
+  }
+  if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != at::kBFloat16 ||
+                         !bias.is_contiguous() || bias.numel() != weight.size(0))) {
+    return false;
+  }
+  return !x.requires_grad() && !weight.requires_grad() &&
+         !(bias.defined() && bias.requires_grad());
+}
+
 }  // namespace
 
 bool CanUseSmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& bias) {
-  if (!CpuHasAvx512Bf16()) return false;
-  if (!x.device().is_cpu() || x.scalar_type() != at::kBFloat16 ||
-      weight.scalar_type() != at::kBFloat16 || weight.dim() != 2 || x.dim() < 1 ||
-      x.size(-1) != weight.size(1) || !x.is_contiguous() || !weight.is_contiguous()) {
-    return false;
-  }
-  if (bias.defined() && (bias.scalar_type() != at::kBFloat16 || !bias.is_contiguous() ||
-                         bias.numel() != weight.size(0))) {
-    return false;
-  }
-  if (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())) {
-    return false;
-  }
-  return x.numel() / x.size(-1) <= kSmallBatchLinearMaxRows;
+  return Bf16LinearOperandsFit(x, weight, bias) &&
+         x.numel() / x.size(-1) <= kSmallBatchLinearMaxRows;
 }
 
 at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
@@ -349,25 +381,7 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
     });
     return y;
   }
-  const int64_t groups = (M + kLanes - 1) / kLanes;
-  std::vector<uint16_t> packed(static_cast<size_t>((K + 1) / 2 * groups * kLanes * 2));  // Zeroed.
-  PackTokenLanes(xp, M, K, groups, packed.data());
-  // Threads split the weight rows on tile boundaries, at least 384 rows each. (Handing
-  // out chunks of tiles from a shared counter instead was 7% slower: the threads'
-  // prefetches run past their chunks, and each thread no longer streams one range.)
-  const int64_t tiles = (N + kLaneTileRows - 1) / kLaneTileRows;
-  at::parallel_for(0, tiles, /*grain_size=*/384 / kLaneTileRows, [&](int64_t begin, int64_t end) {
-    const int64_t first = begin * kLaneTileRows, last = std::min(N, end * kLaneTileRows);
-    // Three groups fit the registers in one pass (24 accumulators); four take two passes
-    // of two.
-    if (groups == 1) {
-      LaneRange<1>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
-    } else if (groups == 3) {
-      LaneRange<3>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
-    } else {
-      LaneRange<2>(packed.data(), groups, wp, bp, yp, M, N, K, first, last);
-    }
-  });
+  LaneLinear(xp, wp, bp, yp, M, N, K);
   return y;
 }
 
@@ -539,10 +553,23 @@ __attribute__((target("avx512f,avx512vl"))) void F32RowRange(const float* x, con
   }
 }
 
-}  // namespace
+// Token rows [0, M) of x into the same rows of y. Threads split the weight rows in
+// blocks of 16; a block is 16 * M * K multiply-adds, and a thread is worth waking for
+// ~64K of them (~1.5 us; measured: batch-1 decode of steerd-tiny on 2 threads 160 ->
+// 127 us per step against 256K, larger batches the same). The split does not change a
+// value.
+void F32Linear(const float* xp, const float* wp, const float* bp, float* yp, int64_t M,
+               int64_t N, int64_t K) {
+  const int64_t blocks = (N + 15) / 16;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 16 * M * K));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    F32RowRange(xp, wp, bp, yp, M, N, K, begin * 16, std::min(N, end * 16));
+  });
+}
 
-bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& bias) {
+// The conditions of both float32 linears but the row limit.
+bool F32LinearOperandsFit(const at::Tensor& x, const at::Tensor& weight,
+                          const at::Tensor& bias) {
   if (!CpuHasAvx512FVl()) return false;
   if (!x.defined() || !weight.defined() || !x.device().is_cpu() ||
       !weight.device().is_cpu() || x.scalar_type() != at::kFloat ||
@@ -556,10 +583,15 @@ bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
     return false;
   }
   // Autograd never goes through the kernel (the trainer's forward).
-  if (at::GradMode::is_enabled() &&
-      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()))) {
-    return false;
-  }
+  return !(at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() ||
+                                          (bias.defined() && bias.requires_grad())));
+}
+
+}  // namespace
+
+bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+  if (!F32LinearOperandsFit(x, weight, bias)) return false;
   const int64_t rows = x.numel() / x.size(-1);
   return rows <= kSmallBatchF32LinearMaxRows ||
          (rows <= kSmallBatchF32LinearMaxPrefillRows &&
@@ -578,15 +610,52 @@ at::Tensor SmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  // Threads split the weight rows in blocks of 16; a block is 16 * M * K multiply-adds,
-  // and a thread is worth waking for ~64K of them (~1.5 us; measured: batch-1 decode of
-  // steerd-tiny on 2 threads 160 -> 127 us per step against 256K, larger batches the
-  // same). The split does not change a value.
-  const int64_t blocks = (N + 15) / 16;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 16 * M * K));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    F32RowRange(xp, wp, bp, yp, M, N, K, begin * 16, std::min(N, end * 16));
-  });
+  F32Linear(xp, wp, bp, yp, M, N, K);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch-invariant linear (prefill).
+
+bool CanUseBatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias) {
+  if (!x.defined()) return false;
+  if (x.scalar_type() == at::kBFloat16) return Bf16LinearOperandsFit(x, weight, bias);
+  if (x.scalar_type() == at::kFloat) return F32LinearOperandsFit(x, weight, bias);
+  return false;
+}
+
+at::Tensor BatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias) {
+  const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty(out_shape, x.options());  // [..., N]
+  if (M == 0 || N == 0) return y;
+  if (x.scalar_type() == at::kBFloat16) {
+    const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+    const auto* bp = bias.defined() ? reinterpret_cast<const uint16_t*>(bias.data_ptr()) : nullptr;
+    auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+    // Each output is one lane of one accumulator whichever lane, group and chunk its
+    // row lands in: chunking changes no value.
+    for (int64_t m = 0; m < M; m += kSmallBatchLinearMaxRows) {
+      LaneLinear(xp + m * K, wp, bp, yp + m * N, std::min(kSmallBatchLinearMaxRows, M - m), N, K);
+    }
+    return y;
+  }
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // Chunks as large as SmallBatchF32Linear takes them (the rows in ~1 MiB, re-read
+  // from L2 for every four weight rows); every output takes the same steps in any.
+  const int64_t chunk = std::clamp<int64_t>(
+      kSmallBatchF32LinearMaxBytes / (K * static_cast<int64_t>(sizeof(float))),
+      kSmallBatchF32LinearMaxRows, kSmallBatchF32LinearMaxPrefillRows);
+  for (int64_t m = 0; m < M; m += chunk) {
+    F32Linear(xp + m * K, wp, bp, yp + m * N, std::min(chunk, M - m), N, K);
+  }
   return y;
 }
 
@@ -749,13 +818,41 @@ at::Tensor Bf16RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps
 
 namespace {
 
+// Where the attention kernels find the key or value row ([hd] elements) of position s
+// of one (sequence, KV head): rows(s). The kernels' arithmetic is the same for every
+// accessor, so a paged cache gives bit for bit the results of a contiguous one holding
+// the same rows.
+// A contiguous cache [S, hd]: row s at base + s * hd.
+template <typename T>
+struct ContiguousRows {
+  const T* base;
+  int64_t hd;
+  const T* operator()(int64_t s) const { return base + s * hd; }
+};
+
+// A paged cache: position s in block s / block_size, slot s % block_size, where
+// blocks[i] points at slot 0 of the sequence's i-th block for this KV head (each block
+// holds block_size rows of hd contiguously). The block size is a power of two
+// (1 << shift), so finding a row costs a shift, a mask and one load.
+template <typename T>
+struct PagedRows {
+  const T* const* blocks;  // [blocks covering positions 0..last]
+  int shift;               // log2(block_size)
+  int64_t hd;
+  const T* operator()(int64_t s) const {
+    return blocks[s >> shift] + (s & ((int64_t{1} << shift) - 1)) * hd;
+  }
+};
+
 // One query head against keys/values [first, last] of its KV head: scores, softmax and
 // the weighted sum of values in float32, 16 lanes at a time. Scores are computed 16
 // columns at a time (16 partial dot products summed across lanes in one transpose) and
-// exponentiated 16 at a time. `scores` has room for last + 1 floats.
+// exponentiated 16 at a time. `scores` has room for last + 1 floats. Rows is
+// ContiguousRows or PagedRows of c10::BFloat16.
+template <typename Rows>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
-    const c10::BFloat16* q, const c10::BFloat16* keys, const c10::BFloat16* values,
-    int64_t first, int64_t last, int64_t hd, float scale, float* scores, c10::BFloat16* out) {
+    const c10::BFloat16* q, Rows keys, Rows values, int64_t first, int64_t last, int64_t hd,
+    float scale, float* scores, c10::BFloat16* out) {
   const int64_t chunks = (hd + 15) / 16;
   __m512 query[kMaxAttentionHeadDim / 16];
   for (int64_t c = 0; c < chunks; ++c) query[c] = LoadAsFloat(q + 16 * c, Lanes(hd - 16 * c));
@@ -766,7 +863,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
     for (int64_t j = 0; j < 16; ++j) {
       dots[j] = _mm512_setzero_ps();
       if (j >= columns) continue;
-      const c10::BFloat16* key = keys + (s0 + j) * hd;
+      const c10::BFloat16* key = keys(s0 + j);
       for (int64_t c = 0; c < chunks; ++c) {
         dots[j] = _mm512_fmadd_ps(query[c], LoadAsFloat(key + 16 * c, Lanes(hd - 16 * c)), dots[j]);
       }
@@ -789,7 +886,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
   for (int64_t c = 0; c < chunks; ++c) sum[c] = _mm512_setzero_ps();
   for (int64_t s = first; s <= last; ++s) {
     const __m512 p = _mm512_set1_ps(scores[s] / total);
-    const c10::BFloat16* value = values + s * hd;
+    const c10::BFloat16* value = values(s);
     for (int64_t c = 0; c < chunks; ++c) {
       sum[c] = _mm512_fmadd_ps(p, LoadAsFloat(value + 16 * c, Lanes(hd - 16 * c)), sum[c]);
     }
@@ -827,7 +924,8 @@ at::Tensor Bf16DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
       const c10::BFloat16* v_head = vp + (b * KVH + kv) * S * hd;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = kv * G + g;
-        AttendHead(qp + (b * H + h) * hd, k_head, v_head, first[b], last[b], hd, scale_f,
+        AttendHead(qp + (b * H + h) * hd, ContiguousRows<c10::BFloat16>{k_head, hd},
+                   ContiguousRows<c10::BFloat16>{v_head, hd}, first[b], last[b], hd, scale_f,
                    scores.data(), op + b * H * hd + h * hd);
       }
     }
@@ -930,7 +1028,8 @@ at::Tensor Bf16RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, con
       for (int64_t g = 0; g < op.G; ++g) {
         const int64_t h = kv * op.G + g;
         Bf16RopeHead(op.Query(b, h), op.Cos(b), op.Sin(b), op.hd, rotated.data());
-        AttendHead(rotated.data(), op.KeyHead(b, kv), op.ValueHead(b, kv), first[b],
+        AttendHead(rotated.data(), ContiguousRows<c10::BFloat16>{op.KeyHead(b, kv), op.hd},
+                   ContiguousRows<c10::BFloat16>{op.ValueHead(b, kv), op.hd}, first[b],
                    write_at[b], op.hd, scale_f, scores.data(), op.Out(b, h));
       }
     }
@@ -948,11 +1047,11 @@ namespace {
 // block; values in kSets interleaved chains added pairwise), so a head's result depends
 // only on its own query and columns (kHeads and kSets depend only on the model's
 // shape). `scores` has room for kHeads rows of `score_stride` >= last - first + 16.
-// kChunks >= ceil(hd / 16).
-template <int kChunks, int kHeads>
+// kChunks >= ceil(hd / 16). Rows is ContiguousRows or PagedRows of float.
+template <int kChunks, int kHeads, typename Rows>
 __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
-    const float* q, const float* keys, const float* values, int64_t first, int64_t last,
-    int64_t hd, float scale, float* scores, int64_t score_stride, float* out) {
+    const float* q, Rows keys, Rows values, int64_t first, int64_t last, int64_t hd,
+    float scale, float* scores, int64_t score_stride, float* out) {
   __mmask16 lanes[kChunks];
 #pragma GCC unroll 16
   for (int c = 0; c < kChunks; ++c) {
@@ -976,7 +1075,7 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) {
         // Positions past `last` repeat it; their scores are never used.
-        const float* key = keys + (first + std::min<int64_t>(s0 + i, n - 1)) * hd;
+        const float* key = keys(first + std::min<int64_t>(s0 + i, n - 1));
         __m512 dot = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes[0], query),
                                    _mm512_maskz_loadu_ps(lanes[0], key));
 #pragma GCC unroll 16
@@ -1022,14 +1121,14 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
       for (int c = 0; c < kChunks; ++c) sum[j][g][c] = _mm512_setzero_ps();
     }
   }
-  const float* value = values + first * hd;
   int64_t s = 0;
-  for (; s + kSets <= n; s += kSets, value += kSets * hd) {
+  for (; s + kSets <= n; s += kSets) {
 #pragma GCC unroll 4
     for (int j = 0; j < kSets; ++j) {
+      const float* value = values(first + s + j);
       __m512 v[kChunks];
 #pragma GCC unroll 16
-      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], value + j * hd + 16 * c);
+      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], value + 16 * c);
 #pragma GCC unroll 8
       for (int g = 0; g < kHeads; ++g) {
         const __m512 p = _mm512_set1_ps(scores[g * score_stride + s + j]);
@@ -1043,7 +1142,7 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
     // them as they are (the probabilities past n are stored as 0).
 #pragma GCC unroll 4
     for (int j = 0; j < kSets; ++j) {
-      const float* row = values + (first + std::min<int64_t>(s + j, n - 1)) * hd;
+      const float* row = values(first + std::min<int64_t>(s + j, n - 1));
       __m512 v[kChunks];
 #pragma GCC unroll 16
       for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], row + 16 * c);
@@ -1071,24 +1170,27 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
   }
 }
 
-using F32AttendGroupFn = void (*)(const float*, const float*, const float*, int64_t, int64_t,
-                                  int64_t, float, float*, int64_t, float*);
+template <typename Rows>
+using F32AttendGroupFn = void (*)(const float*, Rows, Rows, int64_t, int64_t, int64_t, float,
+                                  float*, int64_t, float*);
 
-template <int kChunks>
-F32AttendGroupFn GroupFn(int heads) {
+template <int kChunks, typename Rows>
+F32AttendGroupFn<Rows> GroupFn(int heads) {
   switch (heads) {
-    case 1: return &F32AttendGroup<kChunks, 1>;
-    case 2: return &F32AttendGroup<kChunks, 2>;
-    case 3: return &F32AttendGroup<kChunks, 3>;
-    default: return &F32AttendGroup<kChunks, 4>;
+    case 1: return &F32AttendGroup<kChunks, 1, Rows>;
+    case 2: return &F32AttendGroup<kChunks, 2, Rows>;
+    case 3: return &F32AttendGroup<kChunks, 3, Rows>;
+    default: return &F32AttendGroup<kChunks, 4, Rows>;
   }
 }
 
-// How a KV head's G query heads run: groups of at most four, as even as possible.
+// How a KV head's G query heads run: groups of at most four, as even as possible. Rows
+// says how the cache is laid out (ContiguousRows or PagedRows of float).
+template <typename Rows>
 struct AttendPlan {
   int64_t hd = 0, G = 0;
   std::vector<int64_t> group_first;  // First head of each group, then G.
-  std::vector<F32AttendGroupFn> fns;
+  std::vector<F32AttendGroupFn<Rows>> fns;
 
   AttendPlan(int64_t head_dim, int64_t heads_per_kv) : hd(head_dim), G(heads_per_kv) {
     const int64_t groups = (G + 3) / 4;
@@ -1096,18 +1198,18 @@ struct AttendPlan {
       const int64_t size = (G - h) / (groups - i);  // Larger groups last.
       group_first.push_back(h);
       const int heads = static_cast<int>(size);
-      fns.push_back(hd <= 32    ? GroupFn<2>(heads)
-                    : hd <= 64  ? GroupFn<4>(heads)
-                    : hd <= 128 ? GroupFn<8>(heads)
-                                : GroupFn<16>(heads));
+      fns.push_back(hd <= 32    ? GroupFn<2, Rows>(heads)
+                    : hd <= 64  ? GroupFn<4, Rows>(heads)
+                    : hd <= 128 ? GroupFn<8, Rows>(heads)
+                                : GroupFn<16, Rows>(heads));
       h += size;
     }
     group_first.push_back(G);
   }
 
   // All G heads of one KV head: q and out hold them consecutively (hd apart).
-  void Run(const float* q, const float* keys, const float* values, int64_t first,
-           int64_t last, float scale, float* scores, int64_t score_stride, float* out) const {
+  void Run(const float* q, Rows keys, Rows values, int64_t first, int64_t last, float scale,
+           float* scores, int64_t score_stride, float* out) const {
     for (size_t i = 0; i + 1 < group_first.size(); ++i) {
       const int64_t h = group_first[i];
       fns[i](q + h * hd, keys, values, first, last, hd, scale, scores, score_stride,
@@ -1137,15 +1239,16 @@ at::Tensor F32DecodeAttention(const at::Tensor& q, const at::Tensor& keys,
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float scale_f = static_cast<float>(scale);
-  const AttendPlan plan(hd, G);
+  const AttendPlan<ContiguousRows<float>> plan(hd, G);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, G * S * hd));
   at::parallel_for(0, B * KVH, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(4 * (S + 16));
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / KVH, kv = pair % KVH;
-      plan.Run(qp + (b * H + kv * G) * hd, kp + (b * KVH + kv) * S * hd,
-               vp + (b * KVH + kv) * S * hd, first[b], last[b], scale_f, scores.data(), S + 16,
-               op + b * H * hd + kv * G * hd);
+      plan.Run(qp + (b * H + kv * G) * hd,
+               ContiguousRows<float>{kp + (b * KVH + kv) * S * hd, hd},
+               ContiguousRows<float>{vp + (b * KVH + kv) * S * hd, hd}, first[b], last[b],
+               scale_f, scores.data(), S + 16, op + b * H * hd + kv * G * hd);
     }
   });
   return out;
@@ -1191,7 +1294,7 @@ at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, cons
                                   const std::vector<int64_t>& write_at, double scale) {
   const RopeDecodeOperands<float> op(q, k, v, cos, sin, cache_k, cache_v);
   const float scale_f = static_cast<float>(scale);
-  const AttendPlan plan(op.hd, op.G);
+  const AttendPlan<ContiguousRows<float>> plan(op.hd, op.G);
   // A (row, KV head) pair is G heads over its visible columns: worth a thread only in
   // numbers.
   const int64_t grain =
@@ -1206,11 +1309,271 @@ at::Tensor F32RopeDecodeAttention(const at::Tensor& q, const at::Tensor& k, cons
         RopeHead(op.Query(b, kv * op.G + g), op.Cos(b), op.Sin(b), op.hd,
                  rotated.data() + g * op.hd);
       }
-      plan.Run(rotated.data(), op.KeyHead(b, kv), op.ValueHead(b, kv), first[b], write_at[b],
-               scale_f, scores.data(), op.S + 16, op.Out(b, kv * op.G));
+      plan.Run(rotated.data(), ContiguousRows<float>{op.KeyHead(b, kv), op.hd},
+               ContiguousRows<float>{op.ValueHead(b, kv), op.hd}, first[b], write_at[b], scale_f,
+               scores.data(), op.S + 16, op.Out(b, kv * op.G));
     }
   });
   return op.out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Paged packed attention.
+
+namespace {
+
+// The operands of PagedRopeAttention with elements of type T, their shapes in one
+// place, and where a position's rows sit in the pool: q [N, H * hd], k, v [N, KVH * hd]
+// (the projections), cos, sin [N, hd], the pools [num_blocks, KVH, block_size, hd]
+// (contiguous, written) and the output [N, H * hd].
+template <typename T>
+struct PagedOperands {
+  PagedOperands(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                const at::Tensor& cos_in, const at::Tensor& sin_in, at::Tensor& pool_k,
+                at::Tensor& pool_v, const PagedTokens& tokens_in)
+      : tokens(tokens_in),
+        q_tensor(q_in.contiguous()),
+        k_tensor(k_in.contiguous()),
+        v_tensor(v_in.contiguous()),
+        cos_tensor(cos_in.contiguous()),
+        sin_tensor(sin_in.contiguous()),
+        N(static_cast<int64_t>(tokens_in.row.size())),
+        KVH(pool_k.size(1)),
+        block_size(pool_k.size(2)),
+        hd(pool_k.size(3)),
+        H(q_in.size(-1) / hd),
+        G(H / KVH),
+        shift(__builtin_ctzll(static_cast<unsigned long long>(block_size))),
+        out(at::empty({N, H * hd}, q_tensor.options())),
+        keys(pool_k.data_ptr<T>()),
+        values(pool_v.data_ptr<T>()) {}
+
+  const T* Query(int64_t i, int64_t h) const { return q_tensor.data_ptr<T>() + (i * H + h) * hd; }
+  const T* Cos(int64_t i) const { return cos_tensor.data_ptr<T>() + i * hd; }
+  const T* Sin(int64_t i) const { return sin_tensor.data_ptr<T>() + i * hd; }
+  T* Out(int64_t i, int64_t h) const { return out.data_ptr<T>() + (i * H + h) * hd; }
+  // Slot 0 of KV head kv in block `block`: [block_size, hd].
+  T* Block(T* pool, int64_t block, int64_t kv) const {
+    return pool + (block * KVH + kv) * block_size * hd;
+  }
+
+  // Writes token i's key for KV head kv, rotated by rope(x, cos, sin, hd, out), and its
+  // value at its position in its sequence's blocks.
+  template <typename Rope>
+  void WriteKeyValue(int64_t i, int64_t kv, Rope rope) const {
+    const int64_t p = tokens.position[i];
+    const int64_t block = tokens.block_tables[tokens.row[i]][p >> shift];
+    const int64_t slot = (p & (block_size - 1)) * hd;
+    const int64_t offset = (i * KVH + kv) * hd;
+    rope(k_tensor.data_ptr<T>() + offset, Cos(i), Sin(i), hd, Block(keys, block, kv) + slot);
+    const T* value = v_tensor.data_ptr<T>() + offset;
+    std::copy(value, value + hd, Block(values, block, kv) + slot);
+  }
+
+  // Token i's keys and values of KV head kv over positions [0, position[i]]; fills
+  // `key_blocks` and `value_blocks` with the blocks' addresses, which the rows point at.
+  std::pair<PagedRows<T>, PagedRows<T>> Rows(int64_t i, int64_t kv,
+                                             std::vector<const T*>& key_blocks,
+                                             std::vector<const T*>& value_blocks) const {
+    const int32_t* table = tokens.block_tables[tokens.row[i]];
+    const int64_t blocks = (tokens.position[i] >> shift) + 1;
+    key_blocks.resize(blocks);
+    value_blocks.resize(blocks);
+    for (int64_t j = 0; j < blocks; ++j) {
+      key_blocks[j] = Block(keys, table[j], kv);
+      value_blocks[j] = Block(values, table[j], kv);
+    }
+    return {PagedRows<T>{key_blocks.data(), shift, hd},
+            PagedRows<T>{value_blocks.data(), shift, hd}};
+  }
+
+  const PagedTokens& tokens;
+  const at::Tensor q_tensor, k_tensor, v_tensor, cos_tensor, sin_tensor;
+  const int64_t N, KVH, block_size, hd, H, G;
+  const int shift;
+  at::Tensor out;
+  T* const keys;
+  T* const values;
+};
+
+// Checks what PagedRopeAttention reads: shapes and dtypes that agree, every token's
+// sequence and position valid, and the block ids its positions need inside the pool.
+// Throws c10::Error otherwise. Returns the largest position, and whether no two tokens
+// share a sequence (a decode step: then no token reads another's write, and each
+// (token, KV head) can write and attend in one pass).
+std::pair<int64_t, bool> CheckPagedOperands(const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, const at::Tensor& cos,
+                                            const at::Tensor& sin, const at::Tensor& pool_k,
+                                            const at::Tensor& pool_v,
+                                            const PagedTokens& tokens) {
+  const int64_t N = static_cast<int64_t>(tokens.row.size());
+  const int64_t B = static_cast<int64_t>(tokens.block_tables.size());
+  TORCH_CHECK(static_cast<int64_t>(tokens.position.size()) == N,
+              "PagedRopeAttention: ", N, " rows but ", tokens.position.size(), " positions");
+  TORCH_CHECK(pool_v.sizes() == pool_k.sizes() && pool_v.scalar_type() == pool_k.scalar_type() &&
+                  pool_v.is_contiguous(),
+              "PagedRopeAttention: the value pool ", pool_v.sizes(), " does not match the key pool ",
+              pool_k.sizes());
+  const int64_t num_blocks = pool_k.size(0), KVH = pool_k.size(1), hd = pool_k.size(3);
+  const auto dtype = pool_k.scalar_type();
+  for (const at::Tensor* t : {&q, &k, &v, &cos, &sin}) {
+    TORCH_CHECK(t->defined() && t->scalar_type() == dtype && t->device().is_cpu() && t->dim() >= 1,
+                "PagedRopeAttention: operands must be CPU tensors of the pool's dtype");
+  }
+  const int64_t H = q.size(-1) / hd;
+  TORCH_CHECK(q.size(-1) % hd == 0 && H > 0 && H % KVH == 0 && q.numel() == N * H * hd,
+              "PagedRopeAttention: q ", q.sizes(), " is not [", N, ", H * ", hd,
+              "] with H a multiple of ", KVH);
+  TORCH_CHECK(k.numel() == N * KVH * hd && v.numel() == N * KVH * hd,
+              "PagedRopeAttention: k ", k.sizes(), " or v ", v.sizes(), " is not [", N, ", ",
+              KVH * hd, "]");
+  TORCH_CHECK(cos.numel() == N * hd && sin.numel() == N * hd, "PagedRopeAttention: cos ",
+              cos.sizes(), " or sin ", sin.sizes(), " is not [", N, ", ", hd, "]");
+  const int64_t shift = __builtin_ctzll(static_cast<unsigned long long>(pool_k.size(2)));
+  std::vector<int64_t> last(B, -1);  // Each sequence's largest position in the call.
+  bool one_per_sequence = true;
+  int64_t max_position = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t b = tokens.row[i], p = tokens.position[i];
+    TORCH_CHECK(b >= 0 && b < B && tokens.block_tables[b] != nullptr,
+                "PagedRopeAttention: token ", i, " has sequence ", b, " of ", B);
+    TORCH_CHECK(p >= 0 && p < (int64_t{1} << 40), "PagedRopeAttention: token ", i,
+                " has position ", p);
+    one_per_sequence = one_per_sequence && last[b] < 0;
+    last[b] = std::max(last[b], p);
+    max_position = std::max(max_position, p);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; last[b] >= 0 && j <= (last[b] >> shift); ++j) {
+      const int32_t block = tokens.block_tables[b][j];
+      TORCH_CHECK(block >= 0 && block < num_blocks, "PagedRopeAttention: sequence ", b,
+                  " has block ", block, " of ", num_blocks);
+    }
+  }
+  return {max_position, one_per_sequence};
+}
+
+// Runs write(pair) for every (token, KV head) pair (token * KVH + kv), then, once all
+// are written, attend(pair) with attend = make_attend() (one per thread, holding its
+// scratch). With `fused` (no token reads another's write), each pair writes and then
+// attends in one pass, as the contiguous decode kernels do. The attention pass takes
+// pairs folded from both ends (0, P-1, 1, P-2, ...), so that with a prefill's growing
+// positions each thread's share holds as many long rows as short ones. The order of
+// pairs changes no value.
+template <typename Write, typename MakeAttend>
+void WriteThenAttend(int64_t pairs, bool fused, int64_t write_grain, int64_t attend_grain,
+                     const Write& write, const MakeAttend& make_attend) {
+  if (fused) {
+    at::parallel_for(0, pairs, attend_grain, [&](int64_t begin, int64_t end) {
+      auto attend = make_attend();
+      for (int64_t pair = begin; pair < end; ++pair) {
+        write(pair);
+        attend(pair);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, pairs, write_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair) write(pair);
+  });
+  at::parallel_for(0, pairs, attend_grain, [&](int64_t begin, int64_t end) {
+    auto attend = make_attend();
+    for (int64_t p = begin; p < end; ++p) attend(p % 2 == 0 ? p / 2 : pairs - 1 - p / 2);
+  });
+}
+
+// Writing a pair is one RoPE of hd values and a copy: threads only for many of them.
+int64_t PagedWriteGrain(int64_t hd) { return std::max<int64_t>(1, 16384 / hd); }
+
+at::Tensor Bf16PagedRopeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cos, const at::Tensor& sin,
+                                  at::Tensor& pool_k, at::Tensor& pool_v,
+                                  const PagedTokens& tokens, double scale, int64_t max_position,
+                                  bool fused) {
+  using T = c10::BFloat16;
+  const PagedOperands<T> op(q, k, v, cos, sin, pool_k, pool_v, tokens);
+  const float scale_f = static_cast<float>(scale);
+  WriteThenAttend(
+      op.N * op.KVH, fused, PagedWriteGrain(op.hd), /*attend_grain=*/1,
+      [&](int64_t pair) { op.WriteKeyValue(pair / op.KVH, pair % op.KVH, Bf16RopeHead); },
+      [&] {
+        return [&op, scale_f, scores = std::vector<float>(max_position + 1),
+                rotated = std::vector<T>(op.hd), key_blocks = std::vector<const T*>(),
+                value_blocks = std::vector<const T*>()](int64_t pair) mutable {
+          const int64_t i = pair / op.KVH, kv = pair % op.KVH;
+          const auto rows = op.Rows(i, kv, key_blocks, value_blocks);
+          for (int64_t g = 0; g < op.G; ++g) {
+            const int64_t h = kv * op.G + g;
+            Bf16RopeHead(op.Query(i, h), op.Cos(i), op.Sin(i), op.hd, rotated.data());
+            AttendHead(rotated.data(), rows.first, rows.second, 0, op.tokens.position[i], op.hd,
+                       scale_f, scores.data(), op.Out(i, h));
+          }
+        };
+      });
+  return op.out;
+}
+
+at::Tensor F32PagedRopeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& cos, const at::Tensor& sin,
+                                 at::Tensor& pool_k, at::Tensor& pool_v,
+                                 const PagedTokens& tokens, double scale, int64_t max_position,
+                                 bool fused) {
+  const PagedOperands<float> op(q, k, v, cos, sin, pool_k, pool_v, tokens);
+  const float scale_f = static_cast<float>(scale);
+  const AttendPlan<PagedRows<float>> plan(op.hd, op.G);
+  const int64_t stride = max_position + 1 + 16;  // Of the scores, per head.
+  // A (token, KV head) pair is G heads over its positions: worth a thread only in
+  // numbers (as F32RopeDecodeAttention, with the longest row for the cache length).
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, op.G * stride * op.hd));
+  WriteThenAttend(
+      op.N * op.KVH, fused, PagedWriteGrain(op.hd), grain,
+      [&](int64_t pair) { op.WriteKeyValue(pair / op.KVH, pair % op.KVH, RopeHead); },
+      [&] {
+        return [&op, &plan, scale_f, stride, scores = std::vector<float>(4 * stride),
+                rotated = std::vector<float>(op.G * op.hd),
+                key_blocks = std::vector<const float*>(),
+                value_blocks = std::vector<const float*>()](int64_t pair) mutable {
+          const int64_t i = pair / op.KVH, kv = pair % op.KVH;
+          for (int64_t g = 0; g < op.G; ++g) {
+            RopeHead(op.Query(i, kv * op.G + g), op.Cos(i), op.Sin(i), op.hd,
+                     rotated.data() + g * op.hd);
+          }
+          const auto rows = op.Rows(i, kv, key_blocks, value_blocks);
+          plan.Run(rotated.data(), rows.first, rows.second, 0, op.tokens.position[i], scale_f,
+                   scores.data(), stride, op.Out(i, kv * op.G));
+        };
+      });
+  return op.out;
+}
+
+}  // namespace
+
+bool CanUsePagedRopeAttention(const at::Tensor& pool_keys) {
+  if (!pool_keys.defined() || !pool_keys.device().is_cpu() || pool_keys.dim() != 4 ||
+      !pool_keys.is_contiguous() || pool_keys.requires_grad()) {
+    return false;
+  }
+  const bool instructions = pool_keys.scalar_type() == at::kBFloat16 ? CpuHasAvx512BwVl()
+                            : pool_keys.scalar_type() == at::kFloat  ? CpuHasAvx512FVl()
+                                                                     : false;
+  const int64_t KVH = pool_keys.size(1), block_size = pool_keys.size(2), hd = pool_keys.size(3);
+  return instructions && KVH > 0 && block_size > 0 && (block_size & (block_size - 1)) == 0 &&
+         hd > 0 && hd % 2 == 0 && hd <= kMaxAttentionHeadDim;
+}
+
+at::Tensor PagedRopeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cos, const at::Tensor& sin, at::Tensor& pool_k,
+                              at::Tensor& pool_v, const PagedTokens& tokens, double scale) {
+  TORCH_CHECK(CanUsePagedRopeAttention(pool_k), "PagedRopeAttention: the pool ", pool_k.sizes(),
+              " (", pool_k.scalar_type(), ") does not fit the kernel");
+  const auto [max_position, fused] = CheckPagedOperands(q, k, v, cos, sin, pool_k, pool_v, tokens);
+  if (pool_k.scalar_type() == at::kBFloat16) {
+    return Bf16PagedRopeAttention(q, k, v, cos, sin, pool_k, pool_v, tokens, scale, max_position,
+                                  fused);
+  }
+  return F32PagedRopeAttention(q, k, v, cos, sin, pool_k, pool_v, tokens, scale, max_position,
+                               fused);
 }
 
 namespace {

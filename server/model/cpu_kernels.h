@@ -170,6 +170,63 @@ bool CanUseF32SiluMul(const at::Tensor& gate_up);
 // gate / (1 + exp(-gate)) * up. Returns [..., I].
 at::Tensor F32SiluMul(const at::Tensor& gate_up);
 
+// Kernels for a paged KV cache and packed forwards (vLLM-style): each layer's keys and
+// values live in one pool [num_blocks, KVH, block_size, hd]; a sequence owns a table of
+// block ids, and its position p sits in block table[p / block_size], slot
+// p % block_size. One call takes N new tokens of any number of sequences (a decode step
+// is one token per sequence, a prefill many). Prefix caching needs a token's results
+// to be bitwise the same whatever else shares the call, so both kernels below compute
+// each token row by steps that depend only on that row.
+
+// Where the N tokens of a packed paged call sit.
+struct PagedTokens {
+  std::vector<int64_t> row;        // [N] each token's sequence: index into block_tables
+  std::vector<int64_t> position;   // [N] each token's position in its sequence
+  std::vector<const int32_t*> block_tables;  // [B] each sequence's block ids; covers
+                                             // every position up to its tokens' largest
+};
+
+// True when PagedRopeAttention applies to the key pool `pool_keys`
+// [num_blocks, KVH, block_size, hd]: CPU, bf16 with AVX-512BW/VL or float32 with
+// AVX-512F/VL, contiguous, block_size a power of two, even hd <= 256, not requiring
+// grad (the kernel carries no autograd).
+bool CanUsePagedRopeAttention(const at::Tensor& pool_keys);
+
+// The attention of N packed tokens on a paged cache, in one call: for every token i,
+// its key, rotated by RoPE, and its value are written at position[i] of sequence
+// row[i]; then, after all the call's writes (a prefill token sees the earlier tokens
+// of its own call), token i's H query heads, rotated, attend over positions
+// [0, position[i]] of its sequence. RoPE and attention are those of
+// Bf16RopeDecodeAttention (bf16) and F32RopeDecodeAttention (float32): each (token,
+// head) result and each written slot is bit for bit what they give for that row with a
+// contiguous cache holding the same keys and values, first = 0 and
+// write_at = position[i], whichever other tokens share the call. q: [N, H * hd],
+// k, v: [N, KVH * hd] (projections, the pool's dtype), cos, sin: [N, hd] (same dtype);
+// pool_k, pool_v: [num_blocks, KVH, block_size, hd], contiguous, written. Sequences
+// must not share the blocks the call writes. Throws c10::Error on operands that do not
+// fit (shapes, dtypes, a token's sequence or position, block ids outside the pool).
+// Returns [N, H * hd].
+at::Tensor PagedRopeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cos, const at::Tensor& sin,
+                              at::Tensor& pool_k, at::Tensor& pool_v,
+                              const PagedTokens& tokens, double scale);
+
+// True when BatchInvariantLinear can compute linear(x, weight, bias): as
+// CanUseSmallBatchBf16Linear (bf16) or CanUseSmallBatchF32Linear (float32) without
+// their row limits.
+bool CanUseBatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias);
+
+// linear(x, weight, bias) for any number of token rows (a prefill), each row's result
+// bitwise independent of M and of the rows sharing the call. bf16: always
+// SmallBatchBf16Linear's token-lanes path (also for M <= 8, where SmallBatchBf16Linear
+// takes the row-at-a-time path, which may differ by float rounding), in chunks of at
+// most kSmallBatchLinearMaxRows rows; float32: SmallBatchF32Linear's steps for any M,
+// in chunks of rows. x: [..., K], weight: [N, K], bias: [N] or undefined, all of one
+// dtype. Returns [..., N].
+at::Tensor BatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias);
+
 }  // namespace steerd
 
 #endif  // STEERD_SERVER_MODEL_CPU_KERNELS_H_

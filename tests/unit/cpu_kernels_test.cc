@@ -520,5 +520,363 @@ TEST(CpuKernelsTest, F32SiluMulMatchesTheTensorOps) {
   EXPECT_FALSE(CanUseF32SiluMul(at::randn({2, 6}).to(at::kBFloat16)));
 }
 
+// ---- Paged packed attention and the batch-invariant linear ----
+
+bool CpuHasPagedAttention(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? __builtin_cpu_supports("avx512bw") &&
+                                      __builtin_cpu_supports("avx512vl")
+                                : CpuHasAvx512F();
+}
+
+// A paged pool and its sequences' block tables: sequence b owns blocks for
+// `capacity[b]` positions, drawn in shuffled order from the pool (which has spare
+// blocks), so consecutive positions of a sequence sit in unrelated blocks.
+struct PagedCache {
+  at::Tensor keys, values;                  // [num_blocks, KVH, block_size, hd]
+  std::vector<std::vector<int32_t>> tables;  // [B][blocks of b]
+  int64_t block_size;
+
+  PagedCache(const std::vector<int64_t>& capacity, int64_t KVH, int64_t block_size,
+             int64_t hd, at::ScalarType dtype)
+      : block_size(block_size) {
+    int64_t needed = 0;
+    for (int64_t c : capacity) needed += (c + block_size - 1) / block_size;
+    const int64_t num_blocks = needed + 3;
+    keys = at::randn({num_blocks, KVH, block_size, hd}).to(dtype);  // Garbage until written.
+    values = at::randn({num_blocks, KVH, block_size, hd}).to(dtype);
+    const at::Tensor order = at::randperm(num_blocks, at::kLong);
+    int64_t next = 0;
+    for (int64_t c : capacity) {
+      tables.emplace_back();
+      for (int64_t j = 0; j < (c + block_size - 1) / block_size; ++j) {
+        tables.back().push_back(static_cast<int32_t>(order[next++].item<int64_t>()));
+      }
+    }
+  }
+
+  std::vector<const int32_t*> Tables() const {
+    std::vector<const int32_t*> out;
+    for (const auto& t : tables) out.push_back(t.data());
+    return out;
+  }
+  // Position p of sequence b, KV head kv: [hd] (a view into the pool).
+  at::Tensor Key(int64_t b, int64_t kv, int64_t p) const {
+    return keys[tables[b][p / block_size]][kv][p % block_size];
+  }
+  at::Tensor Value(int64_t b, int64_t kv, int64_t p) const {
+    return values[tables[b][p / block_size]][kv][p % block_size];
+  }
+  // Positions [0, n) of sequence b as a contiguous [KVH, n, hd] tensor.
+  at::Tensor Gather(const at::Tensor& pool, int64_t b, int64_t n) const {
+    std::vector<at::Tensor> rows;
+    for (int64_t p = 0; p < n; ++p) {
+      rows.push_back(pool[tables[b][p / block_size]].select(1, p % block_size));  // [KVH, hd]
+    }
+    return at::stack(rows, 1);
+  }
+};
+
+at::Tensor RunRopeDecode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& cos, const at::Tensor& sin, at::Tensor& cache_k,
+                         at::Tensor& cache_v, const std::vector<int64_t>& write_at,
+                         double scale) {
+  const std::vector<int64_t> first(write_at.size(), 0);
+  return q.scalar_type() == at::kBFloat16
+             ? Bf16RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale)
+             : F32RopeDecodeAttention(q, k, v, cos, sin, cache_k, cache_v, first, write_at, scale);
+}
+
+// A paged decode step (one token per sequence, in an order unrelated to the sequences)
+// gives bit for bit what the contiguous fused decode kernels give on a cache holding
+// the same keys and values, and writes the same rotated key and value.
+TEST(CpuKernelsTest, PagedDecodeEqualsTheContiguousDecodeKernels) {
+  struct Shape {
+    int64_t H, KVH, hd, block_size;
+  };
+  at::manual_seed(31);
+  for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    if (!CpuHasPagedAttention(dtype)) {
+      EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, dtype)));
+      continue;
+    }
+    for (const Shape& shape : {Shape{14, 2, 64, 16}, Shape{5, 1, 40, 16}, Shape{9, 3, 8, 8},
+                               Shape{12, 4, 128, 16}, Shape{7, 7, 32, 4}}) {
+      const int64_t H = shape.H, KVH = shape.KVH, hd = shape.hd;
+      const std::vector<int64_t> write_at = {0, 17, 47, 100, 15};  // Column of the new token.
+      const int64_t B = static_cast<int64_t>(write_at.size()), S = 101;
+      PagedCache paged({1, 18, 48, 101, 16}, KVH, shape.block_size, hd, dtype);
+      at::Tensor cache_k = at::randn({B, KVH, S, hd}).to(dtype);
+      at::Tensor cache_v = at::randn({B, KVH, S, hd}).to(dtype);
+      for (int64_t b = 0; b < B; ++b) {  // The cached positions, in both layouts.
+        for (int64_t kv = 0; kv < KVH; ++kv) {
+          for (int64_t p = 0; p < write_at[b]; ++p) {
+            paged.Key(b, kv, p).copy_(cache_k[b][kv][p]);
+            paged.Value(b, kv, p).copy_(cache_v[b][kv][p]);
+          }
+        }
+      }
+      const at::Tensor q = at::randn({B, 1, H * hd}).to(dtype);
+      const at::Tensor k = at::randn({B, 1, KVH * hd}).to(dtype);
+      const at::Tensor v = at::randn({B, 1, KVH * hd}).to(dtype);
+      const at::Tensor angles = at::rand({B, 1, hd / 2}) * 50;
+      const at::Tensor cos = at::cat({angles, angles}, -1).cos().to(dtype);  // [B, 1, hd]
+      const at::Tensor sin = at::cat({angles, angles}, -1).sin().to(dtype);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+      const at::Tensor expected =
+          RunRopeDecode(q, k, v, cos, sin, cache_k, cache_v, write_at, scale);  // [B, 1, H*hd]
+
+      // The paged call takes the rows in another order.
+      const std::vector<int64_t> order = {3, 0, 4, 2, 1};
+      const at::Tensor index = at::tensor(order, at::kLong);
+      PagedTokens tokens;
+      tokens.block_tables = paged.Tables();
+      for (int64_t b : order) {
+        tokens.row.push_back(b);
+        tokens.position.push_back(write_at[b]);
+      }
+      ASSERT_TRUE(CanUsePagedRopeAttention(paged.keys));
+      const at::Tensor got = PagedRopeAttention(
+          q.view({B, H * hd}).index_select(0, index), k.view({B, KVH * hd}).index_select(0, index),
+          v.view({B, KVH * hd}).index_select(0, index), cos.view({B, hd}).index_select(0, index),
+          sin.view({B, hd}).index_select(0, index), paged.keys, paged.values, tokens, scale);
+      ASSERT_EQ(got.sizes(), (std::vector<int64_t>{B, H * hd}));
+      for (int64_t i = 0; i < B; ++i) {
+        const int64_t b = order[i];
+        EXPECT_TRUE(at::equal(got[i], expected[b][0]))
+            << at::toString(dtype) << " H=" << H << " KVH=" << KVH << " hd=" << hd << " row " << b;
+        const at::Tensor keys = paged.Gather(paged.keys, b, write_at[b] + 1);  // [KVH, n, hd]
+        const at::Tensor values = paged.Gather(paged.values, b, write_at[b] + 1);
+        EXPECT_TRUE(at::equal(keys, cache_k[b].narrow(1, 0, write_at[b] + 1))) << "row " << b;
+        EXPECT_TRUE(at::equal(values, cache_v[b].narrow(1, 0, write_at[b] + 1))) << "row " << b;
+      }
+    }
+  }
+}
+
+// RoPE as the transformer's tensor ops write it: x * cos + rotate_half(x) * sin.
+// x: [..., hd], cos, sin broadcast to it.
+at::Tensor TensorRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+// A prefill of three sequences in one call (one from position 0, one after 20 cached
+// positions, one after 5; the tokens in shuffled order, so that a token may come before
+// those it attends to) equals feeding the same tokens one call each in position order,
+// bit for bit, and masked softmax attention within float rounding.
+TEST(CpuKernelsTest, PagedPrefillEqualsTokenByTokenAndSoftmaxAttention) {
+  at::manual_seed(32);
+  const int64_t H = 6, KVH = 2, hd = 64, block_size = 16, G = H / KVH;
+  const std::vector<int64_t> cached = {0, 20, 5}, fresh = {13, 9, 30};
+  const int64_t B = 3;
+  for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    if (!CpuHasPagedAttention(dtype)) continue;
+    PagedCache batched({13, 29, 35}, KVH, block_size, hd, dtype);
+    PagedCache single = batched;  // Same tables; its own pool copies.
+    single.keys = batched.keys.clone();
+    single.values = batched.values.clone();
+    const at::Tensor initial_keys = batched.keys.clone(), initial_values = batched.values.clone();
+    // Token by token: the sequences interleaved, each in position order.
+    PagedTokens in_order;
+    std::vector<int64_t> next = cached;
+    for (bool more = true; more;) {
+      more = false;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int step = 0; step < 1 + b && next[b] < cached[b] + fresh[b]; ++step) {
+          in_order.row.push_back(b);
+          in_order.position.push_back(next[b]++);
+          more = true;
+        }
+      }
+    }
+    const int64_t N = static_cast<int64_t>(in_order.row.size());
+    ASSERT_EQ(N, 13 + 9 + 30);
+    // The packed call: the same tokens shuffled (token i of the call is shuffled[i] of
+    // in_order, and so are its operands).
+    const at::Tensor shuffled = at::randperm(N, at::kLong);
+    PagedTokens tokens;
+    tokens.block_tables = batched.Tables();
+    for (int64_t i = 0; i < N; ++i) {
+      tokens.row.push_back(in_order.row[shuffled[i].item<int64_t>()]);
+      tokens.position.push_back(in_order.position[shuffled[i].item<int64_t>()]);
+    }
+    const at::Tensor q = at::randn({N, H * hd}).to(dtype);
+    const at::Tensor k = at::randn({N, KVH * hd}).to(dtype);
+    const at::Tensor v = at::randn({N, KVH * hd}).to(dtype);
+    const at::Tensor angles = at::rand({N, hd / 2}) * 50;
+    const at::Tensor cos = at::cat({angles, angles}, -1).cos().to(dtype);  // [N, hd]
+    const at::Tensor sin = at::cat({angles, angles}, -1).sin().to(dtype);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const at::Tensor got =
+        PagedRopeAttention(q, k, v, cos, sin, batched.keys, batched.values, tokens, scale);
+
+    // Token by token, in position order, on the other pool.
+    PagedTokens one;
+    one.block_tables = single.Tables();
+    for (int64_t j = 0; j < N; ++j) {
+      const int64_t i = at::nonzero(shuffled == j).item<int64_t>();  // Its place in the call.
+      one.row = {tokens.row[i]};
+      one.position = {tokens.position[i]};
+      const at::Tensor alone =
+          PagedRopeAttention(q.narrow(0, i, 1), k.narrow(0, i, 1), v.narrow(0, i, 1),
+                             cos.narrow(0, i, 1), sin.narrow(0, i, 1), single.keys,
+                             single.values, one, scale);
+      EXPECT_TRUE(at::equal(alone[0], got[i]))
+          << at::toString(dtype) << " sequence " << one.row[0] << " position " << one.position[0];
+    }
+    EXPECT_TRUE(at::equal(single.keys, batched.keys));
+    EXPECT_TRUE(at::equal(single.values, batched.values));
+
+    // What was written: the rotated keys and the values at the tokens' positions, and
+    // nothing else (cached positions and spare slots keep their contents).
+    const at::Tensor k_rot = TensorRope(k.view({N, KVH, hd}), cos.unsqueeze(1), sin.unsqueeze(1));
+    at::Tensor expected_keys = initial_keys.clone(), expected_values = initial_values.clone();
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t b = tokens.row[i], p = tokens.position[i];
+      const int64_t block = batched.tables[b][p / block_size];
+      expected_keys[block].select(1, p % block_size).copy_(k_rot[i]);
+      expected_values[block].select(1, p % block_size).copy_(v.view({N, KVH, hd})[i]);
+    }
+    EXPECT_TRUE(at::equal(batched.values, expected_values));
+    if (dtype == at::kBFloat16) {  // Rounded where the bf16 tensor ops round.
+      EXPECT_TRUE(at::equal(batched.keys, expected_keys));
+    } else {  // One fused multiply-add for the formula's products and sum.
+      EXPECT_LE((batched.keys - expected_keys).abs().max().item<double>(), 1e-5);
+    }
+
+    // Masked softmax attention in float64 over each token's positions [0, p].
+    const at::Tensor q_rot = TensorRope(q.view({N, H, hd}), cos.unsqueeze(1), sin.unsqueeze(1));
+    double worst = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t b = tokens.row[i], p = tokens.position[i];
+      const at::Tensor keys = batched.Gather(batched.keys, b, p + 1).to(at::kDouble);  // [KVH, n, hd]
+      const at::Tensor values = batched.Gather(batched.values, b, p + 1).to(at::kDouble);
+      for (int64_t h = 0; h < H; ++h) {
+        const at::Tensor weights =
+            at::softmax(at::matmul(keys[h / G], q_rot[i][h].to(at::kDouble)) * scale, 0);
+        const at::Tensor expected = at::matmul(weights, values[h / G]);  // [hd]
+        const at::Tensor row = got[i].narrow(0, h * hd, hd).to(at::kDouble);
+        worst = std::max(worst, (row - expected).abs().max().item<double>());
+      }
+    }
+    // bf16: the output is rounded once to bf16 (|values| < ~4: 2^-6 apart at most).
+    EXPECT_LE(worst, dtype == at::kBFloat16 ? 0.02 : 1e-5) << at::toString(dtype);
+  }
+}
+
+TEST(CpuKernelsTest, PagedAttentionRefusesWhatItCannotRead) {
+  for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    const bool cpu = CpuHasPagedAttention(dtype);
+    EXPECT_EQ(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, dtype)), cpu);
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 63}, dtype)));   // Odd hd.
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 258}, dtype)));  // hd > 256.
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 12, 64}, dtype)));   // Block size.
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({2, 16, 64}, dtype)));      // 3 dims.
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 16, 2, 64}, dtype).transpose(1, 2)));
+    EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, dtype).set_requires_grad(true)));
+  }
+  EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, at::kDouble)));
+  EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, at::kHalf)));
+  EXPECT_FALSE(CanUsePagedRopeAttention(at::Tensor()));
+  if (!CpuHasAvx512F()) return;
+  // Operands that do not fit throw c10::Error (caught at the model boundary).
+  const int64_t H = 4, KVH = 2, hd = 8;
+  at::Tensor pool_k = at::zeros({3, KVH, 4, hd}), pool_v = at::zeros({3, KVH, 4, hd});
+  const std::vector<int32_t> table = {2, 0};
+  PagedTokens tokens{{0}, {5}, {table.data()}};
+  const at::Tensor q = at::randn({1, H * hd}), k = at::randn({1, KVH * hd});
+  const at::Tensor cos = at::randn({1, hd});
+  EXPECT_EQ(PagedRopeAttention(q, k, k, cos, cos, pool_k, pool_v, tokens, 1.0).sizes(),
+            (std::vector<int64_t>{1, H * hd}));
+  PagedTokens past_table{{0}, {8}, {table.data()}};  // Block 2 of a 2-block table.
+  const std::vector<int32_t> bad_ids = {2, 3};       // Block 3 of a 3-block pool.
+  PagedTokens bad_block{{0}, {5}, {bad_ids.data()}};
+  PagedTokens bad_row{{1}, {5}, {table.data()}};
+  PagedTokens bad_position{{0}, {-1}, {table.data()}};
+  PagedTokens ragged{{0}, {}, {table.data()}};
+  EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, pool_v, bad_block, 1.0), c10::Error);
+  EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, pool_v, bad_row, 1.0), c10::Error);
+  EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, pool_v, bad_position, 1.0),
+               c10::Error);
+  EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, pool_v, ragged, 1.0), c10::Error);
+  (void)past_table;  // Reading past a table's end cannot be detected: the caller's duty.
+  EXPECT_THROW(PagedRopeAttention(at::randn({1, 3 * hd}), k, k, cos, cos, pool_k, pool_v, tokens,
+                                  1.0),
+               c10::Error);  // 3 query heads for 2 KV heads.
+  EXPECT_THROW(PagedRopeAttention(q, k.to(at::kBFloat16), k, cos, cos, pool_k, pool_v, tokens, 1.0),
+               c10::Error);
+  EXPECT_THROW(PagedRopeAttention(q, k, k, at::randn({2, hd}), cos, pool_k, pool_v, tokens, 1.0),
+               c10::Error);
+  at::Tensor small_v = at::zeros({2, KVH, 4, hd});
+  EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, small_v, tokens, 1.0), c10::Error);
+}
+
+// Each row of BatchInvariantLinear is the same bits whatever M is and whichever rows
+// share the call, and close to at::linear.
+TEST(CpuKernelsTest, BatchInvariantLinearRowsDoNotDependOnTheBatch) {
+  at::manual_seed(33);
+  const int64_t rows = 200;
+  for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    // K and N off the tiles' multiples; the long rows make the paths' summation orders
+    // show in some bf16 roundings.
+    for (const auto& [K, N] : {std::pair<int64_t, int64_t>{67, 45}, {256, 40}, {2000, 301}}) {
+      const at::Tensor x = at::randn({rows, K}).to(dtype);
+      const at::Tensor w = (at::randn({N, K}) / std::sqrt(static_cast<double>(K))).to(dtype);
+      for (const at::Tensor& bias : {at::randn({N}).to(dtype), at::Tensor()}) {
+        const bool cpu = dtype == at::kBFloat16 ? CpuHasBf16Dot() : CpuHasAvx512F();
+        ASSERT_EQ(CanUseBatchInvariantLinear(x, w, bias), cpu);
+        if (!cpu) continue;
+        const at::Tensor all = BatchInvariantLinear(x, w, bias);  // [rows, N]
+        ASSERT_EQ(all.sizes(), (std::vector<int64_t>{rows, N}));
+        const at::Tensor reference = at::linear(x.to(at::kFloat), w.to(at::kFloat),
+                                                bias.defined() ? bias.to(at::kFloat) : bias);
+        // bf16: one rounding of a float32 sum (within 2^-8 relative, plus the sum's order).
+        const double tolerance = dtype == at::kBFloat16 ? 0.02 : 1e-5;
+        EXPECT_LE((all.to(at::kFloat) - reference).abs().max().item<double>(),
+                  tolerance * (1 + reference.abs().max().item<double>()));
+        for (int64_t M : {1, 3, 8, 9, 64, 65, 200}) {
+          // The first M rows, and M rows picked from all over in a shuffled order.
+          EXPECT_TRUE(at::equal(BatchInvariantLinear(x.narrow(0, 0, M), w, bias),
+                                all.narrow(0, 0, M)))
+              << at::toString(dtype) << " K=" << K << " M=" << M;
+          const at::Tensor picked = at::randperm(rows, at::kLong).narrow(0, 0, M);
+          EXPECT_TRUE(at::equal(BatchInvariantLinear(x.index_select(0, picked), w, bias),
+                                all.index_select(0, picked)))
+              << at::toString(dtype) << " K=" << K << " M=" << M << " (shuffled)";
+        }
+        // A leading batch dimension is rows as well.
+        EXPECT_TRUE(at::equal(BatchInvariantLinear(x.view({4, 50, K}), w, bias),
+                              all.view({4, 50, N})));
+      }
+    }
+  }
+}
+
+TEST(CpuKernelsTest, BatchInvariantLinearRefusesWhatItCannotRead) {
+  const at::Tensor w = at::randn({40, 64});
+  EXPECT_EQ(CanUseBatchInvariantLinear(at::randn({1000, 64}), w, at::Tensor()), CpuHasAvx512F());
+  EXPECT_EQ(CanUseBatchInvariantLinear(at::randn({1000, 64}).to(at::kBFloat16),
+                                       w.to(at::kBFloat16), at::Tensor()),
+            CpuHasBf16Dot());
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}, at::kDouble), w.to(at::kDouble),
+                                          at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}), w.to(at::kBFloat16), at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 63}), w, at::Tensor()));   // K differs.
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({64, 2}).t(), w, at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}), w, at::randn({39})));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}), w, at::randn({40}, at::kDouble)));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 0}), at::randn({40, 0}), at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 0}).to(at::kBFloat16),
+                                          at::randn({40, 0}).to(at::kBFloat16), at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::Tensor(), w, at::Tensor()));
+  EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}), at::Tensor(), at::Tensor()));
+  {
+    at::AutoGradMode grad(true);
+    EXPECT_FALSE(CanUseBatchInvariantLinear(at::randn({2, 64}), w.clone().set_requires_grad(true),
+                                            at::Tensor()));
+  }
+}
+
 }  // namespace
 }  // namespace steerd
