@@ -151,7 +151,20 @@ CommandDef Serve() {
                      "Cap on a request's new tokens; 0 is the model's context.", "0"),
            ValueFlag("max-message-bytes", "N",
                      "Largest gRPC request; larger ones get RESOURCE_EXHAUSTED.",
-                     "16777216")},
+                     "16777216"),
+           ValueFlag("kv-cache-bytes", "SIZE",
+                     "Memory of each model's paged KV cache (bytes, or 512MiB, 4GiB). "
+                     "Requests wait when it is full, and running ones are preempted and "
+                     "recomputed; the size is printed at start-up.",
+                     "--max-batch rows of the whole context, at most a quarter of RAM"),
+           ValueFlag("kv-block-size", "N", "Positions per KV cache block.", "16"),
+           BoolFlag("no-prefix-cache",
+                    "Prefill every prompt whole instead of reusing the cached keys and "
+                    "values of an earlier prompt that starts alike."),
+           BoolFlag("share-prefixes",
+                    "Let unsteered prompts reuse cached prefixes across tenants. Off by "
+                    "default: a shared cache tells a tenant, through its time to first "
+                    "token, whether another tenant sent the same text.")},
           ModelRuntimeFlags(),
           {ValueFlag("max-training-jobs", "N", "Training jobs running at once per model.",
                      "2"),

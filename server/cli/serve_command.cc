@@ -9,11 +9,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -69,6 +72,29 @@ absl::Status RequireAtLeast(const char* flag, int64_t value, int64_t min) {
       absl::StrCat("--", flag, " must be at least ", min, ", got ", value));
 }
 
+// "--kv-cache-bytes": a byte count, optionally with a binary unit (KiB, MiB, GiB, TiB;
+// K, M, G, T too).
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
+  static constexpr std::pair<const char*, int> kUnits[] = {
+      {"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40},
+      {"K", 10},   {"M", 20},   {"G", 30},   {"T", 40}};
+  absl::string_view number = text;
+  int shift = 0;
+  for (const auto& [unit, bits] : kUnits) {
+    if (absl::ConsumeSuffix(&number, unit)) {
+      shift = bits;
+      break;
+    }
+  }
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(number, &value) || value < 1 ||
+      value > (std::numeric_limits<int64_t>::max() >> shift)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-cache-bytes: '", text, "' is not a positive size (bytes, or with KiB, MiB, GiB)"));
+  }
+  return value << shift;
+}
+
 absl::Status Serve(const ParsedFlags& args) {
   ServingCore::Options core_options;
   ASSIGN_OR_RETURN(core_options.models, ModelSpecs(args));
@@ -102,6 +128,13 @@ absl::Status Serve(const ParsedFlags& args) {
           core_options.max_background_rows, "), got ", core_options.min_background_rows));
     }
   }
+  if (args.Has("kv-cache-bytes")) {
+    ASSIGN_OR_RETURN(core_options.kv_cache_bytes, ParseByteSize(args.Get("kv-cache-bytes")));
+  }
+  ASSIGN_OR_RETURN(core_options.kv_block_size,
+                   args.GetInt("kv-block-size", core_options.kv_block_size));
+  core_options.prefix_caching = !args.Bool("no-prefix-cache");
+  core_options.share_unsteered_prefixes = args.Bool("share-prefixes");
   ASSIGN_OR_RETURN(int64_t drain_seconds, args.GetInt("drain-seconds", 30));
   ApiServer::Options server_options;
   server_options.listen_address = args.Get("listen", "127.0.0.1:50051");
@@ -203,6 +236,13 @@ absl::Status Serve(const ParsedFlags& args) {
                 info.name.c_str(), info.architecture.c_str(), info.num_layers,
                 info.hidden_size, info.dtype.c_str(), info.device.c_str(),
                 info.chat_template.empty() ? "none" : info.chat_template.c_str());
+    std::printf("  KV cache: %.1f MiB, %lld positions in blocks of %lld; prefix cache %s\n",
+                static_cast<double>(info.kv_cache_bytes) / (1 << 20),
+                static_cast<long long>(info.kv_cache_positions),
+                static_cast<long long>(core_options.kv_block_size),
+                !core_options.prefix_caching             ? "off"
+                : core_options.share_unsteered_prefixes ? "on (unsteered prefixes shared)"
+                                                        : "on (per tenant)");
   }
   std::fflush(stdout);
 

@@ -25,6 +25,14 @@ struct Engine::Sequence {
   Clock::time_point last_token;
   bool started = false;  // The first token was produced.
   int32_t last_token_id = 0;
+  // The paged KV cache. `tokens` is what a prefill computes: the prompt, and after a
+  // preemption the tokens generated so far too; `cached` positions of it are in
+  // `blocks`, the row's block table.
+  std::vector<int32_t> tokens;
+  std::vector<uint64_t> block_hashes;  // Chain hashes of tokens' full blocks, when cached.
+  std::vector<int32_t> blocks;
+  int64_t cached = 0;
+  bool admitted_before = false;  // A preempted sequence coming back.
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
@@ -41,7 +49,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options,
         options.max_prefill_tokens, ", max_background_rows ", options.max_background_rows,
         ", min_background_rows ", options.min_background_rows));
   }
+  if (options.kv_cache_blocks < 0 || options.kv_block_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV cache needs a positive block size and a block count >= 0 (0 = automatic); "
+        "got ", options.kv_cache_blocks, " blocks of ", options.kv_block_size));
+  }
   std::unique_ptr<Engine> engine(new Engine(options, model, tokenizer, metrics));
+  ASSIGN_OR_RETURN(engine->pool_, model->NewBlockPool(engine->kv_blocks_, options.kv_block_size));
+  if (metrics.kv_blocks_total) metrics.kv_blocks_total->Set(engine->kv_blocks_);
   const int threads = at::get_num_threads();
   engine->thread_ = std::thread([e = engine.get(), threads] {
     // Named for top -H, perf and debuggers.
@@ -61,8 +76,12 @@ Engine::Engine(const Options& options, const Transformer* model, const Tokenizer
       tokenizer_(tokenizer),
       metrics_(metrics),
       eos_ids_(EosIds(model->config(), tokenizer)),
-      kv_capacity_tokens_(options.max_batch_size *
-                          std::max<int64_t>(1, model->config().max_position_embeddings)) {}
+      kv_blocks_(options.kv_cache_blocks > 0
+                     ? options.kv_cache_blocks
+                     : options.max_batch_size *
+                           ((std::max<int64_t>(1, model->config().max_position_embeddings) +
+                             options.kv_block_size - 1) /
+                            options.kv_block_size)) {}
 
 Engine::~Engine() {
   {
@@ -74,6 +93,24 @@ Engine::~Engine() {
 }
 
 absl::StatusOr<std::shared_ptr<GenerationHandle>> Engine::Submit(EngineRequest request) {
+  // Every admitted request must be able to finish alone in the pool, or a full pool
+  // could never make room for it.
+  const int64_t prompt = request.generation.prompt.size();
+  const int64_t longest = std::min<int64_t>(
+      prompt + std::max<int64_t>(0, request.generation.max_new_tokens),
+      std::max<int64_t>(prompt + 1, model_->config().max_position_embeddings));
+  const int64_t blocks = (longest + options_.kv_block_size - 1) / options_.kv_block_size;
+  if (blocks > kv_blocks_) {
+    return WithReason(
+        absl::InvalidArgumentError(absl::StrCat(
+            "the request needs up to ", longest, " positions of KV cache (", prompt,
+            " prompt tokens plus max_new_tokens) but this server's KV cache holds ",
+            kv_blocks_ * options_.kv_block_size,
+            " (--kv-cache-bytes); shorten the prompt or lower max_new_tokens")),
+        "KV_CACHE_TOO_SMALL",
+        {{"needed_positions", absl::StrCat(longest)},
+         {"kv_cache_positions", absl::StrCat(kv_blocks_ * options_.kv_block_size)}});
+  }
   auto sequence = std::make_unique<Sequence>();
   sequence->state =
       std::make_unique<SequenceState>(request.generation, tokenizer_, eos_ids_);
@@ -182,16 +219,16 @@ std::vector<std::unique_ptr<Engine::Sequence>> Engine::TakeWork(bool have_runnin
       }
     }
     int64_t tokens = 0;
-    // Takes the front of `queue` while rows and the prefill budget allow and `room`
-    // says yes (at least one request when nothing else joins).
+    std::vector<uint64_t> pending;  // Chain hashes this round's prefills will register.
+    // Takes the front of `queue` while rows, the prefill budget and the KV cache allow
+    // and `room` says yes (at least one request when nothing else joins and the cache
+    // has room).
     auto admit = [&](std::deque<std::unique_ptr<Sequence>>& queue, int64_t budget, auto room)
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       while (!queue.empty() &&
              static_cast<int64_t>(running_.size() + taken.size()) < options_.max_batch_size &&
              room()) {
-        const int64_t n = queue.front()->request.generation.prompt.size();
-        if (!taken.empty() && tokens + n > budget) break;
-        tokens += n;
+        if (!Reserve(*queue.front(), taken.empty() ? -1 : budget, &tokens, &pending)) break;
         taken.push_back(std::move(queue.front()));
         queue.pop_front();
       }
@@ -224,33 +261,68 @@ std::vector<std::unique_ptr<Engine::Sequence>> Engine::TakeWork(bool have_runnin
   return taken;
 }
 
+bool Engine::Reserve(Sequence& s, int64_t budget, int64_t* tokens,
+                     std::vector<uint64_t>* pending) {
+  const int64_t block_size = pool_->block_size();
+  const std::string& name_space = s.request.prefix_namespace;
+  const bool caching = options_.prefix_caching && !name_space.empty();
+  if (s.tokens.empty()) {
+    // First admission, or back from a preemption: the prompt and what it generated.
+    s.tokens = s.request.generation.prompt;
+    const std::vector<int32_t>& generated = s.state->result().tokens;
+    s.tokens.insert(s.tokens.end(), generated.begin(), generated.end());
+    if (caching) s.block_hashes = pool_->ChainHashes(name_space, s.tokens);
+  }
+  const int64_t length = s.tokens.size();
+  // The last token is always computed: its logits pick the next token.
+  std::vector<int32_t> matched =
+      caching ? pool_->Match(name_space, s.tokens, s.block_hashes, (length - 1) / block_size)
+              : std::vector<int32_t>();
+  const int64_t hit = static_cast<int64_t>(matched.size());
+  const int64_t computed = length - hit * block_size;
+  // Another prefill of this round computes the block this one would start with: wait a
+  // round, then take it from the cache (rollouts of one prompt share its prefill).
+  const bool duplicate =
+      caching && hit < static_cast<int64_t>(s.block_hashes.size()) &&
+      std::find(pending->begin(), pending->end(), s.block_hashes[hit]) != pending->end();
+  std::vector<int32_t> fresh;
+  if (duplicate || (budget >= 0 && *tokens + computed > budget) ||
+      !pool_->Allocate(pool_->BlocksFor(length) - hit, &fresh)) {
+    pool_->Release(matched);
+    return false;
+  }
+  *tokens += computed;
+  s.blocks = std::move(matched);
+  s.blocks.insert(s.blocks.end(), fresh.begin(), fresh.end());
+  s.cached = hit * block_size;
+  if (caching) {
+    const int64_t registered = static_cast<int64_t>(s.request.generation.prompt.size()) / block_size;
+    for (int64_t i = hit; i < registered; ++i) pending->push_back(s.block_hashes[i]);
+  }
+  if (!s.admitted_before) {
+    if (metrics_.prefix_cache_queried_tokens) metrics_.prefix_cache_queried_tokens->Increment(length);
+    if (metrics_.prefix_cache_hit_tokens) metrics_.prefix_cache_hit_tokens->Increment(hit * block_size);
+  }
+  return true;
+}
+
 void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
   const int64_t n = joining.size();
-  int64_t prompt_len = 0;
-  for (const auto& s : joining) {
-    prompt_len = std::max<int64_t>(prompt_len, s->request.generation.prompt.size());
-  }
-  ForwardInput input;
+  PagedForwardInput input;
+  input.prefill = true;
   std::vector<SteeringRow> steering;
-  std::vector<int64_t> padded(n * prompt_len, 0);
-  input.left_pad.resize(n);
   int64_t prompt_tokens = 0;
-  for (int64_t b = 0; b < n; ++b) {
-    const auto& prompt = joining[b]->request.generation.prompt;
-    input.left_pad[b] = prompt_len - static_cast<int64_t>(prompt.size());
-    std::copy(prompt.begin(), prompt.end(), padded.begin() + b * prompt_len + input.left_pad[b]);
-    prompt_tokens += prompt.size();
-    const auto& vector = joining[b]->request.vector;
-    steering.push_back({vector ? vector->vector : at::Tensor(), joining[b]->request.steering_scale});
+  for (const auto& s : joining) {
+    input.tokens.emplace_back(s->tokens.begin() + s->cached, s->tokens.end());
+    input.cached.push_back(s->cached);
+    input.block_tables.push_back(&s->blocks);
+    if (!s->admitted_before) prompt_tokens += s->request.generation.prompt.size();
+    const auto& vector = s->request.vector;
+    steering.push_back({vector ? vector->vector : at::Tensor(), s->request.steering_scale});
   }
-  KvCache cache = model_->NewCache(n, prompt_len + 1);
   absl::StatusOr<at::Tensor> logits = [&]() -> absl::StatusOr<at::Tensor> {
     ASSIGN_OR_RETURN(input.steering, model_->MakeSteeringBatch(steering));
-    RETURN_IF_ERROR(CatchTorchErrors("preparing the prefill", [&]() -> absl::Status {
-      input.tokens = at::tensor(padded, at::TensorOptions().dtype(at::kLong)).view({n, prompt_len});
-      return absl::OkStatus();
-    }));
-    return model_->Forward(input, &cache);  // [n, V]
+    return model_->ForwardPaged(input, pool_.get());  // [n, V]
   }();
   if (metrics_.decode_steps) metrics_.decode_steps->Increment();
   if (metrics_.prompt_tokens) metrics_.prompt_tokens->Increment(prompt_tokens);
@@ -270,17 +342,30 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
     for (auto& s : joining) FinishSequence(*s, error);
     return;
   }
+  const int64_t block_size = pool_->block_size();
+  for (auto& s : joining) {
+    s->cached = s->tokens.size();
+    s->admitted_before = true;
+    // The prompt's full blocks are cached for later prompts (generated tokens' blocks
+    // are not: see the header).
+    if (options_.prefix_caching && !s->block_hashes.empty()) {
+      const int64_t full = static_cast<int64_t>(s->request.generation.prompt.size()) / block_size;
+      for (int64_t i = 0; i < full; ++i) {
+        pool_->Register(s->blocks[i], i, s->request.prefix_namespace, s->tokens, s->block_hashes);
+      }
+    }
+  }
   const std::vector<int64_t> keep = AcceptTokens(rows, *sampled);
   if (keep.empty()) return;
+  at::Tensor joined_steering = input.steering;
   absl::Status status = absl::OkStatus();
   if (static_cast<int64_t>(keep.size()) < n) {
     bool any_steered = false;
     for (int64_t row : keep) any_steered |= joining[row]->request.vector != nullptr;
-    status = KeepBatchRows(keep, any_steered, &cache, &input.steering);
+    status = SelectSteeringRows(keep, any_steered, &joined_steering);
   }
-  if (status.ok()) status = cache_.AppendRows(std::move(cache));
   // The joiners' steering rows were built for the prefill: the batch's grow by them.
-  if (status.ok()) status = AppendSteering(input.steering, keep.size());
+  if (status.ok()) status = AppendSteering(joined_steering, keep.size());
   if (!status.ok()) {
     for (int64_t row : keep) FinishSequence(*joining[row], absl::InternalError(status.message()));
     FailAll(absl::InternalError(status.message()));
@@ -293,14 +378,18 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
 void Engine::PublishBatchGauges() {
   running_count_.store(running_.size());
   if (metrics_.running_sequences) metrics_.running_sequences->Set(running_.size());
+  const int64_t used = pool_->used_blocks();
   if (metrics_.kv_cache_usage) {
-    // Tokens held, not the padded columns: a row's prompt and generated tokens never
-    // exceed the context (the core refuses longer requests), so the fraction is at most 1.
-    int64_t tokens = 0;
-    for (int64_t row = 0; row < cache_.batch_size(); ++row) tokens += cache_.num_tokens(row);
-    metrics_.kv_cache_usage->Set(
-        std::min(1.0, static_cast<double>(tokens) / static_cast<double>(kv_capacity_tokens_)));
+    metrics_.kv_cache_usage->Set(static_cast<double>(used) / static_cast<double>(kv_blocks_));
   }
+  if (metrics_.kv_blocks_used) metrics_.kv_blocks_used->Set(used);
+  if (metrics_.kv_blocks_cached) {
+    metrics_.kv_blocks_cached->Set(pool_->available_blocks() - pool_->free_blocks());
+  }
+  if (metrics_.kv_evictions && pool_->evictions() > reported_evictions_) {
+    metrics_.kv_evictions->Increment(pool_->evictions() - reported_evictions_);
+  }
+  reported_evictions_ = pool_->evictions();
 }
 
 absl::Status Engine::AppendSteering(const at::Tensor& joined, int64_t joined_rows) {
@@ -323,27 +412,65 @@ absl::Status Engine::AppendSteering(const at::Tensor& joined, int64_t joined_row
   });
 }
 
+void Engine::GrowForDecode() {
+  const int64_t block_size = pool_->block_size();
+  for (size_t row = 0; row < running_.size(); ++row) {
+    Sequence& s = *running_[row];
+    // The next token is written at position `cached`.
+    if (s.cached < static_cast<int64_t>(s.blocks.size()) * block_size) continue;
+    bool grown = false;
+    while (!grown) {
+      grown = pool_->Allocate(1, &s.blocks);
+      if (grown) break;
+      // The youngest row goes first (it has waited least and holds the fewest tokens
+      // worth of work); when that is this row, it waits instead of growing.
+      const int64_t victim = static_cast<int64_t>(running_.size()) - 1;
+      Preempt(victim);
+      if (victim == static_cast<int64_t>(row)) return;
+    }
+  }
+}
+
+void Engine::Preempt(int64_t row) {
+  std::unique_ptr<Sequence> sequence = std::move(running_[row]);
+  pool_->Release(sequence->blocks);
+  sequence->blocks.clear();
+  sequence->cached = 0;
+  sequence->tokens.clear();  // Rebuilt (prompt + tokens so far) when it is admitted again.
+  sequence->block_hashes.clear();
+  std::vector<int64_t> keep;
+  for (int64_t r = 0; r < static_cast<int64_t>(running_.size()); ++r) {
+    if (r != row) keep.push_back(r);
+  }
+  KeepRows(keep);
+  if (metrics_.kv_preemptions) metrics_.kv_preemptions->Increment();
+  absl::MutexLock lock(&mu_);
+  auto& queue = sequence->request.background ? background_waiting_ : waiting_;
+  queue.push_front(std::move(sequence));
+  if (metrics_.queue_depth) metrics_.queue_depth->Set(waiting_.size());
+}
+
 void Engine::DecodeStep() {
+  GrowForDecode();
   const int64_t rows = running_.size();
-  std::vector<int64_t> next(rows);
+  if (rows == 0) return;
+  PagedForwardInput input;
   std::vector<Sequence*> sequences;
   std::vector<SequenceSampler*> samplers;
   bool any_logprobs = false;
   for (int64_t b = 0; b < rows; ++b) {
-    next[b] = running_[b]->last_token_id;
-    sequences.push_back(running_[b].get());
-    samplers.push_back(running_[b]->state->sampler());
-    any_logprobs |= running_[b]->request.generation.return_logprobs;
+    Sequence& s = *running_[b];
+    input.tokens.push_back({s.last_token_id});
+    input.cached.push_back(s.cached);
+    input.block_tables.push_back(&s.blocks);
+    sequences.push_back(&s);
+    samplers.push_back(s.state->sampler());
+    any_logprobs |= s.request.generation.return_logprobs;
   }
-  ForwardInput input;
   input.steering = steering_batch_;
   absl::StatusOr<std::vector<SampledToken>> sampled = [&]()
       -> absl::StatusOr<std::vector<SampledToken>> {
-    RETURN_IF_ERROR(CatchTorchErrors("preparing the decode step", [&]() -> absl::Status {
-      input.tokens = at::tensor(next, at::TensorOptions().dtype(at::kLong)).view({rows, 1});
-      return absl::OkStatus();
-    }));
-    ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(input, &cache_));  // [rows, V]
+    ASSIGN_OR_RETURN(at::Tensor logits, model_->ForwardPaged(input, pool_.get()));  // [rows, V]
     return SampleBatch(logits, samplers, any_logprobs);
   }();
   if (metrics_.decode_steps) metrics_.decode_steps->Increment();
@@ -352,6 +479,7 @@ void Engine::DecodeStep() {
     FailAll(absl::InternalError(absl::StrCat("decode step failed: ", sampled.status().message())));
     return;
   }
+  for (Sequence* s : sequences) ++s->cached;
   KeepRows(AcceptTokens(sequences, *sampled));
   // Every row left holds one more token (KeepRows publishes only when rows leave).
   PublishBatchGauges();
@@ -425,7 +553,6 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
   if (keep.size() == running_.size()) return;
   if (keep.empty()) {
     running_.clear();
-    cache_ = KvCache();
     steering_batch_ = at::Tensor();
   } else {
     std::vector<std::unique_ptr<Sequence>> kept;
@@ -435,7 +562,7 @@ void Engine::KeepRows(const std::vector<int64_t>& keep) {
       kept.push_back(std::move(running_[row]));
     }
     running_ = std::move(kept);
-    const absl::Status status = KeepBatchRows(keep, any_steered, &cache_, &steering_batch_);
+    const absl::Status status = SelectSteeringRows(keep, any_steered, &steering_batch_);
     if (!status.ok()) FailAll(absl::InternalError(status.message()));
   }
   PublishBatchGauges();
@@ -448,14 +575,16 @@ void Engine::FinishSequence(Sequence& sequence, absl::Status status) {
   summary.prompt_tokens = sequence.request.generation.prompt.size();
   summary.completion_tokens = sequence.state->result().tokens.size();
   sequence.request.observer->OnFinished(summary);
-  // Release the pinned vector now rather than when the row's memory is reused.
+  // Release the pinned vector and the blocks now rather than when the row's memory is
+  // reused.
   sequence.request.vector.reset();
+  pool_->Release(sequence.blocks);
+  sequence.blocks.clear();
 }
 
 void Engine::FailAll(const absl::Status& status) {
   for (auto& s : running_) FinishSequence(*s, status);
   running_.clear();
-  cache_ = KvCache();
   steering_batch_ = at::Tensor();
   PublishBatchGauges();
 }

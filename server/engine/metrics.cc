@@ -71,12 +71,32 @@ ServingMetrics::ServingMetrics()
                              .Register(*registry_)),
       kv_cache_usage_(BuildGauge()
                           .Name("steerd_kv_cache_usage")
-                          .Help("Fraction (0-1) of the KV cache in use: tokens whose keys "
-                                "and values the running sequences hold, over the most it "
-                                "can hold (max batch rows times the model's context). The "
-                                "cache's tensors are padded to the longest row, so the "
-                                "memory they take can be larger")
+                          .Help("Fraction (0-1) of the paged KV cache in use: blocks the "
+                                "running sequences hold over the blocks of the pool "
+                                "(--kv-cache-bytes); cached prefixes nobody holds count as "
+                                "free, since any allocation may evict them")
                           .Register(*registry_)),
+      kv_blocks_(BuildGauge()
+                     .Name("steerd_kv_cache_blocks")
+                     .Help("Blocks of the paged KV cache: state=used (held by running "
+                           "sequences), cached (prefix-cache blocks nobody holds, evictable), "
+                           "total (the pool)")
+                     .Register(*registry_)),
+      kv_preemptions_(BuildCounter()
+                          .Name("steerd_kv_cache_preemptions_total")
+                          .Help("Running sequences preempted because the KV cache was full: "
+                                "their blocks were freed and they were queued again, to be "
+                                "recomputed from their prompt and tokens so far")
+                          .Register(*registry_)),
+      kv_evictions_(BuildCounter()
+                        .Name("steerd_kv_cache_evictions_total")
+                        .Help("Cached prefix blocks nobody held, dropped to make room")
+                        .Register(*registry_)),
+      prefix_cache_tokens_(BuildCounter()
+                               .Name("steerd_prefix_cache_tokens_total")
+                               .Help("Prompt tokens of admitted sequences: result=queried (all "
+                                     "of them), hit (found in the prefix cache, not computed)")
+                               .Register(*registry_)),
       resident_vectors_(BuildGauge()
                             .Name("steerd_resident_vectors")
                             .Help("Steering vectors held on the model's device")
@@ -132,6 +152,13 @@ ModelMetrics ServingMetrics::ForModel(const std::string& model) {
   m.queue_depth = &queue_depth_.Add(labels);
   m.running_sequences = &running_sequences_.Add(labels);
   m.kv_cache_usage = &kv_cache_usage_.Add(labels);
+  m.kv_blocks_used = &kv_blocks_.Add({{"model", model}, {"state", "used"}});
+  m.kv_blocks_cached = &kv_blocks_.Add({{"model", model}, {"state", "cached"}});
+  m.kv_blocks_total = &kv_blocks_.Add({{"model", model}, {"state", "total"}});
+  m.kv_preemptions = &kv_preemptions_.Add(labels);
+  m.kv_evictions = &kv_evictions_.Add(labels);
+  m.prefix_cache_queried_tokens = &prefix_cache_tokens_.Add({{"model", model}, {"result", "queried"}});
+  m.prefix_cache_hit_tokens = &prefix_cache_tokens_.Add({{"model", model}, {"result", "hit"}});
   m.resident_vectors = &resident_vectors_.Add(labels);
   m.vector_cache_hits = &vector_cache_hits_.Add(labels);
   m.vector_cache_misses = &vector_cache_misses_.Add(labels);

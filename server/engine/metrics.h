@@ -1,6 +1,7 @@
 // The serving metrics steerd exports to Prometheus: RPCs by method and status code with
 // latency histograms, and, per model, time to first token, inter-token latency, tokens
-// generated, queue depth, batch size, running sequences, KV-cache use, resident
+// generated, queue depth, batch size, running sequences, the paged KV cache (use,
+// blocks, preemptions, evictions) and its prefix cache (queried and hit tokens), resident
 // steering vectors and the vector cache's hits, misses and evictions, training jobs
 // (queued, running, ended by state) and their steps; per tenant, requests and tokens.
 // Tenants come from the operator's tenants file, so the tenant label set is bounded.
@@ -39,6 +40,13 @@ struct ModelMetrics {
   prometheus::Gauge* queue_depth = nullptr;              // requests waiting for a row
   prometheus::Gauge* running_sequences = nullptr;
   prometheus::Gauge* kv_cache_usage = nullptr;           // 0-1, see steerd_kv_cache_usage
+  prometheus::Gauge* kv_blocks_used = nullptr;           // held by running sequences
+  prometheus::Gauge* kv_blocks_cached = nullptr;         // prefix-cached, held by none
+  prometheus::Gauge* kv_blocks_total = nullptr;
+  prometheus::Counter* kv_preemptions = nullptr;
+  prometheus::Counter* kv_evictions = nullptr;
+  prometheus::Counter* prefix_cache_queried_tokens = nullptr;
+  prometheus::Counter* prefix_cache_hit_tokens = nullptr;
   prometheus::Gauge* resident_vectors = nullptr;
   prometheus::Counter* vector_cache_hits = nullptr;
   prometheus::Counter* vector_cache_misses = nullptr;
@@ -84,6 +92,10 @@ class ServingMetrics {
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Gauge>& running_sequences_;
   prometheus::Family<prometheus::Gauge>& kv_cache_usage_;
+  prometheus::Family<prometheus::Gauge>& kv_blocks_;
+  prometheus::Family<prometheus::Counter>& kv_preemptions_;
+  prometheus::Family<prometheus::Counter>& kv_evictions_;
+  prometheus::Family<prometheus::Counter>& prefix_cache_tokens_;
   prometheus::Family<prometheus::Gauge>& resident_vectors_;
   prometheus::Family<prometheus::Counter>& vector_cache_hits_;
   prometheus::Family<prometheus::Counter>& vector_cache_misses_;

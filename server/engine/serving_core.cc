@@ -5,7 +5,10 @@
 #include <random>
 #include <thread>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "server/engine/engine.h"
 #include "server/engine/generate_validation.h"
@@ -48,6 +51,36 @@ absl::StatusOr<std::vector<float>> MeasureResidualRms(const Transformer& model,
     return absl::OkStatus();
   }));
   return out;
+}
+
+// The blocks of a model's paged KV cache: --kv-cache-bytes worth, or automatically
+// room for max_batch_size rows of the whole context, capped at a quarter of the
+// machine's memory (pages are touched only as blocks fill, but the operator should not
+// be surprised by what a full cache takes).
+absl::StatusOr<int64_t> KvCacheBlocks(const ServingCore::Options& options,
+                                      const ModelConfig& config, at::ScalarType dtype) {
+  const int64_t block_size = options.kv_block_size;
+  if (block_size < 1 || block_size > 1024 || (block_size & (block_size - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-block-size must be a power of two from 1 to 1024 positions, got ", block_size));
+  }
+  const int64_t block_bytes = KvBlockPool::BytesPerBlock(config, dtype, options.kv_block_size);
+  int64_t bytes = options.kv_cache_bytes;
+  if (bytes == 0) {
+    const int64_t context = std::max<int64_t>(1, config.max_position_embeddings);
+    const int64_t full = options.max_batch_size *
+                         ((context + options.kv_block_size - 1) / options.kv_block_size) *
+                         block_bytes;
+    const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    bytes = memory > 0 ? std::min(full, memory / 4) : full;
+  }
+  const int64_t blocks = bytes / block_bytes;
+  if (blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-cache-bytes ", bytes, " holds no block: one block of ", options.kv_block_size,
+        " positions takes ", block_bytes, " bytes for this model"));
+  }
+  return blocks;
 }
 
 // Waits for one generation to end (warm-up only).
@@ -151,6 +184,14 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const Options& 
     served->vectors = std::make_unique<VectorCache>(cache_options, config.num_layers,
                                                     config.hidden_size, model_metrics);
     Engine::Options engine_options;
+    ASSIGN_OR_RETURN(engine_options.kv_cache_blocks,
+                     KvCacheBlocks(options, config, served->model->dtype()));
+    engine_options.kv_block_size = options.kv_block_size;
+    engine_options.prefix_caching = options.prefix_caching;
+    const int64_t block_bytes =
+        KvBlockPool::BytesPerBlock(config, served->model->dtype(), options.kv_block_size);
+    info.kv_cache_bytes = engine_options.kv_cache_blocks * block_bytes;
+    info.kv_cache_positions = engine_options.kv_cache_blocks * options.kv_block_size;
     engine_options.max_batch_size = options.max_batch_size;
     engine_options.max_waiting = options.max_waiting;
     engine_options.max_prefill_tokens = options.max_prefill_tokens;
@@ -409,6 +450,11 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
     };
     ASSIGN_OR_RETURN(request.vector, served->vectors->Acquire(vector.sha256, load));
     request.steering_scale = params.scale;
+    // Steering changes every layer's keys and values after the first: a cached prefix
+    // is this tenant's, under this exact version (and its bytes) and scale.
+    request.prefix_namespace =
+        absl::StrCat(info.name, "\x1f", tenant, "\x1f", vector.name, "@", vector.version,
+                     "\x1f", vector.sha256, "\x1f", absl::StrFormat("%a", params.scale));
     admitted.vector_name = vector.name;
     admitted.vector_version = vector.version;
   }
@@ -417,6 +463,11 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
     admitted.seed = (admitted.seed << 32) ^ std::random_device()();
   }
 
+  if (!ref.has_value()) {
+    // Unsteered: the tenant's own, unless the operator lets tenants share.
+    request.prefix_namespace = absl::StrCat(
+        info.name, "\x1f", options_.share_unsteered_prefixes ? "" : tenant, "\x1f-");
+  }
   GenerationRequest& generation = request.generation;
   generation.prompt = std::move(prompt);
   generation.sampling.temperature = params.temperature;

@@ -45,6 +45,8 @@ struct ModelInfo {
   std::string device;  // "cpu", "cuda:0"
   std::string fingerprint;
   std::string chat_template;  // Family name, empty when unrecognised.
+  int64_t kv_cache_bytes = 0;      // The paged KV cache's pool ...
+  int64_t kv_cache_positions = 0;  // ... and the positions it holds.
 };
 
 // One generation request in plain types (GenerateRequest without the proto).
@@ -84,6 +86,18 @@ class ServingCore {
     int64_t max_prompt_tokens = 0;    // 0 = the model's context minus one.
     int64_t max_new_tokens = 0;       // Global cap; 0 = the model's context.
     int64_t default_max_new_tokens = 256;
+    // The paged KV cache of each model: its bytes (0 = automatic: room for
+    // max_batch_size rows of the model's whole context, but at most a quarter of the
+    // machine's memory), in blocks of kv_block_size positions.
+    int64_t kv_cache_bytes = 0;
+    int64_t kv_block_size = 16;
+    // Prompts reuse the cached keys and values of earlier prompts that start alike,
+    // within one (tenant, vector version, scale).
+    bool prefix_caching = true;
+    // Unsteered prompts share cached prefixes across tenants too. Off by default: a
+    // shared cache tells a tenant, through its time to first token, whether another
+    // tenant sent the same text.
+    bool share_unsteered_prefixes = false;
   };
 
   // Loads every model (tokenizer and chat template too) and starts its engine. `store`

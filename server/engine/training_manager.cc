@@ -20,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "server/engine/engine.h"
@@ -71,6 +72,10 @@ class EngineRollouts : public train::RolloutBackend {
     std::vector<std::shared_ptr<CollectingObserver>> observers;
     // Requests of one step share their steering tensor; it becomes one resident vector.
     std::map<const void*, std::shared_ptr<const ResidentVector>> vectors;
+    // The rollouts of one prompt share its prefill through the prefix cache; a step's
+    // own namespace keeps other steps (other vectors) and other jobs out of it.
+    static std::atomic<uint64_t> steps{0};
+    const std::string name_space = absl::StrCat("rollouts\x1f", steps.fetch_add(1));
     absl::Status submit_error;
     size_t submitted = 0;
     for (; submitted < n; ++submitted) {
@@ -78,6 +83,10 @@ class EngineRollouts : public train::RolloutBackend {
       EngineRequest request;
       request.background = true;
       request.steering_scale = r.steering_scale;
+      request.prefix_namespace =
+          r.steering.defined() ? absl::StrFormat("%s\x1f%p\x1f%a", name_space,
+                                                 r.steering.data_ptr(), r.steering_scale)
+                               : absl::StrCat(name_space, "\x1f-");
       if (r.steering.defined()) {
         auto& vector = vectors[r.steering.data_ptr()];
         if (vector == nullptr) {

@@ -97,6 +97,11 @@ SequenceState::SequenceState(const GenerationRequest& request, const Tokenizer* 
 absl::Status KeepBatchRows(const std::vector<int64_t>& keep, bool any_kept_steered,
                            KvCache* cache, at::Tensor* steering) {
   RETURN_IF_ERROR(cache->SelectRows(keep));
+  return SelectSteeringRows(keep, any_kept_steered, steering);
+}
+
+absl::Status SelectSteeringRows(const std::vector<int64_t>& keep, bool any_kept_steered,
+                                at::Tensor* steering) {
   if (!steering->defined()) return absl::OkStatus();
   if (!any_kept_steered) {
     *steering = at::Tensor();

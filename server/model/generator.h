@@ -65,6 +65,9 @@ absl::Status NonFiniteLogitsError(bool steered, int64_t token_index);
 // generator and the serving engine.
 absl::Status KeepBatchRows(const std::vector<int64_t>& keep, bool any_kept_steered,
                            KvCache* cache, at::Tensor* steering);
+// KeepBatchRows for the steering alone (the paged cache keeps no per-row tensors).
+absl::Status SelectSteeringRows(const std::vector<int64_t>& keep, bool any_kept_steered,
+                                at::Tensor* steering);
 
 // One running sequence. Not thread-safe.
 class SequenceState {

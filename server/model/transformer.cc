@@ -19,21 +19,28 @@
 namespace steerd {
 namespace {
 
-// `f32_kernels`: the forward may use the float32 CPU kernels (see ForwardImpl).
+using KernelPath = Transformer::KernelPath;
+
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                  bool f32_kernels) {
+                  KernelPath path) {
+  // A prefill's rows: the same bits whatever shares the call (prefix reuse is exact).
+  if (path == KernelPath::kBatchInvariant && CanUseBatchInvariantLinear(x, w, b)) {
+    return BatchInvariantLinear(x, w, b);
+  }
   // Decode-time bf16 rows on CPU: the hand-written kernel streams weights faster.
   if (CanUseSmallBatchBf16Linear(x, w, b)) return SmallBatchBf16Linear(x, w, b);
   // Float32 rows: no per-call weight repacking, and each row's result is bitwise
   // independent of the batch.
-  if (f32_kernels && CanUseSmallBatchF32Linear(x, w, b)) return SmallBatchF32Linear(x, w, b);
+  if (path != KernelPath::kTensorOps && CanUseSmallBatchF32Linear(x, w, b)) {
+    return SmallBatchF32Linear(x, w, b);
+  }
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
 // A projection plus its LoRA delta, when the adapter has one for it.
 at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                   const LoraAdapter* lora, int64_t layer, LoraTarget target, bool f32_kernels) {
-  at::Tensor y = Linear(x, w, b, f32_kernels);
+                   const LoraAdapter* lora, int64_t layer, LoraTarget target, KernelPath path) {
+  at::Tensor y = Linear(x, w, b, path);
   if (lora == nullptr) return y;
   at::Tensor delta = lora->Delta(x, layer, target);
   return delta.defined() ? y + delta : y;
@@ -258,9 +265,9 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const ForwardInput& input, KvCac
 }
 
 at::Tensor Transformer::RmsNorm(const at::Tensor& x, const at::Tensor& weight,
-                                bool f32_kernels) const {
+                                KernelPath path) const {
   if (CanUseBf16RmsNorm(x, weight)) return Bf16RmsNorm(x, weight, config_.rms_norm_eps);
-  if (f32_kernels && CanUseF32RmsNorm(x, weight)) {
+  if (path != KernelPath::kTensorOps && CanUseF32RmsNorm(x, weight)) {
     return F32RmsNorm(x, weight, config_.rms_norm_eps);
   }
   // Hugging Face: normalise in float32, cast back, then scale in the input dtype.
@@ -275,16 +282,16 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
                                   int64_t layer_index, KvCache* cache,
                                   const std::vector<int64_t>& start,
                                   const std::vector<int64_t>& write_at, int64_t key_len,
-                                  const LoraAdapter* lora, bool f32_kernels) const {
+                                  const LoraAdapter* lora, KernelPath path) const {
   const int64_t B = h.size(0), T = h.size(1);
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
   const int64_t G = H / KVH;
   // [B, T, heads, hd] -> [B, heads, T, hd]; biases (Qwen2) come before RoPE.
   const int64_t l = layer_index;
-  at::Tensor q_proj = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ, f32_kernels);
-  at::Tensor k_proj = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK, f32_kernels);
-  at::Tensor v_proj = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV, f32_kernels);
-  if (cache != nullptr && !mask.defined() && f32_kernels) {
+  at::Tensor q_proj = Project(h, layer.q_w, layer.q_b, lora, l, LoraTarget::kQ, path);
+  at::Tensor k_proj = Project(h, layer.k_w, layer.k_b, lora, l, LoraTarget::kK, path);
+  at::Tensor v_proj = Project(h, layer.v_w, layer.v_b, lora, l, LoraTarget::kV, path);
+  if (cache != nullptr && !mask.defined() && path != KernelPath::kTensorOps) {
     // The float32 or bf16 decode step: RoPE, the cache write and attention in one kernel.
     at::Tensor& cache_k = cache->keys(layer_index);
     at::Tensor& cache_v = cache->values(layer_index);
@@ -292,12 +299,12 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
     if (CanUseF32RopeDecodeAttention(cache_k, T)) {
       return Project(F32RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin, cache_k, cache_v,
                                             start, write_at, scale),
-                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, path);
     }
     if (CanUseBf16RopeDecodeAttention(cache_k, T)) {
       return Project(Bf16RopeDecodeAttention(q_proj, k_proj, v_proj, cos, sin, cache_k, cache_v,
                                              start, write_at, scale),
-                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+                     layer.o_w, layer.o_b, lora, l, LoraTarget::kO, path);
     }
   }
   at::Tensor q = q_proj.view({B, T, H, hd}).transpose(1, 2);
@@ -333,7 +340,7 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
       at::Tensor attended = cache_k.scalar_type() == at::kFloat
                                 ? F32DecodeAttention(q, cache_k, cache_v, start, write_at, scale)
                                 : Bf16DecodeAttention(q, cache_k, cache_v, start, write_at, scale);
-      return Project(attended, layer.o_w, layer.o_b, lora, l, LoraTarget::kO, f32_kernels);
+      return Project(attended, layer.o_w, layer.o_b, lora, l, LoraTarget::kO, path);
     }
     keys = cache_k.narrow(2, 0, key_len);
     values = cache_v.narrow(2, 0, key_len);
@@ -349,13 +356,13 @@ at::Tensor Transformer::Attention(const Layer& layer, const at::Tensor& h, const
   at::Tensor out = at::matmul(probs.view({B, KVH, G * T, S}), values);  // [B, KVH, G*T, hd]
   out = out.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
   return Project(out, layer.o_w, layer.o_b, lora, l, LoraTarget::kO,
-                 f32_kernels);  // [B, T, d]
+                 path);  // [B, T, d]
 }
 
 at::Tensor Transformer::Mlp(const Layer& layer, const at::Tensor& h, int64_t l,
-                            const LoraAdapter* lora, bool f32_kernels) const {
+                            const LoraAdapter* lora, KernelPath path) const {
   const int64_t I = config_.intermediate_size;
-  at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b, f32_kernels);  // [B, T, 2I]
+  at::Tensor gate_up = Linear(h, layer.gate_up_w, layer.gate_up_b, path);  // [B, T, 2I]
   at::Tensor gate = gate_up.narrow(-1, 0, I), up = gate_up.narrow(-1, I, I);
   bool adapted = false;
   if (lora != nullptr) {
@@ -369,12 +376,12 @@ at::Tensor Transformer::Mlp(const Layer& layer, const at::Tensor& h, int64_t l,
     }
   }
   // One pass instead of three where a kernel applies.
-  const bool fused = !adapted && f32_kernels;
+  const bool fused = !adapted && path != KernelPath::kTensorOps;
   const at::Tensor hidden = fused && CanUseF32SiluMul(gate_up)    ? F32SiluMul(gate_up)
                             : fused && CanUseBf16SiluMul(gate_up) ? Bf16SiluMul(gate_up)
                                                                   : at::silu(gate) * up;
   return Project(hidden, layer.down_w, layer.down_b, lora, l, LoraTarget::kDown,
-                 f32_kernels);  // [B, T, d]
+                 path);  // [B, T, d]
 }
 
 at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) const {
@@ -433,13 +440,15 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
   // decode steps) without autograd. Cacheless forwards (the trainer's scoring and
   // gradient passes, logit dumps) keep libtorch's ops, so that a forward without grad
   // matches the same forward with grad bit for bit.
-  const bool f32_kernels = cache != nullptr && !at::GradMode::is_enabled();
+  const KernelPath path = cache != nullptr && !at::GradMode::is_enabled()
+                              ? KernelPath::kFast
+                              : KernelPath::kTensorOps;
   at::Tensor x = at::embedding(embed_, tokens);  // [B, T, d]
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    x = x + Attention(layer, RmsNorm(x, layer.input_norm, f32_kernels), cos, sin, mask, l, cache,
-                      start, write_at, key_len, input.lora, f32_kernels);
-    x = x + Mlp(layer, RmsNorm(x, layer.post_norm, f32_kernels), l, input.lora, f32_kernels);
+    x = x + Attention(layer, RmsNorm(x, layer.input_norm, path), cos, sin, mask, l, cache,
+                      start, write_at, key_len, input.lora, path);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_norm, path), l, input.lora, path);
     if (input.steering.defined()) x = x + input.steering[l];  // [B, 1, d] broadcast
     if (input.layer_outputs != nullptr) input.layer_outputs->push_back(x);
   }
@@ -450,8 +459,203 @@ at::Tensor Transformer::ForwardImpl(const ForwardInput& input, KvCache* cache) c
     }
   }
   if (input.logits == ForwardInput::Logits::kLast) x = x.select(1, T - 1);  // [B, d]
-  return Linear(RmsNorm(x, final_norm_, f32_kernels), lm_head_, at::Tensor(), f32_kernels)
+  return Linear(RmsNorm(x, final_norm_, path), lm_head_, at::Tensor(), path)
       .to(at::kFloat);
+}
+
+absl::StatusOr<std::unique_ptr<KvBlockPool>> Transformer::NewBlockPool(int64_t num_blocks,
+                                                                       int64_t block_size) const {
+  KvBlockPool::Options options;
+  options.num_blocks = num_blocks;
+  options.block_size = block_size;
+  return KvBlockPool::Create(config_, dtype_, device_, options);
+}
+
+absl::Status Transformer::ValidatePaged(const PagedForwardInput& input,
+                                        const KvBlockPool& pool) const {
+  const size_t B = input.tokens.size();
+  if (B == 0) return absl::InvalidArgumentError("a paged forward needs at least one row");
+  if (input.cached.size() != B || input.block_tables.size() != B) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a paged forward of ", B, " rows has ", input.cached.size(), " cached lengths and ",
+        input.block_tables.size(), " block tables"));
+  }
+  if (pool.num_layers() != config_.num_layers || pool.keys(0).scalar_type() != dtype_ || pool.keys(0).device() != device_ ||
+      pool.keys(0).size(1) != config_.num_kv_heads || pool.keys(0).size(3) != config_.head_dim) {
+    return absl::InvalidArgumentError("the KV block pool was made for another model");
+  }
+  for (size_t b = 0; b < B; ++b) {
+    const std::vector<int32_t>& tokens = input.tokens[b];
+    if (tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", b, " has no new tokens"));
+    }
+    for (int32_t t : tokens) {
+      if (t < 0 || t >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of range [0, ",
+                                                       config_.vocab_size, ")"));
+      }
+    }
+    const int64_t end = input.cached[b] + static_cast<int64_t>(tokens.size());
+    if (input.cached[b] < 0 || end > config_.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "context overflow: row ", b, " would hold ", end,
+          " tokens but the model's context is ", config_.max_position_embeddings,
+          " (max_position_embeddings)"));
+    }
+    const std::vector<int32_t>* table = input.block_tables[b];
+    if (table == nullptr || static_cast<int64_t>(table->size()) < pool.BlocksFor(end)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row ", b, "'s block table does not cover its ", end, " positions"));
+    }
+    for (int32_t block : *table) {
+      if (block < 0 || block >= pool.num_blocks()) {
+        return absl::InvalidArgumentError(absl::StrCat("row ", b, " names block ", block,
+                                                       " of a pool of ", pool.num_blocks()));
+      }
+    }
+  }
+  if (input.steering.defined()) {
+    const auto& s = input.steering;
+    if (s.dim() != 4 || s.size(0) != config_.num_layers || s.size(1) != static_cast<int64_t>(B) ||
+        s.size(2) != 1 || s.size(3) != config_.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "steering batch has shape [", absl::StrJoin(s.sizes(), ", "), "]; expected [",
+          config_.num_layers, ", ", B, ", 1, ", config_.hidden_size, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> Transformer::ForwardPaged(const PagedForwardInput& input,
+                                                     KvBlockPool* pool) const {
+  if (pool == nullptr) return absl::InvalidArgumentError("a paged forward needs a pool");
+  RETURN_IF_ERROR(ValidatePaged(input, *pool));
+  return CatchTorchErrors("transformer forward", [&]() -> absl::StatusOr<at::Tensor> {
+    c10::InferenceMode inference;
+    return ForwardPagedImpl(input, pool);
+  });
+}
+
+at::Tensor Transformer::ForwardPagedImpl(const PagedForwardInput& input,
+                                         KvBlockPool* pool) const {
+  const int64_t B = input.tokens.size();
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+  // The packed tokens: row, position and id of each, rows one after another.
+  std::vector<int64_t> token_row, token_position, ids, last_token(B);
+  bool one_per_row = true;
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int32_t>& tokens = input.tokens[b];
+    one_per_row &= tokens.size() == 1;
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      token_row.push_back(b);
+      token_position.push_back(input.cached[b] + static_cast<int64_t>(t));
+      ids.push_back(tokens[t]);
+    }
+    last_token[b] = static_cast<int64_t>(ids.size()) - 1;
+  }
+  const int64_t N = ids.size();
+  // RoPE tables in float32, as Hugging Face computes them, then cast: [N, hd].
+  auto [cos, sin] = RopeCosSin(inv_freq_, at::tensor(token_position, long_opts).view({1, N}).to(device_));
+  cos = cos.to(dtype_).view({N, config_.head_dim});
+  sin = sin.to(dtype_).view({N, config_.head_dim});
+  // Each token's steering row, for prefills (a decode step's rows are its tokens).
+  at::Tensor steering_index;  // [N] int64
+  if (input.steering.defined() && !one_per_row) {
+    steering_index = at::tensor(token_row, long_opts).to(device_);
+  }
+  const KernelPath path = input.prefill ? KernelPath::kBatchInvariant : KernelPath::kFast;
+  at::Tensor x = at::embedding(embed_, at::tensor(ids, long_opts).to(device_));  // [N, d]
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    x = x + PagedAttention(layer, RmsNorm(x, layer.input_norm, path), cos, sin, l, pool, input,
+                           token_row, token_position, path);
+    x = x + Mlp(layer, RmsNorm(x, layer.post_norm, path), l, /*lora=*/nullptr, path);
+    if (input.steering.defined()) {
+      const at::Tensor rows = input.steering[l].select(1, 0);  // [B, d]
+      x = x + (one_per_row ? rows : rows.index_select(0, steering_index));
+    }
+  }
+  x = x.index_select(0, at::tensor(last_token, long_opts).to(device_));  // [B, d]
+  return Linear(RmsNorm(x, final_norm_, path), lm_head_, at::Tensor(), path).to(at::kFloat);
+}
+
+at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
+                                       const at::Tensor& cos, const at::Tensor& sin,
+                                       int64_t layer_index, KvBlockPool* pool,
+                                       const PagedForwardInput& input,
+                                       const std::vector<int64_t>& token_row,
+                                       const std::vector<int64_t>& token_position,
+                                       KernelPath path) const {
+  const int64_t N = h.size(0);
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
+  const int64_t G = H / KVH, bs = pool->block_size();
+  const int64_t l = layer_index;
+  at::Tensor q = Project(h, layer.q_w, layer.q_b, nullptr, l, LoraTarget::kQ, path);  // [N, H*hd]
+  at::Tensor k = Project(h, layer.k_w, layer.k_b, nullptr, l, LoraTarget::kK, path);  // [N, KVH*hd]
+  at::Tensor v = Project(h, layer.v_w, layer.v_b, nullptr, l, LoraTarget::kV, path);  // [N, KVH*hd]
+  at::Tensor& pool_k = pool->keys(l);    // [blocks, KVH, bs, hd]
+  at::Tensor& pool_v = pool->values(l);  // [blocks, KVH, bs, hd]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  if (path != KernelPath::kTensorOps && CanUsePagedRopeAttention(pool_k)) {
+    // RoPE, the cache writes and attention in one call; each token's result depends on
+    // its own row only, so prefill and decode compute a position alike.
+    PagedTokens tokens;
+    tokens.row = token_row;
+    tokens.position = token_position;
+    for (const std::vector<int32_t>* table : input.block_tables) {
+      tokens.block_tables.push_back(table->data());
+    }
+    return Project(PagedRopeAttention(q, k, v, cos, sin, pool_k, pool_v, tokens, scale),
+                   layer.o_w, layer.o_b, nullptr, l, LoraTarget::kO, path);  // [N, d]
+  }
+
+  // The tensor-op path (other devices, CPUs without AVX-512): RoPE as Hugging Face
+  // writes it, the new keys and values scattered into their slots, then each row's
+  // queries against its gathered blocks with a causal mask.
+  const at::Tensor cos3 = cos.unsqueeze(1), sin3 = sin.unsqueeze(1);  // [N, 1, hd]
+  at::Tensor q3 = q.view({N, H, hd}), k3 = k.view({N, KVH, hd});
+  q3 = q3 * cos3 + RotateHalf(q3) * sin3;
+  k3 = k3 * cos3 + RotateHalf(k3) * sin3;
+  std::vector<int64_t> slot_block(N), slot_offset(N);
+  for (int64_t i = 0; i < N; ++i) {
+    slot_block[i] = (*input.block_tables[token_row[i]])[token_position[i] / bs];
+    slot_offset[i] = token_position[i] % bs;
+  }
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
+  const at::Tensor blocks_t = at::tensor(slot_block, long_opts.device(at::kCPU)).to(device_);
+  const at::Tensor offsets_t = at::tensor(slot_offset, long_opts.device(at::kCPU)).to(device_);
+  using at::indexing::Slice;
+  pool_k.index_put_({blocks_t, Slice(), offsets_t}, k3);                  // [N, KVH, hd]
+  pool_v.index_put_({blocks_t, Slice(), offsets_t}, v.view({N, KVH, hd}));
+
+  std::vector<at::Tensor> outputs;  // per row: [T_b, H * hd]
+  int64_t first_token = 0;
+  for (size_t b = 0; b < input.tokens.size(); ++b) {
+    const int64_t T = input.tokens[b].size(), S = input.cached[b] + T;
+    const std::vector<int32_t>& table = *input.block_tables[b];
+    const at::Tensor ids =
+        at::tensor(std::vector<int64_t>(table.begin(), table.begin() + pool->BlocksFor(S)),
+                   long_opts.device(at::kCPU))
+            .to(device_);
+    auto gather = [&](const at::Tensor& pool_tensor) {  // -> [KVH, S, hd]
+      return pool_tensor.index_select(0, ids).transpose(0, 1).reshape({KVH, -1, hd}).narrow(1, 0, S);
+    };
+    const at::Tensor keys = gather(pool_k), values = gather(pool_v);
+    // [T, H, hd] -> [KVH, G*T, hd]: query head h = kv * G + g uses KV head kv.
+    const at::Tensor rows_q =
+        q3.narrow(0, first_token, T).view({T, KVH, G, hd}).permute({1, 2, 0, 3}).reshape({KVH, G * T, hd});
+    at::Tensor scores = at::matmul(rows_q, keys.transpose(1, 2)) * scale;  // [KVH, G*T, S]
+    // Query t (position cached + t) sees columns up to its own.
+    const at::Tensor hidden = at::arange(S, long_opts).view({1, S}) >
+                              (at::arange(T, long_opts) + input.cached[b]).view({T, 1});  // [T, S]
+    scores = scores.view({KVH, G, T, S}).masked_fill(hidden, -std::numeric_limits<float>::infinity());
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    at::Tensor out = at::matmul(probs.view({KVH, G * T, S}), values);  // [KVH, G*T, hd]
+    outputs.push_back(out.view({KVH, G, T, hd}).permute({2, 0, 1, 3}).reshape({T, H * hd}));
+    first_token += T;
+  }
+  at::Tensor attended = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);  // [N, H*hd]
+  return Project(attended, layer.o_w, layer.o_b, nullptr, l, LoraTarget::kO, path);  // [N, d]
 }
 
 absl::StatusOr<at::Tensor> Transformer::LogitLens(const at::Tensor& vectors) const {

@@ -25,6 +25,7 @@
 #include "server/model/config.h"
 #include "server/model/kv_cache.h"
 #include "server/model/lora.h"
+#include "server/model/paged_kv_cache.h"
 
 namespace steerd {
 
@@ -49,8 +50,33 @@ struct ForwardInput {
   std::vector<at::Tensor>* layer_outputs = nullptr;
 };
 
+// A forward over the paged KV cache: row b appends tokens[b] to a sequence whose first
+// cached[b] positions are already in its blocks (a prefill continues after a prefix-cache
+// hit; a decode step is one token per row). Rows need no padding: their tokens are
+// packed.
+struct PagedForwardInput {
+  std::vector<std::vector<int32_t>> tokens;  // [B][T_b], T_b >= 1: each row's new tokens
+  std::vector<int64_t> cached;               // [B] positions already in the row's blocks
+  // [B] each row's block table, covering positions [0, cached[b] + T_b); must outlive the
+  // call.
+  std::vector<const std::vector<int32_t>*> block_tables;
+  at::Tensor steering;  // [L, B, 1, d] compute dtype (MakeSteeringBatch), or undefined.
+  // A prefill: every linear takes a kernel whose rows do not depend on the rows sharing
+  // the call (where the CPU has one), so a position's keys, values and logits are the
+  // same bits whether its prompt was prefilled whole, after a cached prefix, or beside
+  // other prompts: what makes prefix reuse exact. Decode steps keep the fastest kernels.
+  bool prefill = false;
+};
+
 class Transformer {
  public:
+  // Which implementations a forward's ops take.
+  enum class KernelPath {
+    kTensorOps,       // libtorch ops (and the bf16 kernels, which refuse autograd)
+    kFast,            // generation: the CPU kernels
+    kBatchInvariant,  // a paged prefill: see PagedForwardInput::prefill
+  };
+
   struct Options {
     std::string model_dir;         // Hugging Face folder: config.json + safetensors.
     std::string dtype = "auto";    // auto | f32 | bf16 | f16 (auto: the checkpoint's).
@@ -81,6 +107,15 @@ class Transformer {
   // logits: [B, V] for Logits::kLast, [B, T, V] for kAll.
   absl::StatusOr<at::Tensor> Forward(const ForwardInput& input, KvCache* cache) const;
 
+  // Runs each row's new tokens through the model over the paged cache `pool`, writing
+  // their keys and values into the rows' blocks. Returns the float32 logits of each
+  // row's last new token, [B, V]. No autograd.
+  absl::StatusOr<at::Tensor> ForwardPaged(const PagedForwardInput& input,
+                                          KvBlockPool* pool) const;
+  // A pool for this model's shape, dtype and device.
+  absl::StatusOr<std::unique_ptr<KvBlockPool>> NewBlockPool(int64_t num_blocks,
+                                                            int64_t block_size) const;
+
   // The logit-lens view of directions in the residual stream: for each row v of
   // `vectors` ([N, d]), the logits lm_head (final_norm * v) that it adds, [N, V] float32
   // on CPU (the final norm's scaling is left out: it does not change the ranking).
@@ -110,17 +145,26 @@ class Transformer {
 
   Transformer() = default;
   absl::Status Validate(const ForwardInput& input, const KvCache* cache) const;
-  // `f32_kernels`: whether the float32 CPU kernels may be used (see ForwardImpl).
-  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, bool f32_kernels) const;
+  // `path`: which kernels the ops may take (see ForwardImpl).
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, KernelPath path) const;
   // `mask` is [B, T, S], or undefined for the fused bf16 / float32 decode path.
   at::Tensor Attention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, int64_t layer_index,
                        KvCache* cache, const std::vector<int64_t>& start,
                        const std::vector<int64_t>& write_at, int64_t key_len,
-                       const LoraAdapter* lora, bool f32_kernels) const;
+                       const LoraAdapter* lora, KernelPath path) const;
   at::Tensor Mlp(const Layer& layer, const at::Tensor& h, int64_t layer_index,
-                 const LoraAdapter* lora, bool f32_kernels) const;
+                 const LoraAdapter* lora, KernelPath path) const;
   at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
+  absl::Status ValidatePaged(const PagedForwardInput& input, const KvBlockPool& pool) const;
+  at::Tensor ForwardPagedImpl(const PagedForwardInput& input, KvBlockPool* pool) const;
+  // Attention of the packed tokens `h` ([N, d]) at `positions` of their rows over the
+  // pool: writes their keys and values, returns the o_proj output [N, d].
+  at::Tensor PagedAttention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
+                            const at::Tensor& sin, int64_t layer_index, KvBlockPool* pool,
+                            const PagedForwardInput& input,
+                            const std::vector<int64_t>& token_row,
+                            const std::vector<int64_t>& token_position, KernelPath path) const;
 
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;

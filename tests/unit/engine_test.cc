@@ -4,7 +4,7 @@
 // whose logits turn non-finite fails alone while its batch neighbour gets the tokens
 // it gets alone; a full queue refuses at once; a cancelled row leaves before the next
 // decode step; background rows stay within their cap while serving rows run; the
-// KV-cache use gauge counts the tokens held (0 idle, exact while rows run, 0 after);
+// KV-cache use gauge counts the blocks held (0 idle, exact while rows run, 0 after);
 // drain ends what is left. Observers that block on the engine thread hold it between steps,
 // which makes each scenario deterministic without timing.
 #include "server/engine/engine.h"
@@ -258,26 +258,27 @@ TEST_F(EngineTest, BackgroundRowsStayWithinTheirCapWhileServingRuns) {
   EXPECT_LE(max_while_serving, 2);
 }
 
-TEST_F(EngineTest, KvCacheUsageIsTheTokensHeldOverRowsTimesContext) {
+TEST_F(EngineTest, KvCacheUsageIsTheBlocksHeldOverThePool) {
   ServingMetrics metrics;
   const ModelMetrics gauges = metrics.ForModel("tiny");
   Engine::Options options;
   options.max_batch_size = 4;
+  options.kv_cache_blocks = 64;
+  options.kv_block_size = 4;
   auto created = Engine::Create(options, model_, tokenizer_, gauges);
   ASSERT_TRUE(created.ok()) << created.status();
   std::unique_ptr<Engine> engine = *std::move(created);
-  const double capacity = 4.0 * model_->config().max_position_embeddings;
   EXPECT_EQ(gauges.kv_cache_usage->Value(), 0.0);  // Idle.
+  EXPECT_EQ(gauges.kv_blocks_total->Value(), 64.0);
 
   // A first request holds the engine after its first token, so the next two are
-  // prefilled together: the shorter prompt is left-padded to the longer one.
+  // prefilled together.
   absl::Notification release;
   auto blocker = std::make_shared<RecordingObserver>(&release);
   ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 2+3\nA:", 2), blocker)).ok());
   blocker->WaitForFirstTokens();
   const GenerationRequest short_request = Request("Q: 1\nA:", 6);
   const GenerationRequest long_request = Request("Q: 12+34*56-78*9\nA:", 6);
-  const double prompts = short_request.prompt.size() + long_request.prompt.size();
   ASSERT_LT(short_request.prompt.size(), long_request.prompt.size());
   auto short_observer = std::make_shared<RecordingObserver>();
   auto long_observer = std::make_shared<RecordingObserver>();
@@ -291,12 +292,13 @@ TEST_F(EngineTest, KvCacheUsageIsTheTokensHeldOverRowsTimesContext) {
   EXPECT_TRUE(long_observer->Wait().status.ok());
 
   // Token k >= 2 comes from decode step k - 1, while the gauge says what the step
-  // before left: both prompts and k - 2 tokens of each row, padding not counted.
+  // before left: each row holds the blocks of its prompt and k - 2 tokens.
+  auto blocks = [](size_t positions) { return static_cast<double>((positions + 3) / 4); };
   ASSERT_EQ(seen.size(), 6u);
   for (int k = 2; k <= 6; ++k) {
-    EXPECT_DOUBLE_EQ(seen[k - 1], (prompts + 2 * (k - 2)) / capacity) << "token " << k;
-    EXPECT_GT(seen[k - 1], 0.0);
-    EXPECT_LE(seen[k - 1], 1.0);
+    const double held = blocks(short_request.prompt.size() + k - 2) +
+                        blocks(long_request.prompt.size() + k - 2);
+    EXPECT_DOUBLE_EQ(seen[k - 1], held / 64) << "token " << k;
   }
 
   // The finished rows left in the step that finished them: the next request, admitted
