@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -821,26 +822,36 @@ namespace {
 // Where the attention kernels find the key or value row ([hd] elements) of position s
 // of one (sequence, KV head): rows(s). The kernels' arithmetic is the same for every
 // accessor, so a paged cache gives bit for bit the results of a contiguous one holding
-// the same rows.
+// the same rows. Span(s) is row s and how many rows from s on follow it contiguously
+// (hd apart), so that loops find most rows by a pointer step.
 // A contiguous cache [S, hd]: row s at base + s * hd.
 template <typename T>
 struct ContiguousRows {
   const T* base;
   int64_t hd;
   const T* operator()(int64_t s) const { return base + s * hd; }
+  std::pair<const T*, int64_t> Span(int64_t s) const {
+    return {base + s * hd, std::numeric_limits<int64_t>::max() / 4};
+  }
 };
 
 // A paged cache: position s in block s / block_size, slot s % block_size, where
 // blocks[i] points at slot 0 of the sequence's i-th block for this KV head (each block
 // holds block_size rows of hd contiguously). The block size is a power of two
-// (1 << shift), so finding a row costs a shift, a mask and one load.
+// (1 << shift), so finding a row costs a shift, a mask and one load. (Software
+// prefetching of the next blocks, 4 to 16 blocks ahead, measured no faster.)
 template <typename T>
 struct PagedRows {
   const T* const* blocks;  // [blocks covering positions 0..last]
   int shift;               // log2(block_size)
   int64_t hd;
+
   const T* operator()(int64_t s) const {
     return blocks[s >> shift] + (s & ((int64_t{1} << shift) - 1)) * hd;
+  }
+  std::pair<const T*, int64_t> Span(int64_t s) const {
+    const int64_t block_size = int64_t{1} << shift;
+    return {(*this)(s), block_size - (s & (block_size - 1))};
   }
 };
 
@@ -859,11 +870,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
   __m512 max_scores = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t s0 = first; s0 <= last; s0 += 16) {
     const int64_t columns = std::min<int64_t>(16, last + 1 - s0);
+    const auto [group, run] = keys.Span(s0);
     __m512 dots[16];
     for (int64_t j = 0; j < 16; ++j) {
       dots[j] = _mm512_setzero_ps();
       if (j >= columns) continue;
-      const c10::BFloat16* key = keys(s0 + j);
+      const c10::BFloat16* key = j < run ? group + j * hd : keys(s0 + j);
       for (int64_t c = 0; c < chunks; ++c) {
         dots[j] = _mm512_fmadd_ps(query[c], LoadAsFloat(key + 16 * c, Lanes(hd - 16 * c)), dots[j]);
       }
@@ -884,11 +896,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void AttendHead(
   const float total = _mm512_reduce_add_ps(totals);
   __m512 sum[kMaxAttentionHeadDim / 16];
   for (int64_t c = 0; c < chunks; ++c) sum[c] = _mm512_setzero_ps();
-  for (int64_t s = first; s <= last; ++s) {
-    const __m512 p = _mm512_set1_ps(scores[s] / total);
-    const c10::BFloat16* value = values(s);
-    for (int64_t c = 0; c < chunks; ++c) {
-      sum[c] = _mm512_fmadd_ps(p, LoadAsFloat(value + 16 * c, Lanes(hd - 16 * c)), sum[c]);
+  for (int64_t s = first; s <= last;) {
+    auto [value, run] = values.Span(s);  // Rows [s, end) follow each other.
+    const int64_t end = last + 1 - s <= run ? last + 1 : s + run;
+    for (; s < end; ++s, value += hd) {
+      const __m512 p = _mm512_set1_ps(scores[s] / total);
+      for (int64_t c = 0; c < chunks; ++c) {
+        sum[c] = _mm512_fmadd_ps(p, LoadAsFloat(value + 16 * c, Lanes(hd - 16 * c)), sum[c]);
+      }
     }
   }
   for (int64_t c = 0; c < chunks; ++c) {
@@ -1068,14 +1083,21 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
   for (int64_t s0 = 0; s0 < n; s0 += 16) {
     const __mmask16 valid = n - s0 >= 16 ? static_cast<__mmask16>(0xFFFF)
                                          : static_cast<__mmask16>((1u << (n - s0)) - 1);
+    // Positions past `last` repeat it; their scores are never used.
+    const auto [group, run] = keys.Span(first + s0);
+    const float* key_rows[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      const int64_t s = std::min<int64_t>(s0 + i, n - 1) - s0;
+      key_rows[i] = s < run ? group + s * hd : keys(first + s0 + s);
+    }
 #pragma GCC unroll 8
     for (int g = 0; g < kHeads; ++g) {
       const float* query = q + g * hd;
       __m512 dots[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) {
-        // Positions past `last` repeat it; their scores are never used.
-        const float* key = keys(first + std::min<int64_t>(s0 + i, n - 1));
+        const float* key = key_rows[i];
         __m512 dot = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes[0], query),
                                    _mm512_maskz_loadu_ps(lanes[0], key));
 #pragma GCC unroll 16
@@ -1122,13 +1144,24 @@ __attribute__((target("avx512f,avx512vl"))) void F32AttendGroup(
     }
   }
   int64_t s = 0;
+  const float* row = nullptr;  // Rows [s, s + run) follow each other from `row`.
+  int64_t run = 0;
   for (; s + kSets <= n; s += kSets) {
+    if (run < kSets) std::tie(row, run) = values.Span(first + s);
+    const float* value_rows[kSets];
+#pragma GCC unroll 4
+    for (int j = 0; j < kSets; ++j) value_rows[j] = j < run ? row + j * hd : values(first + s + j);
+    if (run >= kSets) {
+      row += kSets * hd;
+      run -= kSets;
+    } else {
+      run = 0;  // Across the end of a span: a new one next time.
+    }
 #pragma GCC unroll 4
     for (int j = 0; j < kSets; ++j) {
-      const float* value = values(first + s + j);
       __m512 v[kChunks];
 #pragma GCC unroll 16
-      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], value + 16 * c);
+      for (int c = 0; c < kChunks; ++c) v[c] = _mm512_maskz_loadu_ps(lanes[c], value_rows[j] + 16 * c);
 #pragma GCC unroll 8
       for (int g = 0; g < kHeads; ++g) {
         const __m512 p = _mm512_set1_ps(scores[g * score_stride + s + j]);
