@@ -30,6 +30,7 @@ const std::map<std::string, CommandFunction>& CommandFunctions() {
       {"steerd bench decode", steerd::RunBenchDecodeCommand},
       {"steerd bench paper-table", steerd::RunPaperTableCommand},
       {"steerd bench serve", steerd::RunBenchServeCommand},
+      {"steerd bench chat", steerd::RunBenchChatCommand},
       {"steerd bench store", steerd::RunBenchStoreCommand},
   };
   return *functions;

@@ -41,6 +41,7 @@
 #include "server/cli/default_model.h"
 #include "server/cli/process_info.h"
 #include "server/cli/server_setup.h"
+#include "server/cli/temp_dir.h"
 #include "server/model/safetensors.h"
 #include "server/util/status_macros.h"
 #include "server/util/stopwatch.h"
@@ -283,27 +284,6 @@ absl::StatusOr<ColdResult> MeasureColdVectors(client::SteerdClient& client, Serv
   return result;
 }
 
-// A temporary data directory, removed with everything in it when this goes away.
-class TempDir {
- public:
-  static absl::StatusOr<TempDir> Create() {
-    std::string pattern = (fs::temp_directory_path() / "steerd-bench-serve-XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) {
-      return absl::InternalError(absl::StrCat("cannot create a temporary directory ", pattern));
-    }
-    return TempDir(pattern);
-  }
-  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) fs::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  explicit TempDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
 
 // A long training job on the served model (it runs until cancelled), RUNNING with at
 // least one step done when this returns.
@@ -420,7 +400,7 @@ struct BenchServeSetup {
 // limits the benchmark cannot hit, loads the model, connects a client over gRPC and
 // prints what runs where (unless --json).
 absl::StatusOr<BenchServeSetup> SetUpBenchServer(const BenchServeFlags& flags) {
-  ASSIGN_OR_RETURN(TempDir data_dir, TempDir::Create());
+  ASSIGN_OR_RETURN(TempDir data_dir, TempDir::Create("steerd-bench-serve"));
   ASSIGN_OR_RETURN(DefaultKey key, LoadOrCreateDefaultKey(data_dir.path()));
   Tenant tenant = MakeDefaultTenant(key.key);
   // The tenant's concurrency limit must not be what the benchmark measures.

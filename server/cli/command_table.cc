@@ -450,6 +450,35 @@ CommandDef BenchServe() {
   };
 }
 
+CommandDef BenchChat() {
+  return {
+      "steerd bench chat",
+      {},
+      "Chat-shaped serving with the paged KV cache: multi-turn conversations with the "
+      "prefix cache on and off, rows at one KV budget, paged vs contiguous decode steps.",
+      "Simulated users of two tenants (one steered by its vector) hold conversations at "
+      "once against the server in-process over localhost gRPC; every turn resends a shared "
+      "system prompt and the history. Time to first token counts turns 2 and later.",
+      {ValueFlag("model", "DIR", "The model served.", "the embedded steerd-tiny"),
+       ValueFlag("users", "N", "Concurrent users, half of them steered, 2 to 256.", "4"),
+       ValueFlag("turns-min", "N", "Fewest turns of a conversation.", "4"),
+       ValueFlag("turns-max", "N", "Most turns of a conversation.", "8"),
+       ValueFlag("system-tokens", "N", "Tokens of the shared system prompt.", "1000"),
+       ValueFlag("history-tokens", "N", "About the prompt length of a conversation's last turn.",
+                 "1500"),
+       ValueFlag("new-tokens", "N", "Tokens generated per turn.", "32"),
+       ValueFlag("burst", "N",
+                 "Requests of mixed lengths sent at once to count the rows one KV budget "
+                 "holds.",
+                 "24"),
+       ValueFlag("max-batch", "N", "Running sequences per model.", "64"),
+       ThreadsFlag(),
+       DtypeFlag(),
+       DeviceFlag(),
+       JsonFlag("Print only the results, as one JSON line.")},
+  };
+}
+
 CommandDef BenchStore() {
   return {
       "steerd bench store",
@@ -472,7 +501,7 @@ const ProgramDef& SteerdProgram() {
       "steerd",
       "steerd: train and serve per-tenant steering vectors on frozen LLMs.",
       {Serve(), Migrate(), Generate(), Logits(), Tokenize(), InitModel(), Dataset(), Corpus(), Train(),
-       Eval(), Inspect(), BenchDecode(), BenchPaperTable(), BenchServe(), BenchStore()},
+       Eval(), Inspect(), BenchDecode(), BenchPaperTable(), BenchServe(), BenchChat(), BenchStore()},
       "Errors are printed as \"error: <message>\" on stderr, with exit code 1.",
   };
   return *program;

@@ -24,6 +24,7 @@ absl::Status RunInspectCommand(const ParsedFlags& args);         // train_comman
 absl::Status RunBenchDecodeCommand(const ParsedFlags& args);     // bench_command.cc
 absl::Status RunPaperTableCommand(const ParsedFlags& args);      // paper_table_command.cc
 absl::Status RunBenchServeCommand(const ParsedFlags& args);      // bench_serve_command.cc
+absl::Status RunBenchChatCommand(const ParsedFlags& args);       // bench_chat_command.cc
 absl::Status RunBenchStoreCommand(const ParsedFlags& args);      // bench_store_command.cc
 
 }  // namespace steerd

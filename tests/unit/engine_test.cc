@@ -5,8 +5,10 @@
 // it gets alone; a full queue refuses at once; a cancelled row leaves before the next
 // decode step; background rows stay within their cap while serving rows run; the
 // KV-cache use gauge counts the blocks held (0 idle, exact while rows run, 0 after);
-// drain ends what is left. Observers that block on the engine thread hold it between steps,
-// which makes each scenario deterministic without timing.
+// drain ends what is left; rollouts of one prompt share its prefill through the prefix
+// cache; a request the KV cache could never hold is refused at once. Observers that
+// block on the engine thread hold it between steps, which makes each scenario
+// deterministic without timing.
 #include "server/engine/engine.h"
 #include "server/engine/metrics.h"
 #include "server/engine/vector_cache.h"
@@ -313,6 +315,66 @@ TEST_F(EngineTest, KvCacheUsageIsTheBlocksHeldOverThePool) {
   ASSERT_TRUE(engine->Submit(Submittable(Request("Q: 4+4\nA:", 1), next_observer)).ok());
   EXPECT_TRUE(next_observer->Wait().status.ok());
   EXPECT_EQ(at_next, 0.0);
+}
+
+TEST_F(EngineTest, RolloutsOfOnePromptShareItsPrefill) {
+  // A training step's group: one prompt, several rollouts submitted at once. The first
+  // is prefilled; the others wait one round and take its blocks from the prefix cache.
+  ServingMetrics metrics;
+  const ModelMetrics counters = metrics.ForModel("tiny");
+  Engine::Options options;
+  options.kv_block_size = 4;
+  auto created = Engine::Create(options, model_, tokenizer_, counters);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> engine = *std::move(created);
+  const GenerationRequest group = Request("Q: (12+7)*3-5 (show the steps)\nA:", 6);
+  const int64_t cached_blocks = (static_cast<int64_t>(group.prompt.size()) - 1) / 4;
+  ASSERT_GE(cached_blocks, 2);
+  constexpr int kRollouts = 4;
+  std::vector<std::shared_ptr<RecordingObserver>> observers;
+  for (int i = 0; i < kRollouts; ++i) {
+    observers.push_back(std::make_shared<RecordingObserver>());
+    EngineRequest request = Submittable(group, observers.back());
+    request.background = true;
+    request.prefix_namespace = "job-1 step 3";
+    ASSERT_TRUE(engine->Submit(std::move(request)).ok());
+  }
+  for (auto& observer : observers) EXPECT_TRUE(observer->Wait().status.ok());
+  EXPECT_EQ(counters.prefix_cache_queried_tokens->Value(),
+            static_cast<double>(kRollouts * group.prompt.size()));
+  EXPECT_EQ(counters.prefix_cache_hit_tokens->Value(),
+            static_cast<double>((kRollouts - 1) * cached_blocks * 4));
+  for (auto& observer : observers) EXPECT_EQ(observer->tokens(), observers[0]->tokens());
+
+  // A request of another namespace (another step's vector) finds nothing.
+  auto other = std::make_shared<RecordingObserver>();
+  EngineRequest request = Submittable(group, other);
+  request.background = true;
+  request.prefix_namespace = "job-1 step 4";
+  ASSERT_TRUE(engine->Submit(std::move(request)).ok());
+  EXPECT_TRUE(other->Wait().status.ok());
+  EXPECT_EQ(counters.prefix_cache_hit_tokens->Value(),
+            static_cast<double>((kRollouts - 1) * cached_blocks * 4));
+}
+
+TEST_F(EngineTest, ARequestTheKvCacheCannotHoldIsRefusedAtOnce) {
+  Engine::Options options;
+  options.kv_cache_blocks = 4;
+  options.kv_block_size = 4;
+  auto engine = NewEngine(options);
+  ASSERT_NE(engine, nullptr);
+  // 16 positions in all: a prompt plus max_new_tokens beyond them can never run.
+  GenerationRequest request = Request("Q: 1+1\nA:", 16);
+  auto refused = engine->Submit(Submittable(request, std::make_shared<RecordingObserver>()));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--kv-cache-bytes"));
+  // One that fits runs.
+  request.max_new_tokens = 16 - static_cast<int64_t>(request.prompt.size());
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_TRUE(engine->Submit(Submittable(request, observer)).ok());
+  EXPECT_TRUE(observer->Wait().status.ok());
+  EXPECT_EQ(observer->tokens().size(), static_cast<size_t>(request.max_new_tokens));
 }
 
 TEST_F(EngineTest, DrainEndsWhatIsLeftAndRefusesNewWork) {
