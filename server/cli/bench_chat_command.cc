@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "client/steerd_client.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/metric_family.h"
@@ -77,6 +78,8 @@ struct BenchChatFlags {
   int64_t burst = 24;
   int64_t max_batch = 64;
   bool json_only = false;
+  // Which measurements run (--phases): the conversations, the burst, the decode steps.
+  bool conversations = true, burst_rows = true, decode_steps = true;
 };
 
 absl::StatusOr<BenchChatFlags> ParseBenchChatFlags(const ParsedFlags& args) {
@@ -97,6 +100,21 @@ absl::StatusOr<BenchChatFlags> ParseBenchChatFlags(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(f.burst, args.GetInt("burst", f.burst));
   ASSIGN_OR_RETURN(f.max_batch, args.GetInt("max-batch", f.max_batch));
   f.json_only = args.Bool("json");
+  if (args.Has("phases")) {
+    f.conversations = f.burst_rows = f.decode_steps = false;
+    for (absl::string_view phase : absl::StrSplit(args.Get("phases"), ',')) {
+      if (phase == "conversations") {
+        f.conversations = true;
+      } else if (phase == "rows") {
+        f.burst_rows = true;
+      } else if (phase == "decode") {
+        f.decode_steps = true;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--phases: '", phase, "' is not one of conversations, rows, decode"));
+      }
+    }
+  }
   if (f.users < 2 || f.users > 256 || f.turns_min < 2 || f.turns_max < f.turns_min ||
       f.turns_max > 64 || f.system_tokens < 1 || f.history_tokens <= f.system_tokens ||
       f.new_tokens < 1 || f.burst < 1 || f.burst > 1024 || f.threads < 0 || f.max_batch < 1) {
@@ -397,7 +415,7 @@ absl::StatusOr<DecodeTimes> DecodeStepTimes(const BenchChatFlags& flags,
     RETURN_IF_ERROR(model->ForwardPaged(input, pool.get()).status());
   }
   std::vector<double> contiguous_ms, paged_ms;
-  for (int round = 0; round < kDecodeRounds; ++round) {
+  auto contiguous_steps = [&]() -> absl::Status {
     for (int step = 0; step < kDecodeSteps; ++step) {
       std::vector<int64_t> next(B);
       for (int64_t& t : next) t = token(rng);
@@ -407,6 +425,9 @@ absl::StatusOr<DecodeTimes> DecodeStepTimes(const BenchChatFlags& flags,
       RETURN_IF_ERROR(model->Forward(input, &contiguous).status());
       contiguous_ms.push_back(SecondsSince(start) * 1e3);
     }
+    return absl::OkStatus();
+  };
+  auto paged_steps = [&]() -> absl::Status {
     for (int step = 0; step < kDecodeSteps; ++step) {
       PagedForwardInput input;
       for (int64_t b = 0; b < B; ++b) {
@@ -418,6 +439,13 @@ absl::StatusOr<DecodeTimes> DecodeStepTimes(const BenchChatFlags& flags,
       RETURN_IF_ERROR(model->ForwardPaged(input, pool.get()).status());
       paged_ms.push_back(SecondsSince(start) * 1e3);
     }
+    return absl::OkStatus();
+  };
+  // ABBA: each layout goes first in half the rounds, so neither always runs on the
+  // caches the other left.
+  for (int round = 0; round < kDecodeRounds; ++round) {
+    RETURN_IF_ERROR(round % 2 == 0 ? contiguous_steps() : paged_steps());
+    RETURN_IF_ERROR(round % 2 == 0 ? paged_steps() : contiguous_steps());
   }
   return DecodeTimes{context, Median(contiguous_ms), Median(paged_ms)};
 }
@@ -449,10 +477,16 @@ absl::Status BenchChat(const ParsedFlags& args) {
 
   ChatRun cached, uncached;
   ModelInfo info;
+  nlohmann::json out;
+  out["model"] = flags.model_dir;
   for (bool prefix_caching : {true, false}) {
+    // A server is started even without the conversations: the rows phase needs its
+    // model's figures (info).
     ASSIGN_OR_RETURN(ChatServer chat, StartChatServer(flags, dir, prefix_caching,
                                                       /*kv_cache_bytes=*/0, flags.max_batch));
     ASSIGN_OR_RETURN(info, chat.server->core()->GetModel(kServedName));
+    out["dtype"] = info.dtype;
+    if (!flags.conversations) break;
     ASSIGN_OR_RETURN(std::string file, RandomVectorFile(rng, info.num_layers, info.hidden_size));
     RETURN_IF_ERROR(chat.steered->CreateVector(kServedName, kVectorName, file).status());
     if (!flags.json_only && prefix_caching) {
@@ -482,41 +516,45 @@ absl::Status BenchChat(const ParsedFlags& args) {
       std::fflush(stdout);
     }
   }
-  ASSIGN_OR_RETURN(const int64_t paged_rows, MaxPagedRows(flags, dir, info, *tokenizer, rng));
-  ASSIGN_OR_RETURN(const auto step_ms, DecodeStepTimes(flags, rng));
-
-  nlohmann::json out;
-  out["model"] = flags.model_dir;
-  out["dtype"] = info.dtype;
-  out["users"] = flags.users;
-  out["system_tokens"] = flags.system_tokens;
-  out["history_tokens"] = flags.history_tokens;
-  out["last_prompt_tokens_mean"] = cached.last_prompt_tokens;
-  out["ttft_p50_ms_cached"] = Median(cached.ttft_later_ms);
-  out["ttft_p50_ms_uncached"] = Median(uncached.ttft_later_ms);
-  out["ttft_p99_ms_cached"] = Percentile(cached.ttft_later_ms, 0.99);
-  out["ttft_p99_ms_uncached"] = Percentile(uncached.ttft_later_ms, 0.99);
-  out["ttft_turn1_p50_ms_cached"] = Median(cached.ttft_first_ms);
-  out["ttft_turn1_p50_ms_uncached"] = Median(uncached.ttft_first_ms);
-  out["prefix_hit_rate"] =
-      cached.queried_tokens > 0 ? cached.hit_tokens / cached.queried_tokens : 0.0;
-  out["tok_s_cached"] = cached.tokens / cached.seconds;
-  out["tok_s_uncached"] = uncached.tokens / uncached.seconds;
-  out["max_concurrent_rows_paged"] = paged_rows;
-  out["max_concurrent_rows_contiguous"] = kContiguousRows;
-  out["decode_step_ms_contiguous"] = step_ms.contiguous_ms;
-  out["decode_step_ms_paged"] = step_ms.paged_ms;
-  out["decode_slowdown_paged"] = step_ms.paged_ms / step_ms.contiguous_ms - 1.0;
-  if (!flags.json_only) {
-    std::printf("  rows at one KV budget (%lld longest requests), mixed lengths: paged %lld, "
-                "contiguous %lld\n",
-                static_cast<long long>(kContiguousRows), static_cast<long long>(paged_rows),
-                static_cast<long long>(kContiguousRows));
-    std::printf("  decode step, %lld rows at %lld positions: contiguous %.2f ms, paged %.2f ms "
-                "(%+.1f%%)\n",
-                static_cast<long long>(kDecodeRows), static_cast<long long>(step_ms.context),
-                step_ms.contiguous_ms, step_ms.paged_ms,
-                100.0 * (step_ms.paged_ms / step_ms.contiguous_ms - 1.0));
+  if (flags.conversations) {
+    out["users"] = flags.users;
+    out["system_tokens"] = flags.system_tokens;
+    out["history_tokens"] = flags.history_tokens;
+    out["last_prompt_tokens_mean"] = cached.last_prompt_tokens;
+    out["ttft_p50_ms_cached"] = Median(cached.ttft_later_ms);
+    out["ttft_p50_ms_uncached"] = Median(uncached.ttft_later_ms);
+    out["ttft_p99_ms_cached"] = Percentile(cached.ttft_later_ms, 0.99);
+    out["ttft_p99_ms_uncached"] = Percentile(uncached.ttft_later_ms, 0.99);
+    out["ttft_turn1_p50_ms_cached"] = Median(cached.ttft_first_ms);
+    out["ttft_turn1_p50_ms_uncached"] = Median(uncached.ttft_first_ms);
+    out["prefix_hit_rate"] =
+        cached.queried_tokens > 0 ? cached.hit_tokens / cached.queried_tokens : 0.0;
+    out["tok_s_cached"] = cached.tokens / cached.seconds;
+    out["tok_s_uncached"] = uncached.tokens / uncached.seconds;
+  }
+  if (flags.burst_rows) {
+    ASSIGN_OR_RETURN(const int64_t paged_rows, MaxPagedRows(flags, dir, info, *tokenizer, rng));
+    out["max_concurrent_rows_paged"] = paged_rows;
+    out["max_concurrent_rows_contiguous"] = kContiguousRows;
+    if (!flags.json_only) {
+      std::printf("  rows at one KV budget (%lld longest requests), mixed lengths: paged %lld, "
+                  "contiguous %lld\n",
+                  static_cast<long long>(kContiguousRows), static_cast<long long>(paged_rows),
+                  static_cast<long long>(kContiguousRows));
+    }
+  }
+  if (flags.decode_steps) {
+    ASSIGN_OR_RETURN(const DecodeTimes step_ms, DecodeStepTimes(flags, rng));
+    out["decode_step_ms_contiguous"] = step_ms.contiguous_ms;
+    out["decode_step_ms_paged"] = step_ms.paged_ms;
+    out["decode_slowdown_paged"] = step_ms.paged_ms / step_ms.contiguous_ms - 1.0;
+    if (!flags.json_only) {
+      std::printf("  decode step, %lld rows at %lld positions: contiguous %.2f ms, paged %.2f ms "
+                  "(%+.1f%%)\n",
+                  static_cast<long long>(kDecodeRows), static_cast<long long>(step_ms.context),
+                  step_ms.contiguous_ms, step_ms.paged_ms,
+                  100.0 * (step_ms.paged_ms / step_ms.contiguous_ms - 1.0));
+    }
   }
   std::cout << out.dump() << std::endl;
   return absl::OkStatus();

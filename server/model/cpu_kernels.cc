@@ -355,6 +355,13 @@ bool Bf16LinearOperandsFit(const at::Tensor& x, const at::Tensor& weight,
          !(bias.defined() && bias.requires_grad());
 }
 
+// The uninitialised result of a linear layer of N outputs over x [..., K]: [..., N].
+at::Tensor LinearOutput(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return at::empty(shape, x.options());
+}
+
 }  // namespace
 
 bool CanUseSmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
@@ -367,9 +374,7 @@ at::Tensor SmallBatchBf16Linear(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& bias) {
   static_assert(kSmallBatchLinearMaxRows <= 4 * kLanes, "LaneRange takes up to four groups");
   const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  at::Tensor y = at::empty(out_shape, x.options());  // [..., N]
+  at::Tensor y = LinearOutput(x, N);  // [..., N]
   if (M == 0 || N == 0) return y;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
   const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
@@ -603,9 +608,7 @@ bool CanUseSmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor SmallBatchF32Linear(const at::Tensor& x, const at::Tensor& weight,
                                const at::Tensor& bias) {
   const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  at::Tensor y = at::empty(out_shape, x.options());  // [..., N]
+  at::Tensor y = LinearOutput(x, N);  // [..., N]
   if (M == 0 || N == 0) return y;
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
@@ -629,9 +632,7 @@ bool CanUseBatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor BatchInvariantLinear(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& bias) {
   const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / K;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  at::Tensor y = at::empty(out_shape, x.options());  // [..., N]
+  at::Tensor y = LinearOutput(x, N);  // [..., N]
   if (M == 0 || N == 0) return y;
   if (x.scalar_type() == at::kBFloat16) {
     const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());

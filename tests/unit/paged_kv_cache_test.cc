@@ -45,6 +45,18 @@ std::vector<int32_t> Iota(int n, int first = 1) {
   return v;
 }
 
+// Allocates `n` blocks and registers them as `prompt`'s first n blocks under `ns`.
+std::vector<int32_t> CacheChain(KvBlockPool& pool, const std::string& ns,
+                                const std::vector<int32_t>& prompt, int n) {
+  const std::vector<uint64_t> hashes = pool.ChainHashes(ns, prompt);
+  std::vector<int32_t> blocks;
+  EXPECT_TRUE(pool.Allocate(n, &blocks));
+  for (int i = 0; i < n && i < static_cast<int>(blocks.size()); ++i) {
+    pool.Register(blocks[i], i, ns, prompt, hashes);
+  }
+  return blocks;
+}
+
 TEST(KvBlockPoolTest, AllocatesAndReleasesWholeBlocks) {
   auto pool = PoolOrDie(4);
   EXPECT_EQ(pool->BlocksFor(0), 0);
@@ -76,13 +88,10 @@ TEST(KvBlockPoolTest, BadOptionsAreRefused) {
 TEST(KvBlockPoolTest, MatchFindsTheLongestRegisteredChainOfFullBlocks) {
   auto pool = PoolOrDie(8);
   const std::vector<int32_t> prompt = Iota(10);  // two full blocks of 4, and 2 tokens
-  const std::vector<uint64_t> hashes = pool->ChainHashes("ns", prompt);
-  ASSERT_EQ(hashes.size(), 2u);
-  std::vector<int32_t> blocks;
-  ASSERT_TRUE(pool->Allocate(3, &blocks));
-  EXPECT_TRUE(pool->Match("ns", prompt, hashes, 2).empty()) << "nothing registered yet";
-  pool->Register(blocks[0], 0, "ns", prompt, hashes);
-  pool->Register(blocks[1], 1, "ns", prompt, hashes);
+  ASSERT_EQ(pool->ChainHashes("ns", prompt).size(), 2u);
+  EXPECT_TRUE(pool->Match("ns", prompt, pool->ChainHashes("ns", prompt), 2).empty())
+      << "nothing registered yet";
+  const std::vector<int32_t> blocks = CacheChain(*pool, "ns", prompt, 2);
   EXPECT_EQ(pool->cached_blocks(), 2);
 
   // A longer prompt with the same start takes both blocks, a shorter one only the first.
@@ -104,10 +113,7 @@ TEST(KvBlockPoolTest, AHashThatDoesNotMatchTheStoredChainIsAMiss) {
   auto pool = PoolOrDie(4);
   const std::vector<int32_t> prompt = Iota(8);
   const std::vector<uint64_t> hashes = pool->ChainHashes("tenant-a", prompt);
-  std::vector<int32_t> blocks;
-  ASSERT_TRUE(pool->Allocate(2, &blocks));
-  pool->Register(blocks[0], 0, "tenant-a", prompt, hashes);
-  pool->Register(blocks[1], 1, "tenant-a", prompt, hashes);
+  CacheChain(*pool, "tenant-a", prompt, 2);
   // Another namespace's lookup forged to carry tenant-a's hashes (a collision): the
   // stored namespace and tokens are checked, so it misses.
   EXPECT_TRUE(pool->Match("tenant-b", prompt, hashes, 2).empty());
@@ -119,10 +125,7 @@ TEST(KvBlockPoolTest, HeldBlocksAreNeverEvictedAndTailsGoFirst) {
   auto pool = PoolOrDie(4);
   const std::vector<int32_t> prompt = Iota(12);
   const std::vector<uint64_t> hashes = pool->ChainHashes("ns", prompt);
-  std::vector<int32_t> blocks;
-  ASSERT_TRUE(pool->Allocate(3, &blocks));
-  for (int i = 0; i < 3; ++i) pool->Register(blocks[i], i, "ns", prompt, hashes);
-  pool->Release(blocks);
+  pool->Release(CacheChain(*pool, "ns", prompt, 3));
   EXPECT_EQ(pool->used_blocks(), 0);
   EXPECT_EQ(pool->available_blocks(), 4);
   EXPECT_EQ(pool->cached_blocks(), 3);
