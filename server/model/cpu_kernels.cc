@@ -1358,7 +1358,7 @@ namespace {
 
 // The operands of PagedRopeAttention with elements of type T, their shapes in one
 // place, and where a position's rows sit in the pool: q [N, H * hd], k, v [N, KVH * hd]
-// (the projections), cos, sin [N, hd], the pools [num_blocks, KVH, block_size, hd]
+// (the projections), cos, sin [N, hd], the pools [KVH, num_blocks, block_size, hd]
 // (contiguous, written) and the output [N, H * hd].
 template <typename T>
 struct PagedOperands {
@@ -1372,7 +1372,8 @@ struct PagedOperands {
         cos_tensor(cos_in.contiguous()),
         sin_tensor(sin_in.contiguous()),
         N(static_cast<int64_t>(tokens_in.row.size())),
-        KVH(pool_k.size(1)),
+        KVH(pool_k.size(0)),
+        num_blocks(pool_k.size(1)),
         block_size(pool_k.size(2)),
         hd(pool_k.size(3)),
         H(q_in.size(-1) / hd),
@@ -1388,7 +1389,7 @@ struct PagedOperands {
   T* Out(int64_t i, int64_t h) const { return out.data_ptr<T>() + (i * H + h) * hd; }
   // Slot 0 of KV head kv in block `block`: [block_size, hd].
   T* Block(T* pool, int64_t block, int64_t kv) const {
-    return pool + (block * KVH + kv) * block_size * hd;
+    return pool + (kv * num_blocks + block) * block_size * hd;
   }
 
   // Writes token i's key for KV head kv, rotated by rope(x, cos, sin, hd, out), and its
@@ -1423,7 +1424,7 @@ struct PagedOperands {
 
   const PagedTokens& tokens;
   const at::Tensor q_tensor, k_tensor, v_tensor, cos_tensor, sin_tensor;
-  const int64_t N, KVH, block_size, hd, H, G;
+  const int64_t N, KVH, num_blocks, block_size, hd, H, G;
   const int shift;
   at::Tensor out;
   T* const keys;
@@ -1448,7 +1449,7 @@ std::pair<int64_t, bool> CheckPagedOperands(const at::Tensor& q, const at::Tenso
                   pool_v.is_contiguous(),
               "PagedRopeAttention: the value pool ", pool_v.sizes(), " does not match the key pool ",
               pool_k.sizes());
-  const int64_t num_blocks = pool_k.size(0), KVH = pool_k.size(1), hd = pool_k.size(3);
+  const int64_t KVH = pool_k.size(0), num_blocks = pool_k.size(1), hd = pool_k.size(3);
   const auto dtype = pool_k.scalar_type();
   for (const at::Tensor* t : {&q, &k, &v, &cos, &sin}) {
     TORCH_CHECK(t->defined() && t->scalar_type() == dtype && t->device().is_cpu() && t->dim() >= 1,
@@ -1591,7 +1592,7 @@ bool CanUsePagedRopeAttention(const at::Tensor& pool_keys) {
   const bool instructions = pool_keys.scalar_type() == at::kBFloat16 ? CpuHasAvx512BwVl()
                             : pool_keys.scalar_type() == at::kFloat  ? CpuHasAvx512FVl()
                                                                      : false;
-  const int64_t KVH = pool_keys.size(1), block_size = pool_keys.size(2), hd = pool_keys.size(3);
+  const int64_t KVH = pool_keys.size(0), block_size = pool_keys.size(2), hd = pool_keys.size(3);
   return instructions && KVH > 0 && block_size > 0 && (block_size & (block_size - 1)) == 0 &&
          hd > 0 && hd % 2 == 0 && hd <= kMaxAttentionHeadDim;
 }

@@ -171,7 +171,8 @@ bool CanUseF32SiluMul(const at::Tensor& gate_up);
 at::Tensor F32SiluMul(const at::Tensor& gate_up);
 
 // Kernels for a paged KV cache and packed forwards (vLLM-style): each layer's keys and
-// values live in one pool [num_blocks, KVH, block_size, hd]; a sequence owns a table of
+// values live in one pool [KVH, num_blocks, block_size, hd] (KV head outermost, so a
+// sequence's consecutive blocks of one head are one stream); a sequence owns a table of
 // block ids, and its position p sits in block table[p / block_size], slot
 // p % block_size. One call takes N new tokens of any number of sequences (a decode step
 // is one token per sequence, a prefill many). Prefix caching needs a token's results
@@ -187,7 +188,7 @@ struct PagedTokens {
 };
 
 // True when PagedRopeAttention applies to the key pool `pool_keys`
-// [num_blocks, KVH, block_size, hd]: CPU, bf16 with AVX-512BW/VL or float32 with
+// [KVH, num_blocks, block_size, hd]: CPU, bf16 with AVX-512BW/VL or float32 with
 // AVX-512F/VL, contiguous, block_size a power of two, even hd <= 256, not requiring
 // grad (the kernel carries no autograd).
 bool CanUsePagedRopeAttention(const at::Tensor& pool_keys);
@@ -202,7 +203,7 @@ bool CanUsePagedRopeAttention(const at::Tensor& pool_keys);
 // contiguous cache holding the same keys and values, first = 0 and
 // write_at = position[i], whichever other tokens share the call. q: [N, H * hd],
 // k, v: [N, KVH * hd] (projections, the pool's dtype), cos, sin: [N, hd] (same dtype);
-// pool_k, pool_v: [num_blocks, KVH, block_size, hd], contiguous, written. Sequences
+// pool_k, pool_v: [KVH, num_blocks, block_size, hd], contiguous, written. Sequences
 // must not share the blocks the call writes. Throws c10::Error on operands that do not
 // fit (shapes, dtypes, a token's sequence or position, block ids outside the pool).
 // Returns [N, H * hd].

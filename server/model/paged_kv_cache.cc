@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<KvBlockPool>> KvBlockPool::Create(const ModelConf
     for (int64_t l = 0; l < config.num_layers; ++l) {
       for (auto* layers : {&pool->keys_, &pool->values_}) {
         layers->push_back(at::empty(
-            {options.num_blocks, config.num_kv_heads, options.block_size, config.head_dim},
+            {config.num_kv_heads, options.num_blocks, options.block_size, config.head_dim},
             tensor_options));
       }
     }

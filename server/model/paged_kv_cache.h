@@ -65,7 +65,9 @@ class KvBlockPool {
     return (positions + block_size_ - 1) / block_size_;
   }
 
-  // Per layer: [num_blocks, kv_heads, block_size, head_dim], the model's dtype.
+  // Per layer: [kv_heads, num_blocks, block_size, head_dim], the model's dtype: KV head
+  // outermost, so that one head's consecutive blocks (a sequence's, while the pool is
+  // unfragmented) are one stream for the attention kernel to read.
   at::Tensor& keys(int64_t layer) { return keys_[layer]; }
   at::Tensor& values(int64_t layer) { return values_[layer]; }
   const at::Tensor& keys(int64_t layer) const { return keys_[layer]; }
@@ -107,8 +109,8 @@ class KvBlockPool {
 
   const int64_t num_blocks_;
   const int64_t block_size_;
-  std::vector<at::Tensor> keys_;    // per layer: [num_blocks, kv_heads, block_size, hd]
-  std::vector<at::Tensor> values_;  // per layer: [num_blocks, kv_heads, block_size, hd]
+  std::vector<at::Tensor> keys_;    // per layer: [kv_heads, num_blocks, block_size, hd]
+  std::vector<at::Tensor> values_;  // per layer: [kv_heads, num_blocks, block_size, hd]
   std::vector<int32_t> holds_;      // [num_blocks] sequences holding each block
   std::vector<int32_t> free_;       // Blocks neither held nor cached.
   std::vector<std::unique_ptr<CachedBlock>> cached_;  // [num_blocks], null if not cached

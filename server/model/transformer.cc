@@ -481,7 +481,7 @@ absl::Status Transformer::ValidatePaged(const PagedForwardInput& input,
         input.block_tables.size(), " block tables"));
   }
   if (pool.num_layers() != config_.num_layers || pool.keys(0).scalar_type() != dtype_ || pool.keys(0).device() != device_ ||
-      pool.keys(0).size(1) != config_.num_kv_heads || pool.keys(0).size(3) != config_.head_dim) {
+      pool.keys(0).size(0) != config_.num_kv_heads || pool.keys(0).size(3) != config_.head_dim) {
     return absl::InvalidArgumentError("the KV block pool was made for another model");
   }
   for (size_t b = 0; b < B; ++b) {
@@ -593,8 +593,8 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
   at::Tensor q = Project(h, layer.q_w, layer.q_b, nullptr, l, LoraTarget::kQ, path);  // [N, H*hd]
   at::Tensor k = Project(h, layer.k_w, layer.k_b, nullptr, l, LoraTarget::kK, path);  // [N, KVH*hd]
   at::Tensor v = Project(h, layer.v_w, layer.v_b, nullptr, l, LoraTarget::kV, path);  // [N, KVH*hd]
-  at::Tensor& pool_k = pool->keys(l);    // [blocks, KVH, bs, hd]
-  at::Tensor& pool_v = pool->values(l);  // [blocks, KVH, bs, hd]
+  at::Tensor& pool_k = pool->keys(l);    // [KVH, blocks, bs, hd]
+  at::Tensor& pool_v = pool->values(l);  // [KVH, blocks, bs, hd]
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   if (path != KernelPath::kTensorOps && CanUsePagedRopeAttention(pool_k)) {
     // RoPE, the cache writes and attention in one call; each token's result depends on
@@ -625,8 +625,8 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
   const at::Tensor blocks_t = at::tensor(slot_block, long_opts.device(at::kCPU)).to(device_);
   const at::Tensor offsets_t = at::tensor(slot_offset, long_opts.device(at::kCPU)).to(device_);
   using at::indexing::Slice;
-  pool_k.index_put_({blocks_t, Slice(), offsets_t}, k3);                  // [N, KVH, hd]
-  pool_v.index_put_({blocks_t, Slice(), offsets_t}, v.view({N, KVH, hd}));
+  pool_k.index_put_({Slice(), blocks_t, offsets_t}, k3.transpose(0, 1));  // [KVH, N, hd]
+  pool_v.index_put_({Slice(), blocks_t, offsets_t}, v.view({N, KVH, hd}).transpose(0, 1));
 
   std::vector<at::Tensor> outputs;  // per row: [T_b, H * hd]
   int64_t first_token = 0;
@@ -638,7 +638,7 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
                    long_opts.device(at::kCPU))
             .to(device_);
     auto gather = [&](const at::Tensor& pool_tensor) {  // -> [KVH, S, hd]
-      return pool_tensor.index_select(0, ids).transpose(0, 1).reshape({KVH, -1, hd}).narrow(1, 0, S);
+      return pool_tensor.index_select(1, ids).reshape({KVH, -1, hd}).narrow(1, 0, S);
     };
     const at::Tensor keys = gather(pool_k), values = gather(pool_v);
     // [T, H, hd] -> [KVH, G*T, hd]: query head h = kv * G + g uses KV head kv.

@@ -532,7 +532,7 @@ bool CpuHasPagedAttention(at::ScalarType dtype) {
 // `capacity[b]` positions, drawn in shuffled order from the pool (which has spare
 // blocks), so consecutive positions of a sequence sit in unrelated blocks.
 struct PagedCache {
-  at::Tensor keys, values;                  // [num_blocks, KVH, block_size, hd]
+  at::Tensor keys, values;                  // [KVH, num_blocks, block_size, hd]
   std::vector<std::vector<int32_t>> tables;  // [B][blocks of b]
   int64_t block_size;
 
@@ -542,8 +542,8 @@ struct PagedCache {
     int64_t needed = 0;
     for (int64_t c : capacity) needed += (c + block_size - 1) / block_size;
     const int64_t num_blocks = needed + 3;
-    keys = at::randn({num_blocks, KVH, block_size, hd}).to(dtype);  // Garbage until written.
-    values = at::randn({num_blocks, KVH, block_size, hd}).to(dtype);
+    keys = at::randn({KVH, num_blocks, block_size, hd}).to(dtype);  // Garbage until written.
+    values = at::randn({KVH, num_blocks, block_size, hd}).to(dtype);
     const at::Tensor order = at::randperm(num_blocks, at::kLong);
     int64_t next = 0;
     for (int64_t c : capacity) {
@@ -561,16 +561,17 @@ struct PagedCache {
   }
   // Position p of sequence b, KV head kv: [hd] (a view into the pool).
   at::Tensor Key(int64_t b, int64_t kv, int64_t p) const {
-    return keys[tables[b][p / block_size]][kv][p % block_size];
+    return keys[kv][tables[b][p / block_size]][p % block_size];
   }
   at::Tensor Value(int64_t b, int64_t kv, int64_t p) const {
-    return values[tables[b][p / block_size]][kv][p % block_size];
+    return values[kv][tables[b][p / block_size]][p % block_size];
   }
   // Positions [0, n) of sequence b as a contiguous [KVH, n, hd] tensor.
   at::Tensor Gather(const at::Tensor& pool, int64_t b, int64_t n) const {
     std::vector<at::Tensor> rows;
     for (int64_t p = 0; p < n; ++p) {
-      rows.push_back(pool[tables[b][p / block_size]].select(1, p % block_size));  // [KVH, hd]
+      // [KVH, hd]
+      rows.push_back(pool.select(1, tables[b][p / block_size]).select(1, p % block_size));
     }
     return at::stack(rows, 1);
   }
@@ -735,8 +736,8 @@ TEST(CpuKernelsTest, PagedPrefillEqualsTokenByTokenAndSoftmaxAttention) {
     for (int64_t i = 0; i < N; ++i) {
       const int64_t b = tokens.row[i], p = tokens.position[i];
       const int64_t block = batched.tables[b][p / block_size];
-      expected_keys[block].select(1, p % block_size).copy_(k_rot[i]);
-      expected_values[block].select(1, p % block_size).copy_(v.view({N, KVH, hd})[i]);
+      expected_keys.select(1, block).select(1, p % block_size).copy_(k_rot[i]);
+      expected_values.select(1, block).select(1, p % block_size).copy_(v.view({N, KVH, hd})[i]);
     }
     EXPECT_TRUE(at::equal(batched.values, expected_values));
     if (dtype == at::kBFloat16) {  // Rounded where the bf16 tensor ops round.
@@ -777,12 +778,12 @@ TEST(CpuKernelsTest, PagedAttentionRefusesWhatItCannotRead) {
     EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, dtype).set_requires_grad(true)));
   }
   EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, at::kDouble)));
-  EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({4, 2, 16, 64}, at::kHalf)));
+  EXPECT_FALSE(CanUsePagedRopeAttention(at::zeros({2, 4, 16, 64}, at::kHalf)));
   EXPECT_FALSE(CanUsePagedRopeAttention(at::Tensor()));
   if (!CpuHasAvx512F()) return;
   // Operands that do not fit throw c10::Error (caught at the model boundary).
   const int64_t H = 4, KVH = 2, hd = 8;
-  at::Tensor pool_k = at::zeros({3, KVH, 4, hd}), pool_v = at::zeros({3, KVH, 4, hd});
+  at::Tensor pool_k = at::zeros({KVH, 3, 4, hd}), pool_v = at::zeros({KVH, 3, 4, hd});
   const std::vector<int32_t> table = {2, 0};
   PagedTokens tokens{{0}, {5}, {table.data()}};
   const at::Tensor q = at::randn({1, H * hd}), k = at::randn({1, KVH * hd});
@@ -808,7 +809,7 @@ TEST(CpuKernelsTest, PagedAttentionRefusesWhatItCannotRead) {
                c10::Error);
   EXPECT_THROW(PagedRopeAttention(q, k, k, at::randn({2, hd}), cos, pool_k, pool_v, tokens, 1.0),
                c10::Error);
-  at::Tensor small_v = at::zeros({2, KVH, 4, hd});
+  at::Tensor small_v = at::zeros({KVH, 2, 4, hd});
   EXPECT_THROW(PagedRopeAttention(q, k, k, cos, cos, pool_k, small_v, tokens, 1.0), c10::Error);
 }
 
