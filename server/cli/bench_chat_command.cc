@@ -325,8 +325,8 @@ absl::StatusOr<int64_t> MaxPagedRows(const BenchChatFlags& flags, const TempDir&
   ASSIGN_OR_RETURN(ChatServer chat, StartChatServer(flags, dir, /*prefix_caching=*/false, budget,
                                                     /*max_batch=*/1024));
   std::vector<std::string> prompts;
-  std::uniform_real_distribution<double> log_length(std::log(32.0),
-                                                    std::log(static_cast<double>(flags.history_tokens)));
+  std::uniform_real_distribution<double> log_length(
+      std::log(32.0), std::log(static_cast<double>(flags.history_tokens)));
   for (int64_t i = 0; i < flags.burst; ++i) {
     ASSIGN_OR_RETURN(std::string text,
                      TextOfTokens(tokenizer, static_cast<int64_t>(std::exp(log_length(rng))), rng));
@@ -363,8 +363,8 @@ absl::StatusOr<int64_t> MaxPagedRows(const BenchChatFlags& flags, const TempDir&
 }
 
 // Median decode step (ms) of each layout: 16 rows of random tokens prefilled to 512
-// positions (or the model's context), then alternating rounds of decode steps on the contiguous and the paged
-// cache.
+// positions (or the model's context), then pairs of decode steps on the contiguous and
+// the paged cache, in ABBA order.
 struct DecodeTimes {
   int64_t context = 0;
   double contiguous_ms = 0;
@@ -490,11 +490,11 @@ absl::Status BenchChat(const ParsedFlags& args) {
     ASSIGN_OR_RETURN(std::string file, RandomVectorFile(rng, info.num_layers, info.hidden_size));
     RETURN_IF_ERROR(chat.steered->CreateVector(kServedName, kVectorName, file).status());
     if (!flags.json_only && prefix_caching) {
-      std::printf("steerd bench chat: %s (%s, %d layers x %d, %s on %s), %d threads, %u cores, %s\n",
-                  flags.model_dir.c_str(), info.architecture.c_str(), info.num_layers,
-                  info.hidden_size, info.dtype.c_str(), info.device.c_str(),
-                  at::get_num_threads(), std::thread::hardware_concurrency(),
-                  CpuModel().c_str());
+      std::printf(
+          "steerd bench chat: %s (%s, %d layers x %d, %s on %s), %d threads, %u cores, %s\n",
+          flags.model_dir.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size,
+          info.dtype.c_str(), info.device.c_str(), at::get_num_threads(),
+          std::thread::hardware_concurrency(), CpuModel().c_str());
       std::printf("  %lld users (half steered) x %lld-%lld turns, system prompt %lld tokens, "
                   "history up to ~%lld, %lld new tokens per turn\n",
                   static_cast<long long>(flags.users), static_cast<long long>(flags.turns_min),
@@ -508,11 +508,11 @@ absl::Status BenchChat(const ParsedFlags& args) {
     (prefix_caching ? cached : uncached) = std::move(run);
     if (!flags.json_only) {
       const ChatRun& r = prefix_caching ? cached : uncached;
-      std::printf("  prefix cache %-3s: TTFT turns 2+ p50 %.1f ms p99 %.1f ms (turn 1 p50 %.1f ms), "
-                  "%.1f tok/s, %.0f s, last prompts %.0f tokens\n",
-                  prefix_caching ? "on" : "off", Median(r.ttft_later_ms),
-                  Percentile(r.ttft_later_ms, 0.99), Median(r.ttft_first_ms),
-                  r.tokens / r.seconds, r.seconds, r.last_prompt_tokens);
+      std::printf(
+          "  prefix cache %-3s: TTFT turns 2+ p50 %.1f ms p99 %.1f ms (turn 1 p50 %.1f ms), "
+          "%.1f tok/s, %.0f s, last prompts %.0f tokens\n",
+          prefix_caching ? "on" : "off", Median(r.ttft_later_ms), Percentile(r.ttft_later_ms, 0.99),
+          Median(r.ttft_first_ms), r.tokens / r.seconds, r.seconds, r.last_prompt_tokens);
       std::fflush(stdout);
     }
   }

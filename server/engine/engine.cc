@@ -296,12 +296,17 @@ bool Engine::Reserve(Sequence& s, int64_t budget, int64_t* tokens,
   s.blocks.insert(s.blocks.end(), fresh.begin(), fresh.end());
   s.cached = hit * block_size;
   if (caching) {
-    const int64_t registered = static_cast<int64_t>(s.request.generation.prompt.size()) / block_size;
+    const int64_t registered =
+        static_cast<int64_t>(s.request.generation.prompt.size()) / block_size;
     for (int64_t i = hit; i < registered; ++i) pending->push_back(s.block_hashes[i]);
   }
   if (!s.admitted_before) {
-    if (metrics_.prefix_cache_queried_tokens) metrics_.prefix_cache_queried_tokens->Increment(length);
-    if (metrics_.prefix_cache_hit_tokens) metrics_.prefix_cache_hit_tokens->Increment(hit * block_size);
+    if (metrics_.prefix_cache_queried_tokens) {
+      metrics_.prefix_cache_queried_tokens->Increment(length);
+    }
+    if (metrics_.prefix_cache_hit_tokens) {
+      metrics_.prefix_cache_hit_tokens->Increment(hit * block_size);
+    }
   }
   return true;
 }

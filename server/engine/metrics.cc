@@ -113,11 +113,12 @@ ServingMetrics::ServingMetrics()
                                   .Name("steerd_vector_cache_evictions_total")
                                   .Help("Unused resident vectors evicted to make room")
                                   .Register(*registry_)),
-      training_jobs_(BuildGauge()
-                         .Name("steerd_training_jobs")
-                         .Help("Training jobs this replica holds: claimed and about to start (state QUEUED) "
-                               "or training (RUNNING)")
-                         .Register(*registry_)),
+      training_jobs_(
+          BuildGauge()
+              .Name("steerd_training_jobs")
+              .Help("Training jobs this replica holds: claimed and about to start (state QUEUED) "
+                    "or training (RUNNING)")
+              .Register(*registry_)),
       training_steps_(BuildCounter()
                           .Name("steerd_training_steps_total")
                           .Help("Optimizer steps of training jobs")
@@ -157,7 +158,8 @@ ModelMetrics ServingMetrics::ForModel(const std::string& model) {
   m.kv_blocks_total = &kv_blocks_.Add({{"model", model}, {"state", "total"}});
   m.kv_preemptions = &kv_preemptions_.Add(labels);
   m.kv_evictions = &kv_evictions_.Add(labels);
-  m.prefix_cache_queried_tokens = &prefix_cache_tokens_.Add({{"model", model}, {"result", "queried"}});
+  m.prefix_cache_queried_tokens =
+      &prefix_cache_tokens_.Add({{"model", model}, {"result", "queried"}});
   m.prefix_cache_hit_tokens = &prefix_cache_tokens_.Add({{"model", model}, {"result", "hit"}});
   m.resident_vectors = &resident_vectors_.Add(labels);
   m.vector_cache_hits = &vector_cache_hits_.Add(labels);

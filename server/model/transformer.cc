@@ -480,8 +480,9 @@ absl::Status Transformer::ValidatePaged(const PagedForwardInput& input,
         "a paged forward of ", B, " rows has ", input.cached.size(), " cached lengths and ",
         input.block_tables.size(), " block tables"));
   }
-  if (pool.num_layers() != config_.num_layers || pool.keys(0).scalar_type() != dtype_ || pool.keys(0).device() != device_ ||
-      pool.keys(0).size(0) != config_.num_kv_heads || pool.keys(0).size(3) != config_.head_dim) {
+  if (pool.num_layers() != config_.num_layers || pool.keys(0).scalar_type() != dtype_ ||
+      pool.keys(0).device() != device_ || pool.keys(0).size(0) != config_.num_kv_heads ||
+      pool.keys(0).size(3) != config_.head_dim) {
     return absl::InvalidArgumentError("the KV block pool was made for another model");
   }
   for (size_t b = 0; b < B; ++b) {
@@ -555,7 +556,8 @@ at::Tensor Transformer::ForwardPagedImpl(const PagedForwardInput& input,
   }
   const int64_t N = ids.size();
   // RoPE tables in float32, as Hugging Face computes them, then cast: [N, hd].
-  auto [cos, sin] = RopeCosSin(inv_freq_, at::tensor(token_position, long_opts).view({1, N}).to(device_));
+  auto [cos, sin] =
+      RopeCosSin(inv_freq_, at::tensor(token_position, long_opts).view({1, N}).to(device_));
   cos = cos.to(dtype_).view({N, config_.head_dim});
   sin = sin.to(dtype_).view({N, config_.head_dim});
   // Each token's steering row, for prefills (a decode step's rows are its tokens).
@@ -642,13 +644,16 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
     };
     const at::Tensor keys = gather(pool_k), values = gather(pool_v);
     // [T, H, hd] -> [KVH, G*T, hd]: query head h = kv * G + g uses KV head kv.
-    const at::Tensor rows_q =
-        q3.narrow(0, first_token, T).view({T, KVH, G, hd}).permute({1, 2, 0, 3}).reshape({KVH, G * T, hd});
+    const at::Tensor rows_q = q3.narrow(0, first_token, T)
+                                  .view({T, KVH, G, hd})
+                                  .permute({1, 2, 0, 3})
+                                  .reshape({KVH, G * T, hd});
     at::Tensor scores = at::matmul(rows_q, keys.transpose(1, 2)) * scale;  // [KVH, G*T, S]
     // Query t (position cached + t) sees columns up to its own.
     const at::Tensor hidden = at::arange(S, long_opts).view({1, S}) >
                               (at::arange(T, long_opts) + input.cached[b]).view({T, 1});  // [T, S]
-    scores = scores.view({KVH, G, T, S}).masked_fill(hidden, -std::numeric_limits<float>::infinity());
+    scores =
+        scores.view({KVH, G, T, S}).masked_fill(hidden, -std::numeric_limits<float>::infinity());
     at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     at::Tensor out = at::matmul(probs.view({KVH, G * T, S}), values);  // [KVH, G*T, hd]
     outputs.push_back(out.view({KVH, G, T, hd}).permute({2, 0, 1, 3}).reshape({T, H * hd}));
