@@ -349,13 +349,14 @@ void Engine::Prefill(std::vector<std::unique_ptr<Sequence>> joining) {
   }
   const int64_t block_size = pool_->block_size();
   for (auto& s : joining) {
+    const int64_t first_computed = s->cached / block_size;  // Blocks before it were hits.
     s->cached = s->tokens.size();
     s->admitted_before = true;
     // The prompt's full blocks are cached for later prompts (generated tokens' blocks
     // are not: see the header).
     if (options_.prefix_caching && !s->block_hashes.empty()) {
       const int64_t full = static_cast<int64_t>(s->request.generation.prompt.size()) / block_size;
-      for (int64_t i = 0; i < full; ++i) {
+      for (int64_t i = first_computed; i < full; ++i) {
         pool_->Register(s->blocks[i], i, s->request.prefix_namespace, s->tokens, s->block_hashes);
       }
     }

@@ -541,36 +541,40 @@ at::Tensor Transformer::ForwardPagedImpl(const PagedForwardInput& input,
                                          KvBlockPool* pool) const {
   const int64_t B = input.tokens.size();
   const auto long_opts = at::TensorOptions().dtype(at::kLong);
-  // The packed tokens: row, position and id of each, rows one after another.
-  std::vector<int64_t> token_row, token_position, ids, last_token(B);
+  // The packed tokens, rows one after another: where each sits (built once for every layer's attention) and its id.
+  PagedTokens packed;
+  std::vector<int64_t> ids, last_token(B);
   bool one_per_row = true;
   for (int64_t b = 0; b < B; ++b) {
     const std::vector<int32_t>& tokens = input.tokens[b];
     one_per_row &= tokens.size() == 1;
     for (size_t t = 0; t < tokens.size(); ++t) {
-      token_row.push_back(b);
-      token_position.push_back(input.cached[b] + static_cast<int64_t>(t));
+      packed.row.push_back(b);
+      packed.position.push_back(input.cached[b] + static_cast<int64_t>(t));
       ids.push_back(tokens[t]);
     }
     last_token[b] = static_cast<int64_t>(ids.size()) - 1;
   }
+  for (const std::vector<int32_t>* table : input.block_tables) {
+    packed.block_tables.push_back(table->data());
+  }
   const int64_t N = ids.size();
   // RoPE tables in float32, as Hugging Face computes them, then cast: [N, hd].
   auto [cos, sin] =
-      RopeCosSin(inv_freq_, at::tensor(token_position, long_opts).view({1, N}).to(device_));
+      RopeCosSin(inv_freq_, at::tensor(packed.position, long_opts).view({1, N}).to(device_));
   cos = cos.to(dtype_).view({N, config_.head_dim});
   sin = sin.to(dtype_).view({N, config_.head_dim});
   // Each token's steering row, for prefills (a decode step's rows are its tokens).
   at::Tensor steering_index;  // [N] int64
   if (input.steering.defined() && !one_per_row) {
-    steering_index = at::tensor(token_row, long_opts).to(device_);
+    steering_index = at::tensor(packed.row, long_opts).to(device_);
   }
   const KernelPath path = input.prefill ? KernelPath::kBatchInvariant : KernelPath::kFast;
   at::Tensor x = at::embedding(embed_, at::tensor(ids, long_opts).to(device_));  // [N, d]
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
     x = x + PagedAttention(layer, RmsNorm(x, layer.input_norm, path), cos, sin, l, pool, input,
-                           token_row, token_position, path);
+                           packed, path);
     x = x + Mlp(layer, RmsNorm(x, layer.post_norm, path), l, /*lora=*/nullptr, path);
     if (input.steering.defined()) {
       const at::Tensor rows = input.steering[l].select(1, 0);  // [B, d]
@@ -585,8 +589,7 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
                                        const at::Tensor& cos, const at::Tensor& sin,
                                        int64_t layer_index, KvBlockPool* pool,
                                        const PagedForwardInput& input,
-                                       const std::vector<int64_t>& token_row,
-                                       const std::vector<int64_t>& token_position,
+                                       const PagedTokens& tokens,
                                        KernelPath path) const {
   const int64_t N = h.size(0);
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, hd = config_.head_dim;
@@ -601,12 +604,6 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
   if (path != KernelPath::kTensorOps && CanUsePagedRopeAttention(pool_k)) {
     // RoPE, the cache writes and attention in one call; each token's result depends on
     // its own row only, so prefill and decode compute a position alike.
-    PagedTokens tokens;
-    tokens.row = token_row;
-    tokens.position = token_position;
-    for (const std::vector<int32_t>* table : input.block_tables) {
-      tokens.block_tables.push_back(table->data());
-    }
     return Project(PagedRopeAttention(q, k, v, cos, sin, pool_k, pool_v, tokens, scale),
                    layer.o_w, layer.o_b, nullptr, l, LoraTarget::kO, path);  // [N, d]
   }
@@ -620,8 +617,8 @@ at::Tensor Transformer::PagedAttention(const Layer& layer, const at::Tensor& h,
   k3 = k3 * cos3 + RotateHalf(k3) * sin3;
   std::vector<int64_t> slot_block(N), slot_offset(N);
   for (int64_t i = 0; i < N; ++i) {
-    slot_block[i] = (*input.block_tables[token_row[i]])[token_position[i] / bs];
-    slot_offset[i] = token_position[i] % bs;
+    slot_block[i] = tokens.block_tables[tokens.row[i]][tokens.position[i] / bs];
+    slot_offset[i] = tokens.position[i] % bs;
   }
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
   const at::Tensor blocks_t = at::tensor(slot_block, long_opts.device(at::kCPU)).to(device_);

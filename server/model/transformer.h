@@ -29,6 +29,8 @@
 
 namespace steerd {
 
+struct PagedTokens;  // cpu_kernels.h: where the packed tokens of a paged forward sit.
+
 // One row's steering: `vector` is [num_layers, hidden_size] (any float dtype, any
 // device) or undefined for none; row l of `scale * vector` is added to layer l's output.
 struct SteeringRow {
@@ -158,13 +160,12 @@ class Transformer {
   at::Tensor ForwardImpl(const ForwardInput& input, KvCache* cache) const;
   absl::Status ValidatePaged(const PagedForwardInput& input, const KvBlockPool& pool) const;
   at::Tensor ForwardPagedImpl(const PagedForwardInput& input, KvBlockPool* pool) const;
-  // Attention of the packed tokens `h` ([N, d]) at `positions` of their rows over the
+  // Attention of the packed tokens `h` ([N, d]), where `tokens` places them, over the
   // pool: writes their keys and values, returns the o_proj output [N, d].
   at::Tensor PagedAttention(const Layer& layer, const at::Tensor& h, const at::Tensor& cos,
                             const at::Tensor& sin, int64_t layer_index, KvBlockPool* pool,
                             const PagedForwardInput& input,
-                            const std::vector<int64_t>& token_row,
-                            const std::vector<int64_t>& token_position, KernelPath path) const;
+                            const PagedTokens& tokens, KernelPath path) const;
 
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;
