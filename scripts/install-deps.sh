@@ -7,6 +7,8 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # The OpenAI-compatible HTTP API (HTTP/1.1 with TLS through OpenSSL).
+  libcpp-httplib-dev
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev openssl
   # The shared store for replicas (libpq), and the PostgreSQL server the tests start.

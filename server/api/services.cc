@@ -87,7 +87,8 @@ class GenerationCall : public GenerationObserver {
   void RecordEnd(const grpc::Status& status, int64_t completion_tokens) {
     slot_.Release();
     if (!tenant_.empty()) api_->metrics()->RecordTenantTokens(tenant_, completion_tokens);
-    api_->metrics()->RecordRpc(rpc_, GrpcCodeName(status.error_code()), SecondsSince(start_));
+    api_->metrics()->RecordRpc("grpc", rpc_, GrpcCodeName(status.error_code()),
+                               SecondsSince(start_));
   }
 
   // The final fields of a response or last chunk.
@@ -289,7 +290,7 @@ absl::StatusOr<ServingCore*> ApiContext::Core(bool for_generation) const {
 void ApiContext::RecordRpc(const char* rpc, const absl::Status& status,
                            std::chrono::steady_clock::time_point start) {
   const grpc::StatusCode code = static_cast<grpc::StatusCode>(status.code());
-  metrics_->RecordRpc(rpc, GrpcCodeName(code), SecondsSince(start));
+  metrics_->RecordRpc("grpc", rpc, GrpcCodeName(code), SecondsSince(start));
   // A server-side failure is the operator's to see, once, with what failed; client
   // errors (bad input, limits) are the client's and stay out of the log.
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::DATA_LOSS ||
@@ -314,10 +315,12 @@ absl::StatusOr<TrainingManager*> ApiContext::Training() const {
 absl::StatusOr<const Tenant*> ApiContext::Admit(const grpc::CallbackServerContext* context) {
   const auto& metadata = context->client_metadata();
   auto it = metadata.find("authorization");
-  const absl::string_view value =
-      it == metadata.end() ? absl::string_view()
-                           : absl::string_view(it->second.data(), it->second.size());
-  ASSIGN_OR_RETURN(const Tenant* tenant, authenticator_->Authenticate(value));
+  return Admit(it == metadata.end() ? absl::string_view()
+                                    : absl::string_view(it->second.data(), it->second.size()));
+}
+
+absl::StatusOr<const Tenant*> ApiContext::Admit(absl::string_view authorization) {
+  ASSIGN_OR_RETURN(const Tenant* tenant, authenticator_->Authenticate(authorization));
   metrics_->RecordTenantRequest(tenant->name);
   RETURN_IF_ERROR(limiter_->CheckRequestRate(*tenant));
   return tenant;

@@ -20,6 +20,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/api/grpc_status.h"
 #include "server/api/reactor_pump.h"
 #include "server/engine/metrics.h"
@@ -53,6 +54,9 @@ class ApiContext {
   absl::StatusOr<ServingCore*> Core(bool for_generation) const;
   // The caller's tenant after authentication and the rate limit.
   absl::StatusOr<const Tenant*> Admit(const grpc::CallbackServerContext* context);
+  // The same for the value of an `authorization` header ("Bearer KEY"), whichever the
+  // protocol that carried it.
+  absl::StatusOr<const Tenant*> Admit(absl::string_view authorization);
 
   // Runs a unary RPC that completes on the calling thread: `body` (admission and the
   // handler), then the status and the metrics. Every service's unary RPCs go through it.

@@ -159,7 +159,7 @@ class JobWatch final : public JobWatcher,
   }
 
   void RecordFinish(const grpc::Status& status) override {
-    api_->metrics()->RecordRpc("WatchJob", GrpcCodeName(status.error_code()),
+    api_->metrics()->RecordRpc("grpc", "WatchJob", GrpcCodeName(status.error_code()),
                                SecondsSince(start_));
   }
 

@@ -106,6 +106,11 @@ CommandDef Serve() {
            ValueFlag("listen", "HOST:PORT",
                      "gRPC address; other than localhost needs --tenants.",
                      "127.0.0.1:50051"),
+           ValueFlag("http-listen", "HOST:PORT",
+                     "Also serve the OpenAI-compatible HTTP API there (same tenants, "
+                     "TLS flags and limits); off by default."),
+           ValueFlag("http-threads", "N",
+                     "HTTP connections served at once; more wait for a free thread.", "128"),
            ValueFlag("metrics-listen", "HOST:PORT",
                      "Address of the Prometheus GET /metrics endpoint, or off.",
                      "127.0.0.1:9090"),
@@ -150,7 +155,8 @@ CommandDef Serve() {
            ValueFlag("max-new-tokens", "N",
                      "Cap on a request's new tokens; 0 is the model's context.", "0"),
            ValueFlag("max-message-bytes", "N",
-                     "Largest gRPC request; larger ones get RESOURCE_EXHAUSTED.",
+                     "Largest gRPC request or HTTP body; larger ones get RESOURCE_EXHAUSTED "
+                     "(HTTP 413).",
                      "16777216"),
            ValueFlag("kv-cache-bytes", "SIZE",
                      "Memory of each model's paged KV cache (bytes, or 512MiB, 4GiB). "

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -147,6 +148,20 @@ absl::Status Serve(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(server_options.max_connection_age_grace,
                    args.GetDuration("max-connection-age-grace",
                                     server_options.max_connection_age_grace));
+  std::optional<OpenAiHttpServer::Options> http_options;
+  if (args.Has("http-listen")) {
+    http_options.emplace();
+    http_options->listen_address = args.Get("http-listen", "");
+    http_options->tls_cert_file = server_options.tls_cert_file;
+    http_options->tls_key_file = server_options.tls_key_file;
+    http_options->max_body_bytes = server_options.max_message_bytes;
+    ASSIGN_OR_RETURN(int64_t threads, args.GetInt("http-threads", http_options->threads));
+    if (threads < 1 || threads > 4096) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--http-threads must be from 1 to 4096, got ", threads));
+    }
+    http_options->threads = static_cast<int>(threads);
+  }
   std::string metrics_listen = args.Get("metrics-listen", "127.0.0.1:9090");
   if (args.Has("metrics-port")) {
     ASSIGN_OR_RETURN(int64_t port, args.GetInt("metrics-port", 9090));
@@ -162,11 +177,15 @@ absl::Status Serve(const ParsedFlags& args) {
   if (args.Has("tenants")) {
     ASSIGN_OR_RETURN(tenants, LoadTenantsFile(args.Get("tenants", "")));
   } else {
-    if (!IsLoopback(server_options.listen_address)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "without --tenants the server runs a single default tenant and listens on "
-          "localhost only; pass --tenants FILE to listen on ",
-          server_options.listen_address));
+    for (const std::string& address :
+         {server_options.listen_address,
+          http_options.has_value() ? http_options->listen_address : std::string()}) {
+      if (!address.empty() && !IsLoopback(address)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "without --tenants the server runs a single default tenant and listens on "
+            "localhost only; pass --tenants FILE to listen on ",
+            address));
+      }
     }
     ASSIGN_OR_RETURN(DefaultKey key, LoadOrCreateDefaultKey(data_dir));
     if (!key.warning.empty()) std::fprintf(stderr, "warning: %s\n", key.warning.c_str());
@@ -208,6 +227,7 @@ absl::Status Serve(const ParsedFlags& args) {
   }
   training.max_attempts = static_cast<int32_t>(max_attempts);
   composed_options.server = server_options;
+  composed_options.http = http_options;
   composed_options.tenants = std::move(tenants);
   composed_options.data_dir = data_dir;
   composed_options.store_url = store_url;
@@ -217,6 +237,11 @@ absl::Status Serve(const ParsedFlags& args) {
               composed->store_description().c_str());
   std::printf("listening on %s (port %d)%s\n", server_options.listen_address.c_str(),
               composed->port(), server_options.tls_cert_file.empty() ? "" : " with TLS");
+  if (http_options.has_value()) {
+    std::printf("OpenAI-compatible HTTP API on %s (http port %d)%s\n",
+                http_options->listen_address.c_str(), composed->http_port(),
+                server_options.tls_cert_file.empty() ? "" : " with TLS");
+  }
 
   // Declared after `composed`, whose metrics it reads, so it stops first.
   std::unique_ptr<MetricsHttpServer> metrics_server;

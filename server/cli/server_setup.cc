@@ -17,6 +17,9 @@ absl::StatusOr<std::unique_ptr<ComposedServer>> ComposedServer::Start(const Opti
   composed->api_ = std::make_unique<ApiContext>(composed->authenticator_.get(),
                                                 composed->limiter_.get(), composed->metrics_.get());
   ASSIGN_OR_RETURN(composed->server_, ApiServer::Start(options.server, composed->api_.get()));
+  if (options.http.has_value()) {
+    ASSIGN_OR_RETURN(composed->http_, OpenAiHttpServer::Start(*options.http, composed->api_.get()));
+  }
   return composed;
 }
 
@@ -24,6 +27,7 @@ ComposedServer::~ComposedServer() {
   // The engines must still run while the port shuts down: cancelled streams end only
   // when their engine drops them. grpc::Server::Shutdown is a no-op the second time.
   if (server_ != nullptr) server_->Shutdown(absl::Now());
+  if (http_ != nullptr) http_->Shutdown(absl::Now());
   training_.reset();
   change_feed_.reset();
   core_.reset();
@@ -49,17 +53,22 @@ absl::Status ComposedServer::LoadModels() {
   api_->SetCore(core_.get());
   api_->SetTraining(training_.get());
   server_->SetServing(true);
+  if (http_ != nullptr) http_->SetServing(true);
   return absl::OkStatus();
 }
 
 void ComposedServer::Drain(absl::Time deadline) {
   server_->SetServing(false);
+  if (http_ != nullptr) http_->SetServing(false);
   api_->StartDraining();
   // Training first: its rollouts are engine requests the drain would otherwise wait for.
   if (training_ != nullptr) training_->Shutdown();
   if (core_ != nullptr) core_->Drain(deadline);
   // Every generation has ended; give the last chunks a moment to reach their clients
   // (gRPC waits the whole grace while any client keeps an idle connection open).
+  // HTTP streams end with their generations (they were waited for above); the port
+  // closes once they have been written.
+  if (http_ != nullptr) http_->Shutdown(absl::Now() + absl::Milliseconds(500));
   server_->Shutdown(absl::Now() + absl::Milliseconds(500));
 }
 

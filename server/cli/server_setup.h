@@ -1,14 +1,17 @@
 // The composition of a steerd server, shared by `steerd serve` (flags, signals, metrics
 // HTTP around it) and `steerd bench serve` (the same server in-process, driven over
 // localhost gRPC): tenants' authentication and limits, the vector and job stores
-// (SQLite in the data directory, or a shared PostgreSQL), the gRPC port, the serving core and the training manager. Start-up is split in two so the
-// port answers health checks (NOT_SERVING) while the models load.
+// (SQLite in the data directory, or a shared PostgreSQL), the gRPC port and, when asked
+// for, the OpenAI-compatible HTTP port, the serving core and the training manager.
+// Start-up is split in two so the ports answer health checks (NOT_SERVING) while the
+// models load.
 // Thread-safety: Start, LoadModels, Drain and destruction from one thread; the
 // accessors from any thread once the corresponding step is done.
 #ifndef STEERD_SERVER_CLI_SERVER_SETUP_H_
 #define STEERD_SERVER_CLI_SERVER_SETUP_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,7 @@
 #include "server/engine/metrics.h"
 #include "server/engine/serving_core.h"
 #include "server/engine/training_manager.h"
+#include "server/http/openai_server.h"
 #include "server/storage/postgres_change_feed.h"
 #include "server/storage/stores.h"
 #include "server/tenancy/tenants.h"
@@ -31,6 +35,8 @@ class ComposedServer {
     ServingCore::Options core;
     TrainingManager::Options training;
     ApiServer::Options server;
+    // The OpenAI-compatible HTTP API beside the gRPC port; none when unset.
+    std::optional<OpenAiHttpServer::Options> http;
     std::vector<Tenant> tenants;  // At least one.
     // The vector and job stores: a postgresql:// URL (shared by replicas), or empty
     // for SQLite in `data_dir` (steerd.db).
@@ -55,6 +61,8 @@ class ComposedServer {
   void Drain(absl::Time deadline);
 
   int port() const { return server_->port(); }
+  // The HTTP API's port, 0 without one.
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   // A channel to the server inside this process (see ApiServer::InProcessChannel).
   std::shared_ptr<grpc::Channel> InProcessChannel(const grpc::ChannelArguments& arguments) {
     return server_->InProcessChannel(arguments);
@@ -76,6 +84,7 @@ class ComposedServer {
   std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<ApiContext> api_;
   std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<OpenAiHttpServer> http_;
   std::unique_ptr<ServingCore> core_;
   // PostgreSQL only: other replicas' vector changes, applied to the core.
   std::unique_ptr<PostgresChangeFeed> change_feed_;

@@ -18,8 +18,14 @@ constexpr double kMaxScale = 100.0;
 
 absl::Status ValidateGenerateParams(const GenerateParams& p) {
   if (p.model.empty()) return InvalidFieldError("model", "is empty");
-  if (p.prompt.has_value() == p.messages.has_value()) {
+  const int inputs = static_cast<int>(p.prompt.has_value()) +
+                     static_cast<int>(p.messages.has_value()) +
+                     static_cast<int>(p.prompt_token_ids.has_value());
+  if (inputs != 1) {
     return absl::InvalidArgumentError("set exactly one input: prompt or messages");
+  }
+  if (p.prompt_token_ids.has_value() && p.prompt_token_ids->empty()) {
+    return InvalidFieldError("prompt", "is an empty list of token ids");
   }
   if (p.prompt.has_value() && p.prompt->empty()) {
     return InvalidFieldError("prompt", "is empty");

@@ -29,11 +29,11 @@ ServingMetrics::ServingMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       rpc_requests_(BuildCounter()
                         .Name("steerd_rpc_requests_total")
-                        .Help("Finished RPCs by method and gRPC status code")
+                        .Help("Finished requests by protocol (grpc, http), method and gRPC status code")
                         .Register(*registry_)),
       rpc_latency_(BuildHistogram()
                        .Name("steerd_rpc_latency_seconds")
-                       .Help("RPC latency from arrival to status, by method")
+                       .Help("Request latency from arrival to status, by protocol and method")
                        .Register(*registry_)),
       time_to_first_token_(BuildHistogram()
                                .Name("steerd_time_to_first_token_seconds")
@@ -176,16 +176,18 @@ ModelMetrics ServingMetrics::ForModel(const std::string& model) {
   return m;
 }
 
-void ServingMetrics::RecordRpc(const std::string& rpc, const std::string& code,
-                               double seconds) {
+void ServingMetrics::RecordRpc(const std::string& protocol, const std::string& rpc,
+                               const std::string& code, double seconds) {
   prometheus::Counter* counter;
   prometheus::Histogram* latency;
   {
     absl::MutexLock lock(&mu_);
-    auto& entry = rpc_metrics_[{rpc, code}];
+    auto& entry = rpc_metrics_[{protocol, rpc, code}];
     if (entry.first == nullptr) {
-      entry.first = &rpc_requests_.Add({{"rpc", rpc}, {"code", code}});
-      entry.second = &rpc_latency_.Add({{"rpc", rpc}}, LatencyBuckets());
+      entry.first =
+          &rpc_requests_.Add({{"protocol", protocol}, {"rpc", rpc}, {"code", code}});
+      entry.second =
+          &rpc_latency_.Add({{"protocol", protocol}, {"rpc", rpc}}, LatencyBuckets());
     }
     counter = entry.first;
     latency = entry.second;

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -70,8 +71,11 @@ class ServingMetrics {
   // The metrics labelled with `model`; the same pointers for the same name.
   ModelMetrics ForModel(const std::string& model);
 
-  // One finished RPC: `code` is the gRPC status code name ("OK", "NOT_FOUND", ...).
-  void RecordRpc(const std::string& rpc, const std::string& code, double seconds);
+  // One finished request: `protocol` is "grpc" or "http", `rpc` the method
+  // ("Generate") or HTTP route ("/v1/chat/completions"), `code` the gRPC status code
+  // name ("OK", "NOT_FOUND", ...) its outcome maps to, whichever the protocol.
+  void RecordRpc(const std::string& protocol, const std::string& rpc, const std::string& code,
+                 double seconds);
   // Per tenant: one request, and tokens generated for it.
   void RecordTenantRequest(const std::string& tenant);
   void RecordTenantTokens(const std::string& tenant, double tokens);
@@ -110,8 +114,8 @@ class ServingMetrics {
   absl::Mutex mu_;
   // Family::Add hashes the labels under the family's lock: cache what the request path
   // uses.
-  std::map<std::pair<std::string, std::string>, std::pair<prometheus::Counter*,
-                                                          prometheus::Histogram*>>
+  std::map<std::tuple<std::string, std::string, std::string>,
+           std::pair<prometheus::Counter*, prometheus::Histogram*>>
       rpc_metrics_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, prometheus::Counter*> tenant_request_counters_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, prometheus::Counter*> tenant_token_counters_ ABSL_GUARDED_BY(mu_);

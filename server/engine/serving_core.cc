@@ -271,6 +271,18 @@ absl::StatusOr<ModelInfo> ServingCore::GetModel(const std::string& name) const {
   return served->info;
 }
 
+absl::StatusOr<std::vector<std::string>> ServingCore::TokenBytes(
+    const std::string& model, const std::vector<int32_t>& ids) const {
+  ASSIGN_OR_RETURN(ServedModel * served, FindModel(model));
+  std::vector<std::string> out;
+  out.reserve(ids.size());
+  for (int32_t id : ids) {
+    ASSIGN_OR_RETURN(std::string bytes, served->tokenizer->TokenBytes(id));
+    out.push_back(std::move(bytes));
+  }
+  return out;
+}
+
 absl::StatusOr<StoredVector> ServingCore::CreateVector(const std::string& tenant,
                                                        int64_t max_stored_vectors,
                                                        const std::string& model,
@@ -378,15 +390,15 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
   const ModelInfo& info = served->info;
   const int64_t context = info.max_context;
   if (params.max_new_tokens > context) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.max_new_tokens ",
-                                                   params.max_new_tokens,
-                                                   " exceeds model \"", info.name,
-                                                   "\"'s context of ", context, " tokens"));
+    return InvalidFieldError("sampling.max_new_tokens",
+                             absl::StrCat(params.max_new_tokens, " exceeds model \"",
+                                          info.name, "\"'s context of ", context, " tokens"));
   }
   if (options_.max_new_tokens > 0 && params.max_new_tokens > options_.max_new_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampling.max_new_tokens ", params.max_new_tokens,
-        " exceeds this server's maximum of ", options_.max_new_tokens));
+    return InvalidFieldError("sampling.max_new_tokens",
+                             absl::StrCat(params.max_new_tokens,
+                                          " exceeds this server's maximum of ",
+                                          options_.max_new_tokens));
   }
   if (tenant_max_new_tokens > 0 && params.max_new_tokens > tenant_max_new_tokens) {
     return LimitError(absl::StatusCode::kResourceExhausted,
@@ -401,9 +413,23 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
   if (options_.max_new_tokens > 0) max_new = std::min(max_new, options_.max_new_tokens);
   if (tenant_max_new_tokens > 0) max_new = std::min(max_new, tenant_max_new_tokens);
 
-  // The text the model continues.
+  // The tokens the model continues.
+  std::vector<int32_t> prompt;
+  if (params.prompt_token_ids.has_value()) {
+    prompt = *params.prompt_token_ids;
+    const int32_t vocab = served->tokenizer->vocab_size();
+    for (size_t i = 0; i < prompt.size(); ++i) {
+      if (prompt[i] < 0 || prompt[i] >= vocab) {
+        return InvalidFieldError(absl::StrCat("prompt[", i, "]"),
+                                 absl::StrCat("token id ", prompt[i], " is not in model \"",
+                                              info.name, "\"'s vocabulary [0, ", vocab, ")"));
+      }
+    }
+  }
   std::string text;
-  if (params.messages.has_value()) {
+  if (params.prompt_token_ids.has_value()) {
+    // Taken as given.
+  } else if (params.messages.has_value()) {
     if (!served->chat_template.has_value()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model \"", info.name,
@@ -415,8 +441,10 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> ServingCore::StartGeneration(
   }
   // A rendered conversation carries its own special tokens (BOS included), as Hugging
   // Face's apply_chat_template tokenizes it.
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
-                   served->tokenizer->Encode(text, /*add_special_tokens=*/!params.messages));
+  if (!params.prompt_token_ids.has_value()) {
+    ASSIGN_OR_RETURN(prompt,
+                     served->tokenizer->Encode(text, /*add_special_tokens=*/!params.messages));
+  }
   const int64_t prompt_tokens = prompt.size();
   if (prompt_tokens == 0) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (prompt_tokens >= context) {

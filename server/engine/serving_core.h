@@ -53,7 +53,10 @@ struct ModelInfo {
 struct GenerateParams {
   std::string model;
   std::optional<std::string> prompt;              // Raw text ...
-  std::optional<std::vector<ChatTurn>> messages;  // ... or a conversation.
+  std::optional<std::vector<ChatTurn>> messages;  // ... or a conversation ...
+  // ... or token ids, taken as they are (no special tokens added), each checked to be
+  // in the model's vocabulary.
+  std::optional<std::vector<int32_t>> prompt_token_ids;
   std::string vector;                             // "" = no steering; "name[@version]".
   double scale = 1.0;
   double temperature = 0.0;  // 0 = greedy; else (0, 2].
@@ -114,6 +117,10 @@ class ServingCore {
 
   std::vector<ModelInfo> ListModels() const;  // Ordered by name.
   absl::StatusOr<ModelInfo> GetModel(const std::string& name) const;
+  // The bytes each token stands for in `model`'s vocabulary (not necessarily whole UTF-8
+  // characters), as the OpenAI API's log-probabilities report them.
+  absl::StatusOr<std::vector<std::string>> TokenBytes(const std::string& model,
+                                                      const std::vector<int32_t>& ids) const;
 
   absl::StatusOr<StoredVector> CreateVector(const std::string& tenant,
                                             int64_t max_stored_vectors,

@@ -35,6 +35,13 @@ absl::StatusOr<std::unique_ptr<InProcessServer>> InProcessServer::Start(Options 
   composed.training = options.training;
   composed.server.listen_address = "127.0.0.1:0";
   composed.server.max_message_bytes = options.max_message_bytes;
+  if (options.http) {
+    composed.http.emplace();
+    composed.http->listen_address = "127.0.0.1:0";
+    composed.http->max_body_bytes = options.max_message_bytes;
+    composed.http->write_timeout = options.http_write_timeout;
+    composed.http->send_buffer_bytes = options.http_send_buffer_bytes;
+  }
   composed.tenants = std::move(options.tenants);
   composed.data_dir = options.data_dir;
   ASSIGN_OR_RETURN(server->server_, ComposedServer::Start(composed));
@@ -43,6 +50,10 @@ absl::StatusOr<std::unique_ptr<InProcessServer>> InProcessServer::Start(Options 
 }
 
 InProcessServer::~InProcessServer() = default;
+
+std::string InProcessServer::http_address() const {
+  return absl::StrCat("127.0.0.1:", server_->http_port());
+}
 
 std::string InProcessServer::address() const {
   return absl::StrCat("127.0.0.1:", server_->port());

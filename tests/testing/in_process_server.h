@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client/steerd_client.h"
 #include "server/cli/server_setup.h"
 #include "server/tenancy/tenants.h"
@@ -33,7 +34,13 @@ class InProcessServer {
     // more, and a 2-core machine runs two test programs at once).
     ServingCore::Options core;
     TrainingManager::Options training;
-    int64_t max_message_bytes = 16 << 20;
+    int64_t max_message_bytes = 16 << 20;  // gRPC messages and HTTP bodies.
+    // Also serve the OpenAI-compatible HTTP API on a loopback port (http_address()).
+    bool http = false;
+    // How long the HTTP server waits on a client that does not read its response.
+    absl::Duration http_write_timeout = absl::Seconds(10);
+    // Each HTTP connection's kernel send buffer (OpenAiHttpServer::Options).
+    int64_t http_send_buffer_bytes = 256 << 10;
   };
 
   // Starts the port, loads and warms the models, resumes stored jobs: SERVING.
@@ -44,6 +51,8 @@ class InProcessServer {
 
   // 127.0.0.1:PORT.
   std::string address() const;
+  // 127.0.0.1:PORT of the HTTP API (with Options::http).
+  std::string http_address() const;
   // The default tenant's key (empty with explicit tenants).
   const std::string& default_key() const { return default_key_; }
   // A client for `key` over an in-process channel; its calls' deadlines are scaled by
