@@ -158,7 +158,9 @@ class OpenAiHttpServer::Handlers {
               absl::StrCat("Invalid URL (", req.method, " ", req.path.substr(0, 256), ")"));
           break;
         case 413:
-          status = absl::ResourceExhaustedError("the request body is over this server's limit");
+          status = WithReason(
+              absl::InvalidArgumentError("the request body is over this server's limit"),
+              "REQUEST_TOO_LARGE");
           break;
         default:
           status = absl::InvalidArgumentError(
