@@ -9,12 +9,16 @@
 //    inter-token latency (ITL) percentiles.
 //  - The first-token cost of a vector that is not yet resident on the device (read
 //    from SQLite, validated, uploaded) against one that is.
+//  - Streaming over the OpenAI-compatible HTTP API (--http-concurrency c, default 32;
+//    0 skips it): the closed loop at c with mixed vectors through gRPC GenerateStream and
+//    through POST /v1/completions with server-sent events, interleaved gRPC/HTTP/HTTP/gRPC.
 //  - Serving under training (--training-concurrency c, default 8; 0 skips it): the
 //    unsteered closed loop at c with and without a training job (built-in arith task)
 //    running on the same model, interleaved without/with/with/without, and the job's
 //    seconds per step with that traffic and without any.
 // Prints aligned lines and a last JSON line (only the JSON line with --json).
 #include <ATen/Parallel.h>
+#include <httplib.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -91,11 +95,12 @@ absl::StatusOr<std::string> RandomVectorFile(std::mt19937_64& rng, int64_t layer
 }
 
 v1::GenerateRequest MakeRequest(const std::string& prompt, const std::string& vector,
-                                int64_t new_tokens) {
+                                int64_t new_tokens, bool logprobs = false) {
   v1::GenerateRequest request;
   request.set_model(kServedName);
   request.set_prompt(prompt);
   request.set_ignore_eos(true);
+  request.set_return_logprobs(logprobs);
   request.mutable_sampling()->set_max_new_tokens(static_cast<int32_t>(new_tokens));
   if (!vector.empty()) request.mutable_steering()->set_vector(vector);
   return request;
@@ -147,11 +152,96 @@ struct StreamSamples {
   absl::Status status;
 };
 
+// Sends one streamed request (greedy, ignore_eos) and calls `on_tokens` with the number
+// of tokens each chunk carries, as it arrives.
+using StreamOnce = std::function<absl::Status(const std::string& prompt,
+                                              const std::string& vector, int64_t new_tokens,
+                                              const std::function<void(int)>& on_tokens)>;
+// Makes the StreamOnce of one client thread (each keeps its own connection).
+using StreamerFactory = std::function<StreamOnce()>;
+
+// GenerateStream over the shared gRPC channel.
+StreamerFactory GrpcStreamer(client::SteerdClient& client, bool logprobs) {
+  return [&client, logprobs]() -> StreamOnce {
+    return [&client, logprobs](const std::string& prompt, const std::string& vector,
+                               int64_t new_tokens, const std::function<void(int)>& on_tokens) {
+      return client.GenerateStream(MakeRequest(prompt, vector, new_tokens, logprobs),
+                                   [&](const v1::GenerateChunk& chunk) {
+                                     on_tokens(chunk.token_ids_size());
+                                     return true;
+                                   });
+    };
+  };
+}
+
+// POST /v1/completions with "stream": true on a keep-alive connection of this thread,
+// the same request as GrpcStreamer's with logprobs (whose lists count each chunk's
+// tokens), reading the server-sent events as they come.
+StreamerFactory HttpStreamer(int port, const std::string& api_key) {
+  return [port, api_key]() -> StreamOnce {
+    auto http = std::make_shared<httplib::Client>("127.0.0.1", port);
+    http->set_keep_alive(true);
+    http->set_tcp_nodelay(true);  // As SDKs' HTTP stacks do (Node's undici, httpx).
+    http->set_read_timeout(300, 0);
+    return [http, api_key](const std::string& prompt, const std::string& vector,
+                           int64_t new_tokens,
+                           const std::function<void(int)>& on_tokens) -> absl::Status {
+      nlohmann::json body = {{"model", kServedName}, {"prompt", prompt},
+                             {"max_tokens", new_tokens}, {"temperature", 0},
+                             {"ignore_eos", true}, {"stream", true}, {"logprobs", 0}};
+      if (!vector.empty()) body["steering"] = {{"vector", vector}};
+      std::string pending;  // Bytes of an event not complete yet.
+      absl::Status error;
+      httplib::Request request;
+      request.method = "POST";
+      request.path = "/v1/completions";
+      request.headers = {{"Authorization", absl::StrCat("Bearer ", api_key)},
+                         {"Content-Type", "application/json"}};
+      request.body = body.dump();
+      request.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+        pending.append(data, size);
+        size_t end;
+        while ((end = pending.find("\n\n")) != std::string::npos) {
+          const std::string event = pending.substr(0, end);
+          pending.erase(0, end + 2);
+          if (event.rfind("data: {", 0) != 0) continue;  // [DONE], comments.
+          if (event.rfind("data: {\"error\"", 0) == 0) {
+            error = absl::InternalError(event.substr(6));
+            return false;
+          }
+          // The chunk's tokens are the entries of its token_logprobs list, numbers
+          // separated by commas: counted without parsing the JSON, so that the client,
+          // which shares the machine, costs the server's measurement as little as gRPC's.
+          const size_t list = event.find("\"token_logprobs\":[");
+          if (list == std::string::npos) continue;
+          const size_t open = list + 18, close = event.find(']', open);
+          if (close == std::string::npos || close == open) continue;
+          on_tokens(1 + static_cast<int>(std::count(event.begin() + open,
+                                                    event.begin() + close, ',')));
+        }
+        return true;
+      };
+      httplib::Response response;
+      httplib::Error transport = httplib::Error::Success;
+      if (!http->send(request, response, transport)) {
+        return error.ok() ? absl::UnavailableError(absl::StrCat(
+                                "HTTP request failed: ", httplib::to_string(transport)))
+                          : error;
+      }
+      if (response.status != 200) {
+        return absl::InternalError(absl::StrCat("HTTP ", response.status, ": ", response.body));
+      }
+      return error;
+    };
+  };
+}
+
 // `concurrency` threads issue streams back to back until the window closes; thread i
-// steers with vectors[i] (no steering when `vectors` is empty). Requests started in the
-// window run to completion, so latencies are never cut short; tokens count when their
-// chunk arrives inside the window.
-absl::StatusOr<RunResult> RunClosedLoop(client::SteerdClient& client, ServingMetrics& metrics,
+// steers with vectors[i] (no steering when `vectors` is empty or vectors[i] is). Requests
+// started in the window run to completion, so latencies are never cut short; tokens
+// count when their chunk arrives inside the window.
+absl::StatusOr<RunResult> RunClosedLoop(const StreamerFactory& streamer,
+                                        ServingMetrics& metrics,
                                         const std::vector<std::string>& vectors, int concurrency,
                                         int64_t new_tokens, double seconds, uint64_t seed) {
   const Clock::time_point start = Clock::now();
@@ -166,17 +256,16 @@ absl::StatusOr<RunResult> RunClosedLoop(client::SteerdClient& client, ServingMet
       StreamSamples& mine = samples[i];
       std::mt19937_64 rng(seed * 1000003 + i);
       const std::string vector = vectors.empty() ? "" : vectors[i];
+      const StreamOnce stream = streamer();
       while (true) {
         const Clock::time_point call_start = Clock::now();
         if (call_start >= window_end) return;
         const bool started_in_window = call_start >= window_start;
-        const v1::GenerateRequest request = MakeRequest(ArithmeticPrompt(rng), vector, new_tokens);
         bool first = true;
         Clock::time_point previous;
-        mine.status = client.GenerateStream(request, [&](const v1::GenerateChunk& chunk) {
+        mine.status = stream(ArithmeticPrompt(rng), vector, new_tokens, [&](int tokens) {
           const Clock::time_point now = Clock::now();
-          const int tokens = chunk.token_ids_size();
-          if (tokens == 0) return true;  // The last chunk may carry only the summary.
+          if (tokens == 0) return;  // The last chunk may carry only the summary.
           const bool in_window = now >= window_start && now < window_end;
           if (in_window) mine.tokens += tokens;
           if (first) {
@@ -189,7 +278,6 @@ absl::StatusOr<RunResult> RunClosedLoop(client::SteerdClient& client, ServingMet
             mine.itl_ms.insert(mine.itl_ms.end(), tokens, gap);
           }
           previous = now;
-          return true;
         });
         if (!mine.status.ok()) return;
         if (started_in_window) ++mine.requests;
@@ -340,6 +428,7 @@ struct BenchServeFlags {
   int64_t threads = 0;
   int64_t max_batch = 0;
   int64_t training_c = 0;
+  int64_t http_c = 0;
   bool json_only = false;
   std::string dtype;
   std::string device;
@@ -363,6 +452,7 @@ absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const ParsedFlags& args) {
   ASSIGN_OR_RETURN(flags.threads, args.GetInt("threads", 0));
   ASSIGN_OR_RETURN(flags.max_batch, args.GetInt("max-batch", 64));
   ASSIGN_OR_RETURN(flags.training_c, args.GetInt("training-concurrency", 8));
+  ASSIGN_OR_RETURN(flags.http_c, args.GetInt("http-concurrency", 32));
   flags.json_only = args.Bool("json");
   flags.dtype = args.Get("dtype", "auto");
   flags.device = args.Get("device", "auto");
@@ -373,13 +463,14 @@ absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const ParsedFlags& args) {
     }
   }
   if (!(flags.seconds > 0.0) || flags.new_tokens < 1 || flags.threads < 0 ||
-      flags.max_batch < 1 || flags.training_c < 0 || flags.training_c > 1024) {
+      flags.max_batch < 1 || flags.training_c < 0 || flags.training_c > 1024 ||
+      flags.http_c < 0 || flags.http_c > 1024) {
     return absl::InvalidArgumentError(
         "--seconds > 0, --new-tokens >= 1, --threads >= 0, --max-batch >= 1, "
-        "--training-concurrency in [0, 1024]");
+        "--training-concurrency and --http-concurrency in [0, 1024]");
   }
-  flags.max_concurrency =
-      *std::max_element(flags.concurrencies.begin(), flags.concurrencies.end());
+  flags.max_concurrency = std::max(
+      flags.http_c, *std::max_element(flags.concurrencies.begin(), flags.concurrencies.end()));
   flags.num_vectors = std::max<int64_t>(32, flags.max_concurrency);
   return flags;
 }
@@ -389,6 +480,7 @@ absl::StatusOr<BenchServeFlags> ParseBenchServeFlags(const ParsedFlags& args) {
 struct BenchServeSetup {
   TempDir data_dir;
   Tenant tenant;
+  std::string api_key;
   std::unique_ptr<ComposedServer> server;
   ModelInfo info;
   int num_threads = 0;
@@ -418,6 +510,11 @@ absl::StatusOr<BenchServeSetup> SetUpBenchServer(const BenchServeFlags& flags) {
   // only a vector's first use ever misses.
   options.core.vector_cache_size = flags.num_vectors + kColdVectors + 16;
   options.server.listen_address = "127.0.0.1:0";
+  if (flags.http_c > 0) {
+    options.http.emplace();
+    options.http->listen_address = "127.0.0.1:0";
+    options.http->threads = static_cast<int>(flags.http_c) + 8;
+  }
   options.tenants = {tenant};
   options.data_dir = data_dir.path();
   ASSIGN_OR_RETURN(auto server, ComposedServer::Start(options));
@@ -444,9 +541,9 @@ absl::StatusOr<BenchServeSetup> SetUpBenchServer(const BenchServeFlags& flags) {
         static_cast<long long>(flags.max_batch));
     std::fflush(stdout);
   }
-  return BenchServeSetup{std::move(data_dir), std::move(tenant), std::move(server),
-                         std::move(info),     num_threads,       cores,
-                         std::move(client)};
+  return BenchServeSetup{std::move(data_dir), std::move(tenant), key.key,
+                         std::move(server),   std::move(info),   num_threads,
+                         cores,               std::move(client)};
 }
 
 // Warm-up, not measured: uploads `num_vectors` steering vectors and makes each resident
@@ -484,7 +581,8 @@ absl::StatusOr<SweepResults> MeasureConcurrencySweep(BenchServeSetup& setup,
           steered ? std::vector<std::string>(vectors.begin(), vectors.begin() + c)
                   : std::vector<std::string>();
       ASSIGN_OR_RETURN(RunResult run,
-                       RunClosedLoop(*setup.client, *setup.server->metrics(), run_vectors,
+                       RunClosedLoop(GrpcStreamer(*setup.client, false), *setup.server->metrics(),
+                                     run_vectors,
                                      static_cast<int>(c), flags.new_tokens, flags.seconds,
                                      run_seed++));
       if (!flags.json_only) {
@@ -519,7 +617,7 @@ absl::StatusOr<TrainingResult> MeasureServingUnderTraining(BenchServeSetup& setu
     const std::string& tenant_name = setup.tenant.name;
     for (bool with_job : {false, true, true, false}) {
       auto run_once = [&]() -> absl::StatusOr<RunResult> {
-        return RunClosedLoop(*setup.client, *setup.server->metrics(), {},
+        return RunClosedLoop(GrpcStreamer(*setup.client, false), *setup.server->metrics(), {},
                              static_cast<int>(flags.training_c), flags.new_tokens,
                              flags.seconds, run_seed++);
       };
@@ -554,11 +652,48 @@ absl::StatusOr<TrainingResult> MeasureServingUnderTraining(BenchServeSetup& setu
   return result;
 }
 
+// Streaming over the OpenAI-compatible HTTP API against gRPC streaming.
+struct HttpResult {
+  ConfigResult grpc, http;
+};
+
+// Measures the closed loop at --http-concurrency with mixed vectors (every third stream
+// unsteered, the others each with its own resident vector), through GenerateStream and
+// through POST /v1/completions streamed, in the order gRPC, HTTP, HTTP, gRPC. Both ask
+// for log-probabilities, which is how the HTTP client counts a chunk's tokens. Empty
+// when --http-concurrency is 0.
+absl::StatusOr<HttpResult> MeasureHttpStreaming(BenchServeSetup& setup,
+                                                const BenchServeFlags& flags,
+                                                const std::vector<std::string>& vectors,
+                                                uint64_t& run_seed) {
+  HttpResult result;
+  if (flags.http_c == 0) return result;
+  std::vector<std::string> mixed(vectors.begin(), vectors.begin() + flags.http_c);
+  for (size_t i = 0; i < mixed.size(); i += 3) mixed[i].clear();
+  for (bool http : {false, true, true, false}) {
+    const StreamerFactory streamer =
+        http ? HttpStreamer(setup.server->http_port(), setup.api_key)
+             : GrpcStreamer(*setup.client, /*logprobs=*/true);
+    ASSIGN_OR_RETURN(RunResult run,
+                     RunClosedLoop(streamer, *setup.server->metrics(), mixed,
+                                   static_cast<int>(flags.http_c), flags.new_tokens,
+                                   flags.seconds, run_seed++));
+    if (!flags.json_only) {
+      std::fprintf(stderr, "  run c=%lld %-4s stream %10.1f tok/s, mean batch %.1f\n",
+                   static_cast<long long>(flags.http_c), http ? "HTTP" : "gRPC", run.tok_s(),
+                   run.mean_batch);
+    }
+    (http ? result.http : result.grpc).Add(run);
+  }
+  return result;
+}
+
 // Everything the measured phases produced, for the report.
 struct BenchServeMeasurements {
   SweepResults results;
   ColdResult cold;
   TrainingResult training;
+  HttpResult http;
 };
 
 // The report: the aligned text (unless --json), then one JSON line with every number.
@@ -622,6 +757,20 @@ void ReportBenchServe(const BenchServeFlags& flags, const BenchServeSetup& setup
     result["tok_s" + c + "_with_training"] = with_training.tok_s();
     result["training_seconds_per_step_under_load"] = Median(step_seconds_loaded);
     result["training_seconds_per_step_idle"] = Median(step_seconds_idle);
+  }
+  const HttpResult& http = measured.http;
+  if (flags.http_c > 0) {
+    for (const auto& [name, r] : {std::make_pair("grpc", &http.grpc),
+                                  std::make_pair("http", &http.http)}) {
+      const std::string suffix = absl::StrCat("_c", flags.http_c, "_", name, "_stream");
+      result["tok_s" + suffix] = r->tok_s();
+      result["tok_s_runs" + suffix] = r->tok_s_runs;
+      result["p50_ttft_ms" + suffix] = Percentile(r->ttft_ms, 0.5);
+      result["p99_ttft_ms" + suffix] = Percentile(r->ttft_ms, 0.99);
+      result["p50_itl_ms" + suffix] = Percentile(r->itl_ms, 0.5);
+      result["p99_itl_ms" + suffix] = Percentile(r->itl_ms, 0.99);
+    }
+    result["http_over_grpc_tok_s"] = http.http.tok_s() / http.grpc.tok_s();
   }
   result["cold_vector_extra_ms"] = cold_ms - warm_ms;
   result["cold_ttft_ms"] = cold_ms;
@@ -694,6 +843,18 @@ void ReportBenchServe(const BenchServeFlags& flags, const BenchServeSetup& setup
                        absl::StrFormat("%.3f / %.3f", Median(step_seconds_loaded),
                                        Median(step_seconds_idle))});
     }
+    if (flags.http_c > 0) {
+      table.push_back(
+          {absl::StrCat("tok/s c", flags.http_c, " gRPC / HTTP stream"),
+           absl::StrFormat("%.1f / %.1f (HTTP x%.3f)", http.grpc.tok_s(), http.http.tok_s(),
+                           http.http.tok_s() / http.grpc.tok_s())});
+      table.push_back({absl::StrCat("ttft p50 c", flags.http_c, " gRPC / HTTP (ms)"),
+                       absl::StrFormat("%.2f / %.2f", Percentile(http.grpc.ttft_ms, 0.5),
+                                       Percentile(http.http.ttft_ms, 0.5))});
+      table.push_back({absl::StrCat("itl p99 c", flags.http_c, " gRPC / HTTP (ms)"),
+                       absl::StrFormat("%.3f / %.3f", Percentile(http.grpc.itl_ms, 0.99),
+                                       Percentile(http.http.itl_ms, 0.99))});
+    }
     for (const auto& [name, value] : table) {
       std::printf("  %-36s %s\n", name.c_str(), value.c_str());
     }
@@ -715,6 +876,7 @@ absl::Status BenchServe(const ParsedFlags& args) {
                    MeasureColdVectors(*setup.client, *setup.server->metrics(),
                                       setup.info.num_layers, setup.info.hidden_size, rng));
   ASSIGN_OR_RETURN(measured.training, MeasureServingUnderTraining(setup, flags, run_seed));
+  ASSIGN_OR_RETURN(measured.http, MeasureHttpStreaming(setup, flags, vectors, run_seed));
   ReportBenchServe(flags, setup, measured);
   return absl::OkStatus();
 }

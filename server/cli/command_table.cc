@@ -452,6 +452,10 @@ CommandDef BenchServe() {
        ValueFlag("training-concurrency", "N",
                  "Streams measured with and without a training job running; 0 skips that.",
                  "8"),
+       ValueFlag("http-concurrency", "N",
+                 "Streams measured through gRPC and through the OpenAI HTTP API; 0 skips "
+                 "that.",
+                 "32"),
        JsonFlag("Print only the results, as one JSON line.")},
   };
 }

@@ -1,5 +1,6 @@
 #include "server/http/openai_protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -7,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
@@ -366,12 +368,6 @@ Json UsageJson(const GenerationSummary& summary) {
               {"total_tokens", summary.prompt_tokens + summary.completion_tokens}};
 }
 
-// A token's bytes as a JSON string: valid UTF-8 as it is, anything else with U+FFFD,
-// as the exact bytes are in "bytes".
-std::string TokenText(const std::string& bytes) {
-  return Json(bytes).dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
 Json LogprobsJson(OpenAiEndpoint endpoint, const TokenLogprobs& logprobs) {
   const size_t n = std::min(logprobs.token_bytes.size(), logprobs.logprobs.size());
   if (endpoint == OpenAiEndpoint::kChatCompletions) {
@@ -380,7 +376,9 @@ Json LogprobsJson(OpenAiEndpoint endpoint, const TokenLogprobs& logprobs) {
       const std::string& bytes = logprobs.token_bytes[i];
       Json byte_values = Json::array();
       for (unsigned char c : bytes) byte_values.push_back(static_cast<int>(c));
-      content.push_back({{"token", Json::parse(TokenText(bytes))},
+      // A token that is not whole UTF-8 is written with U+FFFD (Dump's error handler);
+      // its exact bytes are in "bytes".
+      content.push_back({{"token", bytes},
                          {"logprob", logprobs.logprobs[i]},
                          {"bytes", std::move(byte_values)},
                          {"top_logprobs", Json::array()}});
@@ -391,13 +389,79 @@ Json LogprobsJson(OpenAiEndpoint endpoint, const TokenLogprobs& logprobs) {
   Json token_logprobs = Json::array();
   Json top = Json::array();
   for (size_t i = 0; i < n; ++i) {
-    tokens.push_back(Json::parse(TokenText(logprobs.token_bytes[i])));
+    tokens.push_back(logprobs.token_bytes[i]);
     token_logprobs.push_back(logprobs.logprobs[i]);
     top.push_back(nullptr);
   }
   return Json{{"tokens", std::move(tokens)},
               {"token_logprobs", std::move(token_logprobs)},
               {"top_logprobs", std::move(top)}};
+}
+
+std::string Dump(const Json& json) {
+  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+// `text` as a JSON string (bytes that are not UTF-8 as U+FFFD).
+void AppendJsonString(const std::string& text, std::string* out) {
+  bool plain = true;
+  for (unsigned char c : text) {
+    if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) {
+    absl::StrAppend(out, "\"", text, "\"");
+  } else {
+    out->append(Dump(Json(text)));
+  }
+}
+
+// A log-probability as JSON: enough digits to read back the same float.
+void AppendFloat(float value, std::string* out) {
+  if (!std::isfinite(value)) {
+    out->append(value < 0 ? "-9999.0" : "0.0");  // -inf: a token the sampler excluded.
+    return;
+  }
+  absl::StrAppend(out, absl::StrFormat("%.9g", value));
+}
+
+// LogprobsJson's output, written by hand for the stream chunks.
+void AppendLogprobs(OpenAiEndpoint endpoint, const TokenLogprobs& logprobs, std::string* out) {
+  const size_t n = std::min(logprobs.token_bytes.size(), logprobs.logprobs.size());
+  if (endpoint == OpenAiEndpoint::kChatCompletions) {
+    out->append("{\"content\":[");
+    for (size_t i = 0; i < n; ++i) {
+      if (i > 0) out->append(",");
+      out->append("{\"token\":");
+      AppendJsonString(logprobs.token_bytes[i], out);
+      out->append(",\"logprob\":");
+      AppendFloat(logprobs.logprobs[i], out);
+      out->append(",\"bytes\":[");
+      bool comma = false;
+      for (unsigned char c : logprobs.token_bytes[i]) {
+        absl::StrAppend(out, comma ? "," : "", static_cast<int>(c));
+        comma = true;
+      }
+      out->append("],\"top_logprobs\":[]}");
+    }
+    out->append("]}");
+    return;
+  }
+  out->append("{\"tokens\":[");
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0) out->append(",");
+    AppendJsonString(logprobs.token_bytes[i], out);
+  }
+  out->append("],\"token_logprobs\":[");
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0) out->append(",");
+    AppendFloat(logprobs.logprobs[i], out);
+  }
+  out->append("],\"top_logprobs\":[");
+  for (size_t i = 0; i < n; ++i) out->append(i > 0 ? ",null" : "null");
+  out->append("]}");
 }
 
 Json Envelope(const OpenAiResponseContext& context, const char* object) {
@@ -412,10 +476,6 @@ Json Envelope(const OpenAiResponseContext& context, const char* object) {
                        {"scale", context.scale}};
   }
   return out;
-}
-
-std::string Dump(const Json& json) {
-  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 // gRPC field paths in the core's messages as the OpenAI API names them.
@@ -567,29 +627,59 @@ std::string CompletionResponseJson(const OpenAiResponseContext& context,
   return Dump(out);
 }
 
+// Written by hand rather than through a JSON tree: a stream sends one of these per
+// batch of tokens (at 32 streams, tens of thousands a second on a small model), and the
+// tree's allocations were most of the HTTP path's cost. Keys and values are those of
+// CompletionResponseJson's.
 std::string CompletionChunkEvent(const OpenAiResponseContext& context, bool first,
                                  const std::string& text,
                                  const std::optional<TokenLogprobs>& logprobs,
                                  const std::optional<FinishReason>& finish,
                                  bool include_usage) {
   const bool chat = context.endpoint == OpenAiEndpoint::kChatCompletions;
-  Json out = Envelope(context, chat ? "chat.completion.chunk" : "text_completion");
-  Json choice{{"index", 0}};
-  if (chat) {
-    Json delta = Json::object();
-    if (first) delta["role"] = "assistant";
-    if (first || !text.empty()) delta["content"] = text;
-    choice["delta"] = std::move(delta);
-  } else {
-    choice["text"] = text;
+  std::string out = "data: {\"id\":";
+  AppendJsonString(context.id, &out);
+  absl::StrAppend(&out, ",\"object\":\"", chat ? "chat.completion.chunk" : "text_completion",
+                  "\",\"created\":", context.created, ",\"model\":");
+  AppendJsonString(context.model, &out);
+  out += ",\"system_fingerprint\":";
+  AppendJsonString(context.system_fingerprint, &out);
+  if (!context.admitted.vector_name.empty()) {
+    out += ",\"steering\":{\"vector\":";
+    AppendJsonString(context.admitted.vector_name, &out);
+    absl::StrAppend(&out, ",\"version\":", context.admitted.vector_version, ",\"scale\":",
+                    Dump(Json(context.scale)), "}");
   }
-  choice["logprobs"] =
-      logprobs.has_value() ? LogprobsJson(context.endpoint, *logprobs) : Json(nullptr);
-  choice["finish_reason"] =
-      finish.has_value() ? Json(FinishReasonString(*finish)) : Json(nullptr);
-  out["choices"] = Json::array({std::move(choice)});
-  if (include_usage) out["usage"] = nullptr;
-  return absl::StrCat("data: ", Dump(out), "\n\n");
+  out += ",\"choices\":[{\"index\":0,";
+  if (chat) {
+    out += "\"delta\":{";
+    if (first) out += "\"role\":\"assistant\"";
+    if (first || !text.empty()) {
+      if (first) out += ",";
+      out += "\"content\":";
+      AppendJsonString(text, &out);
+    }
+    out += "}";
+  } else {
+    out += "\"text\":";
+    AppendJsonString(text, &out);
+  }
+  out += ",\"logprobs\":";
+  if (logprobs.has_value()) {
+    AppendLogprobs(context.endpoint, *logprobs, &out);
+  } else {
+    out += "null";
+  }
+  out += ",\"finish_reason\":";
+  if (finish.has_value()) {
+    absl::StrAppend(&out, "\"", FinishReasonString(*finish), "\"");
+  } else {
+    out += "null";
+  }
+  out += "}]";
+  if (include_usage) out += ",\"usage\":null";
+  out += "}\n\n";
+  return out;
 }
 
 std::string UsageChunkEvent(const OpenAiResponseContext& context,

@@ -504,6 +504,9 @@ absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(
   const int threads = options.threads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body_bytes);
+  // Each SSE event is one small write: without this, Nagle's algorithm holds an event
+  // back until the client acknowledges the previous one (up to its delayed-ACK 40 ms).
+  http.set_tcp_nodelay(true);
   // Connections inherit the listening socket's send buffer (Linux): a fixed one, not
   // autotuned to megabytes, bounds the kernel memory of a client that stops reading
   // and lets its write time out soon after.
@@ -516,6 +519,7 @@ absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(
   });
   http.set_read_timeout(absl::ToChronoMicroseconds(options.read_timeout));
   http.set_write_timeout(absl::ToChronoMicroseconds(options.write_timeout));
+  http.set_keep_alive_max_count(100000);  // cpp-httplib's default closes after 5 requests.
   http.set_keep_alive_timeout(
       std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive_timeout)));
   server->handlers_ = std::make_unique<Handlers>(api, &server->serving_);

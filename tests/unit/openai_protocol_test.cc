@@ -189,6 +189,24 @@ TEST(OpenAiProtocolTest, ChatChunksOpenWithTheRole) {
   EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
   EXPECT_EQ(first["choices"][0]["delta"]["content"], "");
   EXPECT_FALSE(first.contains("usage"));
+  // A chunk's log-probabilities read as the whole response's do.
+  const TokenLogprobs logprobs{{"a\"b", "\xe2\x82"}, {-0.123456789f, -2.0f}};
+  const json chunk = json::parse(CompletionChunkEvent(context, /*first=*/false, "a\"b\xe2\x82",
+                                                      logprobs, std::nullopt, false)
+                                     .substr(6));
+  GenerationSummary summary;
+  const json whole = json::parse(
+      CompletionResponseJson(context, "a\"b\xe2\x82", logprobs, summary));
+  EXPECT_EQ(chunk["choices"][0]["delta"]["content"], whole["choices"][0]["message"]["content"]);
+  const json& streamed = chunk["choices"][0]["logprobs"]["content"];
+  const json& answered = whole["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(streamed.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(streamed[i]["token"], answered[i]["token"]);
+    EXPECT_EQ(streamed[i]["bytes"], answered[i]["bytes"]);
+    EXPECT_EQ(streamed[i]["logprob"].get<float>(), answered[i]["logprob"].get<float>());
+  }
+  EXPECT_EQ(chunk["steering"], whole["steering"]);
   const json last = json::parse(CompletionChunkEvent(context, /*first=*/false, "",
                                                      std::nullopt, FinishReason::kStop, false)
                                     .substr(6));
