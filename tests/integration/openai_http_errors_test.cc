@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -403,6 +404,71 @@ TEST_F(OpenAiHttpErrorsTest, HealthAnswersWithoutAKey) {
   const HttpResponse health = Exchange(Request("GET", "/health", "", /*authorized=*/false));
   EXPECT_EQ(health.status, 200);
   EXPECT_EQ(json::parse(health.body)["status"], "serving");
+}
+
+// SIGTERM on the `steerd serve` process: /health turns 503, new requests are refused
+// with 503, and streams in flight run to their end ([DONE]) before the process exits 0.
+TEST(OpenAiHttpDrainTest, SigtermLetsHttpStreamsFinish) {
+  const std::string dir = steerd::testing::MakeTempDir("steerd-openai-drain");
+  auto server = steerd::testing::ServerProcess::Start(
+      {dir, {"--threads", "1", "--drain-seconds", "20", "--http-listen", "127.0.0.1:0"}});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string output = (*server)->output();
+  const size_t at = output.find("(http port ");
+  ASSERT_NE(at, std::string::npos) << output;
+  int http_port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(output.substr(at + 11, output.find(')', at) - at - 11),
+                               &http_port))
+      << output;
+  const std::string key = (*server)->default_key();
+  auto request = [&](const std::string& method, const std::string& path,
+                     const std::string& body) {
+    std::string text = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: x\r\n",
+                                    "Connection: close\r\nAuthorization: Bearer ", key, "\r\n");
+    if (method == "POST") {
+      absl::StrAppend(&text, "Content-Type: application/json\r\nContent-Length: ",
+                      body.size(), "\r\n");
+    }
+    return absl::StrCat(text, "\r\n", body);
+  };
+  std::vector<std::unique_ptr<Connection>> streams;
+  for (int i = 0; i < 8; ++i) {
+    streams.push_back(std::make_unique<Connection>(http_port));
+    ASSERT_TRUE(streams.back()->Send(request(
+        "POST", "/v1/chat/completions",
+        Chat(R"("max_tokens": 200, "ignore_eos": true, "stream": true)"))));
+  }
+  std::vector<std::string> received;
+  for (auto& stream : streams) received.push_back(stream->ReadSome(1));
+  (*server)->Signal(SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  bool not_serving = false;  // /health said 503, or the port has closed.
+  while (!not_serving && std::chrono::steady_clock::now() < deadline) {
+    Connection probe(http_port);
+    not_serving = !probe.connected() ||
+                  (probe.Send(request("GET", "/health", "")) &&
+                   ParseResponse(probe.ReadAll()).status == 503);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(not_serving);
+  // New generations are refused while the drain goes on (or the port has closed).
+  Connection late(http_port);
+  if (late.connected() && late.Send(request("POST", "/v1/chat/completions", Chat("")))) {
+    const HttpResponse refused = ParseResponse(late.ReadAll());
+    if (refused.status != 0) {
+      EXPECT_EQ(refused.status, 503) << refused.body;
+    }
+  }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const std::string all = received[i] + streams[i]->ReadAll();
+    EXPECT_TRUE(absl::StrContains(all, "200 OK")) << all.substr(0, 200);
+    EXPECT_TRUE(absl::StrContains(all, "data: [DONE]")) << all.substr(all.size() - 300);
+    EXPECT_TRUE(absl::StrContains(all, R"("finish_reason":"length")"))
+        << all.substr(all.size() - 300);
+  }
+  auto exit_code = (*server)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0) << (*server)->output();
 }
 
 }  // namespace
