@@ -90,7 +90,7 @@ RUN if ldd /usr/bin/steerd /usr/bin/steerctl | grep 'not found'; then exit 1; fi
 USER 10001:10001
 VOLUME ["/var/lib/steerd"]
 # 50051: gRPC (steerd.v1 services, grpc.health.v1, reflection). 9090: GET /metrics.
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 
 # steerd handles SIGTERM itself (it also works as PID 1): health turns NOT_SERVING, no new
 # generations are admitted, in-flight ones finish within --drain-seconds (default 30),

@@ -326,7 +326,10 @@ class DeploymentTest(Layouts):
             with self.subTest(layout=name):
                 d = one(docs, "Deployment", DEPLOYMENT)
                 ports = {p["name"]: p["containerPort"] for p in container(d)["ports"]}
-                self.assertEqual(ports, {"grpc": listen, "metrics": metrics})
+                # The HTTP API's port comes from the Deployment's own --http-listen.
+                http = dict(arg_flags(container(d).get("args", [])))["http-listen"]
+                self.assertEqual(ports, {"grpc": listen, "http": int(http.rsplit(":", 1)[1]),
+                                         "metrics": metrics})
                 annotations = d["spec"]["template"]["metadata"].get("annotations", {})
                 if "prometheus.io/port" in annotations:
                     self.assertEqual(int(annotations["prometheus.io/port"]), metrics)
@@ -542,7 +545,7 @@ class ServicesTest(Layouts):
                 self.assertIn(svc["spec"].get("type", "ClusterIP"), ("ClusterIP",))
                 self.assertNotEqual(svc["spec"].get("clusterIP"), "None")
                 self.assertEqual({p["name"]: p["port"] for p in svc["spec"]["ports"]},
-                                 {"grpc": 50051, "metrics": 9090})
+                                 {"grpc": 50051, "http": 8080, "metrics": 9090})
                 self.assertTrue(labels_match(svc["spec"]["selector"], pods))
                 headless = one(docs, "Service", HEADLESS)
                 self.assertEqual(headless["spec"].get("clusterIP"), "None")

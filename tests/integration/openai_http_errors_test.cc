@@ -413,13 +413,8 @@ TEST(OpenAiHttpDrainTest, SigtermLetsHttpStreamsFinish) {
   auto server = steerd::testing::ServerProcess::Start(
       {dir, {"--threads", "1", "--drain-seconds", "20", "--http-listen", "127.0.0.1:0"}});
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string output = (*server)->output();
-  const size_t at = output.find("(http port ");
-  ASSERT_NE(at, std::string::npos) << output;
-  int http_port = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(output.substr(at + 11, output.find(')', at) - at - 11),
-                               &http_port))
-      << output;
+  const int http_port = (*server)->http_port();
+  ASSERT_NE(http_port, 0) << (*server)->output();
   const std::string key = (*server)->default_key();
   auto request = [&](const std::string& method, const std::string& path,
                      const std::string& body) {

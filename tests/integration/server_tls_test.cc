@@ -1,5 +1,8 @@
-// TLS: with --tls-cert/--tls-key the server speaks only TLS; a client that trusts the
-// certificate is served, a plaintext client is not.
+// TLS: with --tls-cert/--tls-key the server speaks only TLS, on the gRPC port and on the
+// OpenAI-compatible HTTP port alike; a client that trusts the certificate is served, a
+// plaintext client is not.
+#include <httplib.h>
+
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -20,9 +23,26 @@ TEST(ServerTlsTest, ServesTlsClientsAndRefusesPlaintext) {
       key, " -out ", cert));
   ASSERT_EQ(openssl.exit_code, 0) << openssl.err;
   auto server = testing::ServerProcess::Start(
-      {dir + "/data", {"--tls-cert", cert, "--tls-key", key}});
+      {dir + "/data",
+       {"--tls-cert", cert, "--tls-key", key, "--http-listen", "127.0.0.1:0"}});
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_NE((*server)->output().find("with TLS"), std::string::npos);
+  ASSERT_NE((*server)->http_port(), 0) << (*server)->output();
+
+  // HTTPS, the certificate trusted: served.
+  httplib::SSLClient https("127.0.0.1", (*server)->http_port());
+  https.set_ca_cert_path(cert.c_str());
+  https.enable_server_certificate_verification(true);
+  https.set_bearer_token_auth((*server)->default_key().c_str());
+  const httplib::Result listed = https.Get("/v1/models");
+  ASSERT_TRUE(listed) << httplib::to_string(listed.error());
+  EXPECT_EQ(listed->status, 200) << listed->body;
+  EXPECT_NE(listed->body.find("\"steerd-tiny\""), std::string::npos) << listed->body;
+  // Plain HTTP on the TLS port: no answer.
+  httplib::Client plain("127.0.0.1", (*server)->http_port());
+  plain.set_read_timeout(3, 0);
+  const httplib::Result refused_http = plain.Get("/health");
+  EXPECT_TRUE(!refused_http || refused_http->status != 200);
 
   client::ClientOptions options;
   options.address = (*server)->address();

@@ -139,6 +139,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const Option
     }
     server->port_ = port;
     server->metrics_port_ = NumberInParentheses(out, "metrics port");
+    server->http_port_ = NumberInParentheses(out, "http port");
   }
   return server;
 }

@@ -51,6 +51,8 @@ class ServerProcess {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  // The OpenAI-compatible HTTP API's port (with --http-listen), else 0.
+  int http_port() const { return http_port_; }
   // GET /metrics from the server's Prometheus endpoint (empty on failure).
   std::string ScrapeMetrics() const;
   std::string address() const;
@@ -78,6 +80,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   int port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
   std::thread reader_;
   std::thread waiter_;
   mutable absl::Mutex mu_;
