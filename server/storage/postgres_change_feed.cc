@@ -116,16 +116,26 @@ void PostgresChangeFeed::Run() {
         continue;
       }
     }
-    pollfd fds[2] = {{PQsocket(listener->handle()), POLLIN, 0}, {wake_read_, POLLIN, 0}};
-    poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
-    if (stopping_) return;
-    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
-      if (PQconsumeInput(listener->handle()) == 0 || listener->broken()) {
-        listener.reset();
-        continue;
+    // A notification that arrived while CatchUp's query ran was read off the socket
+    // with the query's results and waits in libpq's queue: polling the socket would
+    // sleep through it (a change then waited a whole poll interval).
+    bool queued = false;
+    while (PGnotify* notify = PQnotifies(listener->handle())) {
+      queued = true;
+      PQfreemem(notify);
+    }
+    if (!queued) {
+      pollfd fds[2] = {{PQsocket(listener->handle()), POLLIN, 0}, {wake_read_, POLLIN, 0}};
+      poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
+      if (stopping_) return;
+      if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        if (PQconsumeInput(listener->handle()) == 0 || listener->broken()) {
+          listener.reset();
+          continue;
+        }
+        // The payloads only say that something changed; the table says what.
+        while (PGnotify* notify = PQnotifies(listener->handle())) PQfreemem(notify);
       }
-      // The payloads only say that something changed; the table says what.
-      while (PGnotify* notify = PQnotifies(listener->handle())) PQfreemem(notify);
     }
     // On a notification and on every poll interval alike.
     if (!CatchUp(*listener)) listener.reset();
