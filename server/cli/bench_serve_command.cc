@@ -432,7 +432,7 @@ struct BenchServeFlags {
   bool json_only = false;
   std::string dtype;
   std::string device;
-  int64_t max_concurrency = 0;
+  int64_t max_concurrency = 0;  // Of --concurrency and --http-concurrency.
   // One distinct vector per stream at the highest concurrency, at least 32.
   int64_t num_vectors = 0;
 };
@@ -706,7 +706,8 @@ void ReportBenchServe(const BenchServeFlags& flags, const BenchServeSetup& setup
   const std::vector<double>& step_seconds_loaded = measured.training.step_seconds_loaded;
   const std::vector<double>& step_seconds_idle = measured.training.step_seconds_idle;
   const std::vector<int64_t>& concurrencies = flags.concurrencies;
-  const int64_t max_concurrency = flags.max_concurrency;
+  // The sweep's highest (flags.max_concurrency also counts --http-concurrency).
+  const int64_t max_concurrency = *std::max_element(concurrencies.begin(), concurrencies.end());
   const int64_t training_c = flags.training_c;
   const double seconds = flags.seconds;
   const int64_t new_tokens = flags.new_tokens;

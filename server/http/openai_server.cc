@@ -1,9 +1,12 @@
 #include "server/http/openai_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -510,12 +513,16 @@ absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(
   // Connections inherit the listening socket's send buffer (Linux): a fixed one, not
   // autotuned to megabytes, bounds the kernel memory of a client that stops reading
   // and lets its write time out soon after.
+  // The options callback sees the listening socket before it is bound; it is kept to
+  // widen the accept backlog below.
   const int send_buffer = static_cast<int>(options.send_buffer_bytes);
-  http.set_socket_options([send_buffer](socket_t socket) {
+  auto listen_socket = std::make_shared<socket_t>(INVALID_SOCKET);
+  http.set_socket_options([send_buffer, listen_socket](socket_t socket) {
     httplib::default_socket_options(socket);
     if (send_buffer > 0) {
       setsockopt(socket, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
     }
+    *listen_socket = socket;
   });
   http.set_read_timeout(absl::ToChronoMicroseconds(options.read_timeout));
   http.set_write_timeout(absl::ToChronoMicroseconds(options.write_timeout));
@@ -533,6 +540,13 @@ absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(
   if (port < 0) {
     return absl::UnavailableError(
         absl::StrCat("the HTTP server cannot listen on ", options.listen_address));
+  }
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients (32 streams
+  // opened at once) overflowed it, and connections whose handshake the kernel dropped
+  // failed or waited for retransmissions. listen() again sets the backlog.
+  if (*listen_socket != INVALID_SOCKET && ::listen(*listen_socket, SOMAXCONN) != 0) {
+    return absl::InternalError(absl::StrCat("listen() on ", options.listen_address,
+                                            " failed: ", std::strerror(errno)));
   }
   server->port_ = port;
   server->listener_ = std::thread([&http] { http.listen_after_bind(); });
