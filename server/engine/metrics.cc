@@ -29,7 +29,8 @@ ServingMetrics::ServingMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       rpc_requests_(BuildCounter()
                         .Name("steerd_rpc_requests_total")
-                        .Help("Finished requests by protocol (grpc, http), method and gRPC status code")
+                        .Help("Finished requests by protocol (grpc, http), method and "
+                              "gRPC status code")
                         .Register(*registry_)),
       rpc_latency_(BuildHistogram()
                        .Name("steerd_rpc_latency_seconds")
