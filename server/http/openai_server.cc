@@ -65,9 +65,9 @@ class HttpGeneration;
 
 // Wakes the connection threads that wait for tokens, from a thread of its own: the
 // engine thread only queues the generations it appended to. Waking 32 streams' threads
-// from the engine thread cost it a futex call each per decode step, and Linux ran the
-// woken threads on its core, so a small model decoded some 10% slower over HTTP than
-// over gRPC (whose engine posts one wake-up per step to its pump thread).
+// from the engine thread cost it a futex call each per decode step, and Linux tends to
+// run a woken thread on its waker's core, the engine's (gRPC's engine likewise posts
+// one wake-up per step to its pump thread).
 // Thread-safety: Notify from any thread; Stop once, from the owner.
 class Waker {
  public:
