@@ -175,7 +175,7 @@ absl::StatusOr<Json> ParseBody(absl::string_view body) {
   Json json;
   try {
     json = Json::parse(body.begin(), body.end());
-  } catch (const Json::parse_error& error) {
+  } catch (const Json::exception& error) {  // Syntax, and numbers out of range (1e999).
     // "[json.exception.parse_error.101] parse error at line 1, column 9: ..." without
     // the library's prefix.
     std::string what = error.what();

@@ -87,6 +87,18 @@ TEST(OpenAiProtocolTest, NullFieldsAndDefaultsOfUnimplementedFieldsAreAccepted) 
   EXPECT_TRUE(request.include_usage);
 }
 
+TEST(OpenAiProtocolTest, ANumberTooLargeForADoubleIsAnInvalidBodyNotAnException) {
+  // nlohmann throws out_of_range, not parse_error, for it (found by the fuzzer).
+  for (const char* body : {R"({"model": "m", "temperature": 1E999})", "{1111E1111111}"}) {
+    absl::StatusOr<OpenAiRequest> request =
+        ParseOpenAiRequest(OpenAiEndpoint::kChatCompletions, body);
+    ASSERT_FALSE(request.ok()) << body;
+    EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(request.status().message().find("not valid JSON"), std::string::npos)
+        << request.status();
+  }
+}
+
 TEST(OpenAiProtocolTest, RefusalsNameTheField) {
   struct Case {
     std::string body;
