@@ -16,12 +16,12 @@
 #include <filesystem>
 #include <memory>
 #include <random>
-#include <regex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
@@ -204,17 +204,19 @@ class OpenAiSdkTest : public ::testing::Test {
   }
 
   // An observed failure (at `pointer`): the HTTP status and an OpenAI error body
-  // {"error": {"message", "type", ...}} whose message matches `message_pattern`.
+  // {"error": {"message", "type", ...}} whose message contains `message_part`.
   static void ExpectError(const std::string& pointer, int status,
-                          const std::string& message_pattern) {
+                          const std::string& message_part) {
     SCOPED_TRACE(pointer);
     EXPECT_EQ(Observed(pointer + "/status"), Json(status)) << Observed(pointer);
     const json::json_pointer message(pointer + "/error/message");
     ASSERT_TRUE(run_->observed.contains(message) && run_->observed.at(message).is_string())
         << "no OpenAI error body: " << Observed(pointer);
-    EXPECT_TRUE(std::regex_search(run_->observed.at(message).get<std::string>(),
-                                  std::regex(message_pattern)))
-        << "the message does not match /" << message_pattern << "/: " << Observed(pointer);
+    EXPECT_FALSE(run_->observed.at(message).get<std::string>().empty()) << Observed(pointer);
+    // A substring, not std::regex: GCC 12's <regex> fails the ASan build's -Werror with
+    // a false maybe-uninitialized warning.
+    EXPECT_TRUE(absl::StrContains(run_->observed.at(message).get<std::string>(), message_part))
+        << "the message does not contain \"" << message_part << "\": " << Observed(pointer);
     const json::json_pointer type(pointer + "/error/type");
     EXPECT_TRUE(run_->observed.contains(type) && run_->observed.at(type).is_string())
         << Observed(pointer);
@@ -377,11 +379,11 @@ TEST_F(OpenAiSdkTest, CompletionStreamedOrNotEqualsGrpcGenerateOnThePrompt) {
 }
 
 TEST_F(OpenAiSdkTest, ErrorsComeBackAsOpenAiErrorsWithTheMatchingHttpStatus) {
-  ExpectError("/unauthorized", 401, ".");
+  ExpectError("/unauthorized", 401, "");
   // Beta's vector does not exist for alpha, exactly like a name nobody has.
-  ExpectError("/other_tenant_vector", 404, ".");
+  ExpectError("/other_tenant_vector", 404, "");
   ExpectError("/bad_field", 400, "temperature");
-  ExpectError("/bad_n", 400, R"(\bn\b)");
+  ExpectError("/bad_n", 400, "n 2 is not supported");
 }
 
 TEST_F(OpenAiSdkTest, ThirtyTwoConcurrentStreamsWithMixedVectorsEqualGrpcGenerate) {
