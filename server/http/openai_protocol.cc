@@ -105,6 +105,16 @@ absl::StatusOr<int64_t> GetInteger(const Json& value, absl::string_view field) {
   return WrongType(field, "an integer", value);
 }
 
+// A count of alternative tokens' log-probabilities (completions' logprobs, chat's
+// top_logprobs): 0 only, as the engine keeps the sampled token's alone.
+absl::Status RequireZeroAlternatives(const Json& value, const std::string& field) {
+  ASSIGN_OR_RETURN(int64_t count, GetInteger(value, field));
+  if (count == 0) return absl::OkStatus();
+  return InvalidFieldError(field, absl::StrCat(count, " is not supported: steerd returns the "
+                                                      "sampled token's log-probability only; "
+                                                      "send 0"));
+}
+
 // A field of the OpenAI API steerd does not implement: null or its default value only.
 absl::Status CheckDefault(const std::string& field, const Json& value) {
   if (value.is_null()) return absl::OkStatus();
@@ -557,22 +567,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
       if (endpoint == OpenAiEndpoint::kChatCompletions) {
         ASSIGN_OR_RETURN(request.logprobs, GetBool(value, key));
       } else {
-        ASSIGN_OR_RETURN(int64_t logprobs, GetInteger(value, key));
-        if (logprobs != 0) {
-          return InvalidFieldError(
-              "logprobs", absl::StrCat(logprobs, " is not supported: steerd returns the "
-                                                 "sampled token's log-probability only; "
-                                                 "send 0"));
-        }
+        RETURN_IF_ERROR(RequireZeroAlternatives(value, key));
         request.logprobs = true;
       }
     } else if (key == "top_logprobs") {
-      ASSIGN_OR_RETURN(int64_t top, GetInteger(value, key));
-      if (top != 0) {
-        return InvalidFieldError(
-            "top_logprobs", absl::StrCat(top, " is not supported: steerd returns the sampled "
-                                              "token's log-probability only; send 0"));
-      }
+      RETURN_IF_ERROR(RequireZeroAlternatives(value, key));
     } else if (key == "ignore_eos") {
       ASSIGN_OR_RETURN(params.ignore_eos, GetBool(value, key));
     } else if (key == "user") {
